@@ -1,0 +1,44 @@
+//! Content-addressed test bundles: a deterministic tar + zstd archive named by the sha256 of its
+//! bytes. The same inputs always give the same digest, so a bundle is uploaded once and cached by
+//! agents once per digest. Extraction never writes outside its target directory.
+
+mod digest;
+mod extract;
+mod pack;
+
+pub use digest::{Sha256Writer, digest_file};
+pub use extract::{ExtractLimits, extract};
+pub use pack::{BundleEntry, PackedBundle, pack};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("bundle entry `{path}` rejected: {reason}")]
+    UnsafeEntry { path: String, reason: String },
+    #[error("bundle exceeds the limit of {limit}: {what}")]
+    TooLarge { what: &'static str, limit: u64 },
+    #[error("{context} `{}`", path.display())]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BundleError {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| BundleError::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}

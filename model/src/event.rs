@@ -1,0 +1,159 @@
+//! Run events: everything the scheduler does comes out as one of these, numbered per run, and every
+//! consumer (history writer, watch streams, reporters) reads only these.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AttemptResult, Outcome, RunId};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRef {
+    pub index: u32,
+    pub binary_id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Finished,
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub passed: u32,
+    pub failed: u32,
+    pub flaky: u32,
+    pub timed_out: u32,
+    pub skipped: u32,
+    pub infra_errors: u32,
+    pub cancelled: u32,
+    pub wall_ms: u64,
+    pub attempts_per_agent: BTreeMap<String, u32>,
+}
+
+impl RunSummary {
+    pub fn record(&mut self, outcome: Outcome) {
+        let slot = match outcome {
+            Outcome::Passed => &mut self.passed,
+            Outcome::Failed => &mut self.failed,
+            Outcome::Flaky => &mut self.flaky,
+            Outcome::TimedOut => &mut self.timed_out,
+            Outcome::Skipped => &mut self.skipped,
+            Outcome::InfraError => &mut self.infra_errors,
+            Outcome::Cancelled => &mut self.cancelled,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> u32 {
+        self.passed
+            + self.failed
+            + self.flaky
+            + self.timed_out
+            + self.skipped
+            + self.infra_errors
+            + self.cancelled
+    }
+
+    /// The exit code a run with this summary ends with (see [`crate::exit_code`]).
+    pub fn exit_code(&self) -> i32 {
+        if self.failed > 0 || self.timed_out > 0 {
+            crate::exit_code::TESTS_FAILED
+        } else if self.infra_errors > 0 || self.cancelled > 0 {
+            crate::exit_code::RUN_INCOMPLETE
+        } else {
+            crate::exit_code::SUCCESS
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted {
+        suite: String,
+        total_tests: u32,
+        skipped: Vec<TestRef>,
+    },
+    TestStarted {
+        test: TestRef,
+        attempt: u32,
+        agent_id: String,
+    },
+    TestFinished {
+        test: TestRef,
+        attempt: u32,
+        agent_id: String,
+        result: AttemptResult,
+        /// Set when this attempt settled the test; `None` when a retry follows.
+        final_outcome: Option<Outcome>,
+    },
+    RunFinished {
+        summary: RunSummary,
+        state: RunState,
+    },
+    Notice {
+        level: NoticeLevel,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// Position in the run's event log, from 0; `WatchRun` resumes from it.
+    pub seq: u64,
+    pub run_id: RunId,
+    pub at_unix_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_prefers_test_failures_over_incompleteness() {
+        let mut s = RunSummary::default();
+        s.record(Outcome::Passed);
+        s.record(Outcome::Flaky);
+        s.record(Outcome::Skipped);
+        assert_eq!(s.exit_code(), crate::exit_code::SUCCESS);
+        s.record(Outcome::InfraError);
+        assert_eq!(s.exit_code(), crate::exit_code::RUN_INCOMPLETE);
+        s.record(Outcome::TimedOut);
+        assert_eq!(s.exit_code(), crate::exit_code::TESTS_FAILED);
+        assert_eq!(s.total(), 5);
+    }
+
+    #[test]
+    fn events_serialize_as_tagged_json_lines() {
+        let e = RunEvent {
+            seq: 3,
+            run_id: RunId(7),
+            at_unix_ms: 1,
+            kind: EventKind::Notice {
+                level: NoticeLevel::Info,
+                message: "hi".into(),
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"seq":3,"run_id":7,"at_unix_ms":1,"type":"notice","level":"info","message":"hi"}"#
+        );
+        assert_eq!(serde_json::from_str::<RunEvent>(&json).unwrap(), e);
+    }
+}

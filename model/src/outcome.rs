@@ -1,0 +1,244 @@
+//! What one attempt of a test did, what a test's final outcome is, and the rule that decides between
+//! retrying and settling. The rule is pure so that the scheduler and the tests share one truth.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How one attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    Passed,
+    Failed,
+    TimedOut,
+    /// The agent could not run the test at all (missing binary, bad bundle, lost agent).
+    InfraError,
+}
+
+impl AttemptStatus {
+    /// Whether this attempt counts against the test (infrastructure errors never do).
+    pub fn is_test_failure(self) -> bool {
+        matches!(self, AttemptStatus::Failed | AttemptStatus::TimedOut)
+    }
+}
+
+/// A test's final outcome in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// Failed at least once, then passed.
+    Flaky,
+    TimedOut,
+    /// Ignored by the test binary; never run.
+    Skipped,
+    /// Could not be run because of the infrastructure, after bounded retries.
+    InfraError,
+    /// The run was cancelled before the test settled.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether this outcome makes the run fail.
+    pub fn fails_run(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::TimedOut)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Flaky => "flaky",
+            Outcome::TimedOut => "timed out",
+            Outcome::Skipped => "skipped",
+            Outcome::InfraError => "infra error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything an agent reports about one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    pub status: AttemptStatus,
+    #[serde(with = "duration_ms")]
+    pub duration: Duration,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Interleaved stdout and stderr; head and tail kept when over the cap.
+    pub output: Vec<u8>,
+    /// Bytes dropped from the middle of `output`.
+    pub output_omitted_bytes: u64,
+    /// Why it ended this way, in words.
+    pub message: String,
+}
+
+impl AttemptResult {
+    pub fn infra_error(message: impl Into<String>) -> Self {
+        AttemptResult {
+            status: AttemptStatus::InfraError,
+            duration: Duration::ZERO,
+            exit_code: None,
+            signal: None,
+            output: Vec::new(),
+            output_omitted_bytes: 0,
+            message: message.into(),
+        }
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// What the scheduler does after an attempt ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run the test again. `counts_as_attempt` is false for infrastructure errors, whose retry reuses
+    /// the attempt number so that the test sees the same `TESTFLEET_ATTEMPT`.
+    Retry {
+        counts_as_attempt: bool,
+    },
+    Settle(Outcome),
+}
+
+/// Infrastructure errors a single test may hit before it is settled as such.
+pub const MAX_INFRA_RETRIES: usize = 3;
+
+/// Decides after the last entry of `statuses` (all attempts so far, oldest first).
+///
+/// A pass settles the test (flaky when any earlier attempt failed); a failure is retried until
+/// `1 + retries` real attempts were made; infrastructure errors are retried up to
+/// [`MAX_INFRA_RETRIES`] times and never count as attempts.
+pub fn decide_after_attempt(statuses: &[AttemptStatus], retries: u32) -> RetryDecision {
+    let Some(&last) = statuses.last() else {
+        return RetryDecision::Retry {
+            counts_as_attempt: false,
+        };
+    };
+    let failures = statuses.iter().filter(|s| s.is_test_failure()).count();
+    let real_attempts = failures
+        + statuses
+            .iter()
+            .filter(|s| **s == AttemptStatus::Passed)
+            .count();
+    match last {
+        AttemptStatus::Passed if failures > 0 => RetryDecision::Settle(Outcome::Flaky),
+        AttemptStatus::Passed => RetryDecision::Settle(Outcome::Passed),
+        AttemptStatus::Failed | AttemptStatus::TimedOut => {
+            if real_attempts < 1 + retries as usize {
+                RetryDecision::Retry {
+                    counts_as_attempt: true,
+                }
+            } else if last == AttemptStatus::TimedOut {
+                RetryDecision::Settle(Outcome::TimedOut)
+            } else {
+                RetryDecision::Settle(Outcome::Failed)
+            }
+        }
+        AttemptStatus::InfraError => {
+            let infra = statuses.len() - real_attempts;
+            if infra <= MAX_INFRA_RETRIES {
+                RetryDecision::Retry {
+                    counts_as_attempt: false,
+                }
+            } else {
+                RetryDecision::Settle(Outcome::InfraError)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptStatus::*;
+    use super::*;
+
+    fn settle(o: Outcome) -> RetryDecision {
+        RetryDecision::Settle(o)
+    }
+    const RETRY: RetryDecision = RetryDecision::Retry {
+        counts_as_attempt: true,
+    };
+    const INFRA_RETRY: RetryDecision = RetryDecision::Retry {
+        counts_as_attempt: false,
+    };
+
+    #[test]
+    fn pass_settles_and_fail_then_pass_is_flaky() {
+        assert_eq!(decide_after_attempt(&[Passed], 0), settle(Outcome::Passed));
+        assert_eq!(
+            decide_after_attempt(&[Failed, Passed], 2),
+            settle(Outcome::Flaky)
+        );
+        assert_eq!(
+            decide_after_attempt(&[TimedOut, Passed], 1),
+            settle(Outcome::Flaky)
+        );
+    }
+
+    #[test]
+    fn failures_retry_until_the_budget_is_spent() {
+        assert_eq!(decide_after_attempt(&[Failed], 0), settle(Outcome::Failed));
+        assert_eq!(decide_after_attempt(&[Failed], 2), RETRY);
+        assert_eq!(decide_after_attempt(&[Failed, Failed], 2), RETRY);
+        assert_eq!(
+            decide_after_attempt(&[Failed, Failed, Failed], 2),
+            settle(Outcome::Failed)
+        );
+        assert_eq!(
+            decide_after_attempt(&[Failed, TimedOut], 1),
+            settle(Outcome::TimedOut)
+        );
+    }
+
+    #[test]
+    fn infra_errors_are_bounded_and_never_count_as_attempts() {
+        assert_eq!(decide_after_attempt(&[InfraError], 0), INFRA_RETRY);
+        assert_eq!(decide_after_attempt(&[InfraError, Failed], 1), RETRY);
+        assert_eq!(
+            decide_after_attempt(&[InfraError, Passed], 0),
+            settle(Outcome::Passed)
+        );
+        let many = [InfraError; MAX_INFRA_RETRIES + 1];
+        assert_eq!(decide_after_attempt(&many, 5), settle(Outcome::InfraError));
+        assert_eq!(
+            decide_after_attempt(&many[..MAX_INFRA_RETRIES], 0),
+            INFRA_RETRY
+        );
+    }
+
+    #[test]
+    fn only_failed_and_timed_out_fail_a_run() {
+        let failing: Vec<Outcome> = [
+            Outcome::Passed,
+            Outcome::Failed,
+            Outcome::Flaky,
+            Outcome::TimedOut,
+            Outcome::Skipped,
+            Outcome::InfraError,
+            Outcome::Cancelled,
+        ]
+        .into_iter()
+        .filter(|o| o.fails_run())
+        .collect();
+        assert_eq!(failing, vec![Outcome::Failed, Outcome::TimedOut]);
+    }
+}

@@ -1,0 +1,268 @@
+//! A run as submitted: the test binaries, the tests in them, and how to run them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TestId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binary {
+    /// Stable name across builds, e.g. `my-crate::integration`.
+    pub binary_id: String,
+    /// Absolute in local runs; relative to the bundle root when the run has a bundle.
+    pub path: String,
+    /// Working directory of the binary's tests, under the same rule as `path`.
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSpec {
+    /// Index into [`RunSpec::binaries`].
+    pub binary: u32,
+    pub name: String,
+    /// Ignored tests are recorded as skipped and never leased.
+    pub ignored: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub suite: String,
+    pub binaries: Vec<Binary>,
+    pub tests: Vec<TestSpec>,
+    /// `None`: the coordinator's default.
+    pub retries: Option<u32>,
+    pub test_timeout: Duration,
+    pub kill_grace: Duration,
+    pub output_cap_bytes: u64,
+    /// `None` for local runs, whose agents share the submitter's filesystem.
+    pub bundle_digest: Option<String>,
+    pub revision: String,
+    pub branch: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the run has no test")]
+    NoTests,
+    #[error("the run has {count} tests, more than the limit of {limit}")]
+    TooManyTests { count: usize, limit: usize },
+    #[error("test `{name}` refers to binary #{index}, but the run has {count} binaries")]
+    UnknownBinary {
+        name: String,
+        index: u32,
+        count: usize,
+    },
+    #[error("test `{0}` appears twice")]
+    DuplicateTest(TestId),
+    #[error("binary #{0} has an empty binary id")]
+    EmptyBinaryId(usize),
+    #[error("binary ids must be unique, `{0}` appears twice")]
+    DuplicateBinary(String),
+    #[error("a test of binary `{0}` has an empty name")]
+    EmptyTestName(String),
+    #[error("{what} of binary `{binary}` is `{path}`: {reason}")]
+    BadPath {
+        what: &'static str,
+        binary: String,
+        path: String,
+        reason: &'static str,
+    },
+    #[error("the test timeout must be at least 1 ms")]
+    ZeroTimeout,
+    #[error("the output cap must be at least {min} bytes, got {got}")]
+    OutputCapTooSmall { min: u64, got: u64 },
+    #[error("bundle digest `{0}` is not a sha256 hex digest (64 lowercase hex characters)")]
+    BadDigest(String),
+    #[error("{0} retries requested, more than the limit of {limit}", limit = RunSpec::MAX_RETRIES)]
+    TooManyRetries(u32),
+}
+
+impl RunSpec {
+    pub const MAX_TESTS: usize = 1_000_000;
+    pub const MAX_RETRIES: u32 = 20;
+    pub const MIN_OUTPUT_CAP: u64 = 1024;
+
+    /// Checks everything the coordinator relies on; called at the edge before a run is accepted.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.tests.is_empty() {
+            return Err(SpecError::NoTests);
+        }
+        if self.tests.len() > Self::MAX_TESTS {
+            return Err(SpecError::TooManyTests {
+                count: self.tests.len(),
+                limit: Self::MAX_TESTS,
+            });
+        }
+        if self.test_timeout.is_zero() {
+            return Err(SpecError::ZeroTimeout);
+        }
+        if self.output_cap_bytes < Self::MIN_OUTPUT_CAP {
+            return Err(SpecError::OutputCapTooSmall {
+                min: Self::MIN_OUTPUT_CAP,
+                got: self.output_cap_bytes,
+            });
+        }
+        if let Some(r) = self.retries.filter(|r| *r > Self::MAX_RETRIES) {
+            return Err(SpecError::TooManyRetries(r));
+        }
+        if let Some(d) = &self.bundle_digest
+            && !is_sha256_hex(d)
+        {
+            return Err(SpecError::BadDigest(d.chars().take(80).collect()));
+        }
+        let mut binary_ids = HashSet::new();
+        for (i, b) in self.binaries.iter().enumerate() {
+            if b.binary_id.is_empty() {
+                return Err(SpecError::EmptyBinaryId(i));
+            }
+            if !binary_ids.insert(b.binary_id.as_str()) {
+                return Err(SpecError::DuplicateBinary(b.binary_id.clone()));
+            }
+            let bundled = self.bundle_digest.is_some();
+            check_path("path", b, &b.path, bundled)?;
+            check_path("cwd", b, &b.cwd, bundled)?;
+        }
+        let mut seen = HashSet::new();
+        for t in &self.tests {
+            let binary =
+                self.binaries
+                    .get(t.binary as usize)
+                    .ok_or_else(|| SpecError::UnknownBinary {
+                        name: t.name.clone(),
+                        index: t.binary,
+                        count: self.binaries.len(),
+                    })?;
+            if t.name.is_empty() {
+                return Err(SpecError::EmptyTestName(binary.binary_id.clone()));
+            }
+            if !seen.insert((t.binary, t.name.as_str())) {
+                return Err(SpecError::DuplicateTest(TestId {
+                    binary_id: binary.binary_id.clone(),
+                    name: t.name.clone(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn test_id(&self, index: usize) -> TestId {
+        let t = &self.tests[index];
+        TestId {
+            binary_id: self.binaries[t.binary as usize].binary_id.clone(),
+            name: t.name.clone(),
+        }
+    }
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_path(what: &'static str, b: &Binary, path: &str, bundled: bool) -> Result<(), SpecError> {
+    let bad = |reason| {
+        Err(SpecError::BadPath {
+            what,
+            binary: b.binary_id.clone(),
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    let p = Path::new(path);
+    if path.is_empty() {
+        return bad("must not be empty");
+    }
+    if bundled {
+        // Bundle paths are resolved under the extraction dir; they must not climb out of it.
+        if p.is_absolute() {
+            return bad("must be relative to the bundle root");
+        }
+        if p.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return bad("must not contain `..`");
+        }
+    } else if !p.is_absolute() {
+        return bad("must be absolute in a run without a bundle");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            suite: "s".into(),
+            binaries: vec![Binary {
+                binary_id: "crate".into(),
+                path: "/bin/true".into(),
+                cwd: "/".into(),
+                env: BTreeMap::new(),
+            }],
+            tests: vec![TestSpec {
+                binary: 0,
+                name: "a".into(),
+                ignored: false,
+            }],
+            retries: None,
+            test_timeout: Duration::from_secs(1),
+            kill_grace: Duration::from_secs(1),
+            output_cap_bytes: 4096,
+            bundle_digest: None,
+            revision: String::new(),
+            branch: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn each_defect_is_named() {
+        let mut s = spec();
+        s.tests.clear();
+        assert_eq!(s.validate(), Err(SpecError::NoTests));
+
+        let mut s = spec();
+        s.tests.push(s.tests[0].clone());
+        assert!(matches!(s.validate(), Err(SpecError::DuplicateTest(_))));
+
+        let mut s = spec();
+        s.tests[0].binary = 3;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::UnknownBinary { index: 3, .. })
+        ));
+
+        let mut s = spec();
+        s.bundle_digest = Some("abc".into());
+        assert!(matches!(s.validate(), Err(SpecError::BadDigest(_))));
+
+        let mut s = spec();
+        s.bundle_digest = Some("a".repeat(64));
+        assert!(
+            matches!(s.validate(), Err(SpecError::BadPath { reason, .. }) if reason.contains("relative"))
+        );
+        s.binaries[0].path = "bin/../../etc/passwd".into();
+        s.binaries[0].cwd = "ws".into();
+        assert!(
+            matches!(s.validate(), Err(SpecError::BadPath { reason, .. }) if reason.contains(".."))
+        );
+
+        let mut s = spec();
+        s.test_timeout = Duration::ZERO;
+        assert_eq!(s.validate(), Err(SpecError::ZeroTimeout));
+    }
+}

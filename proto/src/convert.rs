@@ -1,0 +1,487 @@
+//! Conversions between wire types and model types. Wire → model is `TryFrom` and rejects anything the
+//! model would not allow, with a message saying what was wrong.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use testfleet_model::{
+    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome, RunEvent,
+    RunId, RunSpec, RunState, RunSummary, TestRef, TestSpec,
+};
+
+use crate::pb;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ConvertError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ConvertError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConvertError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ConvertError> for tonic::Status {
+    fn from(e: ConvertError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ConvertError> {
+    v.ok_or_else(|| ConvertError::new(field, "missing"))
+}
+
+pub fn parse_run_id(s: &str) -> Result<RunId, ConvertError> {
+    s.parse()
+        .map_err(|e: testfleet_model::IdError| ConvertError::new("run_id", e.to_string()))
+}
+
+/// The wire key of an attempt, as the agent echoes it back.
+pub fn attempt_key(run: RunId, index: u32, attempt: u32, lease: LeaseId) -> pb::AttemptKey {
+    pb::AttemptKey {
+        run_id: run.to_string(),
+        test_index: index,
+        attempt,
+        lease_id: lease.to_string(),
+    }
+}
+
+pub fn parse_attempt_key(
+    k: Option<pb::AttemptKey>,
+) -> Result<(RunId, u32, u32, LeaseId), ConvertError> {
+    let k = required(k, "key")?;
+    let lease = k
+        .lease_id
+        .parse()
+        .map_err(|e: testfleet_model::IdError| ConvertError::new("lease_id", e.to_string()))?;
+    Ok((parse_run_id(&k.run_id)?, k.test_index, k.attempt, lease))
+}
+
+// --- run specs --------------------------------------------------------------------------------
+
+impl From<&Binary> for pb::Binary {
+    fn from(b: &Binary) -> Self {
+        pb::Binary {
+            binary_id: b.binary_id.clone(),
+            path: b.path.clone(),
+            cwd: b.cwd.clone(),
+            env: b.env.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<pb::Binary> for Binary {
+    fn from(b: pb::Binary) -> Self {
+        Binary {
+            binary_id: b.binary_id,
+            path: b.path,
+            cwd: b.cwd,
+            env: b.env.into_iter().collect(),
+        }
+    }
+}
+
+impl From<&RunSpec> for pb::RunSpec {
+    fn from(s: &RunSpec) -> Self {
+        pb::RunSpec {
+            suite: s.suite.clone(),
+            binaries: s.binaries.iter().map(Into::into).collect(),
+            tests: s
+                .tests
+                .iter()
+                .map(|t| pb::TestSpec {
+                    binary: t.binary,
+                    name: t.name.clone(),
+                    ignored: t.ignored,
+                })
+                .collect(),
+            retries: s.retries,
+            test_timeout_ms: s.test_timeout.as_millis() as u64,
+            kill_grace_ms: s.kill_grace.as_millis() as u64,
+            output_cap_bytes: s.output_cap_bytes,
+            bundle_digest: s.bundle_digest.clone().unwrap_or_default(),
+            revision: s.revision.clone(),
+            branch: s.branch.clone(),
+        }
+    }
+}
+
+/// Converts and validates: a spec that comes out of here is one the coordinator can run.
+impl TryFrom<pb::RunSpec> for RunSpec {
+    type Error = ConvertError;
+    fn try_from(s: pb::RunSpec) -> Result<Self, ConvertError> {
+        let spec = RunSpec {
+            suite: s.suite,
+            binaries: s.binaries.into_iter().map(Into::into).collect(),
+            tests: s
+                .tests
+                .into_iter()
+                .map(|t| TestSpec {
+                    binary: t.binary,
+                    name: t.name,
+                    ignored: t.ignored,
+                })
+                .collect(),
+            retries: s.retries,
+            test_timeout: Duration::from_millis(s.test_timeout_ms),
+            kill_grace: Duration::from_millis(s.kill_grace_ms),
+            output_cap_bytes: s.output_cap_bytes,
+            bundle_digest: Some(s.bundle_digest).filter(|d| !d.is_empty()),
+            revision: s.revision,
+            branch: s.branch,
+        };
+        spec.validate()
+            .map_err(|e| ConvertError::new("run spec", e.to_string()))?;
+        Ok(spec)
+    }
+}
+
+// --- outcomes ---------------------------------------------------------------------------------
+
+impl From<AttemptStatus> for pb::AttemptStatus {
+    fn from(s: AttemptStatus) -> Self {
+        match s {
+            AttemptStatus::Passed => pb::AttemptStatus::Passed,
+            AttemptStatus::Failed => pb::AttemptStatus::Failed,
+            AttemptStatus::TimedOut => pb::AttemptStatus::TimedOut,
+            AttemptStatus::InfraError => pb::AttemptStatus::InfraError,
+        }
+    }
+}
+
+fn attempt_status_from_wire(v: i32) -> Result<AttemptStatus, ConvertError> {
+    {
+        match pb::AttemptStatus::try_from(v) {
+            Ok(pb::AttemptStatus::Passed) => Ok(AttemptStatus::Passed),
+            Ok(pb::AttemptStatus::Failed) => Ok(AttemptStatus::Failed),
+            Ok(pb::AttemptStatus::TimedOut) => Ok(AttemptStatus::TimedOut),
+            Ok(pb::AttemptStatus::InfraError) => Ok(AttemptStatus::InfraError),
+            _ => Err(ConvertError::new(
+                "attempt status",
+                format!("unknown value {v}"),
+            )),
+        }
+    }
+}
+
+impl From<Outcome> for pb::Outcome {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Passed => pb::Outcome::Passed,
+            Outcome::Failed => pb::Outcome::Failed,
+            Outcome::Flaky => pb::Outcome::Flaky,
+            Outcome::TimedOut => pb::Outcome::TimedOut,
+            Outcome::Skipped => pb::Outcome::Skipped,
+            Outcome::InfraError => pb::Outcome::InfraError,
+            Outcome::Cancelled => pb::Outcome::Cancelled,
+        }
+    }
+}
+
+fn outcome_from_wire(v: i32) -> Result<Outcome, ConvertError> {
+    Ok(match pb::Outcome::try_from(v) {
+        Ok(pb::Outcome::Passed) => Outcome::Passed,
+        Ok(pb::Outcome::Failed) => Outcome::Failed,
+        Ok(pb::Outcome::Flaky) => Outcome::Flaky,
+        Ok(pb::Outcome::TimedOut) => Outcome::TimedOut,
+        Ok(pb::Outcome::Skipped) => Outcome::Skipped,
+        Ok(pb::Outcome::InfraError) => Outcome::InfraError,
+        Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+        _ => return Err(ConvertError::new("outcome", format!("unknown value {v}"))),
+    })
+}
+
+impl From<&AttemptResult> for pb::AttemptResult {
+    fn from(r: &AttemptResult) -> Self {
+        pb::AttemptResult {
+            status: pb::AttemptStatus::from(r.status) as i32,
+            duration_ms: r.duration.as_millis() as u64,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            output: r.output.clone(),
+            output_omitted_bytes: r.output_omitted_bytes,
+            message: r.message.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::AttemptResult> for AttemptResult {
+    type Error = ConvertError;
+    fn try_from(r: pb::AttemptResult) -> Result<Self, ConvertError> {
+        Ok(AttemptResult {
+            status: attempt_status_from_wire(r.status)?,
+            duration: Duration::from_millis(r.duration_ms),
+            exit_code: r.exit_code,
+            signal: r.signal,
+            output: r.output,
+            output_omitted_bytes: r.output_omitted_bytes,
+            message: r.message,
+        })
+    }
+}
+
+// --- events -----------------------------------------------------------------------------------
+
+impl From<RunState> for pb::RunState {
+    fn from(s: RunState) -> Self {
+        match s {
+            RunState::Running => pb::RunState::Running,
+            RunState::Finished => pb::RunState::Finished,
+            RunState::Cancelled => pb::RunState::Cancelled,
+        }
+    }
+}
+
+pub fn run_state_from_wire(v: i32) -> Result<RunState, ConvertError> {
+    match pb::RunState::try_from(v) {
+        Ok(pb::RunState::Running) => Ok(RunState::Running),
+        Ok(pb::RunState::Finished) => Ok(RunState::Finished),
+        Ok(pb::RunState::Cancelled) => Ok(RunState::Cancelled),
+        _ => Err(ConvertError::new("run state", format!("unknown value {v}"))),
+    }
+}
+
+impl From<&RunSummary> for pb::RunSummary {
+    fn from(s: &RunSummary) -> Self {
+        pb::RunSummary {
+            passed: s.passed,
+            failed: s.failed,
+            flaky: s.flaky,
+            timed_out: s.timed_out,
+            skipped: s.skipped,
+            infra_errors: s.infra_errors,
+            cancelled: s.cancelled,
+            wall_ms: s.wall_ms,
+            attempts_per_agent: s.attempts_per_agent.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<pb::RunSummary> for RunSummary {
+    fn from(s: pb::RunSummary) -> Self {
+        RunSummary {
+            passed: s.passed,
+            failed: s.failed,
+            flaky: s.flaky,
+            timed_out: s.timed_out,
+            skipped: s.skipped,
+            infra_errors: s.infra_errors,
+            cancelled: s.cancelled,
+            wall_ms: s.wall_ms,
+            attempts_per_agent: s.attempts_per_agent.into_iter().collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+impl From<&TestRef> for pb::TestRef {
+    fn from(t: &TestRef) -> Self {
+        pb::TestRef {
+            index: t.index,
+            binary_id: t.binary_id.clone(),
+            name: t.name.clone(),
+        }
+    }
+}
+
+impl From<pb::TestRef> for TestRef {
+    fn from(t: pb::TestRef) -> Self {
+        TestRef {
+            index: t.index,
+            binary_id: t.binary_id,
+            name: t.name,
+        }
+    }
+}
+
+impl From<&RunEvent> for pb::RunEvent {
+    fn from(e: &RunEvent) -> Self {
+        use pb::run_event::Kind;
+        let kind = match &e.kind {
+            EventKind::RunStarted {
+                suite,
+                total_tests,
+                skipped,
+            } => Kind::RunStarted(pb::RunStarted {
+                suite: suite.clone(),
+                total_tests: *total_tests,
+                skipped: skipped.len() as u32,
+                skipped_tests: skipped.iter().map(Into::into).collect(),
+            }),
+            EventKind::TestStarted {
+                test,
+                attempt,
+                agent_id,
+            } => Kind::TestStarted(pb::TestStartedEvent {
+                test: Some(test.into()),
+                attempt: *attempt,
+                agent_id: agent_id.clone(),
+            }),
+            EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id,
+                result,
+                final_outcome,
+            } => Kind::TestFinished(pb::TestFinishedEvent {
+                test: Some(test.into()),
+                attempt: *attempt,
+                agent_id: agent_id.clone(),
+                result: Some(result.into()),
+                final_outcome: final_outcome.map(|o| pb::Outcome::from(o) as i32),
+            }),
+            EventKind::RunFinished { summary, state } => Kind::RunFinished(pb::RunFinished {
+                summary: Some(summary.into()),
+                state: pb::RunState::from(*state) as i32,
+            }),
+            EventKind::Notice { level, message } => Kind::Notice(pb::Notice {
+                level: match level {
+                    NoticeLevel::Info => pb::notice::Level::Info,
+                    NoticeLevel::Warning => pb::notice::Level::Warning,
+                    NoticeLevel::Error => pb::notice::Level::Error,
+                } as i32,
+                message: message.clone(),
+            }),
+        };
+        pb::RunEvent {
+            seq: e.seq,
+            run_id: e.run_id.to_string(),
+            at_unix_ms: e.at_unix_ms,
+            kind: Some(kind),
+        }
+    }
+}
+
+impl TryFrom<pb::RunEvent> for RunEvent {
+    type Error = ConvertError;
+    fn try_from(e: pb::RunEvent) -> Result<Self, ConvertError> {
+        use pb::run_event::Kind;
+        let kind = match required(e.kind, "event kind")? {
+            Kind::RunStarted(s) => EventKind::RunStarted {
+                suite: s.suite,
+                total_tests: s.total_tests,
+                skipped: s.skipped_tests.into_iter().map(Into::into).collect(),
+            },
+            Kind::TestStarted(s) => EventKind::TestStarted {
+                test: required(s.test, "test")?.into(),
+                attempt: s.attempt,
+                agent_id: s.agent_id,
+            },
+            Kind::TestFinished(f) => EventKind::TestFinished {
+                test: required(f.test, "test")?.into(),
+                attempt: f.attempt,
+                agent_id: f.agent_id,
+                result: required(f.result, "result")?.try_into()?,
+                final_outcome: f.final_outcome.map(outcome_from_wire).transpose()?,
+            },
+            Kind::RunFinished(f) => EventKind::RunFinished {
+                summary: required(f.summary, "summary")?.into(),
+                state: run_state_from_wire(f.state)?,
+            },
+            Kind::Notice(n) => EventKind::Notice {
+                level: match pb::notice::Level::try_from(n.level) {
+                    Ok(pb::notice::Level::Warning) => NoticeLevel::Warning,
+                    Ok(pb::notice::Level::Error) => NoticeLevel::Error,
+                    _ => NoticeLevel::Info,
+                },
+                message: n.message,
+            },
+        };
+        Ok(RunEvent {
+            seq: e.seq,
+            run_id: parse_run_id(&e.run_id)?,
+            at_unix_ms: e.at_unix_ms,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> AttemptResult {
+        AttemptResult {
+            status: AttemptStatus::TimedOut,
+            duration: Duration::from_millis(1500),
+            exit_code: None,
+            signal: Some(9),
+            output: b"partial".to_vec(),
+            output_omitted_bytes: 10,
+            message: "timed out".into(),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_the_wire() {
+        let test = TestRef {
+            index: 2,
+            binary_id: "b".into(),
+            name: "t".into(),
+        };
+        let kinds = vec![
+            EventKind::RunStarted {
+                suite: "s".into(),
+                total_tests: 3,
+                skipped: vec![test.clone()],
+            },
+            EventKind::TestStarted {
+                test: test.clone(),
+                attempt: 1,
+                agent_id: "a".into(),
+            },
+            EventKind::TestFinished {
+                test,
+                attempt: 2,
+                agent_id: "a".into(),
+                result: result(),
+                final_outcome: Some(Outcome::TimedOut),
+            },
+            EventKind::RunFinished {
+                summary: RunSummary {
+                    passed: 1,
+                    attempts_per_agent: [("a".to_string(), 2)].into(),
+                    ..Default::default()
+                },
+                state: RunState::Finished,
+            },
+            EventKind::Notice {
+                level: NoticeLevel::Warning,
+                message: "m".into(),
+            },
+        ];
+        for (seq, kind) in kinds.into_iter().enumerate() {
+            let e = RunEvent {
+                seq: seq as u64,
+                run_id: RunId(9),
+                at_unix_ms: 5,
+                kind,
+            };
+            let back = RunEvent::try_from(pb::RunEvent::from(&e)).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn garbage_on_the_wire_is_rejected_with_a_reason() {
+        let mut r = pb::AttemptResult::from(&result());
+        r.status = 99;
+        let err = AttemptResult::try_from(r).unwrap_err();
+        assert_eq!(err.to_string(), "invalid attempt status: unknown value 99");
+
+        let err = RunSpec::try_from(pb::RunSpec::default()).unwrap_err();
+        assert_eq!(err.to_string(), "invalid run spec: the run has no test");
+
+        let err = parse_attempt_key(Some(pb::AttemptKey {
+            run_id: "x".into(),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("lease"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! testfleet's gRPC wire protocol (`testfleet.v1`): the generated types and services, and the
+//! conversions between them and `testfleet-model`, validated at the edge.
+
+#[allow(clippy::all, clippy::pedantic, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("testfleet.v1");
+}
+
+mod convert;
+
+pub use convert::{ConvertError, attempt_key, parse_attempt_key};
+
+/// Largest gRPC message either side accepts: a lease or a run spec with many tests can be large.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Bundle chunk size for uploads and downloads.
+pub const BUNDLE_CHUNK_BYTES: usize = 1 << 20;
