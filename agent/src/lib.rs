@@ -1,1 +1,118 @@
-//! placeholder
+//! The testfleet agent: holds one session with the coordinator, runs the tests it is leased (one
+//! process each), and streams results back. [`run`] takes its configuration and a shutdown future,
+//! so tests and the CLI's local mode embed it exactly as the `agent` command runs it.
+
+pub mod bundle_cache;
+pub mod capture;
+pub mod executor;
+pub mod runners;
+mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testfleet_model::AgentId;
+
+pub use session::SessionEnd;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:7420`.
+    pub coordinator: String,
+    pub agent_id: AgentId,
+    /// Tests run at once.
+    pub slots: u32,
+    /// Bundle cache and scratch space; one per agent.
+    pub work_dir: PathBuf,
+    pub labels: HashMap<String, String>,
+    pub connect_timeout: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(coordinator: String, agent_id: AgentId, slots: u32, work_dir: PathBuf) -> Self {
+        AgentConfig {
+            coordinator,
+            agent_id,
+            slots,
+            work_dir,
+            labels: HashMap::new(),
+            connect_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid coordinator URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("failed to prepare the work dir `{}`: {source}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the coordinator refused agent {agent}: {reason}")]
+    Refused { agent: AgentId, reason: String },
+}
+
+/// Runs the agent until `shutdown` resolves, reconnecting with backoff whenever the session breaks.
+/// Running tests are stopped at shutdown.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    let endpoint = session::endpoint(&config)?;
+    let cache = bundle_cache::BundleCache::new(config.work_dir.join("bundles"));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let work = async {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match session::run(&config, &endpoint, &cache, stop_rx.clone()).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Refused(reason) => {
+                    return Err(AgentError::Refused {
+                        agent: config.agent_id.clone(),
+                        reason,
+                    });
+                }
+                SessionEnd::Broken {
+                    reason,
+                    was_welcomed,
+                } => {
+                    if was_welcomed {
+                        delay = Duration::from_millis(100);
+                    }
+                    let jittered = delay.mul_f64(0.8 + 0.4 * fastrand::f64());
+                    tracing::warn!(
+                        coordinator = %config.coordinator,
+                        %reason,
+                        "session with the coordinator ended; reconnecting in {} ms",
+                        jittered.as_millis()
+                    );
+                    let mut stop = stop_rx.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(jittered) => {}
+                        () = executor::cancelled(&mut stop) => return Ok(()),
+                    }
+                    delay = (delay * 2).min(config.max_backoff);
+                }
+            }
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            work.await
+        }
+    }
+}

@@ -1,1 +1,122 @@
-//! placeholder
+//! The testfleet coordinator: accepts runs, orders their tests by what history says they cost, and
+//! leases them to agents. [`serve`] runs the whole thing on an already-bound listener, so tests and
+//! the CLI's local mode embed it the same way the `coordinator` command does.
+
+pub mod api;
+pub mod bundles;
+pub mod history;
+pub mod scheduler;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
+use tokio::net::TcpListener;
+
+pub use history::{HistoryStore, SledStore};
+pub use scheduler::SchedulerConfig;
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub scheduler: SchedulerConfig,
+    /// Where uploaded bundles are kept.
+    pub bundle_dir: PathBuf,
+    pub max_bundle_bytes: u64,
+}
+
+impl CoordinatorConfig {
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        CoordinatorConfig {
+            scheduler: SchedulerConfig::default(),
+            bundle_dir: data_dir.join("bundles"),
+            max_bundle_bytes: 8 << 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to prepare the bundle store `{}`: {source}", path.display())]
+    BundleDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves both gRPC services on `listener` until `shutdown` resolves, then stops the scheduler,
+/// ends every agent session and watch stream, and waits for history to be written.
+pub async fn serve(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Arc<dyn HistoryStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let bundles = bundles::BundleStore::open(&config.bundle_dir, config.max_bundle_bytes).map_err(
+        |source| ServeError::BundleDir {
+            path: config.bundle_dir.clone(),
+            source,
+        },
+    )?;
+    let (history_tx, writer) = history::spawn_writer(store.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_scheduler = stop_rx.clone();
+    let (scheduler, scheduler_task) =
+        scheduler::spawn(config.scheduler.clone(), history_tx.clone(), async move {
+            let _ = stop_scheduler.wait_for(|s| *s).await;
+        });
+    let client = api::ClientApi {
+        scheduler: scheduler.clone(),
+        store,
+        history: history_tx,
+        bundles,
+    };
+    let gateway = api::Gateway {
+        scheduler,
+        next_conn: AtomicU64::new(1),
+    };
+    let mut server_stop = stop_rx;
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(
+            pb::coordinator_server::CoordinatorServer::new(client)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::agent_gateway_server::AgentGatewayServer::new(gateway)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+        );
+    let mut server = Box::pin(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            // The scheduler's end drops every session and watch stream, so connections drain; a
+            // client that keeps its connection open is not waited for beyond a grace period.
+            match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    drop(server);
+    let _ = scheduler_task.await;
+    // The writer thread ends once the last history sender (held by the dropped services) is gone.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    Ok(result?)
+}

@@ -1,0 +1,99 @@
+//! The libtest runner: one process per test, `BIN --exact NAME --nocapture`, read by exit status.
+
+use std::os::unix::process::ExitStatusExt;
+
+use testfleet_model::{AttemptResult, AttemptStatus};
+
+use crate::executor::{Exit, Finished};
+
+pub fn args(test_name: &str) -> Vec<String> {
+    vec![
+        "--exact".into(),
+        test_name.into(),
+        "--nocapture".into(),
+        "--test-threads".into(),
+        "1".into(),
+    ]
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => "signal",
+    }
+}
+
+/// Reads a finished libtest process as an attempt result.
+pub fn interpret(f: Finished, timeout_secs: f64) -> AttemptResult {
+    let mut exit_code = None;
+    let mut signal = None;
+    let (status, message) = match f.exit {
+        Exit::Status(s) if s.success() => {
+            // `--exact` with a name the binary does not have still exits 0, having run nothing.
+            if contains(&f.output, b"running 0 tests") {
+                (
+                    AttemptStatus::InfraError,
+                    "the test binary does not contain this test (it ran 0 tests)".to_owned(),
+                )
+            } else {
+                exit_code = Some(0);
+                (AttemptStatus::Passed, String::new())
+            }
+        }
+        Exit::Status(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => {
+                exit_code = Some(code);
+                (AttemptStatus::Failed, format!("exited with code {code}"))
+            }
+            (None, Some(sig)) => {
+                signal = Some(sig);
+                let core = if s.core_dumped() { ", core dumped" } else { "" };
+                (
+                    AttemptStatus::Failed,
+                    format!("killed by signal {sig} ({}){core}", signal_name(sig)),
+                )
+            }
+            (None, None) => (AttemptStatus::Failed, format!("ended with status {s}")),
+        },
+        Exit::TimedOut { killed } => {
+            let how = if killed {
+                "did not stop on SIGTERM and was killed"
+            } else {
+                "terminated with SIGTERM"
+            };
+            (
+                AttemptStatus::TimedOut,
+                format!("timed out after {timeout_secs:.1} s; {how}"),
+            )
+        }
+        Exit::Cancelled => (
+            AttemptStatus::InfraError,
+            "cancelled by the agent".to_owned(),
+        ),
+        Exit::SpawnFailed(e) => (
+            AttemptStatus::InfraError,
+            format!("failed to start the test binary: {e}"),
+        ),
+    };
+    AttemptResult {
+        status,
+        duration: f.duration,
+        exit_code,
+        signal,
+        output: f.output,
+        output_omitted_bytes: f.omitted,
+        message,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

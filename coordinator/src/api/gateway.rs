@@ -1,0 +1,194 @@
+//! The `AgentGateway` service: one long-lived session per agent. The first message must be `Hello`;
+//! after that, messages are converted and handed to the scheduler, and the scheduler's commands are
+//! converted back onto the response stream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use testfleet_model::AgentId;
+use testfleet_proto::pb::agent_gateway_server::AgentGateway;
+use testfleet_proto::{ConvertError, parse_attempt_key, pb};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::scheduler::{AgentCommand, AgentHello, Command, FromAgent, LeaseGrant, SchedulerHandle};
+
+/// An agent that connects must say hello within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_SLOTS: u32 = 4096;
+
+pub struct Gateway {
+    pub(crate) scheduler: SchedulerHandle,
+    pub(crate) next_conn: AtomicU64,
+}
+
+type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
+    let agent_id: AgentId = h
+        .agent_id
+        .parse()
+        .map_err(|e: testfleet_model::IdError| Status::invalid_argument(e.to_string()))?;
+    if h.slots == 0 || h.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "agent {agent_id} offers {} slots; between 1 and {MAX_SLOTS} are allowed",
+            h.slots
+        )));
+    }
+    Ok(AgentHello {
+        agent_id,
+        slots: h.slots,
+        labels: h.labels,
+        docker_available: h.docker_available,
+        version: h.version,
+    })
+}
+
+fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertError> {
+    use pb::agent_message::Kind;
+    Ok(Some(match m.kind {
+        None | Some(Kind::Hello(_)) => return Ok(None),
+        Some(Kind::Heartbeat(_)) => FromAgent::Heartbeat,
+        Some(Kind::WorkRequest(w)) => FromAgent::WorkRequest {
+            free_slots: w.free_slots,
+        },
+        Some(Kind::TestStarted(s)) => {
+            let (run_id, index, attempt, lease_id) = parse_attempt_key(s.key)?;
+            FromAgent::Started {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+            }
+        }
+        Some(Kind::TestFinished(f)) => {
+            let (run_id, index, attempt, lease_id) = parse_attempt_key(f.key)?;
+            let result = f
+                .result
+                .ok_or_else(|| ConvertError {
+                    field: "result",
+                    reason: "missing".into(),
+                })?
+                .try_into()?;
+            FromAgent::Finished {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+                result,
+            }
+        }
+        Some(Kind::LeaseReleased(r)) => FromAgent::LeaseReleased {
+            lease_id: r
+                .lease_id
+                .parse()
+                .map_err(|e: testfleet_model::IdError| ConvertError {
+                    field: "lease_id",
+                    reason: e.to_string(),
+                })?,
+        },
+    }))
+}
+
+fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
+    let spec = &g.spec;
+    pb::Lease {
+        lease_id: g.lease_id.to_string(),
+        run_id: g.run_id.to_string(),
+        bundle_digest: spec.bundle_digest.clone().unwrap_or_default(),
+        tests: g
+            .tests
+            .iter()
+            .map(|(index, attempt)| {
+                let t = &spec.tests[*index as usize];
+                pb::LeasedTest {
+                    index: *index,
+                    attempt: *attempt,
+                    name: t.name.clone(),
+                    binary: Some((&spec.binaries[t.binary as usize]).into()),
+                }
+            })
+            .collect(),
+        test_timeout_ms: spec.test_timeout.as_millis() as u64,
+        kill_grace_ms: spec.kill_grace.as_millis() as u64,
+        output_cap_bytes: spec.output_cap_bytes,
+    }
+}
+
+fn command_to_wire(c: AgentCommand) -> pb::CoordinatorMessage {
+    use pb::coordinator_message::Kind;
+    let kind = match c {
+        AgentCommand::Welcome {
+            agent_id,
+            heartbeat_interval,
+        } => Kind::Welcome(pb::Welcome {
+            agent_id: agent_id.to_string(),
+            heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
+        }),
+        AgentCommand::Lease(g) => Kind::Lease(lease_to_wire(&g)),
+        AgentCommand::CancelLease(id) => Kind::CancelLease(pb::CancelLease {
+            lease_id: id.to_string(),
+        }),
+    };
+    pb::CoordinatorMessage { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    type SessionStream = CommandStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<CommandStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of connecting"))??;
+        let hello = match first.and_then(|m| m.kind) {
+            Some(pb::agent_message::Kind::Hello(h)) => hello_from_wire(h)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ));
+            }
+        };
+        let agent = hello.agent_id.clone();
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.scheduler
+            .send(Command::AgentConnected { hello, conn, tx })?;
+
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                match inbound.next().await {
+                    None => break "the agent closed its session".to_owned(),
+                    Some(Err(status)) => break format!("session broken: {}", status.message()),
+                    Some(Ok(m)) => match message_from_wire(m) {
+                        Ok(Some(msg)) => {
+                            let cmd = Command::FromAgent {
+                                agent: agent.clone(),
+                                conn,
+                                msg,
+                            };
+                            if scheduler.send(cmd).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // One malformed message does not end the session; it is logged and dropped.
+                            tracing::warn!(agent = %agent, error = %e, "dropping an invalid agent message");
+                        }
+                    },
+                }
+            };
+            let _ = scheduler.send(Command::AgentDisconnected { agent, conn, why });
+        });
+        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|c| Ok(command_to_wire(c)));
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,119 @@
+//! What the scheduler knows of connected agents and their leases, and the messages exchanged with
+//! them (already converted from the wire by the gateway).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, RunSpec};
+use tokio::sync::mpsc;
+
+/// Identifies one connection of an agent; a reconnect gets a new one.
+pub type ConnId = u64;
+
+#[derive(Clone, Debug)]
+pub struct AgentHello {
+    pub agent_id: AgentId,
+    pub slots: u32,
+    pub labels: HashMap<String, String>,
+    pub docker_available: bool,
+    pub version: String,
+}
+
+#[derive(Debug)]
+pub enum FromAgent {
+    Heartbeat,
+    WorkRequest {
+        free_slots: u32,
+    },
+    Started {
+        run_id: RunId,
+        index: u32,
+        attempt: u32,
+        lease_id: LeaseId,
+    },
+    Finished {
+        run_id: RunId,
+        index: u32,
+        attempt: u32,
+        lease_id: LeaseId,
+        result: AttemptResult,
+    },
+    LeaseReleased {
+        lease_id: LeaseId,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaseGrant {
+    pub lease_id: LeaseId,
+    pub run_id: RunId,
+    pub spec: Arc<RunSpec>,
+    /// (test index, attempt) pairs.
+    pub tests: Vec<(u32, u32)>,
+}
+
+#[derive(Clone, Debug)]
+pub enum AgentCommand {
+    Welcome {
+        agent_id: AgentId,
+        heartbeat_interval: Duration,
+    },
+    Lease(LeaseGrant),
+    CancelLease(LeaseId),
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentSnapshot {
+    pub agent_id: AgentId,
+    pub slots: u32,
+    pub busy: u32,
+    pub labels: HashMap<String, String>,
+    pub docker_available: bool,
+    pub version: String,
+    /// Time since the agent's last message.
+    pub idle: Duration,
+}
+
+pub(super) struct Agent {
+    pub hello: AgentHello,
+    pub conn: ConnId,
+    pub tx: mpsc::UnboundedSender<AgentCommand>,
+    /// Free slots of the agent's outstanding work request, parked until there is work.
+    pub pending_request: Option<u32>,
+    /// Tests leased to it and not yet finished.
+    pub busy: u32,
+    pub last_seen: Instant,
+}
+
+impl Agent {
+    pub fn new(hello: AgentHello, conn: ConnId, tx: mpsc::UnboundedSender<AgentCommand>) -> Self {
+        Agent {
+            hello,
+            conn,
+            tx,
+            pending_request: None,
+            busy: 0,
+            last_seen: Instant::now(),
+        }
+    }
+
+    pub fn snapshot(&self) -> AgentSnapshot {
+        AgentSnapshot {
+            agent_id: self.hello.agent_id.clone(),
+            slots: self.hello.slots,
+            busy: self.busy,
+            labels: self.hello.labels.clone(),
+            docker_available: self.hello.docker_available,
+            version: self.hello.version.clone(),
+            idle: self.last_seen.elapsed(),
+        }
+    }
+}
+
+pub(super) struct Lease {
+    pub run: RunId,
+    pub agent: AgentId,
+    /// Unfinished tests of the lease, and whether the agent said it started each.
+    pub outstanding: BTreeMap<u32, bool>,
+}

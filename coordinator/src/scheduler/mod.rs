@@ -1,0 +1,458 @@
+//! The scheduler: the one task that owns run and agent state. Everything reaches it as a
+//! [`Command`]; everything it does comes out as run events (to watchers and the history writer) or
+//! as [`AgentCommand`]s to connected agents. Nothing else reads or writes its state.
+
+mod agents;
+mod batch;
+mod run;
+
+pub use agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant};
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testfleet_model::{
+    AgentId, LeaseId, NoticeLevel, RunEvent, RunId, RunSpec, RunState, RunSummary,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::history::HistoryUpdate;
+use agents::{Agent, Lease};
+use run::Run;
+pub(crate) use run::now_unix_ms;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Retries for runs that do not say.
+    pub default_retries: u32,
+    pub heartbeat_interval: Duration,
+    /// Finished runs kept in memory for `WatchRun`; older ones are answered from history.
+    pub keep_finished_runs: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            default_retries: 2,
+            heartbeat_interval: Duration::from_secs(5),
+            keep_finished_runs: 64,
+        }
+    }
+}
+
+/// A watcher's view of a run: the events so far from the requested position, then live ones.
+pub struct Subscription {
+    pub backlog: Vec<RunEvent>,
+    /// `None` when the run has already finished: the backlog is all there is.
+    pub live: Option<mpsc::UnboundedReceiver<RunEvent>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSnapshot {
+    pub run_id: RunId,
+    pub suite: String,
+    pub state: RunState,
+    pub total_tests: u32,
+    pub summary: RunSummary,
+    pub created_unix_ms: u64,
+}
+
+pub enum Command {
+    Submit {
+        run_id: RunId,
+        spec: Arc<RunSpec>,
+        estimates: Vec<(Duration, bool)>,
+        reply: oneshot::Sender<()>,
+    },
+    Watch {
+        run_id: RunId,
+        from_seq: u64,
+        reply: oneshot::Sender<Option<Subscription>>,
+    },
+    Cancel {
+        run_id: RunId,
+        reply: oneshot::Sender<Option<bool>>,
+    },
+    GetRun {
+        run_id: RunId,
+        reply: oneshot::Sender<Option<RunSnapshot>>,
+    },
+    ListAgents {
+        reply: oneshot::Sender<Vec<AgentSnapshot>>,
+    },
+    AgentConnected {
+        hello: AgentHello,
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<AgentCommand>,
+    },
+    FromAgent {
+        agent: AgentId,
+        conn: ConnId,
+        msg: FromAgent,
+    },
+    AgentDisconnected {
+        agent: AgentId,
+        conn: ConnId,
+        why: String,
+    },
+}
+
+/// A cheap, cloneable way to talk to the scheduler.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the scheduler has stopped")]
+pub struct SchedulerGone;
+
+impl SchedulerHandle {
+    pub fn send(&self, cmd: Command) -> Result<(), SchedulerGone> {
+        self.tx.send(cmd).map_err(|_| SchedulerGone)
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SchedulerGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| SchedulerGone)
+    }
+}
+
+/// Starts the scheduler task. It stops when `shutdown` resolves, dropping every agent and watch
+/// stream (which lets the gRPC server finish), or when every handle is gone.
+pub fn spawn(
+    config: SchedulerConfig,
+    history: mpsc::UnboundedSender<HistoryUpdate>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut s = Scheduler {
+        config,
+        history,
+        runs: BTreeMap::new(),
+        finished: VecDeque::new(),
+        agents: HashMap::new(),
+        leases: HashMap::new(),
+        next_lease: 1,
+    };
+    let task = tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => s.handle(cmd),
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::debug!("scheduler stopped");
+    });
+    (SchedulerHandle { tx }, task)
+}
+
+struct Scheduler {
+    config: SchedulerConfig,
+    history: mpsc::UnboundedSender<HistoryUpdate>,
+    /// Ordered by id, so the oldest run is served first.
+    runs: BTreeMap<RunId, Run>,
+    finished: VecDeque<RunId>,
+    agents: HashMap<AgentId, Agent>,
+    leases: HashMap<LeaseId, Lease>,
+    next_lease: u64,
+}
+
+impl Scheduler {
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit {
+                run_id,
+                spec,
+                estimates,
+                reply,
+            } => {
+                let retries = spec.retries.unwrap_or(self.config.default_retries);
+                let run = Run::new(run_id, spec, estimates, retries, self.history.clone());
+                let done = !run.is_running();
+                self.runs.insert(run_id, run);
+                if done {
+                    self.on_run_closed(run_id);
+                }
+                let _ = reply.send(());
+                self.dispatch();
+            }
+            Command::Watch {
+                run_id,
+                from_seq,
+                reply,
+            } => {
+                let sub = self.runs.get_mut(&run_id).map(|r| r.subscribe(from_seq));
+                let _ = reply.send(sub);
+            }
+            Command::Cancel { run_id, reply } => {
+                let result = match self.runs.get_mut(&run_id) {
+                    None => None,
+                    Some(run) if !run.is_running() => Some(false),
+                    Some(run) => {
+                        run.notice(NoticeLevel::Warning, "run cancelled".into());
+                        run.cancel();
+                        self.revoke_leases_of(run_id);
+                        self.on_run_closed(run_id);
+                        Some(true)
+                    }
+                };
+                let _ = reply.send(result);
+                self.dispatch();
+            }
+            Command::GetRun { run_id, reply } => {
+                let _ = reply.send(self.runs.get(&run_id).map(|r| RunSnapshot {
+                    run_id,
+                    suite: r.spec.suite.clone(),
+                    state: r.state,
+                    total_tests: r.spec.tests.len() as u32,
+                    summary: r.summary.clone(),
+                    created_unix_ms: r.created_unix_ms,
+                }));
+            }
+            Command::ListAgents { reply } => {
+                let mut list: Vec<AgentSnapshot> =
+                    self.agents.values().map(Agent::snapshot).collect();
+                list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+                let _ = reply.send(list);
+            }
+            Command::AgentConnected { hello, conn, tx } => {
+                let id = hello.agent_id.clone();
+                if let Some(old) = self.agents.get(&id) {
+                    // A reconnect can beat the old stream's end: the newest connection wins.
+                    let old_conn = old.conn;
+                    self.on_agent_gone(
+                        &id,
+                        old_conn,
+                        "replaced by a new connection of the same agent",
+                    );
+                }
+                let _ = tx.send(AgentCommand::Welcome {
+                    agent_id: id.clone(),
+                    heartbeat_interval: self.config.heartbeat_interval,
+                });
+                tracing::info!(agent = %id, slots = hello.slots, "agent connected");
+                self.agents.insert(id, Agent::new(hello, conn, tx));
+                self.dispatch();
+            }
+            Command::FromAgent { agent, conn, msg } => self.on_agent_message(agent, conn, msg),
+            Command::AgentDisconnected { agent, conn, why } => {
+                self.on_agent_gone(&agent, conn, &why);
+                self.dispatch();
+            }
+        }
+    }
+
+    fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: FromAgent) {
+        let Some(agent) = self.agents.get_mut(&agent_id).filter(|a| a.conn == conn) else {
+            return; // a stale connection's last words
+        };
+        agent.last_seen = Instant::now();
+        match msg {
+            FromAgent::Heartbeat => {}
+            FromAgent::WorkRequest { free_slots } => {
+                agent.pending_request =
+                    (free_slots > 0).then_some(free_slots.min(agent.hello.slots));
+                self.dispatch();
+            }
+            FromAgent::Started {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+            } => {
+                let Some(lease) = self
+                    .leases
+                    .get_mut(&lease_id)
+                    .filter(|l| l.agent == agent_id)
+                else {
+                    return;
+                };
+                let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+                    return;
+                };
+                if run.is_current(index, attempt, lease_id)
+                    && let Some(started) = lease.outstanding.get_mut(&index)
+                {
+                    *started = true;
+                    run.on_started(index, attempt, &agent_id);
+                }
+            }
+            FromAgent::Finished {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+                result,
+            } => {
+                let Some(lease) = self
+                    .leases
+                    .get_mut(&lease_id)
+                    .filter(|l| l.agent == agent_id && l.run == run_id)
+                else {
+                    tracing::debug!(%lease_id, "ignoring a result for an unknown lease");
+                    return;
+                };
+                if lease.outstanding.remove(&index).is_none() {
+                    tracing::debug!(%lease_id, index, "ignoring a duplicate result");
+                    return;
+                }
+                if lease.outstanding.is_empty() {
+                    self.leases.remove(&lease_id);
+                }
+                agent.busy = agent.busy.saturating_sub(1);
+                let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+                    return;
+                };
+                if !run.is_current(index, attempt, lease_id) {
+                    return;
+                }
+                run.on_finished(index, attempt, &agent_id, result);
+                if !run.is_running() {
+                    self.on_run_closed(run_id);
+                }
+                self.dispatch();
+            }
+            FromAgent::LeaseReleased { lease_id } => {
+                // The agent gives back what it has not started (it is draining).
+                if let Some(lease) = self
+                    .leases
+                    .remove(&lease_id)
+                    .filter(|l| l.agent == agent_id)
+                {
+                    agent.busy = agent.busy.saturating_sub(lease.outstanding.len() as u32);
+                    if let Some(run) = self.runs.get_mut(&lease.run) {
+                        for (index, started) in lease.outstanding {
+                            run.on_lost(index, started, &agent_id, "lease released");
+                        }
+                    }
+                    self.dispatch();
+                }
+            }
+        }
+    }
+
+    /// Removes an agent and requeues whatever it held.
+    fn on_agent_gone(&mut self, agent_id: &AgentId, conn: ConnId, why: &str) {
+        if self.agents.get(agent_id).is_none_or(|a| a.conn != conn) {
+            return;
+        }
+        self.agents.remove(agent_id);
+        tracing::info!(agent = %agent_id, why, "agent disconnected");
+        let lost: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| &l.agent == agent_id)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut closed = vec![];
+        for lease_id in lost {
+            let lease = self.leases.remove(&lease_id).expect("id came from the map");
+            let Some(run) = self.runs.get_mut(&lease.run).filter(|r| r.is_running()) else {
+                continue;
+            };
+            run.notice(
+                NoticeLevel::Warning,
+                format!(
+                    "agent {agent_id} disconnected ({why}); {} unfinished test(s) requeued",
+                    lease.outstanding.len()
+                ),
+            );
+            for (index, started) in lease.outstanding {
+                run.on_lost(index, started, agent_id, why);
+            }
+            if !run.is_running() {
+                closed.push(lease.run);
+            }
+        }
+        for run_id in closed {
+            self.on_run_closed(run_id);
+        }
+    }
+
+    fn revoke_leases_of(&mut self, run_id: RunId) {
+        let ids: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.run == run_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let lease = self.leases.remove(&id).expect("id came from the map");
+            if let Some(agent) = self.agents.get_mut(&lease.agent) {
+                agent.busy = agent.busy.saturating_sub(lease.outstanding.len() as u32);
+                let _ = agent.tx.send(AgentCommand::CancelLease(id));
+            }
+        }
+    }
+
+    /// Keeps a bounded number of finished runs in memory.
+    fn on_run_closed(&mut self, run_id: RunId) {
+        self.finished.push_back(run_id);
+        while self.finished.len() > self.config.keep_finished_runs {
+            if let Some(old) = self.finished.pop_front() {
+                self.runs.remove(&old);
+            }
+        }
+    }
+
+    /// Serves parked work requests from the queues of running runs, oldest run first.
+    fn dispatch(&mut self) {
+        if !self.runs.values().any(Run::has_queued) {
+            return;
+        }
+        let total_slots: u32 = self.agents.values().map(|a| a.hello.slots).sum();
+        let multiple_agents = self.agents.len() > 1;
+        let mut waiting: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.pending_request.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        waiting.sort();
+        for agent_id in waiting {
+            let agent = self
+                .agents
+                .get_mut(&agent_id)
+                .expect("id came from the map");
+            let free = agent.pending_request.unwrap_or(0) as usize;
+            for run in self.runs.values_mut().filter(|r| r.has_queued()) {
+                let budget =
+                    batch::lease_budget(run.queued_estimate(), agent.hello.slots, total_slots);
+                let lease_id = LeaseId(self.next_lease);
+                let tests = run.take_batch(&agent_id, multiple_agents, free, budget, lease_id);
+                if tests.is_empty() {
+                    continue;
+                }
+                self.next_lease += 1;
+                agent.pending_request = None;
+                agent.busy += tests.len() as u32;
+                self.leases.insert(
+                    lease_id,
+                    Lease {
+                        run: run.id,
+                        agent: agent_id.clone(),
+                        outstanding: tests.iter().map(|(i, _)| (*i, false)).collect(),
+                    },
+                );
+                let _ = agent.tx.send(AgentCommand::Lease(LeaseGrant {
+                    lease_id,
+                    run_id: run.id,
+                    spec: run.spec.clone(),
+                    tests,
+                }));
+                break;
+            }
+        }
+    }
+}
