@@ -293,6 +293,11 @@ fn command_for(
     };
     let program = resolve(&binary.path)?;
     let cwd = resolve(&binary.cwd)?;
+    if root.is_some() {
+        // Bundles carry only files; a package dir without included files exists only as a cwd.
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| format!("cannot create `{}`: {e}", cwd.display()))?;
+    }
     let mut env: BTreeMap<String, String> = binary.env.clone().into_iter().collect();
     env.insert("CARGO_MANIFEST_DIR".into(), cwd.display().to_string());
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());

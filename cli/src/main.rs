@@ -1,1 +1,27 @@
-fn main() {}
+//! `testfleet`: one binary for every machine — `run` for developers and CI, `coordinator` and `agent`
+//! for the fleet. This file only parses, sets up logging, and maps the result to an exit code.
+
+mod args;
+mod cargo;
+mod commands;
+mod error;
+mod local;
+mod remote;
+mod reporter;
+mod telemetry;
+mod watch;
+
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    telemetry::init(&cli);
+    let code = match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -74,7 +74,9 @@ pub struct AttemptResult {
     pub duration: Duration,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// Interleaved stdout and stderr; head and tail kept when over the cap.
+    /// Interleaved stdout and stderr; head and tail kept when over the cap. In JSON it is a string
+    /// (invalid UTF-8 replaced), which is what every consumer of JSON output wants.
+    #[serde(with = "lossy_utf8")]
     pub output: Vec<u8>,
     /// Bytes dropped from the middle of `output`.
     pub output_omitted_bytes: u64,
@@ -93,6 +95,17 @@ impl AttemptResult {
             output_omitted_bytes: 0,
             message: message.into(),
         }
+    }
+}
+
+mod lossy_utf8 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        String::deserialize(d).map(String::into_bytes)
     }
 }
 

@@ -1,0 +1,210 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  every test passed (flaky and skipped tests do not fail a run)
+   1  unexpected internal error
+   2  invalid command line
+  10  at least one test failed or timed out
+  11  tests ended in infrastructure errors, or the run was cancelled
+  20  not a Cargo project
+  21  a selected package is not in the workspace
+  22  building the tests failed
+  23  a test binary could not list its tests
+  24  no test selected
+  30  the coordinator could not be reached
+  31  the coordinator rejected the request
+  32  the test bundle could not be built, uploaded or verified
+  40  a coordinator or agent could not start";
+
+#[derive(Parser, Debug)]
+#[command(name = "testfleet", version, about = "Run a project's test suites across a fleet of agents", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Log filter for testfleet's own diagnostics (e.g. `info`, `testfleet_agent=debug`).
+    #[arg(long, global = true, env = "TESTFLEET_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build a Cargo workspace's tests and run them on local agents or a coordinator's fleet.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Serve the coordinator: accepts runs, schedules tests on agents, keeps history.
+    Coordinator(CoordinatorArgs),
+    /// Run an agent: connects to a coordinator and runs the tests it is given.
+    Agent(AgentArgs),
+    /// List the agents connected to a coordinator.
+    Agents(AgentsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run only tests whose name contains one of these strings.
+    pub filters: Vec<String>,
+
+    /// Submit to this coordinator (e.g. `http://build-1:7420`) instead of running locally.
+    #[arg(long, env = "TESTFLEET_COORDINATOR", conflicts_with = "local")]
+    pub coordinator: Option<String>,
+    /// Run on an embedded coordinator with this many local agents (the default mode).
+    #[arg(long, value_name = "AGENTS")]
+    pub local: Option<u32>,
+    /// Concurrent tests per local agent [default: CPUs / agents, at least 1].
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// History of local runs lives here [default: `.testfleet` in the workspace root].
+    #[arg(long, env = "TESTFLEET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Retries of a failed test [default: 0 locally, the coordinator's setting otherwise].
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Per-test timeout in seconds; the test's process group is then terminated.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Seconds between SIGTERM and SIGKILL for a timed-out test.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub kill_grace: f64,
+    /// Output kept per test attempt, in bytes (head and tail).
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub output_cap: u64,
+
+    /// Also put these files or directories (relative to the workspace root) into the bundle.
+    #[arg(long = "include", value_name = "PATH")]
+    pub includes: Vec<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Print events as JSON lines on stdout instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+    /// Git revision recorded with the run [default: the workspace's HEAD].
+    #[arg(long)]
+    pub revision: Option<String>,
+
+    #[command(flatten)]
+    pub cargo: CargoArgs,
+}
+
+/// Passed through to `cargo test --no-run`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct CargoArgs {
+    /// Path to Cargo.toml.
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Package(s) to test.
+    #[arg(short, long = "package", value_name = "SPEC")]
+    pub packages: Vec<String>,
+    /// Test all packages in the workspace.
+    #[arg(long)]
+    pub workspace: bool,
+    /// Exclude packages from the test.
+    #[arg(long, value_name = "SPEC", requires = "workspace")]
+    pub exclude: Vec<String>,
+    /// Features to activate.
+    #[arg(short = 'F', long, value_name = "FEATURES")]
+    pub features: Vec<String>,
+    /// Activate all features.
+    #[arg(long)]
+    pub all_features: bool,
+    /// Do not activate the `default` feature.
+    #[arg(long)]
+    pub no_default_features: bool,
+    /// Build in release mode.
+    #[arg(long)]
+    pub release: bool,
+    /// Build with this Cargo profile.
+    #[arg(long, value_name = "NAME", conflicts_with = "release")]
+    pub cargo_profile: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7420", env = "TESTFLEET_LISTEN")]
+    pub listen: SocketAddr,
+    /// Where history (sled) and uploaded bundles are kept.
+    #[arg(long, env = "TESTFLEET_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Retries for runs that do not set `--retries`.
+    #[arg(long, default_value_t = 2)]
+    pub default_retries: u32,
+    /// Largest bundle accepted, in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    pub max_bundle_bytes: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The coordinator's URL, e.g. `http://build-1:7420`.
+    #[arg(long, env = "TESTFLEET_COORDINATOR")]
+    pub coordinator: String,
+    /// Concurrent tests [default: CPU count].
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Bundle cache and scratch space for this agent (one per agent).
+    #[arg(long, env = "TESTFLEET_WORK_DIR")]
+    pub work_dir: PathBuf,
+    /// This agent's name [default: kept in the work dir, created on first start].
+    #[arg(long, env = "TESTFLEET_AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// Labels reported to the coordinator, as KEY=VALUE.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentsArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "TESTFLEET_COORDINATOR")]
+    pub coordinator: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_code_help_matches_the_model() {
+        for (code, _) in testfleet_model::exit_code::ALL {
+            assert!(
+                EXIT_CODES.contains(&format!("\n  {code:>2}  ")),
+                "exit code {code} is not documented in --help"
+            );
+        }
+        assert_eq!(
+            EXIT_CODES.lines().count() - 1,
+            testfleet_model::exit_code::ALL.len()
+        );
+    }
+
+    #[test]
+    fn local_and_coordinator_exclude_each_other() {
+        let err = Cli::try_parse_from([
+            "testfleet",
+            "run",
+            "--local",
+            "2",
+            "--coordinator",
+            "http://x:1",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+}

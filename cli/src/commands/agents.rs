@@ -1,0 +1,46 @@
+//! `testfleet agents`: who is connected to a coordinator.
+
+use testfleet_model::exit_code;
+use testfleet_proto::pb;
+
+use crate::args::AgentsArgs;
+use crate::error::{CliError, CliResult};
+
+pub async fn run(args: AgentsArgs) -> CliResult<i32> {
+    let mut client = crate::remote::connect(&args.coordinator).await?;
+    let agents = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(|s| CliError::from_status(&args.coordinator, s))?
+        .into_inner()
+        .agents;
+    if args.json {
+        for a in &agents {
+            let line = serde_json::json!({
+                "agent_id": a.agent_id,
+                "slots": a.slots,
+                "busy": a.busy,
+                "docker_available": a.docker_available,
+                "version": a.version,
+                "labels": a.labels,
+            });
+            println!("{line}");
+        }
+    } else {
+        println!(
+            "{:<32} {:>5} {:>5}  {:<8} VERSION",
+            "AGENT", "SLOTS", "BUSY", "DOCKER"
+        );
+        for a in &agents {
+            println!(
+                "{:<32} {:>5} {:>5}  {:<8} {}",
+                a.agent_id,
+                a.slots,
+                a.busy,
+                if a.docker_available { "yes" } else { "no" },
+                a.version
+            );
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}

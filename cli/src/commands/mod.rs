@@ -1,0 +1,40 @@
+//! One module per subcommand; each returns the process exit code.
+
+mod agent;
+mod agents;
+mod coordinator;
+mod run;
+
+use crate::args::{Cli, Command};
+use crate::error::{CliError, CliResult};
+
+pub fn run(cli: Cli) -> CliResult<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Internal(e.into()))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Coordinator(args) => coordinator::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Agents(args) => agents::run(args).await,
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT: how servers learn to stop.
+pub(crate) async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub(crate) fn default_slots() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}

@@ -1,0 +1,290 @@
+//! `testfleet run`: build the workspace's tests, list them, submit the run (to an embedded fleet or
+//! a coordinator), follow it live, and end with the run's exit code.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testfleet_bundle::BundleEntry;
+use testfleet_model::{Binary, RunId, RunSpec, TestSpec};
+use testfleet_proto::pb;
+
+use crate::args::RunArgs;
+use crate::cargo::{self, TestBinary, Workspace};
+use crate::error::{CliError, CliResult};
+use crate::local::LocalFleet;
+use crate::remote;
+use crate::reporter::Report;
+
+pub async fn run(args: RunArgs) -> CliResult<i32> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite())
+        || !(args.kill_grace >= 0.0 && args.kill_grace.is_finite())
+    {
+        return Err(CliError::Internal(anyhow::anyhow!(
+            "--timeout must be positive and --kill-grace not negative"
+        )));
+    }
+    let cargo_args = args.cargo.clone();
+    let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
+        .await
+        .map_err(|e| CliError::Internal(e.into()))??;
+    // Fail fast on an unreachable coordinator, before spending minutes on a build.
+    let mut remote_client = match &args.coordinator {
+        Some(url) => Some(remote::connect(url).await?),
+        None => None,
+    };
+    let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
+    let binaries = tokio::task::spawn_blocking(move || -> CliResult<_> {
+        let binaries = cargo::build_tests(&cargo_args, &ws2)?;
+        let mut listed = Vec::new();
+        for b in binaries {
+            let tests = cargo::list_tests(&b)?;
+            listed.push((b, tests));
+        }
+        Ok(listed)
+    })
+    .await
+    .map_err(|e| CliError::Internal(e.into()))??;
+
+    let bundled = args.coordinator.is_some();
+    let mut spec = build_spec(&args, &ws, &binaries, bundled)?;
+
+    let mode;
+    let mut fleet = None;
+    let (url, mut client) = match (&args.coordinator, remote_client.take()) {
+        (Some(url), Some(mut client)) => {
+            let packed = pack_bundle(&ws, &binaries, &args.includes).await?;
+            let sent = remote::upload_bundle(&mut client, url, &packed).await?;
+            eprintln!(
+                "bundle {} ({} bytes) {}",
+                &packed.digest[..12],
+                packed.size,
+                if sent {
+                    "uploaded"
+                } else {
+                    "already on the coordinator"
+                }
+            );
+            spec.bundle_digest = Some(packed.digest);
+            mode = format!("on {url}");
+            (url.clone(), client)
+        }
+        _ => {
+            let agents = args.local.unwrap_or(2).max(1);
+            let slots = args
+                .slots
+                .unwrap_or_else(|| (super::default_slots() / agents).max(1));
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| ws.root.join(".testfleet"));
+            let f = LocalFleet::start(&data_dir, agents, slots).await?;
+            mode = format!("on {agents} local agent(s) × {slots} slot(s)");
+            let url = f.url.clone();
+            let client = remote::connect(&url).await?;
+            fleet = Some(f);
+            (url, client)
+        }
+    };
+
+    let result = submit_and_follow(&mut client, &url, &spec, &args, mode).await;
+    if let Some(f) = fleet {
+        f.shutdown().await;
+    }
+    result
+}
+
+async fn submit_and_follow(
+    client: &mut remote::Client,
+    url: &str,
+    spec: &RunSpec,
+    args: &RunArgs,
+    mode: String,
+) -> CliResult<i32> {
+    let run_id: RunId = client
+        .submit_run(pb::SubmitRunRequest {
+            spec: Some(spec.into()),
+        })
+        .await
+        .map_err(|s| CliError::from_status(url, s))?
+        .into_inner()
+        .run_id
+        .parse()
+        .map_err(|e| {
+            CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}"))
+        })?;
+    let mut report = Report::new(args.json, args.junit.clone(), mode);
+    let (summary, _state) = crate::watch::follow(client, url, run_id, &mut report).await?;
+    report.finish()?;
+    Ok(summary.exit_code())
+}
+
+/// Where a binary and its package dir go inside a bundle.
+fn bundle_paths(ws: &Workspace, b: &TestBinary) -> (String, String) {
+    let file = b
+        .executable
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| b.binary_id.replace([':', '/'], "_"));
+    let cwd = match b.package_dir.strip_prefix(&ws.root) {
+        Ok(rel) if rel.as_os_str().is_empty() => "ws".to_owned(),
+        Ok(rel) => format!("ws/{}", rel.display()),
+        Err(_) => format!("ws/.packages/{}", b.package),
+    };
+    (format!("bin/{file}"), cwd)
+}
+
+fn build_spec(
+    args: &RunArgs,
+    ws: &Workspace,
+    binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
+    bundled: bool,
+) -> CliResult<RunSpec> {
+    let mut spec_binaries = Vec::new();
+    let mut tests = Vec::new();
+    for (b, listed) in binaries {
+        let selected: Vec<_> = listed
+            .iter()
+            .filter(|t| {
+                args.filters.is_empty() || args.filters.iter().any(|f| t.name.contains(f.as_str()))
+            })
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let index = spec_binaries.len() as u32;
+        let (path, cwd) = if bundled {
+            bundle_paths(ws, b)
+        } else {
+            (
+                b.executable.display().to_string(),
+                b.package_dir.display().to_string(),
+            )
+        };
+        let mut env = BTreeMap::new();
+        env.insert("CARGO_PKG_NAME".to_owned(), b.package.clone());
+        env.insert("CARGO_PKG_VERSION".to_owned(), b.package_version.clone());
+        spec_binaries.push(Binary {
+            binary_id: b.binary_id.clone(),
+            path,
+            cwd,
+            env,
+        });
+        tests.extend(selected.into_iter().map(|t| TestSpec {
+            binary: index,
+            name: t.name.clone(),
+            ignored: t.ignored,
+        }));
+    }
+    let runnable = tests.iter().filter(|t| !t.ignored).count();
+    if runnable == 0 {
+        let filters = if args.filters.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {:?}", args.filters)
+        };
+        return Err(CliError::NoTests(format!(
+            "no test to run{filters}: {} test binaries hold {} tests, {} selected, all others ignored",
+            binaries.len(),
+            binaries.iter().map(|(_, t)| t.len()).sum::<usize>(),
+            tests.len()
+        )));
+    }
+    let suite = ws
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "workspace".to_owned());
+    let (revision, branch) = git_revision(&ws.root);
+    Ok(RunSpec {
+        suite,
+        binaries: spec_binaries,
+        tests,
+        retries: if bundled {
+            args.retries
+        } else {
+            Some(args.retries.unwrap_or(0))
+        },
+        test_timeout: Duration::from_secs_f64(args.timeout),
+        kill_grace: Duration::from_secs_f64(args.kill_grace),
+        output_cap_bytes: args.output_cap.max(RunSpec::MIN_OUTPUT_CAP),
+        bundle_digest: None,
+        revision: args.revision.clone().unwrap_or(revision),
+        branch,
+    })
+}
+
+fn git_revision(root: &Path) -> (String, String) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        git(&["rev-parse", "HEAD"]),
+        git(&["rev-parse", "--abbrev-ref", "HEAD"]),
+    )
+}
+
+/// Packs the test binaries and the `--include`d files into a content-addressed bundle.
+async fn pack_bundle(
+    ws: &Workspace,
+    binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
+    includes: &[PathBuf],
+) -> CliResult<testfleet_bundle::PackedBundle> {
+    let mut entries = Vec::new();
+    for (b, _) in binaries {
+        let (path, _) = bundle_paths(ws, b);
+        entries.push(BundleEntry {
+            archive_path: path,
+            source: b.executable.clone(),
+        });
+    }
+    for inc in includes {
+        let src = ws.root.join(inc);
+        let rel = src
+            .strip_prefix(&ws.root)
+            .ok()
+            .filter(|r| {
+                !r.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            })
+            .ok_or_else(|| {
+                CliError::Bundle(format!(
+                    "--include {} is not inside the workspace",
+                    inc.display()
+                ))
+            })?
+            .to_path_buf();
+        collect_files(&src, &rel, &mut entries)
+            .map_err(|e| CliError::Bundle(format!("cannot include {}: {e}", src.display())))?;
+    }
+    let dir = ws.target_dir.join("testfleet").join("bundles");
+    tokio::task::spawn_blocking(move || testfleet_bundle::pack(&entries, &dir))
+        .await
+        .map_err(|e| CliError::Internal(e.into()))?
+        .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))
+}
+
+fn collect_files(src: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(src)?;
+    if meta.is_dir() {
+        let mut children: Vec<_> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for c in children {
+            collect_files(&c.path(), &rel.join(c.file_name()), out)?;
+        }
+    } else if meta.is_file() {
+        out.push(BundleEntry {
+            archive_path: format!("ws/{}", rel.display()),
+            source: src.to_path_buf(),
+        });
+    }
+    Ok(())
+}

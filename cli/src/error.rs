@@ -1,0 +1,57 @@
+//! The CLI's errors: each kind of failure the user can meet, with the exit code it ends with.
+
+use testfleet_model::exit_code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    NotACargoProject(String),
+    #[error("{0}")]
+    UnknownPackage(String),
+    #[error("building the tests failed{}", .0.as_deref().map(|s| format!(": {s}")).unwrap_or_default())]
+    BuildFailed(Option<String>),
+    #[error("{0}")]
+    TestListFailed(String),
+    #[error("{0}")]
+    NoTests(String),
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the coordinator rejected the request: {0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Bundle(String),
+    #[error("{0}")]
+    Server(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NotACargoProject(_) => exit_code::NOT_A_CARGO_PROJECT,
+            CliError::UnknownPackage(_) => exit_code::UNKNOWN_PACKAGE,
+            CliError::BuildFailed(_) => exit_code::BUILD_FAILED,
+            CliError::TestListFailed(_) => exit_code::TEST_LIST_FAILED,
+            CliError::NoTests(_) => exit_code::NO_TESTS,
+            CliError::Unreachable { .. } => exit_code::COORDINATOR_UNREACHABLE,
+            CliError::Rejected(_) => exit_code::REQUEST_REJECTED,
+            CliError::Bundle(_) => exit_code::BUNDLE_ERROR,
+            CliError::Server(_) => exit_code::SERVER_ERROR,
+            CliError::Internal(_) => exit_code::INTERNAL_ERROR,
+        }
+    }
+
+    /// Maps a failed gRPC call: transport failures mean the coordinator is unreachable.
+    pub fn from_status(url: &str, s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => CliError::Unreachable {
+                url: url.to_owned(),
+                reason: s.message().to_owned(),
+            },
+            _ => CliError::Rejected(s.message().to_owned()),
+        }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;

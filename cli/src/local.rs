@@ -1,0 +1,101 @@
+//! The embedded default: a coordinator and N agents inside this process, talking over real loopback
+//! gRPC exactly as a fleet would, with history in a local data dir that persists between runs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use testfleet_agent::AgentConfig;
+use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{CliError, CliResult};
+
+pub struct LocalFleet {
+    pub url: String,
+    agents: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    coordinator: (oneshot::Sender<()>, JoinHandle<()>),
+}
+
+impl LocalFleet {
+    pub async fn start(data_dir: &Path, agents: u32, slots: u32) -> CliResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            CliError::Server(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        // The data dir sits in the user's workspace: keep it out of version control on its own.
+        let ignore = data_dir.join(".gitignore");
+        if !ignore.exists() {
+            let _ = std::fs::write(&ignore, "*\n");
+        }
+        let store = SledStore::open(data_dir).map_err(|e| {
+            CliError::Server(format!(
+                "{e} (another `testfleet run` on this workspace may be running)"
+            ))
+        })?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::Server(format!("cannot listen on loopback: {e}")))?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| CliError::Internal(e.into()))?
+        );
+        let mut config = CoordinatorConfig::new(data_dir);
+        config.scheduler.default_retries = 0;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let coordinator = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) =
+                testfleet_coordinator::serve(listener, config, Arc::new(store), shutdown).await
+            {
+                tracing::error!(error = %e, "local coordinator failed");
+            }
+        });
+        let mut handles = Vec::new();
+        for i in 1..=agents {
+            let id = format!("local-{i}").parse().expect("a valid agent id");
+            let cfg = AgentConfig::new(
+                url.clone(),
+                id,
+                slots,
+                data_dir.join("agents").join(format!("local-{i}")),
+            );
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = testfleet_agent::run(cfg, shutdown).await {
+                    tracing::error!(error = %e, "local agent failed");
+                }
+            });
+            handles.push((stop, handle));
+        }
+        Ok(LocalFleet {
+            url,
+            agents: handles,
+            coordinator: (stop, coordinator),
+        })
+    }
+
+    /// Stops the agents (killing any test still running), then the coordinator, which writes the
+    /// last of the history before this returns.
+    pub async fn shutdown(self) {
+        let mut joins = Vec::new();
+        for (stop, handle) in self.agents {
+            let _ = stop.send(());
+            joins.push(handle);
+        }
+        for j in joins {
+            let _ = j.await;
+        }
+        let _ = self.coordinator.0.send(());
+        let _ = self.coordinator.1.await;
+    }
+}

@@ -1,0 +1,206 @@
+//! The human report: a progress bar (hidden when stderr is not a terminal), a line per settled test,
+//! failures with their output as they happen, and a summary.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use console::style;
+use indicatif::{ProgressBar, ProgressStyle};
+use testfleet_model::{
+    AttemptResult, EventKind, NoticeLevel, Outcome, RunEvent, RunState, RunSummary, TestRef,
+};
+
+pub struct HumanReporter {
+    bar: ProgressBar,
+    mode: String,
+    /// Settled tests that did not pass, for the summary.
+    problems: BTreeMap<(String, String), Outcome>,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:>7.3}s", d.as_secs_f64())
+}
+
+fn label(t: &TestRef) -> String {
+    format!("{} {}", style(&t.binary_id).dim(), style(&t.name).bold())
+}
+
+impl HumanReporter {
+    pub fn new(mode: String) -> Self {
+        HumanReporter {
+            bar: ProgressBar::hidden(),
+            mode,
+            problems: BTreeMap::new(),
+        }
+    }
+
+    pub fn println(&self, line: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    fn print_output(&self, t: &TestRef, attempt: u32, r: &AttemptResult) {
+        if r.output.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&r.output);
+        let mut block = format!(
+            "{}\n",
+            style(format!("--- output of {} (attempt {attempt}) ---", t.name)).dim()
+        );
+        block.push_str(text.trim_end());
+        block.push('\n');
+        block.push_str(&style("--- end of output ---").dim().to_string());
+        self.println(&block);
+    }
+
+    pub fn on_event(&mut self, e: &RunEvent) {
+        match &e.kind {
+            EventKind::RunStarted {
+                suite,
+                total_tests,
+                skipped,
+            } => {
+                let runnable = total_tests - skipped.len() as u32;
+                self.bar = ProgressBar::new(runnable as u64);
+                self.bar
+                    .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                self.bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                self.println(&format!(
+                    "{} run {} of {suite}: {runnable} tests ({} skipped) {}",
+                    style("Starting").green().bold(),
+                    e.run_id,
+                    skipped.len(),
+                    self.mode
+                ));
+                for t in skipped {
+                    self.println(&format!("{:>12} {}", style("SKIP").yellow(), label(t)));
+                }
+            }
+            EventKind::TestStarted { test, .. } => self.bar.set_message(test.name.clone()),
+            EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id,
+                result,
+                final_outcome,
+            } => {
+                let d = secs(result.duration);
+                let why = if result.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", result.message)
+                };
+                match final_outcome {
+                    None => {
+                        self.println(&format!(
+                            "{:>12} [{d}] {} attempt {attempt} on {agent_id}{why}; retrying",
+                            style("RETRY").magenta(),
+                            label(test)
+                        ));
+                        self.print_output(test, *attempt, result);
+                    }
+                    Some(outcome) => {
+                        self.bar.inc(1);
+                        let tag = match outcome {
+                            Outcome::Passed => style("PASS").green(),
+                            Outcome::Flaky => style("FLAKY").yellow().bold(),
+                            Outcome::Failed => style("FAIL").red().bold(),
+                            Outcome::TimedOut => style("TIMEOUT").red().bold(),
+                            Outcome::InfraError => style("INFRA").red(),
+                            Outcome::Skipped => style("SKIP").yellow(),
+                            Outcome::Cancelled => style("CANCEL").yellow(),
+                        };
+                        let attempt_note = if *attempt > 1 {
+                            format!(" attempt {attempt}")
+                        } else {
+                            String::new()
+                        };
+                        let why = if outcome.fails_run() || *outcome == Outcome::InfraError {
+                            why
+                        } else {
+                            String::new()
+                        };
+                        self.println(&format!(
+                            "{tag:>12} [{d}] {}{attempt_note} on {agent_id}{why}",
+                            label(test)
+                        ));
+                        if outcome.fails_run() || *outcome == Outcome::InfraError {
+                            self.print_output(test, *attempt, result);
+                        }
+                        if *outcome != Outcome::Passed {
+                            self.problems
+                                .insert((test.binary_id.clone(), test.name.clone()), *outcome);
+                        }
+                    }
+                }
+            }
+            EventKind::Notice { level, message } => {
+                let tag = match level {
+                    NoticeLevel::Info => style("NOTE").cyan(),
+                    NoticeLevel::Warning => style("WARNING").yellow(),
+                    NoticeLevel::Error => style("ERROR").red(),
+                };
+                self.println(&format!("{tag:>12} {message}"));
+            }
+            EventKind::RunFinished { summary, state } => {
+                self.bar.finish_and_clear();
+                self.print_summary(summary, *state);
+            }
+        }
+    }
+
+    fn print_summary(&self, s: &RunSummary, state: RunState) {
+        let mut parts = vec![format!("{} passed", s.passed)];
+        let mut add = |n: u32, what: &str| {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        };
+        add(s.failed, "failed");
+        add(s.flaky, "flaky");
+        add(s.timed_out, "timed out");
+        add(s.skipped, "skipped");
+        add(s.infra_errors, "infrastructure errors");
+        add(s.cancelled, "cancelled");
+        let head = match (state, s.exit_code()) {
+            (RunState::Cancelled, _) => style("Cancelled").yellow().bold(),
+            (_, 0) => style("Summary").green().bold(),
+            _ => style("Summary").red().bold(),
+        };
+        self.println(&format!(
+            "{head:>12} [{}] {} tests: {}",
+            secs(Duration::from_millis(s.wall_ms)),
+            s.total(),
+            parts.join(", ")
+        ));
+        if !s.attempts_per_agent.is_empty() {
+            let agents: Vec<String> = s
+                .attempts_per_agent
+                .iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect();
+            self.println(&format!(
+                "{:>12} attempts per agent: {}",
+                "",
+                agents.join(", ")
+            ));
+        }
+        for ((binary, name), outcome) in &self.problems {
+            let tag = match outcome {
+                Outcome::Flaky => style(outcome.as_str().to_uppercase()).yellow(),
+                _ => style(outcome.as_str().to_uppercase()).red(),
+            };
+            self.println(&format!("{tag:>12} {} {}", style(binary).dim(), name));
+        }
+    }
+}

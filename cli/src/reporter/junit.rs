@@ -1,0 +1,148 @@
+//! JUnit XML, as CI systems read it: one `testsuite` per test binary; flaky tests are successes with
+//! `flakyFailure` entries, failed tests carry their earlier attempts as `rerunFailure`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+use testfleet_model::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent};
+
+use crate::error::{CliError, CliResult};
+
+#[derive(Default)]
+struct TestEntry {
+    attempts: Vec<AttemptResult>,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Default)]
+pub struct JunitReporter {
+    suite: String,
+    run_id: String,
+    /// binary id → test name → entry, ordered for a stable file.
+    tests: BTreeMap<String, BTreeMap<String, TestEntry>>,
+    wall_ms: u64,
+}
+
+fn kind_of(status: AttemptStatus) -> NonSuccessKind {
+    match status {
+        AttemptStatus::InfraError => NonSuccessKind::Error,
+        _ => NonSuccessKind::Failure,
+    }
+}
+
+fn type_of(status: AttemptStatus) -> &'static str {
+    match status {
+        AttemptStatus::TimedOut => "timeout",
+        AttemptStatus::InfraError => "infrastructure",
+        _ => "failure",
+    }
+}
+
+fn rerun(a: &AttemptResult) -> TestRerun {
+    let mut r = TestRerun::new(kind_of(a.status));
+    r.set_time(a.duration)
+        .set_message(a.message.clone())
+        .set_type(type_of(a.status))
+        .set_system_out_lossy(&a.output);
+    r
+}
+
+impl JunitReporter {
+    pub fn on_event(&mut self, e: &RunEvent) {
+        self.run_id = e.run_id.to_string();
+        match &e.kind {
+            EventKind::RunStarted { suite, skipped, .. } => {
+                self.suite = suite.clone();
+                for t in skipped {
+                    let entry = self.entry(&t.binary_id, &t.name);
+                    entry.outcome = Some(Outcome::Skipped);
+                }
+            }
+            EventKind::TestFinished {
+                test,
+                result,
+                final_outcome,
+                ..
+            } => {
+                let entry = self.entry(&test.binary_id, &test.name);
+                entry.attempts.push(result.clone());
+                entry.outcome = *final_outcome;
+            }
+            EventKind::RunFinished { summary, .. } => self.wall_ms = summary.wall_ms,
+            EventKind::TestStarted { .. } | EventKind::Notice { .. } => {}
+        }
+    }
+
+    fn entry(&mut self, binary: &str, name: &str) -> &mut TestEntry {
+        self.tests
+            .entry(binary.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default()
+    }
+
+    fn case(name: &str, classname: &str, e: &TestEntry) -> TestCase {
+        let last = e.attempts.last();
+        let earlier = &e.attempts[..e.attempts.len().saturating_sub(1)];
+        let status = match e.outcome {
+            Some(Outcome::Passed) => TestCaseStatus::success(),
+            Some(Outcome::Flaky) => {
+                let mut s = TestCaseStatus::success();
+                s.add_reruns(
+                    earlier
+                        .iter()
+                        .filter(|a| a.status != AttemptStatus::Passed)
+                        .map(rerun),
+                );
+                s
+            }
+            Some(Outcome::Skipped) => TestCaseStatus::skipped(),
+            Some(Outcome::Cancelled) | None => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message("cancelled before it finished");
+                s
+            }
+            Some(Outcome::Failed | Outcome::TimedOut | Outcome::InfraError) => {
+                let last = last.expect("a failed test has an attempt");
+                let mut s = TestCaseStatus::non_success(kind_of(last.status));
+                s.set_message(last.message.clone())
+                    .set_type(type_of(last.status))
+                    .set_description(String::from_utf8_lossy(&last.output).into_owned());
+                s.add_reruns(earlier.iter().map(rerun));
+                s
+            }
+        };
+        let mut case = TestCase::new(name, status);
+        case.set_classname(classname);
+        // Output of passing attempts is left out, as CI systems show only failures' output anyway.
+        if let Some(last) = last {
+            case.set_time(last.duration);
+        }
+        case
+    }
+
+    pub fn write(&self, path: &Path) -> CliResult<()> {
+        let mut report = Report::new(format!("testfleet run {} of {}", self.run_id, self.suite));
+        report.set_time(std::time::Duration::from_millis(self.wall_ms));
+        for (binary, tests) in &self.tests {
+            let mut suite = TestSuite::new(binary.clone());
+            suite.add_test_cases(tests.iter().map(|(name, e)| Self::case(name, binary, e)));
+            report.add_test_suite(suite);
+        }
+        let file = std::fs::File::create(path).map_err(|e| {
+            CliError::Internal(anyhow::anyhow!(
+                "cannot write JUnit file {}: {e}",
+                path.display()
+            ))
+        })?;
+        report
+            .serialize(std::io::BufWriter::new(file))
+            .map_err(|e| {
+                CliError::Internal(anyhow::anyhow!(
+                    "cannot write JUnit file {}: {e}",
+                    path.display()
+                ))
+            })
+    }
+}

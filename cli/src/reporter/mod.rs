@@ -1,0 +1,56 @@
+//! Reporters turn the run's event stream into what people and machines read: a live human report,
+//! JSON lines, and a JUnit file at the end. They see only events.
+
+mod human;
+mod junit;
+
+use std::path::PathBuf;
+
+use testfleet_model::RunEvent;
+
+use crate::error::CliResult;
+pub use human::HumanReporter;
+pub use junit::JunitReporter;
+
+pub struct Report {
+    human: Option<HumanReporter>,
+    json: bool,
+    junit: Option<(JunitReporter, PathBuf)>,
+}
+
+impl Report {
+    pub fn new(json: bool, junit: Option<PathBuf>, mode: String) -> Self {
+        Report {
+            human: (!json).then(|| HumanReporter::new(mode)),
+            json,
+            junit: junit.map(|p| (JunitReporter::default(), p)),
+        }
+    }
+
+    pub fn on_event(&mut self, e: &RunEvent) {
+        if self.json {
+            println!("{}", serde_json::to_string(e).expect("events serialize"));
+        }
+        if let Some(h) = &mut self.human {
+            h.on_event(e);
+        }
+        if let Some((j, _)) = &mut self.junit {
+            j.on_event(e);
+        }
+    }
+
+    /// Prints a line for people (on stderr, so JSON on stdout stays clean).
+    pub fn note(&self, line: &str) {
+        match &self.human {
+            Some(h) => h.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(self) -> CliResult<()> {
+        if let Some((j, path)) = self.junit {
+            j.write(&path)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Following a run's events until it finishes: re-attaches from the last sequence number when the
+//! stream breaks, and turns Ctrl-C into a cancellation of the run.
+
+use std::time::Duration;
+
+use testfleet_model::{EventKind, RunEvent, RunId, RunState, RunSummary};
+use testfleet_proto::pb;
+
+use crate::error::{CliError, CliResult};
+use crate::remote::Client;
+use crate::reporter::Report;
+
+/// How long the stream may stay broken before the run is given up on.
+const REATTACH_LIMIT: Duration = Duration::from_secs(60);
+
+pub async fn follow(
+    client: &mut Client,
+    url: &str,
+    run_id: RunId,
+    report: &mut Report,
+) -> CliResult<(RunSummary, RunState)> {
+    let mut next_seq = 0u64;
+    let mut broken_since: Option<std::time::Instant> = None;
+    let mut cancel_sent = false;
+    loop {
+        let attach = client
+            .watch_run(pb::WatchRunRequest {
+                run_id: run_id.to_string(),
+                from_seq: next_seq,
+            })
+            .await;
+        let mut stream = match attach {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                let since = *broken_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > REATTACH_LIMIT {
+                    return Err(CliError::from_status(url, s));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(s) => return Err(CliError::from_status(url, s)),
+        };
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::signal::ctrl_c(), if !cancel_sent => {
+                    cancel_sent = true;
+                    report.note("interrupted: cancelling the run (press Ctrl-C again to leave at once)");
+                    let mut c = client.clone();
+                    let id = run_id.to_string();
+                    tokio::spawn(async move {
+                        let _ = c.cancel_run(pb::CancelRunRequest { run_id: id }).await;
+                        let _ = tokio::signal::ctrl_c().await;
+                        std::process::exit(testfleet_model::exit_code::RUN_INCOMPLETE);
+                    });
+                    continue;
+                }
+            };
+            match next {
+                Ok(Some(wire)) => {
+                    broken_since = None;
+                    let event = RunEvent::try_from(wire).map_err(|e| {
+                        CliError::Internal(anyhow::anyhow!(
+                            "coordinator sent an invalid event: {e}"
+                        ))
+                    })?;
+                    // A re-attach can repeat what was already seen.
+                    if event.seq < next_seq {
+                        continue;
+                    }
+                    next_seq = event.seq + 1;
+                    report.on_event(&event);
+                    if let EventKind::RunFinished { summary, state } = event.kind {
+                        return Ok((summary, state));
+                    }
+                }
+                Ok(None) | Err(_) => break, // re-attach from next_seq
+            }
+        }
+        let since = *broken_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > REATTACH_LIMIT {
+            return Err(CliError::Unreachable {
+                url: url.to_owned(),
+                reason: format!("lost the event stream of run {run_id}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
