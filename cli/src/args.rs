@@ -36,7 +36,7 @@ pub struct Cli {
 pub enum Command {
     /// Build a Cargo workspace's tests and run them on local agents or a coordinator's fleet.
     #[command(after_help = EXIT_CODES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the coordinator: accepts runs, schedules tests on agents, keeps history.
     Coordinator(CoordinatorArgs),
     /// Run an agent: connects to a coordinator and runs the tests it is given.
@@ -67,10 +67,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub retries: Option<u32>,
     /// Per-test timeout in seconds; the test's process group is then terminated.
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 300.0, value_name = "SECS", value_parser = positive_secs)]
     pub timeout: f64,
     /// Seconds between SIGTERM and SIGKILL for a timed-out test.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = non_negative_secs)]
     pub kill_grace: f64,
     /// Output kept per test attempt, in bytes (head and tail).
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
@@ -170,6 +170,31 @@ pub struct AgentsArgs {
     pub json: bool,
 }
 
+fn parse_secs(s: &str, allow_zero: bool) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let ok = v.is_finite() && v < 1e9 && (v > 0.0 || (allow_zero && v == 0.0));
+    ok.then_some(v).ok_or_else(|| {
+        format!(
+            "`{s}` must be {} and finite",
+            if allow_zero {
+                "0 or more"
+            } else {
+                "more than 0"
+            }
+        )
+    })
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    parse_secs(s, false)
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    parse_secs(s, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +216,20 @@ mod tests {
         assert_eq!(
             EXIT_CODES.lines().count() - 1,
             testfleet_model::exit_code::ALL.len()
+        );
+    }
+
+    #[test]
+    fn durations_must_be_sane() {
+        for bad in ["0", "-1", "nan", "inf", "soon"] {
+            assert!(
+                Cli::try_parse_from(["testfleet", "run", "--timeout", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["testfleet", "run", "--timeout", "0.5", "--kill-grace", "0"])
+                .is_ok()
         );
     }
 

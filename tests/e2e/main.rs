@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the real `testfleet` binary, real processes, real loopback sockets, real sled.
+//! The fixture suites under `tests/fixtures/` are built and run; their expected outcomes are in
+//! `fixture.rs`.
+
+mod bad_input;
+mod bundles;
+mod fixture;
+mod local_run;
+mod remote_run;
+mod support;

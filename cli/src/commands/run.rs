@@ -16,14 +16,7 @@ use crate::local::LocalFleet;
 use crate::remote;
 use crate::reporter::Report;
 
-pub async fn run(args: RunArgs) -> CliResult<i32> {
-    if !(args.timeout > 0.0 && args.timeout.is_finite())
-        || !(args.kill_grace >= 0.0 && args.kill_grace.is_finite())
-    {
-        return Err(CliError::Internal(anyhow::anyhow!(
-            "--timeout must be positive and --kill-grace not negative"
-        )));
-    }
+pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     let cargo_args = args.cargo.clone();
     let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
         .await

@@ -1,0 +1,246 @@
+//! Bundles that must never be used: one whose bytes do not match its digest (on upload, and on disk
+//! behind the coordinator's back), and one whose entry would escape the extraction dir.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use testfleet_model::{Binary, EventKind, Outcome, RunEvent, RunSpec, TestSpec};
+use testfleet_proto::pb;
+use testfleet_proto::pb::coordinator_client::CoordinatorClient;
+
+use crate::support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn upload(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    digest: &str,
+    data: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let chunk = pb::BundleChunk {
+        digest: digest.to_owned(),
+        total_size: data.len() as u64,
+        data,
+    };
+    client
+        .upload_bundle(tokio_stream::iter(vec![chunk]))
+        .await
+        .map(|_| ())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d");
+    std::fs::write(&p, data).unwrap();
+    testfleet_bundle::digest_file(&p).unwrap()
+}
+
+/// Submits a one-test run on `digest` and returns its events once it finished.
+async fn run_on_bundle(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    digest: &str,
+) -> Vec<RunEvent> {
+    let spec = RunSpec {
+        suite: "hostile".into(),
+        binaries: vec![Binary {
+            binary_id: "b".into(),
+            path: "bin/test".into(),
+            cwd: "ws".into(),
+            env: BTreeMap::new(),
+        }],
+        tests: vec![TestSpec {
+            binary: 0,
+            name: "t".into(),
+            ignored: false,
+        }],
+        retries: Some(0),
+        test_timeout: Duration::from_secs(30),
+        kill_grace: Duration::from_secs(1),
+        output_cap_bytes: 4096,
+        bundle_digest: Some(digest.to_owned()),
+        revision: String::new(),
+        branch: String::new(),
+    };
+    let run_id = client
+        .submit_run(pb::SubmitRunRequest {
+            spec: Some((&spec).into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    let mut stream = client
+        .watch_run(pb::WatchRunRequest {
+            run_id,
+            from_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = vec![];
+    while let Some(e) = tokio::time::timeout(GUARD, stream.message())
+        .await
+        .expect("events keep coming")
+        .unwrap()
+    {
+        events.push(RunEvent::try_from(e).unwrap());
+    }
+    events
+}
+
+fn infra_messages(events: &[RunEvent]) -> (Option<Outcome>, Vec<String>) {
+    let mut outcome = None;
+    let mut messages = vec![];
+    for e in events {
+        if let EventKind::TestFinished {
+            result,
+            final_outcome,
+            ..
+        } = &e.kind
+        {
+            messages.push(result.message.clone());
+            outcome = outcome.or(*final_outcome);
+        }
+    }
+    (outcome, messages)
+}
+
+#[test]
+fn an_upload_whose_bytes_do_not_match_its_digest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    runtime().block_on(async {
+        let mut client = CoordinatorClient::connect(url).await.unwrap();
+        let claimed = sha256_hex(b"what was promised");
+        let err = upload(&mut client, &claimed, b"something else".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("bundle digest mismatch"),
+            "{}",
+            err.message()
+        );
+        let has = client
+            .has_bundle(pb::BundleRef { digest: claimed })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!has.present, "a refused upload leaves nothing behind");
+    });
+}
+
+#[test]
+fn a_bundle_corrupted_on_the_coordinator_is_caught_by_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    let _agent = agent(dir.path(), &url, "checker", 1);
+    let exe = dir.path().join("test-exe");
+    std::fs::copy("/bin/true", &exe).unwrap();
+    let packed = testfleet_bundle::pack(
+        &[testfleet_bundle::BundleEntry {
+            archive_path: "bin/test".into(),
+            source: exe,
+        }],
+        &dir.path().join("packed"),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let mut client = CoordinatorClient::connect(url).await.unwrap();
+        upload(
+            &mut client,
+            &packed.digest,
+            std::fs::read(&packed.path).unwrap(),
+        )
+        .await
+        .unwrap();
+        // Flip the stored bytes behind the coordinator's back.
+        let stored = dir
+            .path()
+            .join(format!("coordinator/bundles/{}.tar.zst", packed.digest));
+        let mut bytes = std::fs::read(&stored).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&stored, bytes).unwrap();
+
+        let events = run_on_bundle(&mut client, &packed.digest).await;
+        let (outcome, messages) = infra_messages(&events);
+        assert_eq!(outcome, Some(Outcome::InfraError), "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.contains("bundle digest mismatch")),
+            "{messages:?}"
+        );
+    });
+    assert!(
+        !dir.path()
+            .join(format!("checker/bundles/{}", packed.digest))
+            .exists()
+    );
+}
+
+fn hostile_bundle() -> (Vec<u8>, String) {
+    let mut enc = zstd::Encoder::new(Vec::new(), 1).unwrap();
+    {
+        let mut b = tar::Builder::new(&mut enc);
+        let mut h = tar::Header::new_old();
+        let name = b"../escape";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(5);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append(&h, &b"pwned"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let mut bytes = enc.finish().unwrap();
+    bytes.flush().unwrap();
+    let digest = sha256_hex(&bytes);
+    (bytes, digest)
+}
+
+#[test]
+fn a_bundle_entry_that_would_escape_is_rejected_and_nothing_is_written_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    let _agent = agent(dir.path(), &url, "victim", 1);
+    let (bytes, digest) = hostile_bundle();
+    runtime().block_on(async {
+        let mut client = CoordinatorClient::connect(url).await.unwrap();
+        upload(&mut client, &digest, bytes).await.unwrap();
+        let events = run_on_bundle(&mut client, &digest).await;
+        let (outcome, messages) = infra_messages(&events);
+        assert_eq!(outcome, Some(Outcome::InfraError), "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.contains("bundle entry `../escape` rejected")),
+            "{messages:?}"
+        );
+    });
+    let escaped: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.ends_with("escape"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! A coordinator process and two agent processes with their own work dirs: the run is bundled,
+//! uploaded once, downloaded once per agent, and the flaky test's retry runs on the other agent.
+
+use testfleet_model::{AttemptStatus, exit_code};
+
+use crate::fixture;
+use crate::support::*;
+
+#[test]
+fn remote_run_on_two_agent_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, url) = coordinator(dir.path());
+    let mut a1 = agent(dir.path(), &url, "agent-a", 1);
+    let mut a2 = agent(dir.path(), &url, "agent-b", 1);
+    wait_for_agents(&url, 2);
+
+    let run = || {
+        run_output(
+            testfleet()
+                .args([
+                    "run",
+                    "--coordinator",
+                    &url,
+                    "--retries",
+                    "1",
+                    "--timeout",
+                    "2",
+                    "--kill-grace",
+                    "1",
+                ])
+                .args(["--json", "--manifest-path"])
+                .arg(fixture::manifest()),
+        )
+    };
+    let out = run();
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
+    assert!(log.contains("uploaded"), "{log}");
+    let events = events(&out);
+    assert_eq!(final_outcomes(&events), fixture::expected(true), "{log}");
+
+    let s = summary(&events);
+    assert!(
+        s.attempts_per_agent.get("agent-a").copied().unwrap_or(0) > 0,
+        "{s:?}"
+    );
+    assert!(
+        s.attempts_per_agent.get("agent-b").copied().unwrap_or(0) > 0,
+        "{s:?}"
+    );
+
+    let flaky = attempts(&events, "tests::flaky_first_attempt");
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(flaky[0].2.status, AttemptStatus::Failed);
+    assert_eq!(flaky[1].2.status, AttemptStatus::Passed);
+    assert_ne!(
+        flaky[0].1, flaky[1].1,
+        "the retry must run on the other agent"
+    );
+
+    // The same build again: nothing is uploaded or downloaded a second time.
+    let again = run();
+    assert_eq!(
+        again.status.code(),
+        Some(exit_code::TESTS_FAILED),
+        "{}",
+        stderr(&again)
+    );
+    assert!(
+        stderr(&again).contains("already on the coordinator"),
+        "{}",
+        stderr(&again)
+    );
+
+    for p in [&mut a1, &mut a2, &mut coord] {
+        assert!(p.stop().success(), "clean exit on SIGTERM:\n{}", p.log());
+    }
+    let coord_log = coord.log();
+    assert_eq!(
+        coord_log.matches("bundle uploaded").count(),
+        1,
+        "{coord_log}"
+    );
+    assert_eq!(
+        coord_log.matches("bundle download started").count(),
+        2,
+        "{coord_log}"
+    );
+    for a in [&a1, &a2] {
+        assert_eq!(
+            a.log().matches("bundle downloaded").count(),
+            1,
+            "{}",
+            a.log()
+        );
+    }
+}

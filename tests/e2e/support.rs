@@ -1,0 +1,197 @@
+//! Helpers for driving the real binary: processes that are killed when a test ends, reading a
+//! coordinator's address, parsing the JSON event stream. Waits are on events, each with a generous
+//! guard timeout.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use testfleet_model::{AttemptResult, EventKind, Outcome, RunEvent, RunSummary};
+
+pub const GUARD: Duration = Duration::from_secs(120);
+
+pub fn testfleet() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testfleet"));
+    cmd.env_remove("TESTFLEET_COORDINATOR")
+        .env_remove("TESTFLEET_DATA_DIR")
+        .env_remove("RUST_BACKTRACE")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A child process killed (its whole process) when dropped, with its stderr in a file.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, stderr: PathBuf) -> Self {
+        let file = std::fs::File::create(&stderr).unwrap();
+        let child = cmd.stderr(file).spawn().expect("testfleet starts");
+        Proc { child, stderr }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        wait_guarded(&mut self.child)
+    }
+}
+
+fn wait_guarded(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < GUARD,
+            "process did not exit within {GUARD:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `testfleet coordinator` on a free loopback port and returns it with its URL.
+pub fn coordinator(dir: &Path) -> (Proc, String) {
+    let mut cmd = testfleet();
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("coordinator"))
+        .stdout(Stdio::piped());
+    let mut p = Proc::spawn(cmd, dir.join("coordinator.log"));
+    let stdout = p.child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(GUARD)
+        .expect("the coordinator prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("testfleet coordinator listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", p.log()))
+        .to_owned();
+    (p, format!("http://{addr}"))
+}
+
+pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
+    let mut cmd = testfleet();
+    cmd.args([
+        "agent",
+        "--coordinator",
+        url,
+        "--agent-id",
+        id,
+        "--slots",
+        &slots.to_string(),
+        "--work-dir",
+    ])
+    .arg(dir.join(id));
+    Proc::spawn(cmd, dir.join(format!("{id}.log")))
+}
+
+/// Waits until the coordinator lists `n` agents.
+pub fn wait_for_agents(url: &str, n: usize) {
+    let start = Instant::now();
+    loop {
+        let out = testfleet()
+            .args(["agents", "--json", "--coordinator", url])
+            .output()
+            .unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < GUARD,
+            "{n} agents did not connect within {GUARD:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run_output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("testfleet runs")
+}
+
+pub fn events(out: &Output) -> Vec<RunEvent> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+pub type Key = (String, String);
+
+pub fn final_outcomes(events: &[RunEvent]) -> BTreeMap<Key, Outcome> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        match &e.kind {
+            EventKind::RunStarted { skipped, .. } => {
+                for t in skipped {
+                    out.insert((t.binary_id.clone(), t.name.clone()), Outcome::Skipped);
+                }
+            }
+            EventKind::TestFinished {
+                test,
+                final_outcome: Some(o),
+                ..
+            } => {
+                out.insert((test.binary_id.clone(), test.name.clone()), *o);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every attempt of one test: (attempt number, agent, result).
+pub fn attempts(events: &[RunEvent], name: &str) -> Vec<(u32, String, AttemptResult)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id,
+                result,
+                ..
+            } if test.name == name => Some((*attempt, agent_id.clone(), result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn summary(events: &[RunEvent]) -> RunSummary {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::RunFinished { summary, .. } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("the run finished")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
