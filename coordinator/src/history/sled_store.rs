@@ -17,6 +17,7 @@ const OUTPUT_EXCERPT_BYTES: usize = 4096;
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    meta: sled::Tree,
     runs: sled::Tree,
     run_tests: sled::Tree,
     tests: sled::Tree,
@@ -66,6 +67,7 @@ impl SledStore {
             }
         }
         Ok(SledStore {
+            meta,
             runs: db.open_tree("runs")?,
             run_tests: db.open_tree("run_tests")?,
             tests: db.open_tree("tests")?,
@@ -120,7 +122,18 @@ fn test_key(suite: &str, t: &TestId) -> Vec<u8> {
 
 impl HistoryStore for SledStore {
     fn next_run_id(&self) -> Result<RunId, HistoryError> {
-        Ok(RunId(self.db.generate_id()? + 1))
+        // A dense counter (sled's generate_id skips ahead by a million after every restart).
+        let next = self.meta.update_and_fetch("last_run_id", |old| {
+            let last = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            Some((last + 1).to_be_bytes().to_vec())
+        })?;
+        let bytes = next.expect("the update always stores a value");
+        let id = u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| HistoryError::Corrupt {
+            key: "meta/last_run_id".into(),
+            reason: "not a u64".into(),
+        })?);
+        self.meta.flush()?;
+        Ok(RunId(id))
     }
 
     fn apply(&self, update: &HistoryUpdate) -> Result<(), HistoryError> {
@@ -261,5 +274,30 @@ impl HistoryStore for SledStore {
     fn flush(&self) -> Result<(), HistoryError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_dense_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_eq!(s.next_run_id().unwrap(), RunId(1));
+            assert_eq!(s.next_run_id().unwrap(), RunId(2));
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.next_run_id().unwrap(), RunId(3));
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).err().expect("the data dir is locked");
+        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
     }
 }
