@@ -124,14 +124,20 @@ impl HistoryStore for SledStore {
     fn next_run_id(&self) -> Result<RunId, HistoryError> {
         // A dense counter (sled's generate_id skips ahead by a million after every restart).
         let next = self.meta.update_and_fetch("last_run_id", |old| {
-            let last = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let last = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             Some((last + 1).to_be_bytes().to_vec())
         })?;
-        let bytes = next.expect("the update always stores a value");
-        let id = u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| HistoryError::Corrupt {
-            key: "meta/last_run_id".into(),
-            reason: "not a u64".into(),
-        })?);
+        let bytes: [u8; 8] = next
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| HistoryError::Corrupt {
+                key: "meta/last_run_id".into(),
+                reason: "not a u64".into(),
+            })?;
+        let id = u64::from_be_bytes(bytes);
         self.meta.flush()?;
         Ok(RunId(id))
     }
@@ -297,7 +303,12 @@ mod tests {
     fn a_second_open_of_the_same_dir_is_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let _first = SledStore::open(dir.path()).unwrap();
-        let err = SledStore::open(dir.path()).err().expect("the data dir is locked");
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        let err = SledStore::open(dir.path())
+            .err()
+            .expect("the data dir is locked");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 }
