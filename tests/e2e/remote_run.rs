@@ -95,3 +95,102 @@ fn remote_run_on_two_agent_processes() {
         );
     }
 }
+
+/// An agent whose coordinator goes away reconnects by itself once one listens again; a finished
+/// run's events can be read again from any sequence number.
+#[test]
+fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, url) = coordinator(dir.path());
+    let _agent = agent(dir.path(), &url, "steady", 1);
+    wait_for_agents(&url, 1);
+
+    let out = run_output(
+        testfleet()
+            .args([
+                "run",
+                "--coordinator",
+                &url,
+                "--json",
+                "adds",
+                "--manifest-path",
+            ])
+            .arg(fixture::manifest()),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SUCCESS),
+        "{}",
+        stderr(&out)
+    );
+    let all = events(&out);
+    let run_id = all[0].run_id.to_string();
+
+    assert!(coord.stop().success());
+    let addr = url.trim_start_matches("http://").to_owned();
+    let (_again, url2) = coordinator_on(dir.path(), &addr, "coordinator-2.log");
+    assert_eq!(url, url2);
+    wait_for_agents(&url, 1);
+
+    // The run now lives only in the restarted coordinator's history.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use testfleet_proto::pb;
+        let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone())
+            .await
+            .unwrap();
+        let info = client
+            .get_run(pb::GetRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.summary.unwrap().passed, 2);
+    });
+
+    // And the live coordinator replays from a sequence number.
+    let out = run_output(
+        testfleet()
+            .args([
+                "run",
+                "--coordinator",
+                &url,
+                "--json",
+                "adds",
+                "--manifest-path",
+            ])
+            .arg(fixture::manifest()),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SUCCESS),
+        "{}",
+        stderr(&out)
+    );
+    let all = events(&out);
+    let run_id = all[0].run_id.to_string();
+    rt.block_on(async {
+        use testfleet_proto::pb;
+        let mut client = pb::coordinator_client::CoordinatorClient::connect(url.clone())
+            .await
+            .unwrap();
+        let mut stream = client
+            .watch_run(pb::WatchRunRequest {
+                run_id,
+                from_seq: 2,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seqs = vec![];
+        while let Some(e) = stream.message().await.unwrap() {
+            seqs.push(e.seq);
+        }
+        let expected: Vec<u64> = all.iter().map(|e| e.seq).filter(|s| *s >= 2).collect();
+        assert_eq!(seqs, expected);
+    });
+}

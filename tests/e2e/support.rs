@@ -72,11 +72,15 @@ impl Drop for Proc {
 
 /// Starts `testfleet coordinator` on a free loopback port and returns it with its URL.
 pub fn coordinator(dir: &Path) -> (Proc, String) {
+    coordinator_on(dir, "127.0.0.1:0", "coordinator.log")
+}
+
+pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
     let mut cmd = testfleet();
-    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["coordinator", "--listen", listen, "--data-dir"])
         .arg(dir.join("coordinator"))
         .stdout(Stdio::piped());
-    let mut p = Proc::spawn(cmd, dir.join("coordinator.log"));
+    let mut p = Proc::spawn(cmd, dir.join(log));
     let stdout = p.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -5,6 +5,8 @@
 mod agents;
 mod batch;
 mod run;
+#[cfg(test)]
+mod tests;
 
 pub use agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant};
 
