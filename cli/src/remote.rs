@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use testfleet_bundle::PackedBundle;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
-use testfleet_proto::{BUNDLE_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
-use tokio::io::AsyncReadExt;
+use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, CliResult};
@@ -55,40 +55,22 @@ pub async fn upload_bundle(
     if present {
         return Ok(false);
     }
-    let mut file = tokio::fs::File::open(&bundle.path).await.map_err(|e| {
+    let file = tokio::fs::File::open(&bundle.path).await.map_err(|e| {
         CliError::Bundle(format!("cannot read bundle {}: {e}", bundle.path.display()))
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::BundleChunk>(4);
-    let digest = bundle.digest.clone();
-    let total_size = bundle.size;
-    let path = bundle.path.clone();
-    let reader = tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let mut buf = vec![0u8; BUNDLE_CHUNK_BYTES];
-            let n = file.read(&mut buf).await?;
-            if n == 0 && !first {
-                return Ok::<_, std::io::Error>(());
-            }
-            buf.truncate(n);
-            let chunk = pb::BundleChunk {
-                digest: if first { digest.clone() } else { String::new() },
-                total_size: if first { total_size } else { 0 },
-                data: buf,
-            };
-            first = false;
-            if tx.send(chunk).await.is_err() || n == 0 {
-                return Ok(());
-            }
-        }
-    });
-    let reply = client
-        .upload_bundle(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
-    reader
-        .await
-        .map_err(|e| CliError::Internal(e.into()))?
-        .map_err(|e| CliError::Bundle(format!("cannot read bundle {}: {e}", path.display())))?;
+    let read_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = read_error.clone();
+    // A read error ends the upload early; the coordinator then refuses the short bundle, and the
+    // error said here is the local one.
+    let chunks = testfleet_proto::file_chunks(file, bundle.digest.clone(), bundle.size)
+        .map_while(move |c| c.map_err(|e| *seen.lock().expect("lock") = Some(e)).ok());
+    let reply = client.upload_bundle(chunks).await;
+    if let Some(e) = read_error.lock().expect("lock").take() {
+        return Err(CliError::Bundle(format!(
+            "cannot read bundle {}: {e}",
+            bundle.path.display()
+        )));
+    }
     match reply {
         Ok(_) => Ok(true),
         Err(s)

@@ -6,7 +6,10 @@ pub mod pb {
     tonic::include_proto!("testfleet.v1");
 }
 
+mod chunks;
 mod convert;
+
+pub use chunks::file_chunks;
 
 pub use convert::{ConvertError, attempt_key, parse_attempt_key};
 

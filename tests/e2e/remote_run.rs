@@ -105,25 +105,7 @@ fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
     let _agent = agent(dir.path(), &url, "steady", 1);
     wait_for_agents(&url, 1);
 
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                &url,
-                "--json",
-                "adds",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(exit_code::SUCCESS),
-        "{}",
-        stderr(&out)
-    );
-    let all = events(&out);
+    let all = run_adds(&url);
     let run_id = all[0].run_id.to_string();
 
     assert!(coord.stop().success());
@@ -153,25 +135,7 @@ fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
     });
 
     // And the live coordinator replays from a sequence number.
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                &url,
-                "--json",
-                "adds",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(exit_code::SUCCESS),
-        "{}",
-        stderr(&out)
-    );
-    let all = events(&out);
+    let all = run_adds(&url);
     let run_id = all[0].run_id.to_string();
     rt.block_on(async {
         use testfleet_proto::pb;
@@ -193,4 +157,27 @@ fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
         let expected: Vec<u64> = all.iter().map(|e| e.seq).filter(|s| *s >= 2).collect();
         assert_eq!(seqs, expected);
     });
+}
+
+/// Runs the fixture's two `adds` tests on `url` and returns the run's events.
+fn run_adds(url: &str) -> Vec<testfleet_model::RunEvent> {
+    let out = run_output(
+        testfleet()
+            .args([
+                "run",
+                "--coordinator",
+                url,
+                "--json",
+                "adds",
+                "--manifest-path",
+            ])
+            .arg(fixture::manifest()),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SUCCESS),
+        "{}",
+        stderr(&out)
+    );
+    events(&out)
 }

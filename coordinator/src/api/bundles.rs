@@ -2,8 +2,7 @@
 
 use std::pin::Pin;
 
-use testfleet_proto::{BUNDLE_CHUNK_BYTES, pb};
-use tokio::io::AsyncReadExt;
+use testfleet_proto::pb;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Response, Status, Streaming};
 
@@ -42,7 +41,7 @@ pub(super) async fn send(
     digest: &str,
 ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<pb::BundleChunk, Status>> + Send>>>, Status> {
     let path = store.path_of(digest)?;
-    let mut file = match tokio::fs::File::open(&path).await {
+    let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BundleStoreError::NotFound(digest.to_owned()).into());
@@ -50,36 +49,8 @@ pub(super) async fn send(
         Err(e) => return Err(BundleStoreError::Io(e).into()),
     };
     let total_size = file.metadata().await.map_err(BundleStoreError::Io)?.len();
-    let digest = digest.to_owned();
     tracing::info!(%digest, "bundle download started");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let mut buf = vec![0u8; BUNDLE_CHUNK_BYTES];
-            let n = match file.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(Status::internal(format!("failed to read bundle: {e}"))))
-                        .await;
-                    break;
-                }
-            };
-            buf.truncate(n);
-            let chunk = pb::BundleChunk {
-                digest: if first { digest.clone() } else { String::new() },
-                total_size: if first { total_size } else { 0 },
-                data: buf,
-            };
-            first = false;
-            if tx.send(Ok(chunk)).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(Response::new(Box::pin(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    )))
+    let chunks = testfleet_proto::file_chunks(file, digest.to_owned(), total_size)
+        .map(|c| c.map_err(|e| Status::internal(format!("failed to read bundle: {e}"))));
+    Ok(Response::new(Box::pin(chunks)))
 }
