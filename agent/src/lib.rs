@@ -5,15 +5,19 @@
 pub mod bundle_cache;
 pub mod capture;
 pub mod executor;
+pub mod provision;
 pub mod runners;
 mod session;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use testfleet_model::AgentId;
+
+use provision::{Provisioner, ServicePool};
 
 pub use session::SessionEnd;
 
@@ -59,23 +63,86 @@ pub enum AgentError {
     Refused { agent: AgentId, reason: String },
 }
 
+/// What the agent can offer tests that need services.
+pub(crate) struct Services {
+    pub pool: Option<Arc<ServicePool>>,
+    /// Why there is no pool, in words (empty when there is one).
+    pub status: String,
+}
+
+async fn services(config: &AgentConfig, provisioner: Option<Arc<dyn Provisioner>>) -> Services {
+    let Some(prov) = provisioner else {
+        return Services {
+            pool: None,
+            status: "services are disabled on this agent (--no-docker)".into(),
+        };
+    };
+    match prov.status().await {
+        Ok(()) => {
+            let pool = Arc::new(ServicePool::new(prov, config.agent_id.clone()));
+            // Whatever a killed earlier run of this agent left behind goes first.
+            if let Some(r) = pool.sweep().await
+                && (r.containers > 0 || r.networks > 0)
+            {
+                tracing::warn!(
+                    containers = r.containers,
+                    networks = r.networks,
+                    "removed leftovers of an earlier run of this agent"
+                );
+            }
+            Services {
+                pool: Some(pool),
+                status: String::new(),
+            }
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "Docker is unavailable: this agent will not take tests that need services");
+            Services {
+                pool: None,
+                status: reason,
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves, reconnecting with backoff whenever the session breaks.
-/// Running tests are stopped at shutdown.
+/// Running tests are stopped and every container the agent started is removed at shutdown.
+/// `provisioner` is `None` on agents that must not start services.
 pub async fn run(
     config: AgentConfig,
+    provisioner: Option<Arc<dyn Provisioner>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::WorkDir {
         path: config.work_dir.clone(),
         source,
     })?;
-    let endpoint = session::endpoint(&config)?;
+    let services = services(&config, provisioner).await;
+    let result = run_sessions(&config, &services, shutdown).await;
+    if let Some(pool) = &services.pool
+        && let Some(r) = pool.shutdown().await
+    {
+        tracing::info!(
+            containers = r.containers,
+            networks = r.networks,
+            "services removed"
+        );
+    }
+    result
+}
+
+async fn run_sessions(
+    config: &AgentConfig,
+    services: &Services,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let endpoint = session::endpoint(config)?;
     let cache = bundle_cache::BundleCache::new(config.work_dir.join("bundles"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let work = async {
         let mut delay = Duration::from_millis(100);
         loop {
-            match session::run(&config, &endpoint, &cache, stop_rx.clone()).await {
+            match session::run(config, &endpoint, &cache, services, stop_rx.clone()).await {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Refused(reason) => {
                     return Err(AgentError::Refused {

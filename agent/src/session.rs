@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use testfleet_model::AttemptResult;
@@ -13,10 +14,13 @@ use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 
+use testfleet_model::ServiceSpec;
+
 use crate::bundle_cache::BundleCache;
 use crate::executor::{self, TestCommand};
+use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::libtest;
-use crate::{AgentConfig, AgentError};
+use crate::{AgentConfig, AgentError, Services};
 
 pub enum SessionEnd {
     Shutdown,
@@ -42,6 +46,8 @@ struct Job {
     key: pb::AttemptKey,
     cmd: TestCommand,
     cancel: watch::Receiver<bool>,
+    services: Vec<ServiceSpec>,
+    ctx: LeaseCtx,
 }
 
 struct State {
@@ -61,21 +67,31 @@ impl State {
             .saturating_sub(self.running + self.preparing + self.pending.len())
     }
 
-    fn cancel_all(&mut self) {
-        for (_, (c, _)) in self.leases.drain() {
+    /// Stops every lease's tests and removes the leases' containers: the session is over.
+    fn cancel_all(&mut self, pool: Option<&Arc<ServicePool>>) {
+        for (id, (c, _)) in self.leases.drain() {
             let _ = c.send(true);
+            release(pool, id);
         }
         self.pending.clear();
     }
 
-    /// Notes that one test of `lease` is done, forgetting the lease after its last one.
-    fn test_done(&mut self, lease: &str) {
+    /// Notes that one test of `lease` is done; after its last one the lease and its containers go.
+    fn test_done(&mut self, lease: &str, pool: Option<&Arc<ServicePool>>) {
         if let Some((_, left)) = self.leases.get_mut(lease) {
             *left -= 1;
             if *left == 0 {
                 self.leases.remove(lease);
+                release(pool, lease.to_owned());
             }
         }
+    }
+}
+
+/// Removes a lease's containers in the background (the session loop never waits on Docker).
+fn release(pool: Option<&Arc<ServicePool>>, lease: String) {
+    if let Some(pool) = pool.cloned() {
+        tokio::spawn(async move { pool.release_lease(&lease).await });
     }
 }
 
@@ -87,8 +103,10 @@ pub(crate) async fn run(
     config: &AgentConfig,
     endpoint: &Endpoint,
     cache: &BundleCache,
+    services: &Services,
     mut stop: watch::Receiver<bool>,
 ) -> SessionEnd {
+    let pool = services.pool.as_ref();
     let broken = |reason: String| SessionEnd::Broken {
         reason,
         was_welcomed: false,
@@ -108,8 +126,9 @@ pub(crate) async fn run(
         agent_id: config.agent_id.to_string(),
         slots: config.slots,
         labels: config.labels.clone(),
-        docker_available: false,
+        docker_available: services.pool.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        docker_status: services.status.clone(),
     }));
     let _ = out.send(hello).await;
     let mut inbound = match gateway
@@ -161,10 +180,12 @@ pub(crate) async fn run(
                 })))
                 .await;
             let done = done_tx.clone();
+            let out = out.clone();
+            let pool = pool.cloned();
+            let no_docker = services.status.clone();
             tokio::spawn(async move {
-                let timeout_secs = job.cmd.timeout.as_secs_f64();
-                let finished = executor::run(&job.cmd, job.cancel).await;
-                let _ = done.send((job.key, libtest::interpret(finished, timeout_secs)));
+                let result = run_job(job.key.clone(), job, pool, no_docker, out).await;
+                let _ = done.send(result);
             });
         }
         if !st.requested && st.free() > 0 {
@@ -200,17 +221,18 @@ pub(crate) async fn run(
                     Some(pb::coordinator_message::Kind::CancelLease(c)) => {
                         if let Some((cancel, _)) = st.leases.remove(&c.lease_id) {
                             let _ = cancel.send(true);
+                            release(pool, c.lease_id.clone());
                         }
                         st.pending.retain(|j| j.key.lease_id != c.lease_id);
                     }
                     _ => {}
                 },
                 Ok(None) => {
-                    st.cancel_all();
+                    st.cancel_all(pool);
                     return welcomed("the coordinator closed the session".into());
                 }
                 Err(s) => {
-                    st.cancel_all();
+                    st.cancel_all(pool);
                     return welcomed(format!("session broken: {}", s.message()));
                 }
             },
@@ -219,6 +241,17 @@ pub(crate) async fn run(
                 let Some(cancel) = st.leases.get(&lease.lease_id).map(|(c, _)| c.subscribe()) else {
                     continue; // cancelled while its bundle was fetched
                 };
+                let ctx = LeaseCtx {
+                    run_id: lease.run_id.clone(),
+                    lease_id: lease.lease_id.clone(),
+                    workspace: root.as_ref().ok().and_then(|r| workspace_of(&lease, r.as_deref())),
+                };
+                let lease_services: Result<Vec<ServiceSpec>, String> = lease
+                    .services
+                    .iter()
+                    .cloned()
+                    .map(|s| ServiceSpec::try_from(s).map_err(|e| e.to_string()))
+                    .collect();
                 for t in &lease.tests {
                     let key = pb::AttemptKey {
                         run_id: lease.run_id.clone(),
@@ -228,12 +261,19 @@ pub(crate) async fn run(
                     };
                     let prepared = root
                         .clone()
-                        .and_then(|root| command_for(config, &lease, t, root.as_deref()));
+                        .and_then(|root| command_for(config, &lease, t, root.as_deref()))
+                        .and_then(|cmd| Ok((cmd, services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
                     match prepared {
-                        Ok(cmd) => st.pending.push_back(Job { key, cmd, cancel: cancel.clone() }),
+                        Ok((cmd, services)) => st.pending.push_back(Job {
+                            key,
+                            cmd,
+                            cancel: cancel.clone(),
+                            services,
+                            ctx: ctx.clone(),
+                        }),
                         Err(reason) => {
                             let result = AttemptResult::infra_error(reason);
-                            st.test_done(&key.lease_id);
+                            st.test_done(&key.lease_id, pool);
                             let _ = out.send(finished_msg(key, &result)).await;
                         }
                     }
@@ -241,14 +281,14 @@ pub(crate) async fn run(
             }
             Some((key, result)) = done_rx.recv() => {
                 st.running -= 1;
-                st.test_done(&key.lease_id);
+                st.test_done(&key.lease_id, pool);
                 let _ = out.send(finished_msg(key, &result)).await;
             }
             _ = heartbeat.tick() => {
                 let _ = out.send(msg(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {}))).await;
             }
             () = executor::cancelled(&mut stop) => {
-                st.cancel_all();
+                st.cancel_all(pool);
                 // Let the cancelled tests' process groups be killed before the agent goes.
                 while st.running > 0 {
                     match tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await {
@@ -259,6 +299,84 @@ pub(crate) async fn run(
                 return SessionEnd::Shutdown;
             }
         }
+    }
+}
+
+/// Provisions a test's services, runs it, and removes its test-scope containers.
+async fn run_job(
+    key: pb::AttemptKey,
+    job: Job,
+    pool: Option<Arc<ServicePool>>,
+    no_docker: String,
+    out: mpsc::Sender<pb::AgentMessage>,
+) -> (pb::AttemptKey, AttemptResult) {
+    let mut cmd = job.cmd;
+    let prepared = if job.services.is_empty() {
+        None
+    } else {
+        let Some(pool) = &pool else {
+            let why = format!("this agent cannot start services: {no_docker}");
+            return (key, AttemptResult::infra_error(why));
+        };
+        match pool.prepare(&job.ctx, &job.services).await {
+            Ok(p) => Some(p),
+            Err(e) => return (key, AttemptResult::infra_error(e)),
+        }
+    };
+    if let Some(p) = &prepared {
+        for s in &p.starts {
+            let report = pb::ServiceStarted {
+                run_id: job.ctx.run_id.clone(),
+                lease_id: job.ctx.lease_id.clone(),
+                service: s.service.clone(),
+                scope: pb::Scope::from(s.scope) as i32,
+                duration_ms: s.duration.as_millis() as u64,
+                container_id: s.container_id.clone(),
+                fingerprint: s.fingerprint.clone(),
+            };
+            let _ = out
+                .send(msg(pb::agent_message::Kind::ServiceStarted(report)))
+                .await;
+        }
+        cmd.env.extend(p.env.clone());
+    }
+    let timeout_secs = cmd.timeout.as_secs_f64();
+    let finished = executor::run(&cmd, job.cancel).await;
+    if let (Some(pool), Some(p)) = (&pool, prepared) {
+        pool.finish_test(p).await;
+    }
+    (key, libtest::interpret(finished, timeout_secs))
+}
+
+/// The services a leased test needs, from the lease's list.
+fn services_of(t: &pb::LeasedTest, all: &[ServiceSpec]) -> Result<Vec<ServiceSpec>, String> {
+    let indices = t
+        .binary
+        .as_ref()
+        .map(|b| b.services.as_slice())
+        .unwrap_or_default();
+    indices
+        .iter()
+        .map(|i| {
+            all.get(*i as usize)
+                .cloned()
+                .ok_or_else(|| format!("the lease refers to service #{i}, but has {}", all.len()))
+        })
+        .collect()
+}
+
+/// The workspace root of a lease's run, where service build contexts live.
+fn workspace_of(lease: &pb::Lease, root: Option<&Path>) -> Option<PathBuf> {
+    let ws = Path::new(&lease.workspace);
+    match root {
+        _ if lease.workspace.is_empty() => None,
+        None => Some(ws.to_path_buf()),
+        Some(root)
+            if ws.is_relative() && !ws.components().any(|c| matches!(c, Component::ParentDir)) =>
+        {
+            Some(root.join(ws))
+        }
+        Some(_) => None,
     }
 }
 
@@ -302,6 +420,7 @@ fn command_for(
     env.insert("CARGO_MANIFEST_DIR".into(), cwd.display().to_string());
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
     env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.clone());
+    env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.clone());
     env.insert("TESTFLEET_AGENT_ID".into(), config.agent_id.to_string());
     Ok(TestCommand {
         program,

@@ -17,6 +17,7 @@ Exit codes:
   22  building the tests failed
   23  a test binary could not list its tests
   24  no test selected
+  25  the suite manifest is invalid or a prepare command failed
   30  the coordinator could not be reached
   31  the coordinator rejected the request
   32  the test bundle could not be built, uploaded or verified
@@ -75,6 +76,14 @@ pub struct RunArgs {
     /// Output kept per test attempt, in bytes (head and tail).
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub output_cap: u64,
+
+    /// The suite manifest declaring the services tests need [default: `testfleet.toml` in the
+    /// workspace root, if there is one].
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Run local agents without Docker: tests that need services cannot run.
+    #[arg(long)]
+    pub no_docker: bool,
 
     /// Also put these files or directories (relative to the workspace root) into the bundle.
     #[arg(long = "include", value_name = "PATH")]
@@ -158,6 +167,9 @@ pub struct AgentArgs {
     /// Labels reported to the coordinator, as KEY=VALUE.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Do not start services: this agent takes only tests that need none.
+    #[arg(long)]
+    pub no_docker: bool,
 }
 
 #[derive(Args, Debug)]

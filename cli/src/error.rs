@@ -14,6 +14,8 @@ pub enum CliError {
     TestListFailed(String),
     #[error("{0}")]
     NoTests(String),
+    #[error("{0}")]
+    BadManifest(String),
     #[error("cannot reach the coordinator at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the coordinator rejected the request: {0}")]
@@ -34,6 +36,7 @@ impl CliError {
             CliError::BuildFailed(_) => exit_code::BUILD_FAILED,
             CliError::TestListFailed(_) => exit_code::TEST_LIST_FAILED,
             CliError::NoTests(_) => exit_code::NO_TESTS,
+            CliError::BadManifest(_) => exit_code::BAD_MANIFEST,
             CliError::Unreachable { .. } => exit_code::COORDINATOR_UNREACHABLE,
             CliError::Rejected(_) => exit_code::REQUEST_REJECTED,
             CliError::Bundle(_) => exit_code::BUNDLE_ERROR,

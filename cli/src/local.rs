@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use testfleet_agent::AgentConfig;
+use testfleet_agent::provision::{DockerProvisioner, Provisioner};
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,7 +19,8 @@ pub struct LocalFleet {
 }
 
 impl LocalFleet {
-    pub async fn start(data_dir: &Path, agents: u32, slots: u32) -> CliResult<Self> {
+    /// `docker`: whether the local agents may start services.
+    pub async fn start(data_dir: &Path, agents: u32, slots: u32, docker: bool) -> CliResult<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             CliError::Server(format!(
                 "cannot create data dir {}: {e}",
@@ -71,7 +73,9 @@ impl LocalFleet {
                 let shutdown = async {
                     let _ = stopped.await;
                 };
-                if let Err(e) = testfleet_agent::run(cfg, shutdown).await {
+                let provisioner: Option<Arc<dyn Provisioner>> =
+                    docker.then(|| Arc::new(DockerProvisioner::new()) as Arc<dyn Provisioner>);
+                if let Err(e) = testfleet_agent::run(cfg, provisioner, shutdown).await {
                     tracing::error!(error = %e, "local agent failed");
                 }
             });

@@ -8,6 +8,7 @@ mod error;
 mod local;
 mod remote;
 mod reporter;
+mod suite_manifest;
 mod telemetry;
 mod watch;
 

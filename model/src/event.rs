@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptResult, Outcome, RunId};
+use crate::{AttemptResult, Outcome, RunId, Scope};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestRef {
@@ -41,6 +41,24 @@ pub struct RunSummary {
     pub cancelled: u32,
     pub wall_ms: u64,
     pub attempts_per_agent: BTreeMap<String, u32>,
+    /// Container starts per service, apart from test time.
+    #[serde(default)]
+    pub service_starts: BTreeMap<String, ServiceTiming>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTiming {
+    pub count: u32,
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+impl ServiceTiming {
+    pub fn add(&mut self, ms: u64) {
+        self.count += 1;
+        self.total_ms += ms;
+        self.max_ms = self.max_ms.max(ms);
+    }
 }
 
 impl RunSummary {
@@ -107,6 +125,14 @@ pub enum EventKind {
     Notice {
         level: NoticeLevel,
         message: String,
+    },
+    /// An agent started a service's container (reuses are not reported).
+    ServiceStarted {
+        agent_id: String,
+        service: String,
+        scope: Scope,
+        duration_ms: u64,
+        container_id: String,
     },
 }
 

@@ -20,6 +20,8 @@ pub const BUILD_FAILED: i32 = 22;
 pub const TEST_LIST_FAILED: i32 = 23;
 /// The selection contains no test to run.
 pub const NO_TESTS: i32 = 24;
+/// The suite manifest (`testfleet.toml`) is invalid, or one of its `prepare` commands failed.
+pub const BAD_MANIFEST: i32 = 25;
 /// The coordinator could not be reached or refused the connection.
 pub const COORDINATOR_UNREACHABLE: i32 = 30;
 /// The coordinator rejected the request (invalid run, unknown run id, ...).
@@ -50,6 +52,10 @@ pub const ALL: &[(i32, &str)] = &[
     (BUILD_FAILED, "building the tests failed"),
     (TEST_LIST_FAILED, "a test binary could not list its tests"),
     (NO_TESTS, "no test selected"),
+    (
+        BAD_MANIFEST,
+        "the suite manifest is invalid or a prepare command failed",
+    ),
     (
         COORDINATOR_UNREACHABLE,
         "the coordinator could not be reached",

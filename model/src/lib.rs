@@ -4,10 +4,14 @@
 pub mod event;
 pub mod exit_code;
 pub mod ids;
+pub mod manifest;
 pub mod outcome;
+pub mod service;
 pub mod spec;
 
-pub use event::{EventKind, NoticeLevel, RunEvent, RunState, RunSummary, TestRef};
+pub use event::{EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceTiming, TestRef};
 pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};
+pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
+pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
 pub use spec::{Binary, RunSpec, SpecError, TestSpec};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::TestId;
+use crate::{ServiceSpec, TestId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binary {
@@ -17,6 +17,8 @@ pub struct Binary {
     /// Working directory of the binary's tests, under the same rule as `path`.
     pub cwd: String,
     pub env: BTreeMap<String, String>,
+    /// Services its tests need: indices into [`RunSpec::services`].
+    pub services: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub struct RunSpec {
     pub bundle_digest: Option<String>,
     pub revision: String,
     pub branch: String,
+    pub services: Vec<ServiceSpec>,
+    /// Workspace root for service build contexts (same rule as binary paths); empty if unused.
+    pub workspace: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,12 +84,23 @@ pub enum SpecError {
     BadDigest(String),
     #[error("{0} retries requested, more than the limit of {limit}", limit = RunSpec::MAX_RETRIES)]
     TooManyRetries(u32),
+    #[error("binary `{binary}` needs service #{index}, but the run declares {count} services")]
+    UnknownService {
+        binary: String,
+        index: u32,
+        count: usize,
+    },
+    #[error("{0}")]
+    BadService(String),
+    #[error("the run declares {0} services, more than the limit of {limit}", limit = RunSpec::MAX_SERVICES)]
+    TooManyServices(usize),
 }
 
 impl RunSpec {
     pub const MAX_TESTS: usize = 1_000_000;
     pub const MAX_RETRIES: u32 = 20;
     pub const MIN_OUTPUT_CAP: u64 = 1024;
+    pub const MAX_SERVICES: usize = 64;
 
     /// Checks everything the coordinator relies on; called at the edge before a run is accepted.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -114,6 +130,34 @@ impl RunSpec {
         {
             return Err(SpecError::BadDigest(d.chars().take(80).collect()));
         }
+        if self.services.len() > Self::MAX_SERVICES {
+            return Err(SpecError::TooManyServices(self.services.len()));
+        }
+        let mut names = HashSet::new();
+        for s in &self.services {
+            s.validate().map_err(SpecError::BadService)?;
+            if !names.insert(s.name.as_str()) {
+                return Err(SpecError::BadService(format!(
+                    "service `{}` is declared twice",
+                    s.name
+                )));
+            }
+        }
+        if !self.workspace.is_empty() {
+            let ws = Binary {
+                binary_id: "(workspace)".into(),
+                path: String::new(),
+                cwd: String::new(),
+                env: BTreeMap::new(),
+                services: vec![],
+            };
+            check_path(
+                "workspace",
+                &ws,
+                &self.workspace,
+                self.bundle_digest.is_some(),
+            )?;
+        }
         let mut binary_ids = HashSet::new();
         for (i, b) in self.binaries.iter().enumerate() {
             if b.binary_id.is_empty() {
@@ -121,6 +165,17 @@ impl RunSpec {
             }
             if !binary_ids.insert(b.binary_id.as_str()) {
                 return Err(SpecError::DuplicateBinary(b.binary_id.clone()));
+            }
+            if let Some(&index) = b
+                .services
+                .iter()
+                .find(|i| **i as usize >= self.services.len())
+            {
+                return Err(SpecError::UnknownService {
+                    binary: b.binary_id.clone(),
+                    index,
+                    count: self.services.len(),
+                });
             }
             let bundled = self.bundle_digest.is_some();
             check_path("path", b, &b.path, bundled)?;
@@ -208,6 +263,7 @@ mod tests {
                 path: "/bin/true".into(),
                 cwd: "/".into(),
                 env: BTreeMap::new(),
+                services: vec![],
             }],
             tests: vec![TestSpec {
                 binary: 0,
@@ -221,6 +277,8 @@ mod tests {
             bundle_digest: None,
             revision: String::new(),
             branch: String::new(),
+            services: vec![],
+            workspace: String::new(),
         }
     }
 
@@ -264,5 +322,12 @@ mod tests {
         let mut s = spec();
         s.test_timeout = Duration::ZERO;
         assert_eq!(s.validate(), Err(SpecError::ZeroTimeout));
+
+        let mut s = spec();
+        s.binaries[0].services = vec![0];
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::UnknownService { index: 0, .. })
+        ));
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use testfleet_model::{
     AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome, RunEvent,
-    RunId, RunSpec, RunState, RunSummary, TestRef, TestSpec,
+    RunId, RunSpec, RunState, RunSummary, ServiceSpec, ServiceTiming, TestRef, TestSpec,
 };
 
 use crate::pb;
@@ -19,7 +19,7 @@ pub struct ConvertError {
 }
 
 impl ConvertError {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         ConvertError {
             field,
             reason: reason.into(),
@@ -72,6 +72,7 @@ impl From<&Binary> for pb::Binary {
             path: b.path.clone(),
             cwd: b.cwd.clone(),
             env: b.env.clone().into_iter().collect(),
+            services: b.services.clone(),
         }
     }
 }
@@ -83,6 +84,7 @@ impl From<pb::Binary> for Binary {
             path: b.path,
             cwd: b.cwd,
             env: b.env.into_iter().collect(),
+            services: b.services,
         }
     }
 }
@@ -108,6 +110,8 @@ impl From<&RunSpec> for pb::RunSpec {
             bundle_digest: s.bundle_digest.clone().unwrap_or_default(),
             revision: s.revision.clone(),
             branch: s.branch.clone(),
+            services: s.services.iter().map(Into::into).collect(),
+            workspace: s.workspace.clone(),
         }
     }
 }
@@ -135,6 +139,12 @@ impl TryFrom<pb::RunSpec> for RunSpec {
             bundle_digest: Some(s.bundle_digest).filter(|d| !d.is_empty()),
             revision: s.revision,
             branch: s.branch,
+            services: s
+                .services
+                .into_iter()
+                .map(ServiceSpec::try_from)
+                .collect::<Result<_, _>>()?,
+            workspace: s.workspace,
         };
         spec.validate()
             .map_err(|e| ConvertError::new("run spec", e.to_string()))?;
@@ -259,6 +269,18 @@ impl From<&RunSummary> for pb::RunSummary {
             cancelled: s.cancelled,
             wall_ms: s.wall_ms,
             attempts_per_agent: s.attempts_per_agent.clone().into_iter().collect(),
+            service_starts: s
+                .service_starts
+                .iter()
+                .map(|(k, t)| {
+                    let t = pb::ServiceTiming {
+                        count: t.count,
+                        total_ms: t.total_ms,
+                        max_ms: t.max_ms,
+                    };
+                    (k.clone(), t)
+                })
+                .collect(),
         }
     }
 }
@@ -275,6 +297,18 @@ impl From<pb::RunSummary> for RunSummary {
             cancelled: s.cancelled,
             wall_ms: s.wall_ms,
             attempts_per_agent: s.attempts_per_agent.into_iter().collect::<BTreeMap<_, _>>(),
+            service_starts: s
+                .service_starts
+                .into_iter()
+                .map(|(k, t)| {
+                    let t = ServiceTiming {
+                        count: t.count,
+                        total_ms: t.total_ms,
+                        max_ms: t.max_ms,
+                    };
+                    (k, t)
+                })
+                .collect(),
         }
     }
 }
@@ -347,6 +381,19 @@ impl From<&RunEvent> for pb::RunEvent {
                 } as i32,
                 message: message.clone(),
             }),
+            EventKind::ServiceStarted {
+                agent_id,
+                service,
+                scope,
+                duration_ms,
+                container_id,
+            } => Kind::ServiceStarted(pb::ServiceStartedEvent {
+                agent_id: agent_id.clone(),
+                service: service.clone(),
+                scope: pb::Scope::from(*scope) as i32,
+                duration_ms: *duration_ms,
+                container_id: container_id.clone(),
+            }),
         };
         pb::RunEvent {
             seq: e.seq,
@@ -390,6 +437,13 @@ impl TryFrom<pb::RunEvent> for RunEvent {
                     _ => NoticeLevel::Info,
                 },
                 message: n.message,
+            },
+            Kind::ServiceStarted(s) => EventKind::ServiceStarted {
+                agent_id: s.agent_id,
+                service: s.service,
+                scope: crate::services::scope_from_wire(s.scope)?,
+                duration_ms: s.duration_ms,
+                container_id: s.container_id,
             },
         };
         Ok(RunEvent {
@@ -453,6 +507,13 @@ mod tests {
             EventKind::Notice {
                 level: NoticeLevel::Warning,
                 message: "m".into(),
+            },
+            EventKind::ServiceStarted {
+                agent_id: "a".into(),
+                service: "db".into(),
+                scope: testfleet_model::Scope::Lease,
+                duration_ms: 321,
+                container_id: "c0ffee".into(),
             },
         ];
         for (seq, kind) in kinds.into_iter().enumerate() {

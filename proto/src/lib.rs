@@ -8,10 +8,12 @@ pub mod pb {
 
 mod chunks;
 mod convert;
+mod services;
 
 pub use chunks::file_chunks;
 
-pub use convert::{ConvertError, attempt_key, parse_attempt_key};
+pub use convert::{ConvertError, attempt_key, parse_attempt_key, parse_run_id};
+pub use services::scope_from_wire;
 
 /// Largest gRPC message either side accepts: a lease or a run spec with many tests can be large.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

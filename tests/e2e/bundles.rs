@@ -54,6 +54,7 @@ async fn run_on_bundle(
             path: "bin/test".into(),
             cwd: "ws".into(),
             env: BTreeMap::new(),
+            services: vec![],
         }],
         tests: vec![TestSpec {
             binary: 0,
@@ -67,6 +68,8 @@ async fn run_on_bundle(
         bundle_digest: Some(digest.to_owned()),
         revision: String::new(),
         branch: String::new(),
+        services: vec![],
+        workspace: String::new(),
     };
     let run_id = client
         .submit_run(pb::SubmitRunRequest {

@@ -56,7 +56,15 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
         config.labels.insert(k.to_owned(), v.to_owned());
     }
     tracing::info!(agent = %id, slots, coordinator = %args.coordinator, "agent started");
-    testfleet_agent::run(config, super::termination())
+    let provisioner: Option<std::sync::Arc<dyn testfleet_agent::provision::Provisioner>> =
+        if args.no_docker {
+            None
+        } else {
+            Some(std::sync::Arc::new(
+                testfleet_agent::provision::DockerProvisioner::new(),
+            ))
+        };
+    testfleet_agent::run(config, provisioner, super::termination())
         .await
         .map_err(|e| CliError::Server(e.to_string()))?;
     tracing::info!(agent = %id, "agent stopped");

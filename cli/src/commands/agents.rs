@@ -21,6 +21,7 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
                 "slots": a.slots,
                 "busy": a.busy,
                 "docker_available": a.docker_available,
+                "docker_status": a.docker_status,
                 "version": a.version,
                 "labels": a.labels,
             });

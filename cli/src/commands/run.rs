@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use testfleet_bundle::BundleEntry;
-use testfleet_model::{Binary, RunId, RunSpec, TestSpec};
+use testfleet_model::{Binary, ImageSource, RunId, RunSpec, TestSpec};
 use testfleet_proto::pb;
 
 use crate::args::RunArgs;
@@ -15,12 +15,23 @@ use crate::error::{CliError, CliResult};
 use crate::local::LocalFleet;
 use crate::remote;
 use crate::reporter::Report;
+use crate::suite_manifest::{self, SuiteManifest};
+
+/// A cheap owned copy of what `prepare` needs, for the blocking task.
+fn suite_manifest_ref(s: &SuiteManifest) -> SuiteManifest {
+    SuiteManifest {
+        manifest: s.manifest.clone(),
+        dir: s.dir.clone(),
+    }
+}
 
 pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     let cargo_args = args.cargo.clone();
     let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
         .await
         .map_err(|e| CliError::Internal(e.into()))??;
+    // A bad manifest is reported before anything is built.
+    let suite = suite_manifest::load(args.manifest.as_deref(), &ws)?;
     // Fail fast on an unreachable coordinator, before spending minutes on a build.
     let mut remote_client = match &args.coordinator {
         Some(url) => Some(remote::connect(url).await?),
@@ -40,13 +51,30 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     .map_err(|e| CliError::Internal(e.into()))??;
 
     let bundled = args.coordinator.is_some();
-    let mut spec = build_spec(&args, &ws, &binaries, bundled)?;
+    let mut spec = build_spec(&args, &ws, &binaries, bundled, suite.as_ref())?;
+    let used: Vec<u32> = {
+        let mut u: Vec<u32> = spec
+            .binaries
+            .iter()
+            .flat_map(|b| b.services.clone())
+            .collect();
+        u.sort_unstable();
+        u.dedup();
+        u
+    };
+    if let Some(suite) = &suite {
+        let s = suite_manifest_ref(suite);
+        tokio::task::spawn_blocking(move || s.prepare(&used))
+            .await
+            .map_err(|e| CliError::Internal(e.into()))??;
+    }
+    let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
 
     let mode;
     let mut fleet = None;
     let (url, mut client) = match (&args.coordinator, remote_client.take()) {
         (Some(url), Some(mut client)) => {
-            let packed = pack_bundle(&ws, &binaries, &args.includes).await?;
+            let packed = pack_bundle(&ws, &binaries, &args.includes, suite.as_ref()).await?;
             let sent = remote::upload_bundle(&mut client, url, &packed).await?;
             eprintln!(
                 "bundle {} ({} bytes) {}",
@@ -71,7 +99,8 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| ws.root.join(".testfleet"));
-            let f = LocalFleet::start(&data_dir, agents, slots).await?;
+            let docker = needs_services && !args.no_docker;
+            let f = LocalFleet::start(&data_dir, agents, slots, docker).await?;
             mode = format!("on {agents} local agent(s) × {slots} slot(s)");
             let url = f.url.clone();
             let client = remote::connect(&url).await?;
@@ -132,6 +161,7 @@ fn build_spec(
     ws: &Workspace,
     binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
     bundled: bool,
+    suite: Option<&SuiteManifest>,
 ) -> CliResult<RunSpec> {
     let mut spec_binaries = Vec::new();
     let mut tests = Vec::new();
@@ -157,11 +187,15 @@ fn build_spec(
         let mut env = BTreeMap::new();
         env.insert("CARGO_PKG_NAME".to_owned(), b.package.clone());
         env.insert("CARGO_PKG_VERSION".to_owned(), b.package_version.clone());
+        let services = suite
+            .map(|s| s.manifest.services_for(&b.binary_id))
+            .unwrap_or_default();
         spec_binaries.push(Binary {
             binary_id: b.binary_id.clone(),
             path,
             cwd,
             env,
+            services,
         });
         tests.extend(selected.into_iter().map(|t| TestSpec {
             binary: index,
@@ -183,14 +217,14 @@ fn build_spec(
             tests.len()
         )));
     }
-    let suite = ws
+    let suite_name = ws
         .root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "workspace".to_owned());
     let (revision, branch) = git_revision(&ws.root);
     Ok(RunSpec {
-        suite,
+        suite: suite_name,
         binaries: spec_binaries,
         tests,
         retries: if bundled {
@@ -204,7 +238,26 @@ fn build_spec(
         bundle_digest: None,
         revision: args.revision.clone().unwrap_or(revision),
         branch,
+        services: suite
+            .map(|s| s.manifest.services.clone())
+            .unwrap_or_default(),
+        workspace: match suite {
+            Some(s) if has_builds(&s.manifest) => {
+                if bundled {
+                    s.bundle_dir(ws)
+                } else {
+                    s.dir.display().to_string()
+                }
+            }
+            _ => String::new(),
+        },
     })
+}
+
+fn has_builds(m: &testfleet_model::Manifest) -> bool {
+    m.services
+        .iter()
+        .any(|s| matches!(s.source, ImageSource::Build { .. }))
 }
 
 fn git_revision(root: &Path) -> (String, String) {
@@ -230,8 +283,30 @@ async fn pack_bundle(
     ws: &Workspace,
     binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
     includes: &[PathBuf],
+    suite: Option<&SuiteManifest>,
 ) -> CliResult<testfleet_bundle::PackedBundle> {
     let mut entries = Vec::new();
+    // Service build contexts travel with the tests: agents build their images from them.
+    for s in suite
+        .iter()
+        .flat_map(|s| s.manifest.services.iter().map(move |svc| (s, svc)))
+    {
+        if let (suite, ImageSource::Build { context, .. }) = (s.0, &s.1.source) {
+            let rel = suite
+                .bundle_dir(ws)
+                .trim_start_matches("ws")
+                .trim_start_matches('/')
+                .to_owned();
+            let src = suite.dir.join(context);
+            collect_files(&src, &Path::new(&rel).join(context), &mut entries).map_err(|e| {
+                CliError::Bundle(format!(
+                    "cannot bundle the build context of service `{}` ({}): {e}",
+                    s.1.name,
+                    src.display()
+                ))
+            })?;
+        }
+    }
     for (b, _) in binaries {
         let (path, _) = bundle_paths(ws, b);
         entries.push(BundleEntry {

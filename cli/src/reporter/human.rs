@@ -152,6 +152,22 @@ impl HumanReporter {
                 };
                 self.println(&format!("{tag:>12} {message}"));
             }
+            EventKind::ServiceStarted {
+                agent_id,
+                service,
+                scope,
+                duration_ms,
+                container_id,
+            } => {
+                let short = &container_id[..container_id.len().min(12)];
+                self.println(&format!(
+                    "{:>12} [{}] {} ({} scope) on {agent_id}: container {short}",
+                    style("SERVICE").cyan(),
+                    secs(Duration::from_millis(*duration_ms)),
+                    style(service).bold(),
+                    scope.as_str()
+                ));
+            }
             EventKind::RunFinished { summary, state } => {
                 self.bar.finish_and_clear();
                 self.print_summary(summary, *state);
@@ -193,6 +209,25 @@ impl HumanReporter {
                 "{:>12} attempts per agent: {}",
                 "",
                 agents.join(", ")
+            ));
+        }
+        if !s.service_starts.is_empty() {
+            let starts: Vec<String> = s
+                .service_starts
+                .iter()
+                .map(|(name, t)| {
+                    let avg = t.total_ms as f64 / f64::from(t.count.max(1)) / 1000.0;
+                    format!(
+                        "{name} {}× (avg {avg:.2}s, max {:.2}s)",
+                        t.count,
+                        t.max_ms as f64 / 1000.0
+                    )
+                })
+                .collect();
+            self.println(&format!(
+                "{:>12} service starts (not in test times): {}",
+                "",
+                starts.join(", ")
             ));
         }
         for ((binary, name), outcome) in &self.problems {

@@ -70,7 +70,9 @@ impl JunitReporter {
                 entry.outcome = *final_outcome;
             }
             EventKind::RunFinished { summary, .. } => self.wall_ms = summary.wall_ms,
-            EventKind::TestStarted { .. } | EventKind::Notice { .. } => {}
+            EventKind::TestStarted { .. }
+            | EventKind::Notice { .. }
+            | EventKind::ServiceStarted { .. } => {}
         }
     }
 

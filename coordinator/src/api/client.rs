@@ -228,6 +228,7 @@ impl Coordinator for ClientApi {
                     labels: a.labels,
                     docker_available: a.docker_available,
                     version: a.version,
+                    docker_status: a.docker_status,
                 })
                 .collect(),
         }))

@@ -42,6 +42,7 @@ fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
         labels: h.labels,
         docker_available: h.docker_available,
         version: h.version,
+        docker_status: h.docker_status,
     })
 }
 
@@ -79,6 +80,14 @@ fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertEr
                 result,
             }
         }
+        Some(Kind::ServiceStarted(s)) => FromAgent::ServiceStarted {
+            run_id: testfleet_proto::parse_run_id(&s.run_id)?,
+            service: s.service,
+            scope: testfleet_proto::scope_from_wire(s.scope)?,
+            duration_ms: s.duration_ms,
+            container_id: s.container_id,
+            fingerprint: s.fingerprint,
+        },
         Some(Kind::LeaseReleased(r)) => FromAgent::LeaseReleased {
             lease_id: r
                 .lease_id
@@ -113,6 +122,8 @@ fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
         test_timeout_ms: spec.test_timeout.as_millis() as u64,
         kill_grace_ms: spec.kill_grace.as_millis() as u64,
         output_cap_bytes: spec.output_cap_bytes,
+        services: spec.services.iter().map(Into::into).collect(),
+        workspace: spec.workspace.clone(),
     }
 }
 

@@ -218,7 +218,9 @@ impl HistoryStore for SledStore {
                     })?;
                     self.db.flush()?;
                 }
-                EventKind::TestStarted { .. } | EventKind::Notice { .. } => {}
+                EventKind::TestStarted { .. }
+                | EventKind::Notice { .. }
+                | EventKind::ServiceStarted { .. } => {}
             },
         }
         Ok(())

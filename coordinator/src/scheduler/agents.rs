@@ -1,11 +1,11 @@
 //! What the scheduler knows of connected agents and their leases, and the messages exchanged with
 //! them (already converted from the wire by the gateway).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, RunSpec};
+use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, RunSpec, Scope};
 use tokio::sync::mpsc;
 
 /// Identifies one connection of an agent; a reconnect gets a new one.
@@ -18,6 +18,8 @@ pub struct AgentHello {
     pub labels: HashMap<String, String>,
     pub docker_available: bool,
     pub version: String,
+    /// Why Docker is unavailable (empty when it is available).
+    pub docker_status: String,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,14 @@ pub enum FromAgent {
     },
     LeaseReleased {
         lease_id: LeaseId,
+    },
+    ServiceStarted {
+        run_id: RunId,
+        service: String,
+        scope: Scope,
+        duration_ms: u64,
+        container_id: String,
+        fingerprint: String,
     },
 }
 
@@ -70,6 +80,7 @@ pub struct AgentSnapshot {
     pub busy: u32,
     pub labels: HashMap<String, String>,
     pub docker_available: bool,
+    pub docker_status: String,
     pub version: String,
     /// Time since the agent's last message.
     pub idle: Duration,
@@ -84,6 +95,8 @@ pub(super) struct Agent {
     /// Tests leased to it and not yet finished.
     pub busy: u32,
     pub last_seen: Instant,
+    /// Fingerprints of the agent-scope services it has running: tests needing them go here first.
+    pub warm: HashSet<String>,
 }
 
 impl Agent {
@@ -95,6 +108,7 @@ impl Agent {
             pending_request: None,
             busy: 0,
             last_seen: Instant::now(),
+            warm: HashSet::new(),
         }
     }
 
@@ -105,6 +119,7 @@ impl Agent {
             busy: self.busy,
             labels: self.hello.labels.clone(),
             docker_available: self.hello.docker_available,
+            docker_status: self.hello.docker_status.clone(),
             version: self.hello.version.clone(),
             idle: self.last_seen.elapsed(),
         }

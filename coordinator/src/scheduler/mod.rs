@@ -43,6 +43,15 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// The agent a lease is being cut for, as a run sees it.
+pub(crate) struct Candidate<'a> {
+    pub id: &'a AgentId,
+    /// Another agent is connected, so a retry can avoid this one.
+    pub others_connected: bool,
+    pub docker: bool,
+    pub warm: &'a std::collections::HashSet<String>,
+}
+
 /// A watcher's view of a run: the events so far from the requested position, then live ones.
 pub struct Subscription {
     pub backlog: Vec<RunEvent>,
@@ -325,6 +334,21 @@ impl Scheduler {
                 }
                 self.dispatch();
             }
+            FromAgent::ServiceStarted {
+                run_id,
+                service,
+                scope,
+                duration_ms,
+                container_id,
+                fingerprint,
+            } => {
+                if scope == testfleet_model::Scope::Agent {
+                    agent.warm.insert(fingerprint);
+                }
+                if let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) {
+                    run.on_service_started(&agent_id, service, scope, duration_ms, container_id);
+                }
+            }
             FromAgent::LeaseReleased { lease_id } => {
                 // The agent gives back what it has not started (it is draining).
                 if let Some(lease) = self
@@ -408,8 +432,37 @@ impl Scheduler {
         }
     }
 
+    /// Settles the service tests of runs that no connected agent can serve. With no agent
+    /// connected at all, tests wait: agents may still come.
+    fn fail_unservable(&mut self) {
+        if self.agents.is_empty() || self.agents.values().any(|a| a.hello.docker_available) {
+            return;
+        }
+        let mut reasons: Vec<String> = self
+            .agents
+            .values()
+            .map(|a| format!("{}: {}", a.hello.agent_id, a.hello.docker_status))
+            .collect();
+        reasons.sort();
+        let why = format!(
+            "no connected agent can start services (Docker unavailable on {})",
+            reasons.join("; ")
+        );
+        let mut closed = vec![];
+        for run in self.runs.values_mut().filter(|r| r.queued_need_docker()) {
+            run.fail_unservable(&why);
+            if !run.is_running() {
+                closed.push(run.id);
+            }
+        }
+        for id in closed {
+            self.on_run_closed(id);
+        }
+    }
+
     /// Serves parked work requests from the queues of running runs, oldest run first.
     fn dispatch(&mut self) {
+        self.fail_unservable();
         if !self.runs.values().any(Run::has_queued) {
             return;
         }
@@ -432,7 +485,13 @@ impl Scheduler {
                 let budget =
                     batch::lease_budget(run.queued_estimate(), agent.hello.slots, total_slots);
                 let lease_id = LeaseId(self.next_lease);
-                let tests = run.take_batch(&agent_id, multiple_agents, free, budget, lease_id);
+                let candidate = Candidate {
+                    id: &agent_id,
+                    others_connected: multiple_agents,
+                    docker: agent.hello.docker_available,
+                    warm: &agent.warm,
+                };
+                let tests = run.take_batch(&candidate, free, budget, lease_id);
                 if tests.is_empty() {
                     continue;
                 }

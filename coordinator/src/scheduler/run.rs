@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use testfleet_model::{
     AgentId, AttemptResult, AttemptStatus, EventKind, LeaseId, NoticeLevel, Outcome, RetryDecision,
-    RunEvent, RunId, RunSpec, RunState, RunSummary, TestRef, decide_after_attempt,
+    RunEvent, RunId, RunSpec, RunState, RunSummary, Scope, TestRef, decide_after_attempt,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use super::Subscription;
 use super::batch::take_count;
+use super::{Candidate, Subscription};
 use crate::history::HistoryUpdate;
 
 pub(super) struct TestState {
@@ -42,7 +42,14 @@ pub(super) struct Run {
     events: Vec<RunEvent>,
     watchers: Vec<UnboundedSender<RunEvent>>,
     history: UnboundedSender<HistoryUpdate>,
+    /// Per binary: whether its tests need services (and so an agent with Docker).
+    needs_docker: Vec<bool>,
+    /// Per binary: fingerprints of the agent-scope services its tests need.
+    agent_profile: Vec<Vec<String>>,
 }
+
+/// How far down the queue a lease looks for tests whose services are already warm on the agent.
+const AFFINITY_WINDOW: usize = 4096;
 
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -95,6 +102,26 @@ impl Run {
             events: vec![],
             watchers: vec![],
             history,
+            needs_docker: spec
+                .binaries
+                .iter()
+                .map(|b| !b.services.is_empty())
+                .collect(),
+            agent_profile: spec
+                .binaries
+                .iter()
+                .map(|b| {
+                    let mut fps: Vec<String> = b
+                        .services
+                        .iter()
+                        .map(|i| &spec.services[*i as usize])
+                        .filter(|s| s.scope == Scope::Agent)
+                        .map(|s| s.fingerprint())
+                        .collect();
+                    fps.sort();
+                    fps
+                })
+                .collect(),
             spec,
         };
         let skipped: Vec<TestRef> = (0..run.spec.tests.len() as u32)
@@ -171,45 +198,130 @@ impl Run {
         Subscription { backlog, live }
     }
 
-    /// Takes the next batch for `agent` out of the queue, marking each test as leased.
+    fn binary_of(&self, index: u32) -> usize {
+        self.spec.tests[index as usize].binary as usize
+    }
+
+    /// Whether test `index` needs services.
+    fn needs_docker(&self, index: u32) -> bool {
+        self.needs_docker[self.binary_of(index)]
+    }
+
+    /// Whether any queued test needs services.
+    pub fn queued_need_docker(&self) -> bool {
+        self.is_running() && self.queue.iter().any(|i| self.needs_docker(*i))
+    }
+
+    /// Takes the next batch for `agent` out of the queue, marking each test as leased. Tests that
+    /// need services go only to an agent with Docker, and tests whose agent-scope services are
+    /// already running on this agent (`warm`) come first.
     pub fn take_batch(
         &mut self,
-        agent: &AgentId,
-        others_connected: bool,
+        agent: &Candidate<'_>,
         max_tests: usize,
         budget: Duration,
         lease: LeaseId,
     ) -> Vec<(u32, u32)> {
-        let eligible: Vec<usize> = self
+        let eligible = |i: u32| {
+            (!agent.others_connected || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
+                && (agent.docker || !self.needs_docker(i))
+        };
+        let warm = |i: u32| {
+            let profile = &self.agent_profile[self.binary_of(i)];
+            !profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f))
+        };
+        let affinity = !agent.warm.is_empty();
+        let window = if affinity { AFFINITY_WINDOW } else { max_tests };
+        let mut chosen: Vec<usize> = self
             .queue
             .iter()
             .enumerate()
-            .filter(|(_, i)| {
-                !others_connected || self.tests[**i as usize].avoid.as_ref() != Some(agent)
-            })
+            .filter(|(_, i)| eligible(**i))
             .map(|(pos, _)| pos)
-            .take(max_tests)
+            .take(window.max(max_tests))
             .collect();
+        if affinity {
+            // Stable: queue order is kept within the warm tests and within the rest.
+            chosen.sort_by_key(|p| !warm(self.queue[*p]));
+        }
+        chosen.truncate(max_tests);
         let n = take_count(
-            eligible
+            chosen
                 .iter()
                 .map(|p| self.tests[self.queue[*p] as usize].estimate),
             budget,
             max_tests,
         );
-        let mut batch = Vec::with_capacity(n);
-        for pos in eligible[..n].iter().rev() {
+        chosen.truncate(n);
+        let batch: Vec<(u32, u32)> = chosen
+            .iter()
+            .map(|p| {
+                let index = self.queue[*p];
+                (index, self.tests[index as usize].attempt)
+            })
+            .collect();
+        chosen.sort_unstable_by(|a, b| b.cmp(a));
+        for pos in chosen {
             let index = self
                 .queue
-                .remove(*pos)
+                .remove(pos)
                 .expect("position came from the queue");
             let t = &mut self.tests[index as usize];
             t.leased = Some(lease);
             self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
-            batch.push((index, t.attempt));
         }
-        batch.reverse();
         batch
+    }
+
+    /// Settles every queued test that needs services as an infrastructure error: no connected
+    /// agent can start them.
+    pub fn fail_unservable(&mut self, why: &str) {
+        let needs = self.needs_docker.clone();
+        let spec = self.spec.clone();
+        let (unservable, rest): (Vec<u32>, Vec<u32>) = self
+            .queue
+            .drain(..)
+            .partition(|i| needs[spec.tests[*i as usize].binary as usize]);
+        self.queue = rest.into();
+        let message = format!("{} test(s) cannot run: {why}", unservable.len());
+        self.notice(NoticeLevel::Error, message);
+        for index in unservable {
+            let t = &mut self.tests[index as usize];
+            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+            t.outcome = Some(Outcome::InfraError);
+            let attempt = t.attempt;
+            let test = self.test_ref(index);
+            self.emit(EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id: String::new(),
+                result: AttemptResult::infra_error(why),
+                final_outcome: Some(Outcome::InfraError),
+            });
+            self.settle(Outcome::InfraError);
+        }
+    }
+
+    pub fn on_service_started(
+        &mut self,
+        agent: &AgentId,
+        service: String,
+        scope: Scope,
+        duration_ms: u64,
+        container_id: String,
+    ) {
+        self.summary
+            .service_starts
+            .entry(service.clone())
+            .or_default()
+            .add(duration_ms);
+        self.emit(EventKind::ServiceStarted {
+            agent_id: agent.to_string(),
+            service,
+            scope,
+            duration_ms,
+            container_id,
+        });
     }
 
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.

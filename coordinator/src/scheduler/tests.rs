@@ -21,6 +21,7 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
             path: "/bin/true".into(),
             cwd: "/".into(),
             env: BTreeMap::new(),
+            services: vec![],
         }],
         tests: (0..n)
             .map(|i| TestSpec {
@@ -36,6 +37,8 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
         bundle_digest: None,
         revision: String::new(),
         branch: String::new(),
+        services: vec![],
+        workspace: String::new(),
     })
 }
 
@@ -88,6 +91,7 @@ impl Harness {
                     labels: HashMap::new(),
                     docker_available: false,
                     version: "test".into(),
+                    docker_status: "disabled in tests".into(),
                 },
                 conn,
                 tx,

@@ -1,0 +1,379 @@
+//! The Docker provisioner: containers through testcontainers (always removed with an explicit
+//! `rm().await`, never by Drop), and inspection, builds, networks and sweeps through bollard. It
+//! never pulls: a missing image is an error that names it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testcontainers::bollard::Docker;
+use testcontainers::bollard::errors::Error as BollardError;
+use testcontainers::bollard::models::NetworkCreateRequest;
+use testcontainers::bollard::query_parameters::{
+    BuildImageOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+};
+use testcontainers::core::client::docker_client_instance;
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::Mutex;
+use tokio_stream::StreamExt;
+
+use testfleet_model::{AgentId, ImageSource, WaitStrategy};
+
+use super::{
+    LABEL_AGENT, ProvisionError, Provisioner, StartRequest, Started, SweepReport, context, wait,
+};
+
+/// Docker answers a ping within this time, or is taken as unavailable.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct DockerProvisioner {
+    /// Containers this process started and has not removed yet.
+    live: Mutex<HashMap<String, ContainerAsync<GenericImage>>>,
+    /// One build at a time per image tag.
+    builds: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn engine(e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError::Engine(e.to_string())
+}
+
+async fn client() -> Result<Docker, ProvisionError> {
+    docker_client_instance()
+        .await
+        .map_err(|e| ProvisionError::DockerUnavailable(e.to_string()))
+}
+
+impl DockerProvisioner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The image to run for `spec`: checked to be present, or built from its context once.
+    async fn image(&self, req: &StartRequest<'_>) -> Result<(String, String), ProvisionError> {
+        let docker = client().await?;
+        match &req.spec.source {
+            ImageSource::Image { name, tag } => {
+                let reference = format!("{name}:{tag}");
+                match docker.inspect_image(&reference).await {
+                    Ok(_) => Ok((name.clone(), tag.clone())),
+                    Err(e) if is_not_found(&e) => Err(ProvisionError::ImageMissing(reference)),
+                    Err(e) => Err(ProvisionError::DockerUnavailable(e.to_string())),
+                }
+            }
+            ImageSource::Build {
+                context,
+                dockerfile,
+            } => {
+                let root = req.workspace.as_deref().ok_or_else(|| {
+                    engine(format!(
+                        "service `{}` is built from `{context}`, but the run has no workspace",
+                        req.spec.name
+                    ))
+                })?;
+                self.build(&docker, &req.spec.name, &root.join(context), dockerfile)
+                    .await
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        docker: &Docker,
+        service: &str,
+        dir: &Path,
+        dockerfile: &str,
+    ) -> Result<(String, String), ProvisionError> {
+        let d = dir.to_path_buf();
+        let (tar, digest) = tokio::task::spawn_blocking(move || context::pack_context(&d))
+            .await
+            .map_err(engine)?
+            .map_err(|e| ProvisionError::BuildFailed {
+                tag: format!("testfleet-build/{service}"),
+                context: dir.display().to_string(),
+                reason: format!("cannot read the build context: {e}"),
+            })?;
+        // Named by content alone, so services sharing a context share one build.
+        let dir_name: String = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let dir_name = dir_name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let name = format!(
+            "testfleet-build/{}",
+            if dir_name.is_empty() {
+                "context"
+            } else {
+                dir_name
+            }
+        );
+        let tag = digest[..16].to_owned();
+        let reference = format!("{name}:{tag}");
+        let lock = self
+            .builds
+            .lock()
+            .await
+            .entry(reference.clone())
+            .or_default()
+            .clone();
+        let _one_build = lock.lock().await;
+        if docker.inspect_image(&reference).await.is_ok() {
+            return Ok((name, tag));
+        }
+        let failed = |reason: String| ProvisionError::BuildFailed {
+            tag: reference.clone(),
+            context: dir.display().to_string(),
+            reason,
+        };
+        tracing::info!(image = %reference, context = %dir.display(), "building service image");
+        let options = BuildImageOptions {
+            dockerfile: dockerfile.to_owned(),
+            t: Some(reference.clone()),
+            rm: true,
+            forcerm: true,
+            labels: Some(HashMap::from([(
+                "testfleet.built-from".to_owned(),
+                digest.clone(),
+            )])),
+            ..Default::default()
+        };
+        let mut progress = docker.build_image(
+            options,
+            None,
+            Some(testcontainers::bollard::body_full(tar.into())),
+        );
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| failed(e.to_string()))?;
+            if let Some(detail) = info.error_detail {
+                let msg = detail.message.unwrap_or_default();
+                return Err(failed(format!("{msg}\n{}", tail.join(""))));
+            }
+            if let Some(line) = info.stream {
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+        }
+        match docker.inspect_image(&reference).await {
+            Ok(_) => Ok((name, tag)),
+            Err(e) => Err(failed(format!(
+                "the build finished but the image is missing: {e}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Provisioner for DockerProvisioner {
+    async fn status(&self) -> Result<(), String> {
+        let docker = client().await.map_err(|e| e.to_string())?;
+        let host =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot reach Docker at {host}: {e}")),
+            Err(_) => Err(format!(
+                "Docker at {host} did not answer within {PING_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProvisionError> {
+        let docker = client().await?;
+        let req = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        docker.create_network(req).await.map_err(engine)?;
+        Ok(())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), ProvisionError> {
+        let docker = client().await?;
+        match docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError> {
+        let began = Instant::now();
+        let spec = req.spec;
+        let timeout = spec.startup_timeout;
+        let (name, tag) = self.image(&req).await?;
+        let mut image = GenericImage::new(name, tag);
+        for p in &spec.ports {
+            image = image.with_exposed_port(p.tcp());
+        }
+        image = match &spec.wait {
+            WaitStrategy::Log { message } => {
+                image.with_wait_for(WaitFor::message_on_either_std(message.as_bytes()))
+            }
+            WaitStrategy::Healthcheck => image.with_wait_for(WaitFor::healthcheck()),
+            _ => image,
+        };
+        let mut request = image
+            .with_startup_timeout(timeout)
+            .with_labels(req.labels.clone());
+        if !spec.cmd.is_empty() {
+            request = request.with_cmd(spec.cmd.clone());
+        }
+        for (k, v) in &spec.env {
+            request = request.with_env_var(k.clone(), v.clone());
+        }
+        if let Some(net) = &req.network {
+            request = request.with_network(net.clone());
+        }
+        // startup_timeout covers start and readiness; this outer bound also covers creation.
+        let container =
+            match tokio::time::timeout(timeout + Duration::from_secs(10), request.start()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    let text = e.to_string();
+                    return Err(
+                        if text.contains("startup timeout") || text.contains("EndOfStream") {
+                            ProvisionError::NotReady {
+                                timeout,
+                                reason: text,
+                            }
+                        } else {
+                            engine(text)
+                        },
+                    );
+                }
+                Err(_) => {
+                    return Err(ProvisionError::NotReady {
+                        timeout,
+                        reason: "the container did not start".into(),
+                    });
+                }
+            };
+        let id = container.id().to_owned();
+        let ready = async {
+            let host = container.get_host().await.map_err(engine)?.to_string();
+            let mut ports = BTreeMap::new();
+            for p in &spec.ports {
+                ports.insert(
+                    *p,
+                    container
+                        .get_host_port_ipv4(p.tcp())
+                        .await
+                        .map_err(engine)?,
+                );
+            }
+            let deadline = began + timeout;
+            let probe = match &spec.wait {
+                WaitStrategy::Port { port } => {
+                    Some(wait::until_port(&format!("{host}:{}", ports[port]), deadline).await)
+                }
+                WaitStrategy::Http { port, path, status } => Some(
+                    wait::until_http(&format!("{host}:{}", ports[port]), path, *status, deadline)
+                        .await,
+                ),
+                _ => None,
+            };
+            if let Some(Err(reason)) = probe {
+                return Err(ProvisionError::NotReady { timeout, reason });
+            }
+            Ok((host, ports))
+        }
+        .await;
+        match ready {
+            Ok((host, ports)) => {
+                self.live.lock().await.insert(id.clone(), container);
+                Ok(Started {
+                    container_id: id,
+                    host,
+                    ports,
+                    duration: began.elapsed(),
+                })
+            }
+            Err(e) => {
+                let _ = container.rm().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), ProvisionError> {
+        let held = self.live.lock().await.remove(container_id);
+        if let Some(c) = held {
+            return c.rm().await.map_err(engine);
+        }
+        let docker = client().await?;
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match docker.remove_container(container_id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn sweep(&self, agent: &AgentId) -> Result<SweepReport, ProvisionError> {
+        let docker = client().await?;
+        let filter = HashMap::from([("label".to_owned(), vec![format!("{LABEL_AGENT}={agent}")])]);
+        let containers = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filter.clone()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine)?;
+        let mut report = SweepReport::default();
+        for c in containers {
+            if let Some(id) = c.id {
+                self.remove(&id).await?;
+                report.containers += 1;
+            }
+        }
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filter),
+            }))
+            .await
+            .map_err(engine)?;
+        for n in networks {
+            if let Some(name) = n.name {
+                self.remove_network(&name).await?;
+                report.networks += 1;
+            }
+        }
+        Ok(report)
+    }
+}

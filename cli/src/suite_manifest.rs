@@ -1,0 +1,79 @@
+//! Finding and preparing the suite manifest (`testfleet.toml`): the services a suite's tests need,
+//! and the commands that make their build contexts ready before anything is bundled.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testfleet_model::Manifest;
+use testfleet_model::manifest::FILE_NAME;
+
+use crate::cargo::Workspace;
+use crate::error::{CliError, CliResult};
+
+/// A loaded manifest and the directory its relative paths start from.
+pub struct SuiteManifest {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+/// The manifest given with `--manifest`, or `testfleet.toml` at the workspace root if present.
+pub fn load(explicit: Option<&Path>, ws: &Workspace) -> CliResult<Option<SuiteManifest>> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = ws.root.join(FILE_NAME);
+            if !default.is_file() {
+                return Ok(None);
+            }
+            default
+        }
+    };
+    let manifest = Manifest::load(&path).map_err(|e| CliError::BadManifest(e.to_string()))?;
+    let dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| ws.root.clone());
+    Ok(Some(SuiteManifest { manifest, dir }))
+}
+
+impl SuiteManifest {
+    /// Runs the `prepare` command of every service in `used`, in the manifest's directory, with
+    /// its output shown.
+    pub fn prepare(&self, used: &[u32]) -> CliResult<()> {
+        for i in used {
+            let service = &self.manifest.services[*i as usize];
+            let Some(cmd) = self.manifest.prepare.get(&service.name) else {
+                continue;
+            };
+            eprintln!("preparing service `{}`: {}", service.name, cmd.join(" "));
+            let status = Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .current_dir(&self.dir)
+                .status()
+                .map_err(|e| {
+                    CliError::BadManifest(format!(
+                        "service `{}`: cannot run prepare command `{}`: {e}",
+                        service.name, cmd[0]
+                    ))
+                })?;
+            if !status.success() {
+                return Err(CliError::BadManifest(format!(
+                    "service `{}`: prepare command `{}` failed ({status})",
+                    service.name,
+                    cmd.join(" ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the manifest's directory lands in a bundle.
+    pub fn bundle_dir(&self, ws: &Workspace) -> String {
+        match self.dir.strip_prefix(&ws.root) {
+            Ok(rel) if rel.as_os_str().is_empty() => "ws".to_owned(),
+            Ok(rel) => format!("ws/{}", rel.display()),
+            Err(_) => "ws/.manifest".to_owned(),
+        }
+    }
+}

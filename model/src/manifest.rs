@@ -1,0 +1,510 @@
+//! The suite manifest, `testfleet.toml`: the services a suite's tests need. Parsing is strict: an
+//! unknown key, a bad value or a bad export template is an error naming the file, the line and the
+//! key, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
+
+pub const FILE_NAME: &str = "testfleet.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no place in the file (it could not be read).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// A parsed manifest. `dir` is where relative paths (build contexts) are resolved from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub services: Vec<ServiceSpec>,
+    /// Commands to run before bundling, per service name (e.g. compiling a static server binary
+    /// into a build context). Run on the submitting machine, in `dir`.
+    pub prepare: BTreeMap<String, Vec<String>>,
+    /// Test binaries each service is for (empty: every binary), per service name.
+    pub binaries: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    image: Option<Spanned<String>>,
+    build: Option<Spanned<RawBuild>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    ports: Vec<Spanned<u16>>,
+    wait: Option<Spanned<RawWait>>,
+    startup_timeout: Option<Spanned<f64>>,
+    scope: Option<Spanned<String>>,
+    #[serde(default)]
+    exports: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    binaries: Vec<String>,
+    #[serde(default)]
+    prepare: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBuild {
+    Context(String),
+    Full(RawBuildTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuildTable {
+    context: String,
+    #[serde(default = "default_dockerfile")]
+    dockerfile: String,
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWait {
+    log: Option<String>,
+    port: Option<u16>,
+    http: Option<String>,
+    status: Option<u16>,
+    healthcheck: Option<bool>,
+}
+
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Manifest {
+    /// Reads `path`; a missing file is an error (callers look for it first when it is optional).
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ManifestError> {
+        let at = |offset: usize, message: String| ManifestError {
+            file: file.to_path_buf(),
+            line: line_of(text, offset),
+            message,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            at(offset, e.message().trim().to_owned())
+        })?;
+        let mut manifest = Manifest::default();
+        for s in raw.service {
+            let name_at = s.name.span().start;
+            let name = s.name.into_inner();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(at(
+                    name_at,
+                    format!(
+                        "service name `{name}` must be non-empty ASCII letters, digits, '-' or '_'"
+                    ),
+                ));
+            }
+            if manifest
+                .services
+                .iter()
+                .any(|o: &ServiceSpec| o.name == name)
+            {
+                return Err(at(name_at, format!("service `{name}` is declared twice")));
+            }
+            let source = match (s.image, s.build) {
+                (Some(img), None) => {
+                    let (span, img) = (img.span().start, img.into_inner());
+                    ImageSource::parse_image(&img)
+                        .map_err(|m| at(span, format!("service `{name}`: key `image`: {m}")))?
+                }
+                (None, Some(b)) => {
+                    let span = b.span().start;
+                    let (context, dockerfile) = match b.into_inner() {
+                        RawBuild::Context(c) => (c, default_dockerfile()),
+                        RawBuild::Full(t) => (t.context, t.dockerfile),
+                    };
+                    for (key, p) in [
+                        ("build.context", &context),
+                        ("build.dockerfile", &dockerfile),
+                    ] {
+                        if !is_relative_inside(p) {
+                            return Err(at(
+                                span,
+                                format!(
+                                    "service `{name}`: key `{key}`: `{p}` must be a relative path inside the workspace"
+                                ),
+                            ));
+                        }
+                    }
+                    ImageSource::Build {
+                        context,
+                        dockerfile,
+                    }
+                }
+                (Some(img), Some(_)) => {
+                    return Err(at(
+                        img.span().start,
+                        format!("service `{name}`: set either `image` or `build`, not both"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(at(
+                        name_at,
+                        format!("service `{name}`: one of `image` or `build` is required"),
+                    ));
+                }
+            };
+            let mut ports = Vec::new();
+            for p in s.ports {
+                let (span, p) = (p.span().start, p.into_inner());
+                if p == 0 {
+                    return Err(at(
+                        span,
+                        format!("service `{name}`: key `ports`: 0 is not a port"),
+                    ));
+                }
+                ports.push(p);
+            }
+            let wait = match s.wait {
+                None => WaitStrategy::None,
+                Some(w) => {
+                    let span = w.span().start;
+                    parse_wait(w.into_inner(), &ports)
+                        .map_err(|m| at(span, format!("service `{name}`: key `wait`: {m}")))?
+                }
+            };
+            let startup_timeout = match s.startup_timeout {
+                None => DEFAULT_STARTUP_TIMEOUT,
+                Some(t) => {
+                    let (span, secs) = (t.span().start, t.into_inner());
+                    if !(secs > 0.0 && secs <= 3600.0) {
+                        return Err(at(
+                            span,
+                            format!(
+                                "service `{name}`: key `startup_timeout`: {secs} is not between 0 and 3600 seconds"
+                            ),
+                        ));
+                    }
+                    Duration::from_secs_f64(secs)
+                }
+            };
+            let scope = match s.scope {
+                None => Scope::Agent,
+                Some(sc) => {
+                    let span = sc.span().start;
+                    sc.into_inner()
+                        .parse()
+                        .map_err(|m| at(span, format!("service `{name}`: key `scope`: {m}")))?
+                }
+            };
+            let mut exports = BTreeMap::new();
+            for (key, value) in s.exports {
+                let span = value.span().start;
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    return Err(at(
+                        span,
+                        format!(
+                            "service `{name}`: exports key `{key}` is not an environment variable name"
+                        ),
+                    ));
+                }
+                let t = Template::parse(value.get_ref())
+                    .map_err(|m| at(span, format!("service `{name}`: key `exports.{key}`: {m}")))?;
+                for port in t.ports() {
+                    if !ports.contains(&port) {
+                        return Err(at(
+                            span,
+                            format!(
+                                "service `{name}`: key `exports.{key}`: port {port} is not in `ports`"
+                            ),
+                        ));
+                    }
+                }
+                exports.insert(key, t);
+            }
+            if !s.prepare.is_empty() {
+                manifest.prepare.insert(name.clone(), s.prepare);
+            }
+            manifest.binaries.insert(name.clone(), s.binaries);
+            manifest.services.push(ServiceSpec {
+                name,
+                source,
+                env: s.env,
+                cmd: s.cmd,
+                ports,
+                wait,
+                startup_timeout,
+                scope,
+                exports,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The services a test binary needs, as indices into `services`.
+    pub fn services_for(&self, binary_id: &str) -> Vec<u32> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let only = self
+                    .binaries
+                    .get(&s.name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                only.is_empty() || only.iter().any(|b| b == binary_id)
+            })
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+fn parse_wait(w: RawWait, ports: &[u16]) -> Result<WaitStrategy, String> {
+    let check_port = |p: u16| {
+        if ports.contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("port {p} is not in `ports`"))
+        }
+    };
+    let kinds = [
+        w.log.is_some(),
+        w.http.is_some(),
+        w.healthcheck.is_some(),
+        w.port.is_some() && w.http.is_none(),
+    ]
+    .iter()
+    .filter(|k| **k)
+    .count();
+    if kinds != 1 {
+        return Err(
+            "give exactly one of `log`, `port`, `http` (with `port`), or `healthcheck`".into(),
+        );
+    }
+    if w.status.is_some() && w.http.is_none() {
+        return Err("`status` goes with `http`".into());
+    }
+    Ok(if let Some(message) = w.log {
+        if message.is_empty() {
+            return Err("`log` must not be empty".into());
+        }
+        WaitStrategy::Log { message }
+    } else if let Some(path) = w.http {
+        if !path.starts_with('/') {
+            return Err(format!("`http` path `{path}` must start with '/'"));
+        }
+        let port = check_port(w.port.ok_or("`http` needs a `port`")?)?;
+        WaitStrategy::Http {
+            port,
+            path,
+            status: w.status.unwrap_or(200),
+        }
+    } else if w.healthcheck == Some(true) {
+        WaitStrategy::Healthcheck
+    } else if let Some(p) = w.port {
+        WaitStrategy::Port {
+            port: check_port(p)?,
+        }
+    } else {
+        return Err("`healthcheck = false` waits for nothing; leave `wait` out instead".into());
+    })
+}
+
+fn is_relative_inside(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && !path.is_absolute()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("testfleet.toml"))
+    }
+
+    const GOOD: &str = r#"
+[[service]]
+name = "db"
+image = "local/postgres:16"
+env = { POSTGRES_PASSWORD = "pw" }
+ports = [5432]
+wait = { log = "ready to accept connections" }
+startup_timeout = 20
+scope = "lease"
+exports = { DATABASE_URL = "postgres://postgres:pw@{host}:{port:5432}/postgres" }
+
+[[service]]
+name = "api"
+build = { context = "docker/api" }
+ports = [8080]
+wait = { http = "/health", port = 8080 }
+binaries = ["app::api"]
+prepare = ["make", "api"]
+"#;
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.services.len(), 2);
+        let db = &m.services[0];
+        assert_eq!(db.scope, Scope::Lease);
+        assert_eq!(db.startup_timeout, Duration::from_secs(20));
+        assert_eq!(
+            db.source,
+            ImageSource::Image {
+                name: "local/postgres".into(),
+                tag: "16".into()
+            }
+        );
+        let url = db.exports["DATABASE_URL"].render("10.0.0.1", &|p| (p == 5432).then_some(49153));
+        assert_eq!(
+            url.unwrap(),
+            "postgres://postgres:pw@10.0.0.1:49153/postgres"
+        );
+        let api = &m.services[1];
+        assert_eq!(api.scope, Scope::Agent, "agent scope is the default");
+        assert_eq!(
+            api.wait,
+            WaitStrategy::Http {
+                port: 8080,
+                path: "/health".into(),
+                status: 200
+            }
+        );
+        assert_eq!(m.services_for("app::api"), vec![0, 1]);
+        assert_eq!(m.services_for("app"), vec![0]);
+        assert_eq!(m.prepare["api"], ["make", "api"]);
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_file_and_the_line() {
+        let e = err("[[service]]\nname = \"db\"\nimage = \"x:1\"\nimgae = \"typo\"\n");
+        assert!(e.starts_with("testfleet.toml:4: "), "{e}");
+        assert!(e.contains("unknown field `imgae`"), "{e}");
+        let e = err("[servcie]\n");
+        assert!(
+            e.starts_with("testfleet.toml:1: ") && e.contains("servcie"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_templates_name_the_key_and_the_line() {
+        let base = "[[service]]\nname = \"db\"\nimage = \"x:1\"\nports = [5432]\n";
+        let e = err(&format!(
+            "{base}exports = {{ URL = \"{{host}}:{{port:5433}}\" }}\n"
+        ));
+        assert!(e.starts_with("testfleet.toml:5: "), "{e}");
+        assert!(
+            e.contains("exports.URL") && e.contains("port 5433 is not in `ports`"),
+            "{e}"
+        );
+        let e = err(&format!("{base}exports = {{ URL = \"{{hots}}\" }}\n"));
+        assert!(e.contains("unknown placeholder `{hots}`"), "{e}");
+        let e = err(&format!("{base}exports = {{ URL = \"{{host\" }}\n"));
+        assert!(e.contains("unclosed `{`"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_value_is_explained() {
+        let cases = [
+            (
+                "[[service]]\nname = \"a\"\n",
+                "one of `image` or `build` is required",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\nbuild = \"d\"\n",
+                "either `image` or `build`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nbuild = \"../outside\"\n",
+                "relative path inside",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\nscope = \"run\"\n",
+                "`run` is not a scope",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\nwait = { port = 1 }\n",
+                "port 1 is not in `ports`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\nwait = {}\n",
+                "exactly one of",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\nstartup_timeout = 0\n",
+                "startup_timeout",
+            ),
+            (
+                "[[service]]\nname = \"a b\"\nimage = \"x:1\"\n",
+                "service name",
+            ),
+            ("[[service]]\nname = \"a\"\nimage = \"\"\n", "key `image`"),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x\"\n[[service]]\nname = \"a\"\nimage = \"y\"\n",
+                "declared twice",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = err(text);
+            assert!(e.contains(needle), "{text:?} gave {e}");
+            assert!(e.starts_with("testfleet.toml:"), "{e}");
+        }
+    }
+}
