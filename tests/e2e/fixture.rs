@@ -71,3 +71,8 @@ pub fn expected(retries: bool) -> BTreeMap<(String, String), Outcome> {
 pub fn manifest() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/basic/Cargo.toml")
 }
+
+/// The suite whose tests need services (one service per scope), with its `testfleet.toml`.
+pub fn services_manifest() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/services/Cargo.toml")
+}

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod bundles;
+mod containers;
 mod fixture;
 mod local_run;
 mod remote_run;

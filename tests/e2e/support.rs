@@ -64,7 +64,22 @@ fn wait_guarded(child: &mut Child) -> std::process::ExitStatus {
 }
 
 impl Drop for Proc {
+    /// Even when a test fails, its processes stop gracefully first, so agents remove their
+    /// containers; SIGKILL only if one does not stop in time.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -198,4 +213,52 @@ pub fn summary(events: &[RunEvent]) -> RunSummary {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether the Docker engine answers. When it does not, a test that needs it fails if
+/// `TESTFLEET_REQUIRE_DOCKER=1` (as in CI) and otherwise says plainly that it was skipped.
+pub fn docker_or_skip(test: &str) -> bool {
+    let up = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if up {
+        return true;
+    }
+    if std::env::var("TESTFLEET_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        panic!(
+            "{test}: Docker is required (TESTFLEET_REQUIRE_DOCKER=1) but the engine is unreachable"
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: the Docker engine is unreachable (TESTFLEET_REQUIRE_DOCKER=1 makes this a failure)"
+    );
+    false
+}
+
+/// Containers and networks still labelled as `agent`'s.
+pub fn leftovers(agent: &str) -> Vec<String> {
+    let label = format!("label=testfleet.agent={agent}");
+    let mut out = Vec::new();
+    for args in [
+        vec!["ps", "-aq", "--filter", &label],
+        vec!["network", "ls", "-q", "--filter", &label],
+    ] {
+        let o = Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("docker runs");
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    out
+}
+
+/// A name unique to this test process, for agent ids whose containers a test inspects.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
 }

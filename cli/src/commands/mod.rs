@@ -23,13 +23,17 @@ pub fn run(cli: Cli) -> CliResult<i32> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT: how servers learn to stop.
-pub(crate) async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// Resolves on SIGTERM or SIGINT: how servers learn to stop. The handlers are installed now, not
+/// when the future is first polled, so a signal during start-up (a sweep, a bind) is not fatal.
+pub(crate) fn termination() -> impl std::future::Future<Output = ()> + Send {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
