@@ -12,6 +12,21 @@ use tokio::task::JoinHandle;
 
 use crate::error::{CliError, CliResult};
 
+/// Local agents are named after their data dir: stable across runs in one workspace (so a killed
+/// run's containers are swept by the next), distinct between workspaces (so two local runs on one
+/// machine never sweep each other's). Only one process holds a data dir at a time.
+fn local_agent_prefix(data_dir: &Path) -> String {
+    let path = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut h: u32 = 0x811c_9dc5;
+    for b in path.as_os_str().as_encoded_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("local-{h:08x}")
+}
+
 pub struct LocalFleet {
     pub url: String,
     agents: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
@@ -60,14 +75,11 @@ impl LocalFleet {
             }
         });
         let mut handles = Vec::new();
+        let prefix = local_agent_prefix(data_dir);
         for i in 1..=agents {
-            let id = format!("local-{i}").parse().expect("a valid agent id");
-            let cfg = AgentConfig::new(
-                url.clone(),
-                id,
-                slots,
-                data_dir.join("agents").join(format!("local-{i}")),
-            );
+            let name = format!("{prefix}-{i}");
+            let id = name.parse().expect("a valid agent id");
+            let cfg = AgentConfig::new(url.clone(), id, slots, data_dir.join("agents").join(&name));
             let (stop, stopped) = oneshot::channel::<()>();
             let handle = tokio::spawn(async move {
                 let shutdown = async {

@@ -315,6 +315,14 @@ fn a_missing_image_is_an_infrastructure_error_that_names_it() {
     let s = summary(&events);
     assert_eq!((s.failed, s.infra_errors), (0, 2));
     assert!(start.elapsed() < GUARD);
+    // The agent's network for its services was made before the start failed; it is gone too.
+    for agent in s.attempts_per_agent.keys() {
+        assert_eq!(
+            leftovers(agent),
+            Vec::<String>::new(),
+            "agent {agent} left something behind"
+        );
+    }
 }
 
 #[test]

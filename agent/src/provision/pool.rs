@@ -299,3 +299,199 @@ impl ServicePool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::{ProvisionError, StartRequest, Started};
+    use std::sync::Mutex as StdMutex;
+    use testfleet_model::{ImageSource, Template, WaitStrategy};
+
+    /// Records what the pool asks for; `fail` makes starts of that service fail.
+    #[derive(Default)]
+    struct Fake {
+        log: StdMutex<Vec<String>>,
+        next: StdMutex<u32>,
+        fail: Option<&'static str>,
+    }
+
+    impl Fake {
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+        fn count(&self, prefix: &str) -> usize {
+            self.log().iter().filter(|l| l.starts_with(prefix)).count()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Provisioner for Fake {
+        async fn status(&self) -> Result<(), String> {
+            Ok(())
+        }
+        async fn create_network(
+            &self,
+            name: &str,
+            labels: &BTreeMap<String, String>,
+        ) -> Result<(), ProvisionError> {
+            assert_eq!(labels[LABEL_AGENT], "a1");
+            self.log.lock().unwrap().push(format!("net+ {name}"));
+            Ok(())
+        }
+        async fn remove_network(&self, name: &str) -> Result<(), ProvisionError> {
+            self.log.lock().unwrap().push(format!("net- {name}"));
+            Ok(())
+        }
+        async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError> {
+            // A real start takes a while: let concurrent callers interleave here.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            if self.fail == Some(req.spec.name.as_str()) {
+                return Err(ProvisionError::ImageMissing("x:1".into()));
+            }
+            assert_eq!(req.labels[LABEL_SERVICE], req.spec.name);
+            assert!(req.network.is_some(), "every container joins a network");
+            let id = {
+                let mut n = self.next.lock().unwrap();
+                *n += 1;
+                format!("c{n}")
+            };
+            self.log.lock().unwrap().push(format!(
+                "start {} {id} lease={}",
+                req.spec.name, req.labels[LABEL_LEASE]
+            ));
+            Ok(Started {
+                container_id: id,
+                host: "127.0.0.1".into(),
+                ports: req.spec.ports.iter().map(|p| (*p, 10_000 + *p)).collect(),
+                duration: Duration::from_millis(5),
+            })
+        }
+        async fn remove(&self, container_id: &str) -> Result<(), ProvisionError> {
+            self.log.lock().unwrap().push(format!("rm {container_id}"));
+            Ok(())
+        }
+        async fn sweep(&self, _agent: &AgentId) -> Result<SweepReport, ProvisionError> {
+            self.log.lock().unwrap().push("sweep".into());
+            Ok(SweepReport::default())
+        }
+    }
+
+    fn svc(name: &str, scope: Scope) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            source: ImageSource::parse_image("img:1").unwrap(),
+            env: BTreeMap::new(),
+            cmd: vec![],
+            ports: vec![80],
+            wait: WaitStrategy::None,
+            startup_timeout: Duration::from_secs(5),
+            scope,
+            exports: BTreeMap::from([(
+                format!("{}_ADDR", name.to_uppercase()),
+                Template::parse("{host}:{port:80}").unwrap(),
+            )]),
+        }
+    }
+
+    fn ctx(lease: &str) -> LeaseCtx {
+        LeaseCtx {
+            run_id: "1".into(),
+            lease_id: lease.into(),
+            workspace: None,
+        }
+    }
+
+    fn pool(fake: &Arc<Fake>) -> ServicePool {
+        ServicePool::new(fake.clone(), "a1".parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn scopes_decide_how_often_a_container_starts_and_when_it_goes() {
+        let fake = Arc::new(Fake::default());
+        let pool = pool(&fake);
+        let all = [
+            svc("ag", Scope::Agent),
+            svc("le", Scope::Lease),
+            svc("te", Scope::Test),
+        ];
+        let mut prepared = vec![];
+        for lease in ["1", "1", "2"] {
+            let p = pool.prepare(&ctx(lease), &all).await.unwrap();
+            assert_eq!(p.env["TE_ADDR"], "127.0.0.1:10080", "exports are rendered");
+            prepared.push(p);
+        }
+        assert_eq!(fake.count("start ag"), 1, "agent scope: once for the agent");
+        assert_eq!(fake.count("start le"), 2, "lease scope: once per lease");
+        assert_eq!(fake.count("start te"), 3, "test scope: once per test");
+        // Fresh starts are reported once; reuses are not.
+        let reported: usize = prepared.iter().map(|p| p.starts.len()).sum();
+        assert_eq!(reported, 6);
+
+        for p in prepared {
+            pool.finish_test(p).await;
+        }
+        assert_eq!(
+            fake.count("rm"),
+            3,
+            "each test's own container goes after the test"
+        );
+        pool.release_lease("1").await;
+        assert_eq!(
+            fake.count("rm"),
+            4,
+            "the lease's container goes with the lease"
+        );
+        assert_eq!(fake.count("net-"), 1, "and its network");
+        pool.release_lease("1").await;
+        assert_eq!(fake.count("rm"), 4, "releasing twice is harmless");
+
+        pool.shutdown().await;
+        assert_eq!(
+            fake.count("rm"),
+            6,
+            "shutdown removes lease 2's and the agent's containers"
+        );
+        assert_eq!(
+            fake.count("net+"),
+            fake.count("net-"),
+            "every network is removed: {:?}",
+            fake.log()
+        );
+        assert_eq!(fake.log().last().map(String::as_str), Some("sweep"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_tests_of_a_lease_wait_for_one_start() {
+        let fake = Arc::new(Fake::default());
+        let pool = pool(&fake);
+        let lease = [svc("le", Scope::Lease)];
+        let c = ctx("7");
+        let (a, b) = tokio::join!(pool.prepare(&c, &lease), pool.prepare(&c, &lease));
+        assert_eq!(a.unwrap().env, b.unwrap().env);
+        assert_eq!(fake.count("start le"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_removes_what_the_test_had_started_and_names_the_service() {
+        let fake = Arc::new(Fake {
+            fail: Some("broken"),
+            ..Default::default()
+        });
+        let pool = pool(&fake);
+        let err = pool
+            .prepare(
+                &ctx("1"),
+                &[svc("te", Scope::Test), svc("broken", Scope::Lease)],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("service `broken` (img:1)") && err.contains("not present"),
+            "{err}"
+        );
+        assert_eq!(fake.count("start te"), 1);
+        assert_eq!(fake.count("rm"), 1, "the test's container did not leak");
+    }
+}

@@ -81,6 +81,10 @@ impl Harness {
     }
 
     async fn agent(&self, name: &str, slots: u32, conn: ConnId) -> FakeAgent {
+        self.agent_with(name, slots, conn, false).await
+    }
+
+    async fn agent_with(&self, name: &str, slots: u32, conn: ConnId, docker: bool) -> FakeAgent {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id: AgentId = name.parse().unwrap();
         self.handle
@@ -89,9 +93,13 @@ impl Harness {
                     agent_id: id.clone(),
                     slots,
                     labels: HashMap::new(),
-                    docker_available: false,
+                    docker_available: docker,
                     version: "test".into(),
-                    docker_status: "disabled in tests".into(),
+                    docker_status: if docker {
+                        String::new()
+                    } else {
+                        format!("{name} has no Docker")
+                    },
                 },
                 conn,
                 tx,
@@ -377,4 +385,131 @@ async fn cancelling_a_run_revokes_its_leases() {
         all.last().unwrap().kind,
         EventKind::RunFinished { ref summary, state: RunState::Cancelled } if summary.cancelled == 3
     ));
+}
+
+/// Two binaries: `plain` (tests 0..n) needs nothing, `svc` (tests n..2n) needs an agent-scope service.
+fn service_spec(n: usize) -> Arc<RunSpec> {
+    let mut spec = (*spec(2 * n, 0)).clone();
+    let mut svc_binary = spec.binaries[0].clone();
+    svc_binary.binary_id = "svc".into();
+    svc_binary.services = vec![0];
+    spec.binaries.push(svc_binary);
+    for t in &mut spec.tests[n..] {
+        t.binary = 1;
+    }
+    let manifest = "[[service]]\nname = \"db\"\nimage = \"db:1\"\n";
+    spec.services = testfleet_model::Manifest::parse(manifest, std::path::Path::new("m.toml"))
+        .unwrap()
+        .services;
+    spec.validate().unwrap();
+    Arc::new(spec)
+}
+
+fn binaries_of(g: &LeaseGrant) -> Vec<&str> {
+    g.tests
+        .iter()
+        .map(|(i, _)| {
+            g.spec.binaries[g.spec.tests[*i as usize].binary as usize]
+                .binary_id
+                .as_str()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tests_needing_services_go_only_to_agents_with_docker() {
+    let h = Harness::new();
+    let mut plain = h.agent_with("plain", 4, 1, false).await;
+    let mut docker = h.agent_with("docker", 4, 2, true).await;
+    let _events = h.submit(1, service_spec(4)).await;
+    let mut seen_plain = vec![];
+    loop {
+        h.from(&plain, FromAgent::WorkRequest { free_slots: 4 });
+        let g = lease(&mut plain).await;
+        seen_plain.extend(binaries_of(&g).into_iter().map(str::to_owned));
+        for i in 0..g.tests.len() {
+            h.from(&plain, finished(&g, i, AttemptStatus::Passed));
+        }
+        if seen_plain.len() == 4 {
+            break;
+        }
+    }
+    assert!(seen_plain.iter().all(|b| b == "b"), "{seen_plain:?}");
+    h.from(&plain, FromAgent::WorkRequest { free_slots: 4 });
+    h.from(&docker, FromAgent::WorkRequest { free_slots: 4 });
+    let g = lease(&mut docker).await;
+    assert!(binaries_of(&g).iter().all(|b| *b == "svc"));
+    h.settle().await;
+    assert!(
+        plain.rx.try_recv().is_err(),
+        "service tests never reach the agent without Docker"
+    );
+}
+
+#[tokio::test]
+async fn service_tests_no_connected_agent_can_serve_fail_at_once_and_say_why() {
+    let h = Harness::new();
+    let mut plain = h.agent_with("plain", 8, 1, false).await;
+    let mut events = h.submit(1, service_spec(2)).await;
+    let mut ran = 0;
+    while ran < 2 {
+        h.from(&plain, FromAgent::WorkRequest { free_slots: 8 });
+        let g = lease(&mut plain).await;
+        assert!(binaries_of(&g).iter().all(|b| *b == "b"));
+        for i in 0..g.tests.len() {
+            h.from(&plain, finished(&g, i, AttemptStatus::Passed));
+            ran += 1;
+        }
+    }
+    let all = until_finished(&mut events).await;
+    let infra: Vec<&str> = all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished {
+                result,
+                final_outcome: Some(Outcome::InfraError),
+                ..
+            } => Some(result.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(infra.len(), 2);
+    assert!(
+        infra[0].contains("no connected agent can start services")
+            && infra[0].contains("plain has no Docker"),
+        "{}",
+        infra[0]
+    );
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 2 && summary.infra_errors == 2)
+    );
+}
+
+#[tokio::test]
+async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
+    let h = Harness::new();
+    let mut a = h.agent_with("a", 1, 1, true).await;
+    let spec = service_spec(3);
+    let fingerprint = spec.services[0].fingerprint();
+    let _events = h.submit(1, spec).await;
+    // Cold, the queue order rules: a plain test comes first.
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    assert_eq!(binaries_of(&g), ["b"]);
+    h.from(
+        &a,
+        FromAgent::ServiceStarted {
+            run_id: RunId(1),
+            service: "db".into(),
+            scope: testfleet_model::Scope::Agent,
+            duration_ms: 700,
+            container_id: "c1".into(),
+            fingerprint,
+        },
+    );
+    h.from(&a, finished(&g, 0, AttemptStatus::Passed));
+    // Warm, the tests that need its running container come first.
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    assert_eq!(binaries_of(&g), ["svc"]);
 }
