@@ -44,6 +44,97 @@ pub enum Command {
     Agent(AgentArgs),
     /// List the agents connected to a coordinator.
     Agents(AgentsArgs),
+    /// Tests that passed and failed on the same revision, with their evidence.
+    Flaky(FlakyArgs),
+    /// Test durations (p50/p95/p99) and slowdowns.
+    Timings(TimingsArgs),
+    /// One test's record: recent attempts, durations, flakiness, quarantine.
+    History(HistoryArgs),
+    /// Recent runs and their summaries.
+    Runs(RunsArgs),
+    /// Keep flaky tests from failing runs while they keep running and being recorded.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+/// Where history queries go: a coordinator, or the local data dir.
+#[derive(Args, Debug, Clone, Default)]
+pub struct QueryArgs {
+    /// Ask this coordinator instead of the local data dir.
+    #[arg(long, env = "TESTFLEET_COORDINATOR", global = true)]
+    pub coordinator: Option<String>,
+    /// The local data dir [default: `.testfleet` in the Cargo workspace around the current dir].
+    #[arg(long, env = "TESTFLEET_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Cargo.toml of the workspace whose local history to read.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub manifest_path: Option<PathBuf>,
+    /// Only this suite (a workspace's directory name) [default: all].
+    #[arg(long, global = true)]
+    pub suite: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FlakyArgs {
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TimingsArgs {
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// How many of the slowest tests (by p95) to show.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Only tests that got slower: median of the last 5 passing runs against the 30 before.
+    #[arg(long)]
+    pub slowdowns: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// The test: its name, or `BINARY NAME`, or a part of either.
+    pub test: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuarantineCommand {
+    /// Quarantine a test: it still runs and is recorded, but its failures do not fail runs.
+    Add {
+        #[command(flatten)]
+        query: QueryArgs,
+        /// The test: its name, or `BINARY NAME`.
+        test: String,
+        /// Why (shown in lists and reports).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Take a test out of quarantine.
+    Remove {
+        #[command(flatten)]
+        query: QueryArgs,
+        test: String,
+    },
+    /// List quarantined tests.
+    List {
+        #[command(flatten)]
+        query: QueryArgs,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ mod args;
 mod cargo;
 mod commands;
 mod error;
+mod history_client;
 mod local;
 mod remote;
 mod reporter;

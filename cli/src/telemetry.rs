@@ -8,7 +8,7 @@ use crate::args::{Cli, Command};
 pub fn init(cli: &Cli) {
     let default = match cli.command {
         Command::Coordinator(_) | Command::Agent(_) => "info,h2=warn,tower=warn,hyper=warn",
-        Command::Run(_) | Command::Agents(_) => "warn",
+        _ => "warn",
     };
     let filter = cli
         .log

@@ -59,17 +59,18 @@ pub async fn follow(
             };
             match next {
                 Ok(Some(wire)) => {
-                    broken_since = None;
                     let event = RunEvent::try_from(wire).map_err(|e| {
                         CliError::Internal(anyhow::anyhow!(
                             "coordinator sent an invalid event: {e}"
                         ))
                     })?;
-                    // A re-attach can repeat what was already seen.
-                    if event.seq < next_seq {
+                    let finished = matches!(event.kind, EventKind::RunFinished { .. });
+                    // A re-attach can repeat what was already seen; the end is never skipped.
+                    if event.seq < next_seq && !finished {
                         continue;
                     }
-                    next_seq = event.seq + 1;
+                    broken_since = None;
+                    next_seq = next_seq.max(event.seq + 1);
                     report.on_event(&event);
                     if let EventKind::RunFinished { summary, state } = event.kind {
                         return Ok((summary, state));

@@ -44,6 +44,17 @@ pub struct RunSummary {
     /// Container starts per service, apart from test time.
     #[serde(default)]
     pub service_starts: BTreeMap<String, ServiceTiming>,
+    /// Quarantined tests that failed or timed out: recorded, but they do not fail the run.
+    #[serde(default)]
+    pub quarantined: u32,
+    /// Sum of the test attempts' durations, the longest one, and the most slots connected: the
+    /// schedule's lower bound is `max(busy / slots, longest)`.
+    #[serde(default)]
+    pub busy_ms: u64,
+    #[serde(default)]
+    pub longest_ms: u64,
+    #[serde(default)]
+    pub slots: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +86,14 @@ impl RunSummary {
         *slot += 1;
     }
 
+    /// No schedule on these slots could finish sooner: `max(Σ durations / slots, longest test)`.
+    pub fn lower_bound_ms(&self) -> u64 {
+        (self.busy_ms / u64::from(self.slots.max(1))).max(self.longest_ms)
+    }
+
     pub fn total(&self) -> u32 {
-        self.passed
+        self.quarantined
+            + self.passed
             + self.failed
             + self.flaky
             + self.timed_out
@@ -104,6 +121,9 @@ pub enum EventKind {
         suite: String,
         total_tests: u32,
         skipped: Vec<TestRef>,
+        /// Tests in quarantine: they run and are recorded, but their failures do not fail the run.
+        #[serde(default)]
+        quarantined: Vec<TestRef>,
     },
     TestStarted {
         test: TestRef,
@@ -117,6 +137,18 @@ pub enum EventKind {
         result: AttemptResult,
         /// Set when this attempt settled the test; `None` when a retry follows.
         final_outcome: Option<Outcome>,
+        /// The lease the attempt ran in (`None` for tests settled without running).
+        #[serde(default)]
+        lease_id: Option<u64>,
+        #[serde(default)]
+        quarantined: bool,
+    },
+    /// Every test of a lease reported; `failed` of them failed or timed out.
+    LeaseFinished {
+        lease_id: u64,
+        agent_id: String,
+        tests: u32,
+        failed: u32,
     },
     RunFinished {
         summary: RunSummary,

@@ -6,6 +6,7 @@ pub mod exit_code;
 pub mod ids;
 pub mod manifest;
 pub mod outcome;
+pub mod report;
 pub mod service;
 pub mod spec;
 
@@ -14,4 +15,4 @@ pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
 pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
-pub use spec::{Binary, RunSpec, SpecError, TestSpec};
+pub use spec::{Binary, QuarantinePolicy, RunSpec, SpecError, TestSpec};

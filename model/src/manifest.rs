@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::QuarantinePolicy;
 use crate::service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
 
 pub const FILE_NAME: &str = "testfleet.toml";
@@ -43,6 +44,9 @@ pub struct Manifest {
     pub prepare: BTreeMap<String, Vec<String>>,
     /// Test binaries each service is for (empty: every binary), per service name.
     pub binaries: BTreeMap<String, Vec<String>>,
+    pub quarantine: QuarantinePolicy,
+    /// Files and directories (relative to the manifest) that tests read: bundled with them.
+    pub include: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +54,22 @@ pub struct Manifest {
 struct RawManifest {
     #[serde(default)]
     service: Vec<RawService>,
+    quarantine: Option<RawQuarantine>,
+    bundle: Option<RawBundle>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    auto: Option<bool>,
+    release_after: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBundle {
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +148,25 @@ impl Manifest {
             at(offset, e.message().trim().to_owned())
         })?;
         let mut manifest = Manifest::default();
+        if let Some(q) = raw.quarantine {
+            let d = QuarantinePolicy::default();
+            manifest.quarantine = QuarantinePolicy {
+                auto: q.auto.unwrap_or(d.auto),
+                release_after: q.release_after.unwrap_or(d.release_after),
+            };
+        }
+        for inc in raw.bundle.map(|b| b.include).unwrap_or_default() {
+            let (span, path) = (inc.span().start, inc.into_inner());
+            if !is_relative_inside(&path) {
+                return Err(at(
+                    span,
+                    format!(
+                        "key `bundle.include`: `{path}` must be a relative path inside the workspace"
+                    ),
+                ));
+            }
+            manifest.include.push(path);
+        }
         for s in raw.service {
             let name_at = s.name.span().start;
             let name = s.name.into_inner();
@@ -429,6 +468,27 @@ prepare = ["make", "api"]
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn quarantine_policy_and_bundle_files_parse() {
+        let m = parse("[quarantine]\nauto = true\nrelease_after = 3\n[bundle]\ninclude = [\"fixtures\", \"data/x.json\"]\n").unwrap();
+        assert_eq!(
+            m.quarantine,
+            QuarantinePolicy {
+                auto: true,
+                release_after: 3
+            }
+        );
+        assert_eq!(m.include, ["fixtures", "data/x.json"]);
+        assert_eq!(parse("").unwrap().quarantine, QuarantinePolicy::default());
+        let e = err("[bundle]\ninclude = [\"../secrets\"]\n");
+        assert!(
+            e.starts_with("testfleet.toml:2: ") && e.contains("bundle.include"),
+            "{e}"
+        );
+        let e = err("[quarantine]\nautomatic = true\n");
+        assert!(e.contains("unknown field `automatic`"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,25 @@ pub struct RunSpec {
     pub services: Vec<ServiceSpec>,
     /// Workspace root for service build contexts (same rule as binary paths); empty if unused.
     pub workspace: String,
+    pub quarantine: QuarantinePolicy,
+}
+
+/// How a suite's tests enter and leave quarantine (the manifest's `[quarantine]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinePolicy {
+    /// Quarantine tests that turn out flaky without anyone asking.
+    pub auto: bool,
+    /// Release a quarantined test after this many clean runs in a row (0: never by itself).
+    pub release_after: u32,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        QuarantinePolicy {
+            auto: false,
+            release_after: 5,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -279,6 +298,7 @@ mod tests {
             branch: String::new(),
             services: vec![],
             workspace: String::new(),
+            quarantine: QuarantinePolicy::default(),
         }
     }
 

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use testfleet_model::{
-    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome, RunEvent,
-    RunId, RunSpec, RunState, RunSummary, ServiceSpec, ServiceTiming, TestRef, TestSpec,
+    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome,
+    QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, ServiceSpec, ServiceTiming,
+    TestRef, TestSpec,
 };
 
 use crate::pb;
@@ -112,6 +113,10 @@ impl From<&RunSpec> for pb::RunSpec {
             branch: s.branch.clone(),
             services: s.services.iter().map(Into::into).collect(),
             workspace: s.workspace.clone(),
+            quarantine: Some(pb::QuarantinePolicy {
+                auto: s.quarantine.auto,
+                release_after: s.quarantine.release_after,
+            }),
         }
     }
 }
@@ -145,6 +150,13 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                 .map(ServiceSpec::try_from)
                 .collect::<Result<_, _>>()?,
             workspace: s.workspace,
+            quarantine: s
+                .quarantine
+                .map(|q| QuarantinePolicy {
+                    auto: q.auto,
+                    release_after: q.release_after,
+                })
+                .unwrap_or_default(),
         };
         spec.validate()
             .map_err(|e| ConvertError::new("run spec", e.to_string()))?;
@@ -165,7 +177,7 @@ impl From<AttemptStatus> for pb::AttemptStatus {
     }
 }
 
-fn attempt_status_from_wire(v: i32) -> Result<AttemptStatus, ConvertError> {
+pub(crate) fn attempt_status_from_wire(v: i32) -> Result<AttemptStatus, ConvertError> {
     {
         match pb::AttemptStatus::try_from(v) {
             Ok(pb::AttemptStatus::Passed) => Ok(AttemptStatus::Passed),
@@ -194,7 +206,7 @@ impl From<Outcome> for pb::Outcome {
     }
 }
 
-fn outcome_from_wire(v: i32) -> Result<Outcome, ConvertError> {
+pub(crate) fn outcome_from_wire(v: i32) -> Result<Outcome, ConvertError> {
     Ok(match pb::Outcome::try_from(v) {
         Ok(pb::Outcome::Passed) => Outcome::Passed,
         Ok(pb::Outcome::Failed) => Outcome::Failed,
@@ -281,6 +293,10 @@ impl From<&RunSummary> for pb::RunSummary {
                     (k.clone(), t)
                 })
                 .collect(),
+            quarantined: s.quarantined,
+            busy_ms: s.busy_ms,
+            longest_ms: s.longest_ms,
+            slots: s.slots,
         }
     }
 }
@@ -309,6 +325,10 @@ impl From<pb::RunSummary> for RunSummary {
                     (k, t)
                 })
                 .collect(),
+            quarantined: s.quarantined,
+            busy_ms: s.busy_ms,
+            longest_ms: s.longest_ms,
+            slots: s.slots,
         }
     }
 }
@@ -341,11 +361,13 @@ impl From<&RunEvent> for pb::RunEvent {
                 suite,
                 total_tests,
                 skipped,
+                quarantined,
             } => Kind::RunStarted(pb::RunStarted {
                 suite: suite.clone(),
                 total_tests: *total_tests,
                 skipped: skipped.len() as u32,
                 skipped_tests: skipped.iter().map(Into::into).collect(),
+                quarantined_tests: quarantined.iter().map(Into::into).collect(),
             }),
             EventKind::TestStarted {
                 test,
@@ -362,12 +384,27 @@ impl From<&RunEvent> for pb::RunEvent {
                 agent_id,
                 result,
                 final_outcome,
+                lease_id,
+                quarantined,
             } => Kind::TestFinished(pb::TestFinishedEvent {
                 test: Some(test.into()),
                 attempt: *attempt,
                 agent_id: agent_id.clone(),
                 result: Some(result.into()),
                 final_outcome: final_outcome.map(|o| pb::Outcome::from(o) as i32),
+                lease_id: *lease_id,
+                quarantined: *quarantined,
+            }),
+            EventKind::LeaseFinished {
+                lease_id,
+                agent_id,
+                tests,
+                failed,
+            } => Kind::LeaseFinished(pb::LeaseFinishedEvent {
+                lease_id: *lease_id,
+                agent_id: agent_id.clone(),
+                tests: *tests,
+                failed: *failed,
             }),
             EventKind::RunFinished { summary, state } => Kind::RunFinished(pb::RunFinished {
                 summary: Some(summary.into()),
@@ -413,6 +450,7 @@ impl TryFrom<pb::RunEvent> for RunEvent {
                 suite: s.suite,
                 total_tests: s.total_tests,
                 skipped: s.skipped_tests.into_iter().map(Into::into).collect(),
+                quarantined: s.quarantined_tests.into_iter().map(Into::into).collect(),
             },
             Kind::TestStarted(s) => EventKind::TestStarted {
                 test: required(s.test, "test")?.into(),
@@ -425,6 +463,14 @@ impl TryFrom<pb::RunEvent> for RunEvent {
                 agent_id: f.agent_id,
                 result: required(f.result, "result")?.try_into()?,
                 final_outcome: f.final_outcome.map(outcome_from_wire).transpose()?,
+                lease_id: f.lease_id,
+                quarantined: f.quarantined,
+            },
+            Kind::LeaseFinished(l) => EventKind::LeaseFinished {
+                lease_id: l.lease_id,
+                agent_id: l.agent_id,
+                tests: l.tests,
+                failed: l.failed,
             },
             Kind::RunFinished(f) => EventKind::RunFinished {
                 summary: required(f.summary, "summary")?.into(),
@@ -483,6 +529,7 @@ mod tests {
                 suite: "s".into(),
                 total_tests: 3,
                 skipped: vec![test.clone()],
+                quarantined: vec![test.clone()],
             },
             EventKind::TestStarted {
                 test: test.clone(),
@@ -495,11 +542,23 @@ mod tests {
                 agent_id: "a".into(),
                 result: result(),
                 final_outcome: Some(Outcome::TimedOut),
+                lease_id: Some(4),
+                quarantined: true,
+            },
+            EventKind::LeaseFinished {
+                lease_id: 4,
+                agent_id: "a".into(),
+                tests: 3,
+                failed: 1,
             },
             EventKind::RunFinished {
                 summary: RunSummary {
                     passed: 1,
                     attempts_per_agent: [("a".to_string(), 2)].into(),
+                    quarantined: 1,
+                    busy_ms: 10,
+                    longest_ms: 7,
+                    slots: 3,
                     ..Default::default()
                 },
                 state: RunState::Finished,

@@ -8,11 +8,14 @@ pub mod pb {
 
 mod chunks;
 mod convert;
+mod reports;
 mod services;
 
 pub use chunks::file_chunks;
 
-pub use convert::{ConvertError, attempt_key, parse_attempt_key, parse_run_id};
+pub use convert::{
+    ConvertError, attempt_key, parse_attempt_key, parse_run_id, run_state_from_wire,
+};
 pub use services::scope_from_wire;
 
 /// Largest gRPC message either side accepts: a lease or a run spec with many tests can be large.

@@ -70,6 +70,7 @@ async fn run_on_bundle(
         branch: String::new(),
         services: vec![],
         workspace: String::new(),
+        quarantine: Default::default(),
     };
     let run_id = client
         .submit_run(pb::SubmitRunRequest {

@@ -3,6 +3,7 @@
 mod agent;
 mod agents;
 mod coordinator;
+mod query;
 mod run;
 
 use crate::args::{Cli, Command};
@@ -19,6 +20,11 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Agents(args) => agents::run(args).await,
+            Command::Flaky(args) => query::flaky(args).await,
+            Command::Timings(args) => query::timings(args).await,
+            Command::History(args) => query::history(args).await,
+            Command::Runs(args) => query::runs(args).await,
+            Command::Quarantine(cmd) => query::quarantine(cmd).await,
         }
     })
 }

@@ -74,7 +74,13 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     let mut fleet = None;
     let (url, mut client) = match (&args.coordinator, remote_client.take()) {
         (Some(url), Some(mut client)) => {
-            let packed = pack_bundle(&ws, &binaries, &args.includes, suite.as_ref()).await?;
+            // Files the manifest lists travel like `--include`d ones (its paths are relative to it).
+            let mut includes = args.includes.clone();
+            if let Some(s) = &suite {
+                let rel = s.dir.strip_prefix(&ws.root).unwrap_or(Path::new(""));
+                includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
+            }
+            let packed = pack_bundle(&ws, &binaries, &includes, suite.as_ref()).await?;
             let sent = remote::upload_bundle(&mut client, url, &packed).await?;
             eprintln!(
                 "bundle {} ({} bytes) {}",
@@ -251,6 +257,7 @@ fn build_spec(
             }
             _ => String::new(),
         },
+        quarantine: suite.map(|s| s.manifest.quarantine).unwrap_or_default(),
     })
 }
 

@@ -15,6 +15,9 @@ pub struct HumanReporter {
     mode: String,
     /// Settled tests that did not pass, for the summary.
     problems: BTreeMap<(String, String), Outcome>,
+    /// Quarantined tests, by index and by name.
+    quarantined: std::collections::HashSet<u32>,
+    quarantined_names: std::collections::HashSet<(String, String)>,
 }
 
 fn secs(d: Duration) -> String {
@@ -31,6 +34,8 @@ impl HumanReporter {
             bar: ProgressBar::hidden(),
             mode,
             problems: BTreeMap::new(),
+            quarantined: Default::default(),
+            quarantined_names: Default::default(),
         }
     }
 
@@ -63,7 +68,13 @@ impl HumanReporter {
                 suite,
                 total_tests,
                 skipped,
+                quarantined,
             } => {
+                self.quarantined = quarantined.iter().map(|t| t.index).collect();
+                self.quarantined_names = quarantined
+                    .iter()
+                    .map(|t| (t.binary_id.clone(), t.name.clone()))
+                    .collect();
                 let runnable = total_tests - skipped.len() as u32;
                 self.bar = ProgressBar::new(runnable as u64);
                 self.bar
@@ -85,6 +96,13 @@ impl HumanReporter {
                 for t in skipped {
                     self.println(&format!("{:>12} {}", style("SKIP").yellow(), label(t)));
                 }
+                for t in quarantined {
+                    self.println(&format!(
+                        "{:>12} {} runs, but its failures do not fail the run",
+                        style("QUARANTINE").yellow(),
+                        label(t)
+                    ));
+                }
             }
             EventKind::TestStarted { test, .. } => self.bar.set_message(test.name.clone()),
             EventKind::TestFinished {
@@ -93,6 +111,7 @@ impl HumanReporter {
                 agent_id,
                 result,
                 final_outcome,
+                ..
             } => {
                 let d = secs(result.duration);
                 let why = if result.message.is_empty() {
@@ -120,11 +139,14 @@ impl HumanReporter {
                             Outcome::Skipped => style("SKIP").yellow(),
                             Outcome::Cancelled => style("CANCEL").yellow(),
                         };
-                        let attempt_note = if *attempt > 1 {
+                        let mut attempt_note = if *attempt > 1 {
                             format!(" attempt {attempt}")
                         } else {
                             String::new()
                         };
+                        if self.quarantined.contains(&test.index) {
+                            attempt_note.push_str(" (quarantined)");
+                        }
                         let why = if outcome.fails_run() || *outcome == Outcome::InfraError {
                             why
                         } else {
@@ -168,6 +190,7 @@ impl HumanReporter {
                     scope.as_str()
                 ));
             }
+            EventKind::LeaseFinished { .. } => {}
             EventKind::RunFinished { summary, state } => {
                 self.bar.finish_and_clear();
                 self.print_summary(summary, *state);
@@ -188,6 +211,7 @@ impl HumanReporter {
         add(s.skipped, "skipped");
         add(s.infra_errors, "infrastructure errors");
         add(s.cancelled, "cancelled");
+        add(s.quarantined, "quarantined failures (not gating)");
         let head = match (state, s.exit_code()) {
             (RunState::Cancelled, _) => style("Cancelled").yellow().bold(),
             (_, 0) => style("Summary").green().bold(),
@@ -199,6 +223,17 @@ impl HumanReporter {
             s.total(),
             parts.join(", ")
         ));
+        let bound = s.lower_bound_ms();
+        if bound > 0 && s.wall_ms > 0 {
+            self.println(&format!(
+                "{:>12} schedule: wall {:.2}s against a lower bound of {:.2}s (max(Σ durations / {} slots, longest test)): ratio {:.2}",
+                "",
+                s.wall_ms as f64 / 1000.0,
+                bound as f64 / 1000.0,
+                s.slots.max(1),
+                s.wall_ms as f64 / bound as f64
+            ));
+        }
         if !s.attempts_per_agent.is_empty() {
             let agents: Vec<String> = s
                 .attempts_per_agent
@@ -234,6 +269,14 @@ impl HumanReporter {
             let tag = match outcome {
                 Outcome::Flaky => style(outcome.as_str().to_uppercase()).yellow(),
                 _ => style(outcome.as_str().to_uppercase()).red(),
+            };
+            let name = if self
+                .quarantined_names
+                .contains(&(binary.clone(), name.clone()))
+            {
+                format!("{name} (quarantined: does not fail the run)")
+            } else {
+                name.clone()
             };
             self.println(&format!("{tag:>12} {} {}", style(binary).dim(), name));
         }

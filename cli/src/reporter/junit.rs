@@ -13,6 +13,7 @@ use crate::error::{CliError, CliResult};
 struct TestEntry {
     attempts: Vec<AttemptResult>,
     outcome: Option<Outcome>,
+    quarantined: bool,
 }
 
 #[derive(Default)]
@@ -22,6 +23,10 @@ pub struct JunitReporter {
     /// binary id → test name → entry, ordered for a stable file.
     tests: BTreeMap<String, BTreeMap<String, TestEntry>>,
     wall_ms: u64,
+}
+
+fn outcome_word(o: Option<Outcome>) -> &'static str {
+    o.map(Outcome::as_str).unwrap_or("unsettled")
 }
 
 fn kind_of(status: AttemptStatus) -> NonSuccessKind {
@@ -52,11 +57,19 @@ impl JunitReporter {
     pub fn on_event(&mut self, e: &RunEvent) {
         self.run_id = e.run_id.to_string();
         match &e.kind {
-            EventKind::RunStarted { suite, skipped, .. } => {
+            EventKind::RunStarted {
+                suite,
+                skipped,
+                quarantined,
+                ..
+            } => {
                 self.suite = suite.clone();
                 for t in skipped {
                     let entry = self.entry(&t.binary_id, &t.name);
                     entry.outcome = Some(Outcome::Skipped);
+                }
+                for t in quarantined {
+                    self.entry(&t.binary_id, &t.name).quarantined = true;
                 }
             }
             EventKind::TestFinished {
@@ -72,7 +85,8 @@ impl JunitReporter {
             EventKind::RunFinished { summary, .. } => self.wall_ms = summary.wall_ms,
             EventKind::TestStarted { .. }
             | EventKind::Notice { .. }
-            | EventKind::ServiceStarted { .. } => {}
+            | EventKind::ServiceStarted { .. }
+            | EventKind::LeaseFinished { .. } => {}
         }
     }
 
@@ -105,6 +119,18 @@ impl JunitReporter {
                 s.set_message("cancelled before it finished");
                 s
             }
+            // A quarantined test's failure is reported, but as skipped: CI must not fail on it.
+            Some(Outcome::Failed | Outcome::TimedOut) if e.quarantined => {
+                let last = last.expect("a failed test has an attempt");
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(format!(
+                    "quarantined test {}: {}",
+                    outcome_word(e.outcome),
+                    last.message
+                ))
+                .set_description(String::from_utf8_lossy(&last.output).into_owned());
+                s
+            }
             Some(Outcome::Failed | Outcome::TimedOut | Outcome::InfraError) => {
                 let last = last.expect("a failed test has an attempt");
                 let mut s = TestCaseStatus::non_success(kind_of(last.status));
@@ -117,6 +143,9 @@ impl JunitReporter {
         };
         let mut case = TestCase::new(name, status);
         case.set_classname(classname);
+        if e.quarantined {
+            case.add_property(quick_junit::Property::new("testfleet.quarantined", "true"));
+        }
         // Output of passing attempts is left out, as CI systems show only failures' output anyway.
         if let Some(last) = last {
             case.set_time(last.duration);

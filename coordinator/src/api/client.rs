@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use testfleet_model::{EventKind, RunEvent, RunId, RunSpec, RunState, TestId};
 use testfleet_proto::pb;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::blocking;
 use crate::bundles::BundleStore;
-use crate::history::{HistoryStore, HistoryUpdate, RunRecord, estimate_all};
+use crate::history::{HistoryStore, HistoryUpdate, RunRecord, estimate_all, query};
 use crate::scheduler::{Command, RunSnapshot, SchedulerHandle};
 
 pub struct ClientApi {
@@ -30,6 +31,10 @@ fn parse_run_id(s: &str) -> Result<RunId, Status> {
 }
 
 fn run_info(s: RunSnapshot) -> pb::RunInfo {
+    run_info_with(s, String::new(), String::new())
+}
+
+fn run_info_with(s: RunSnapshot, revision: String, branch: String) -> pb::RunInfo {
     pb::RunInfo {
         run_id: s.run_id.to_string(),
         suite: s.suite,
@@ -37,18 +42,25 @@ fn run_info(s: RunSnapshot) -> pb::RunInfo {
         total_tests: s.total_tests,
         summary: Some((&s.summary).into()),
         created_unix_ms: s.created_unix_ms,
+        revision,
+        branch,
     }
 }
 
 fn record_info(r: RunRecord) -> pb::RunInfo {
-    run_info(RunSnapshot {
-        run_id: RunId(r.run_id),
-        suite: r.suite,
-        state: r.state,
-        total_tests: r.total_tests,
-        summary: r.summary.unwrap_or_default(),
-        created_unix_ms: r.created_unix_ms,
-    })
+    let (revision, branch) = (r.revision.clone(), r.branch.clone());
+    run_info_with(
+        RunSnapshot {
+            run_id: RunId(r.run_id),
+            suite: r.suite,
+            state: r.state,
+            total_tests: r.total_tests,
+            summary: r.summary.unwrap_or_default(),
+            created_unix_ms: r.created_unix_ms,
+        },
+        revision,
+        branch,
+    )
 }
 
 #[tonic::async_trait]
@@ -72,11 +84,17 @@ impl Coordinator for ClientApi {
         let spec = Arc::new(spec);
         let store = self.store.clone();
         let s = spec.clone();
-        let (run_id, history) = blocking(move || {
+        let (run_id, p95s, quarantined) = blocking(move || {
             let ids: Vec<TestId> = (0..s.tests.len()).map(|i| s.test_id(i)).collect();
+            let p95s: Vec<Option<Duration>> = store
+                .summaries_of(&s.suite, &ids)?
+                .into_iter()
+                .map(|sum| sum.and_then(|x| x.p95_ms).map(Duration::from_millis))
+                .collect();
             Ok((
                 store.next_run_id()?,
-                store.passing_durations(&s.suite, &ids)?,
+                p95s,
+                store.quarantined(&s.suite, &ids)?,
             ))
         })
         .await?;
@@ -85,7 +103,7 @@ impl Coordinator for ClientApi {
             .iter()
             .map(|t| spec.binaries[t.binary as usize].binary_id.as_str())
             .collect();
-        let estimates = estimate_all(&binary_ids, &history);
+        let estimates = estimate_all(&binary_ids, &p95s);
         let _ = self.history.send(HistoryUpdate::RunCreated(RunRecord {
             run_id: run_id.0,
             suite: spec.suite.clone(),
@@ -95,12 +113,14 @@ impl Coordinator for ClientApi {
             created_unix_ms: crate::scheduler::now_unix_ms(),
             state: RunState::Running,
             summary: None,
+            quarantine: spec.quarantine,
         }));
         self.scheduler
             .ask(|reply| Command::Submit {
                 run_id,
                 spec,
                 estimates,
+                quarantined,
                 reply,
             })
             .await?;
@@ -144,6 +164,12 @@ impl Coordinator for ClientApi {
                 let rec = blocking(move || store.run(run_id))
                     .await?
                     .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+                if rec.state == RunState::Running {
+                    // It was running when an earlier coordinator process stopped; nothing runs it now.
+                    return Err(Status::failed_precondition(format!(
+                        "run {run_id} was interrupted when its coordinator stopped and is not running"
+                    )));
+                }
                 let finished = RunEvent {
                     seq: 0,
                     run_id,
@@ -247,6 +273,86 @@ impl Coordinator for ClientApi {
         req: Request<Streaming<pb::BundleChunk>>,
     ) -> Result<Response<pb::UploadBundleResponse>, Status> {
         super::bundles::receive(&self.bundles, req.into_inner()).await
+    }
+
+    async fn list_flaky(
+        &self,
+        req: Request<pb::FlakyQuery>,
+    ) -> Result<Response<pb::FlakyList>, Status> {
+        let suite = Some(req.into_inner().suite).filter(|s| !s.is_empty());
+        let store = self.store.clone();
+        let tests = blocking(move || query::flaky(store.as_ref(), suite.as_deref())).await?;
+        Ok(Response::new(pb::FlakyList {
+            tests: tests.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_timings(
+        &self,
+        req: Request<pb::TimingsQuery>,
+    ) -> Result<Response<pb::Timings>, Status> {
+        let q = req.into_inner();
+        let suite = Some(q.suite).filter(|s| !s.is_empty());
+        let top = if q.top == 0 { 20 } else { q.top as usize };
+        let store = self.store.clone();
+        let t = blocking(move || {
+            query::timings(store.as_ref(), suite.as_deref(), top, q.slowdowns_only)
+        })
+        .await?;
+        Ok(Response::new((&t).into()))
+    }
+
+    async fn get_test_history(
+        &self,
+        req: Request<pb::TestHistoryQuery>,
+    ) -> Result<Response<pb::TestHistoryList>, Status> {
+        let pattern = req.into_inner().pattern;
+        if pattern.is_empty() {
+            return Err(Status::invalid_argument(
+                "name a test (a name, or `BINARY NAME`)",
+            ));
+        }
+        let store = self.store.clone();
+        let tests = blocking(move || query::test_history(store.as_ref(), &pattern)).await?;
+        Ok(Response::new(pb::TestHistoryList {
+            tests: tests.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn quarantine(
+        &self,
+        req: Request<pb::QuarantineRequest>,
+    ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        use pb::quarantine_request::Action;
+        let r = req.into_inner();
+        let action = Action::try_from(r.action).unwrap_or(Action::Unspecified);
+        let store = self.store.clone();
+        let suite = Some(r.suite).filter(|s| !s.is_empty());
+        let entries = match action {
+            Action::List => blocking(move || query::quarantine_list(store.as_ref())).await?,
+            Action::Add | Action::Remove => {
+                let add = action == Action::Add;
+                let (test, reason) = (r.test, r.reason);
+                let done = blocking(move || {
+                    query::quarantine_change(
+                        store.as_ref(),
+                        suite.as_deref(),
+                        &test,
+                        add.then_some(reason.as_str()),
+                    )
+                })
+                .await?;
+                done.map_err(Status::failed_precondition)?
+            }
+            Action::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "quarantine needs an action: list, add or remove",
+                ));
+            }
+        };
+        Ok(Response::new(pb::QuarantineResponse {
+            entries: entries.iter().map(Into::into).collect(),
+        }))
     }
 
     type DownloadBundleStream = ChunkStream;

@@ -1,19 +1,24 @@
-//! History: what happened in every run, kept in a [`HistoryStore`] (sled in production). The
-//! scheduler never touches it; the history writer turns events into records, and the API reads.
+//! History: what happened in every run, and what it says about each test. The scheduler never
+//! touches it: the history writer turns events into records, and the API reads. Verdicts are
+//! precomputed per test when results are recorded, so queries only scan small summaries.
 
 mod estimate;
+pub mod query;
 mod records;
 mod sled_store;
+pub mod stats;
+mod verdict;
 mod writer;
 
-pub use estimate::{DEFAULT_ESTIMATE, estimate_all, percentile_nearest_rank};
-pub use records::{AttemptRecord, RunRecord, TestRecord, TestStats};
-pub use sled_store::SledStore;
+pub use estimate::{DEFAULT_ESTIMATE, estimate_all};
+pub use records::{
+    AttemptRecord, Evidence, LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord,
+    TestSummary,
+};
+pub use sled_store::{DEFAULT_KEEP_RUNS, SledStore};
 pub use writer::{HistoryUpdate, spawn_writer};
 
-use std::time::Duration;
-
-use testfleet_model::{RunId, TestId};
+use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -34,17 +39,71 @@ pub enum HistoryError {
 pub trait HistoryStore: Send + Sync + 'static {
     /// A fresh run id, never handed out before (also across restarts).
     fn next_run_id(&self) -> Result<RunId, HistoryError>;
-    fn apply(&self, update: &HistoryUpdate) -> Result<(), HistoryError>;
-    /// Recent passing durations of each test, for estimates.
-    fn passing_durations(
+    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError>;
+    fn record_skipped(
+        &self,
+        run: RunId,
+        tests: &[TestRef],
+        quarantined: &[u32],
+    ) -> Result<(), HistoryError>;
+    /// One attempt into the run's record of the test (every attempt, infrastructure errors too).
+    #[allow(clippy::too_many_arguments)]
+    fn record_result(
+        &self,
+        run: RunId,
+        test: &TestRef,
+        attempt: u32,
+        agent_id: &str,
+        result: &AttemptResult,
+        final_outcome: Option<Outcome>,
+        quarantined: bool,
+    ) -> Result<(), HistoryError>;
+    /// Attempts that count for the tests' statistics.
+    fn record_attempts(
         &self,
         suite: &str,
-        tests: &[TestId],
-    ) -> Result<Vec<Vec<Duration>>, HistoryError>;
+        attempts: &[(TestId, LoggedAttempt)],
+    ) -> Result<(), HistoryError>;
+    /// Attempts left out of the statistics (their lease failed almost as a whole).
+    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError>;
+    fn record_settled(
+        &self,
+        suite: &str,
+        test: &TestId,
+        outcome: Outcome,
+    ) -> Result<(), HistoryError>;
+    /// Closes a run: its record, quarantine transitions, retention.
+    fn finish_run(
+        &self,
+        id: RunId,
+        state: RunState,
+        summary: &RunSummary,
+    ) -> Result<(), HistoryError>;
+
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError>;
     /// Newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, HistoryError>;
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError>;
-    fn test_stats(&self, suite: &str, test: &TestId) -> Result<Option<TestStats>, HistoryError>;
+    /// Every test's summary, of one suite or all.
+    fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError>;
+    fn summaries_of(
+        &self,
+        suite: &str,
+        tests: &[TestId],
+    ) -> Result<Vec<Option<TestSummary>>, HistoryError>;
+    fn test_log(
+        &self,
+        suite: &str,
+        test: &TestId,
+    ) -> Result<Option<(TestSummary, TestLog)>, HistoryError>;
+    fn quarantined(&self, suite: &str, tests: &[TestId]) -> Result<Vec<bool>, HistoryError>;
+    /// Puts a test into quarantine or (with `None`) takes it out; returns whether it was in.
+    fn set_quarantine(
+        &self,
+        suite: &str,
+        test: &TestId,
+        entry: Option<&QuarantineEntry>,
+    ) -> Result<bool, HistoryError>;
+    fn quarantine_list(&self) -> Result<Vec<(String, TestId, QuarantineEntry)>, HistoryError>;
     fn flush(&self) -> Result<(), HistoryError>;
 }

@@ -1,12 +1,21 @@
-//! What history stores: one record per run, one per (run, test), and rolling stats per test.
-//! Values are JSON behind a one-byte format version, so a later schema can still read them.
+//! What history stores. Values are JSON behind a one-byte format version, so a later schema can
+//! still read them; the schema version in `meta` says which shapes the trees hold.
+//!
+//! - `runs`: run id → [`RunRecord`]
+//! - `run_tests`: (run id, test index) → [`TestRecord`], every attempt of one test in one run
+//! - `test_log`: test key → [`TestLog`], the test's last attempts across runs (bounded)
+//! - `tests`: test key → [`TestSummary`], small, precomputed: what queries scan
+//! - `quarantine`: test key → [`QuarantineEntry`]
+
+use std::collections::VecDeque;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use testfleet_model::{AttemptStatus, Outcome, RunState, RunSummary};
+use testfleet_model::{AttemptStatus, Outcome, QuarantinePolicy, RunState, RunSummary};
 
 use super::HistoryError;
+use super::stats::Slowdown;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -18,6 +27,8 @@ pub struct RunRecord {
     pub created_unix_ms: u64,
     pub state: RunState,
     pub summary: Option<RunSummary>,
+    #[serde(default)]
+    pub quarantine: QuarantinePolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,25 +51,111 @@ pub struct TestRecord {
     pub name: String,
     pub attempts: Vec<AttemptRecord>,
     pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
-/// Rolling per-test stats across runs, for estimates (and later, flakiness).
+/// One attempt in a test's log across runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedAttempt {
+    pub run_id: u64,
+    pub attempt: u32,
+    pub revision: String,
+    /// Passed, failed or timed out: infrastructure errors never enter a test's log.
+    pub status: AttemptStatus,
+    pub duration_ms: u64,
+    pub agent_id: String,
+    pub at_unix_ms: u64,
+}
+
+impl LoggedAttempt {
+    pub fn failed(&self) -> bool {
+        self.status.is_test_failure()
+    }
+}
+
+/// Counts of attempts that left the log window: history stays bounded, totals stay right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub attempts: u64,
+    pub failures: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestStats {
-    /// Most recent last, at most [`TestStats::KEEP`].
-    pub recent_passing_ms: Vec<u64>,
-    pub runs: u64,
-    pub last_outcome: Option<Outcome>,
+pub struct TestLog {
+    /// Oldest first, at most [`TestLog::KEEP`].
+    pub attempts: VecDeque<LoggedAttempt>,
+    pub compacted: Counters,
 }
 
-impl TestStats {
+impl TestLog {
     pub const KEEP: usize = 100;
 
-    pub fn push_passing(&mut self, ms: u64) {
-        self.recent_passing_ms.push(ms);
-        let excess = self.recent_passing_ms.len().saturating_sub(Self::KEEP);
-        self.recent_passing_ms.drain(..excess);
+    pub fn push(&mut self, a: LoggedAttempt) {
+        self.attempts.push_back(a);
+        while self.attempts.len() > Self::KEEP {
+            let old = self.attempts.pop_front().expect("longer than KEEP");
+            self.compacted.attempts += 1;
+            self.compacted.failures += u64::from(old.failed());
+        }
     }
+}
+
+/// Evidence that a test is flaky: an attempt on a revision where it both passed and failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub run_id: u64,
+    pub attempt: u32,
+    pub revision: String,
+    pub agent_id: String,
+    pub failed: bool,
+}
+
+/// Everything queries need about one test, precomputed when its attempts are recorded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TestSummary {
+    pub suite: String,
+    pub binary_id: String,
+    pub name: String,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// All attempts ever recorded, and how many failed (timeouts included).
+    pub attempts: u64,
+    pub failures: u64,
+    /// Runs in which the test settled, and its last outcome.
+    pub runs: u64,
+    pub last_outcome: Option<Outcome>,
+    /// Exponentially decayed rate of outcome flips between consecutive attempts.
+    pub flip_rate: f64,
+    pub last_failed: Option<bool>,
+    /// Revisions in the log window on which the test both passed and failed.
+    pub flaky_revisions: u32,
+    pub first_flaky_ms: Option<u64>,
+    pub last_flaky_ms: Option<u64>,
+    /// Attempts on revisions where it passed at least once ("good code"), and failures among them:
+    /// the failure probability's inputs. A test that only fails has a bug, not a flake.
+    pub good_attempts: u64,
+    pub good_failures: u64,
+    /// The latest attempts on flaky revisions (most recent last).
+    pub evidence: Vec<Evidence>,
+    /// Passing durations in the log window.
+    pub samples: u32,
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub slowdown: Option<Slowdown>,
+    /// Attempts left out of the statistics because their lease failed almost as a whole.
+    pub excluded: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub since_ms: u64,
+    /// `manual` or `auto`.
+    pub by: String,
+    pub reason: String,
+    /// Clean runs in a row since it entered quarantine.
+    pub clean_streak: u32,
 }
 
 const FORMAT_JSON_V1: u8 = 1;

@@ -1,18 +1,20 @@
-//! The sled-backed [`HistoryStore`]. Keys are fixed-width big-endian integers (or `\0`-joined names)
-//! so that scans come out ordered; see `docs/design/history.md`.
+//! The sled-backed [`HistoryStore`]. Keys are fixed-width big-endian integers or `\0`-joined names,
+//! so scans come out ordered; trees and shapes are described in `records.rs`.
 
 use std::path::Path;
-use std::time::Duration;
 
-use testfleet_model::{EventKind, RunId, TestId};
+use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
 
-use super::records::{decode, encode};
-use super::{
-    AttemptRecord, HistoryError, HistoryStore, HistoryUpdate, RunRecord, TestRecord, TestStats,
+use super::records::{
+    LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord, TestSummary, decode, encode,
 };
+use super::{AttemptRecord, HistoryError, HistoryStore, verdict};
 
-const SCHEMA_VERSION: u32 = 1;
+/// Schema 1 kept only passing durations per test; schema 2 keeps an attempt log and a summary.
+const SCHEMA_VERSION: u32 = 2;
 const OUTPUT_EXCERPT_BYTES: usize = 4096;
+/// Runs kept by default; older runs and their per-test records are pruned.
+pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 
 #[derive(Clone)]
 pub struct SledStore {
@@ -20,86 +22,10 @@ pub struct SledStore {
     meta: sled::Tree,
     runs: sled::Tree,
     run_tests: sled::Tree,
+    test_log: sled::Tree,
     tests: sled::Tree,
-}
-
-impl SledStore {
-    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
-        let open_err = |reason: String| HistoryError::Open {
-            path: dir.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(dir.join("history"))
-            .cache_capacity(64 << 20)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    open_err(format!(
-                        "{io} (is another testfleet coordinator using this data dir?)"
-                    ))
-                }
-                other => open_err(other.to_string()),
-            })?;
-        let meta = db.open_tree("meta")?;
-        match meta.get("schema_version")? {
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(v) => {
-                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                    HistoryError::Corrupt {
-                        key: "meta/schema_version".into(),
-                        reason: "not a u32".into(),
-                    }
-                })?);
-                if found > SCHEMA_VERSION {
-                    return Err(HistoryError::SchemaTooNew {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-            }
-        }
-        Ok(SledStore {
-            meta,
-            runs: db.open_tree("runs")?,
-            run_tests: db.open_tree("run_tests")?,
-            tests: db.open_tree("tests")?,
-            db,
-        })
-    }
-
-    fn update_run(&self, id: RunId, f: impl FnOnce(&mut RunRecord)) -> Result<(), HistoryError> {
-        let key = id.0.to_be_bytes();
-        if let Some(bytes) = self.runs.get(key)? {
-            let mut rec: RunRecord = decode(&key, &bytes)?;
-            f(&mut rec);
-            self.runs.insert(key, encode(&rec))?;
-        }
-        Ok(())
-    }
-
-    fn update_test_stats(
-        &self,
-        suite: &str,
-        test: &TestId,
-        f: impl FnOnce(&mut TestStats),
-    ) -> Result<(), HistoryError> {
-        let key = test_key(suite, test);
-        let mut stats: TestStats = match self.tests.get(&key)? {
-            Some(b) => decode(&key, &b)?,
-            None => TestStats::default(),
-        };
-        f(&mut stats);
-        self.tests.insert(key, encode(&stats))?;
-        Ok(())
-    }
+    quarantine: sled::Tree,
+    keep_runs: u64,
 }
 
 fn run_test_key(run: RunId, index: u32) -> [u8; 12] {
@@ -120,6 +46,248 @@ fn test_key(suite: &str, t: &TestId) -> Vec<u8> {
     .concat()
 }
 
+fn split_test_key(key: &[u8]) -> Option<(String, TestId)> {
+    let mut parts = key.splitn(3, |b| *b == 0);
+    let suite = String::from_utf8_lossy(parts.next()?).into_owned();
+    let binary_id = String::from_utf8_lossy(parts.next()?).into_owned();
+    let name = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((suite, TestId { binary_id, name }))
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        let open_err = |reason: String| HistoryError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(dir.join("history"))
+            .cache_capacity(64 << 20)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    open_err(format!(
+                        "{io} (is another testfleet process using this data dir?)"
+                    ))
+                }
+                other => open_err(other.to_string()),
+            })?;
+        let store = SledStore {
+            meta: db.open_tree("meta")?,
+            runs: db.open_tree("runs")?,
+            run_tests: db.open_tree("run_tests")?,
+            test_log: db.open_tree("test_log")?,
+            tests: db.open_tree("tests")?,
+            quarantine: db.open_tree("quarantine")?,
+            keep_runs: DEFAULT_KEEP_RUNS,
+            db,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// How many runs to keep (at least 1).
+    pub fn with_retention(mut self, keep_runs: u64) -> Self {
+        self.keep_runs = keep_runs.max(1);
+        self
+    }
+
+    fn schema_version(&self) -> Result<Option<u32>, HistoryError> {
+        self.meta
+            .get("schema_version")?
+            .map(|v| {
+                v.as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| HistoryError::Corrupt {
+                        key: "meta/schema_version".into(),
+                        reason: "not a u32".into(),
+                    })
+            })
+            .transpose()
+    }
+
+    fn migrate(&self) -> Result<(), HistoryError> {
+        let found = match self.schema_version()? {
+            // A new store: nothing to migrate.
+            None if self.runs.is_empty() && self.tests.is_empty() => SCHEMA_VERSION,
+            None => 1,
+            Some(v) => v,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(HistoryError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == 1 {
+            self.migrate_v1_to_v2()?;
+        }
+        self.meta
+            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Schema 1's `tests` tree held `{recent_passing_ms, runs, last_outcome}`; each passing duration
+    /// becomes a logged attempt of unknown revision, and a summary is computed from them.
+    fn migrate_v1_to_v2(&self) -> Result<(), HistoryError> {
+        #[derive(serde::Deserialize)]
+        struct V1 {
+            recent_passing_ms: Vec<u64>,
+            runs: u64,
+            last_outcome: Option<Outcome>,
+        }
+        let mut migrated = 0;
+        for kv in self.tests.iter() {
+            let (key, value) = kv?;
+            let old: V1 = decode(&key, &value)?;
+            let Some((suite, id)) = split_test_key(&key) else {
+                continue;
+            };
+            let (mut summary, mut log) = (TestSummary::default(), TestLog::default());
+            summary.suite = suite;
+            summary.binary_id = id.binary_id;
+            summary.name = id.name;
+            for ms in old.recent_passing_ms {
+                let a = LoggedAttempt {
+                    run_id: 0,
+                    attempt: 1,
+                    revision: String::new(),
+                    status: testfleet_model::AttemptStatus::Passed,
+                    duration_ms: ms,
+                    agent_id: String::new(),
+                    at_unix_ms: 0,
+                };
+                verdict::record(&mut summary, &mut log, a);
+            }
+            summary.runs = old.runs;
+            summary.last_outcome = old.last_outcome;
+            self.test_log.insert(&key, encode(&log))?;
+            self.tests.insert(&key, encode(&summary))?;
+            migrated += 1;
+        }
+        tracing::info!(tests = migrated, "history migrated from schema 1 to 2");
+        Ok(())
+    }
+
+    fn update_run(
+        &self,
+        id: RunId,
+        f: impl FnOnce(&mut RunRecord),
+    ) -> Result<Option<RunRecord>, HistoryError> {
+        let key = id.0.to_be_bytes();
+        let Some(bytes) = self.runs.get(key)? else {
+            return Ok(None);
+        };
+        let mut rec: RunRecord = decode(&key, &bytes)?;
+        f(&mut rec);
+        self.runs.insert(key, encode(&rec))?;
+        Ok(Some(rec))
+    }
+
+    fn summary_of(
+        &self,
+        key: &[u8],
+        suite: &str,
+        id: &TestId,
+    ) -> Result<TestSummary, HistoryError> {
+        Ok(match self.tests.get(key)? {
+            Some(b) => decode(key, &b)?,
+            None => TestSummary {
+                suite: suite.to_owned(),
+                binary_id: id.binary_id.clone(),
+                name: id.name.clone(),
+                ..TestSummary::default()
+            },
+        })
+    }
+
+    /// Moves quarantine along after a run: clean runs count towards release, a flaky or failing
+    /// run resets the count, and the auto policy quarantines tests that proved flaky.
+    fn settle_quarantine(&self, run: &RunRecord) -> Result<(), HistoryError> {
+        let policy = run.quarantine;
+        for t in self.run_tests(RunId(run.run_id))? {
+            let Some(outcome) = t.outcome else { continue };
+            let id = TestId {
+                binary_id: t.binary_id.clone(),
+                name: t.name.clone(),
+            };
+            let key = test_key(&run.suite, &id);
+            let entry: Option<QuarantineEntry> = self
+                .quarantine
+                .get(&key)?
+                .map(|b| decode(&key, &b))
+                .transpose()?;
+            match (entry, outcome) {
+                (Some(mut e), Outcome::Passed) => {
+                    e.clean_streak += 1;
+                    if policy.release_after > 0 && e.clean_streak >= policy.release_after {
+                        self.quarantine.remove(&key)?;
+                        tracing::info!(test = %id, streak = e.clean_streak, "released from quarantine");
+                    } else {
+                        self.quarantine.insert(&key, encode(&e))?;
+                    }
+                }
+                (Some(mut e), Outcome::Flaky | Outcome::Failed | Outcome::TimedOut) => {
+                    e.clean_streak = 0;
+                    self.quarantine.insert(&key, encode(&e))?;
+                }
+                (None, Outcome::Flaky | Outcome::Failed | Outcome::TimedOut) if policy.auto => {
+                    let summary = self.summary_of(&key, &run.suite, &id)?;
+                    // A test that only ever fails is broken, not flaky: it stays visible.
+                    let reason = if outcome == Outcome::Flaky {
+                        format!("failed, then passed on retry in run {}", run.run_id)
+                    } else if summary.flaky_revisions > 0 {
+                        format!(
+                            "passed and failed on the same revision (run {})",
+                            run.run_id
+                        )
+                    } else {
+                        continue;
+                    };
+                    let e = QuarantineEntry {
+                        since_ms: run.created_unix_ms,
+                        by: "auto".into(),
+                        reason,
+                        clean_streak: 0,
+                    };
+                    self.quarantine.insert(&key, encode(&e))?;
+                    tracing::info!(test = %id, "quarantined by policy");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest runs beyond the retention, with their per-test records.
+    fn prune(&self, newest: RunId) -> Result<(), HistoryError> {
+        let Some(cutoff) = newest.0.checked_sub(self.keep_runs) else {
+            return Ok(());
+        };
+        let old: Vec<sled::IVec> = self
+            .runs
+            .range(..=(cutoff).to_be_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for key in old {
+            let mut batch = sled::Batch::default();
+            for k in self.run_tests.scan_prefix(&key).keys() {
+                batch.remove(k?);
+            }
+            self.run_tests.apply_batch(batch)?;
+            self.runs.remove(key)?;
+        }
+        Ok(())
+    }
+}
+
 impl HistoryStore for SledStore {
     fn next_run_id(&self) -> Result<RunId, HistoryError> {
         // A dense counter (sled's generate_id skips ahead by a million after every restart).
@@ -137,114 +305,133 @@ impl HistoryStore for SledStore {
                 key: "meta/last_run_id".into(),
                 reason: "not a u64".into(),
             })?;
-        let id = u64::from_be_bytes(bytes);
         self.meta.flush()?;
-        Ok(RunId(id))
+        Ok(RunId(u64::from_be_bytes(bytes)))
     }
 
-    fn apply(&self, update: &HistoryUpdate) -> Result<(), HistoryError> {
-        match update {
-            HistoryUpdate::RunCreated(rec) => {
-                self.runs.insert(rec.run_id.to_be_bytes(), encode(rec))?;
-            }
-            HistoryUpdate::Event { suite, event } => match &event.kind {
-                EventKind::RunStarted { skipped, .. } => {
-                    let mut batch = sled::Batch::default();
-                    for t in skipped {
-                        let rec = TestRecord {
-                            index: t.index,
-                            binary_id: t.binary_id.clone(),
-                            name: t.name.clone(),
-                            attempts: vec![],
-                            outcome: Some(testfleet_model::Outcome::Skipped),
-                        };
-                        batch.insert(&run_test_key(event.run_id, t.index), encode(&rec));
-                    }
-                    self.run_tests.apply_batch(batch)?;
-                }
-                EventKind::TestFinished {
-                    test,
-                    attempt,
-                    agent_id,
-                    result,
-                    final_outcome,
-                } => {
-                    let key = run_test_key(event.run_id, test.index);
-                    let mut rec: TestRecord = match self.run_tests.get(key)? {
-                        Some(b) => decode(&key, &b)?,
-                        None => TestRecord {
-                            index: test.index,
-                            binary_id: test.binary_id.clone(),
-                            name: test.name.clone(),
-                            attempts: vec![],
-                            outcome: None,
-                        },
-                    };
-                    let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
-                    rec.attempts.push(AttemptRecord {
-                        attempt: *attempt,
-                        agent_id: agent_id.clone(),
-                        status: result.status,
-                        duration_ms: result.duration.as_millis() as u64,
-                        exit_code: result.exit_code,
-                        signal: result.signal,
-                        message: result.message.clone(),
-                        output_excerpt: String::from_utf8_lossy(&result.output[..excerpt_len])
-                            .into_owned(),
-                    });
-                    rec.outcome = *final_outcome;
-                    self.run_tests.insert(key, encode(&rec))?;
-                    let id = TestId {
-                        binary_id: test.binary_id.clone(),
-                        name: test.name.clone(),
-                    };
-                    let passed = result.status == testfleet_model::AttemptStatus::Passed;
-                    if passed || final_outcome.is_some() {
-                        self.update_test_stats(suite, &id, |s| {
-                            if passed {
-                                s.push_passing(result.duration.as_millis() as u64);
-                            }
-                            if let Some(o) = final_outcome {
-                                s.runs += 1;
-                                s.last_outcome = Some(*o);
-                            }
-                        })?;
-                    }
-                }
-                EventKind::RunFinished { summary, state } => {
-                    self.update_run(event.run_id, |r| {
-                        r.state = *state;
-                        r.summary = Some(summary.clone());
-                    })?;
-                    self.db.flush()?;
-                }
-                EventKind::TestStarted { .. }
-                | EventKind::Notice { .. }
-                | EventKind::ServiceStarted { .. } => {}
+    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError> {
+        self.runs.insert(rec.run_id.to_be_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    fn record_skipped(
+        &self,
+        run: RunId,
+        tests: &[TestRef],
+        quarantined: &[u32],
+    ) -> Result<(), HistoryError> {
+        let mut batch = sled::Batch::default();
+        for t in tests {
+            let rec = TestRecord {
+                index: t.index,
+                binary_id: t.binary_id.clone(),
+                name: t.name.clone(),
+                attempts: vec![],
+                outcome: Some(Outcome::Skipped),
+                quarantined: quarantined.contains(&t.index),
+            };
+            batch.insert(&run_test_key(run, t.index), encode(&rec));
+        }
+        self.run_tests.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn record_result(
+        &self,
+        run: RunId,
+        test: &TestRef,
+        attempt: u32,
+        agent_id: &str,
+        result: &AttemptResult,
+        final_outcome: Option<Outcome>,
+        quarantined: bool,
+    ) -> Result<(), HistoryError> {
+        let key = run_test_key(run, test.index);
+        let mut rec: TestRecord = match self.run_tests.get(key)? {
+            Some(b) => decode(&key, &b)?,
+            None => TestRecord {
+                index: test.index,
+                binary_id: test.binary_id.clone(),
+                name: test.name.clone(),
+                attempts: vec![],
+                outcome: None,
+                quarantined,
             },
+        };
+        let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
+        rec.attempts.push(AttemptRecord {
+            attempt,
+            agent_id: agent_id.to_owned(),
+            status: result.status,
+            duration_ms: result.duration.as_millis() as u64,
+            exit_code: result.exit_code,
+            signal: result.signal,
+            message: result.message.clone(),
+            output_excerpt: String::from_utf8_lossy(&result.output[..excerpt_len]).into_owned(),
+        });
+        rec.outcome = final_outcome;
+        self.run_tests.insert(key, encode(&rec))?;
+        Ok(())
+    }
+
+    fn record_attempts(
+        &self,
+        suite: &str,
+        attempts: &[(TestId, LoggedAttempt)],
+    ) -> Result<(), HistoryError> {
+        for (id, a) in attempts {
+            let key = test_key(suite, id);
+            let mut log: TestLog = match self.test_log.get(&key)? {
+                Some(b) => decode(&key, &b)?,
+                None => TestLog::default(),
+            };
+            let mut summary = self.summary_of(&key, suite, id)?;
+            verdict::record(&mut summary, &mut log, a.clone());
+            self.test_log.insert(&key, encode(&log))?;
+            self.tests.insert(&key, encode(&summary))?;
         }
         Ok(())
     }
 
-    fn passing_durations(
+    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError> {
+        for id in tests {
+            let key = test_key(suite, id);
+            let mut summary = self.summary_of(&key, suite, id)?;
+            summary.excluded += 1;
+            self.tests.insert(&key, encode(&summary))?;
+        }
+        Ok(())
+    }
+
+    fn record_settled(
         &self,
         suite: &str,
-        tests: &[TestId],
-    ) -> Result<Vec<Vec<Duration>>, HistoryError> {
-        tests
-            .iter()
-            .map(|t| {
-                let key = test_key(suite, t);
-                Ok(match self.tests.get(&key)? {
-                    Some(b) => decode::<TestStats>(&key, &b)?
-                        .recent_passing_ms
-                        .into_iter()
-                        .map(Duration::from_millis)
-                        .collect(),
-                    None => vec![],
-                })
-            })
-            .collect()
+        id: &TestId,
+        outcome: Outcome,
+    ) -> Result<(), HistoryError> {
+        let key = test_key(suite, id);
+        let mut summary = self.summary_of(&key, suite, id)?;
+        summary.runs += 1;
+        summary.last_outcome = Some(outcome);
+        self.tests.insert(&key, encode(&summary))?;
+        Ok(())
+    }
+
+    fn finish_run(
+        &self,
+        id: RunId,
+        state: RunState,
+        summary: &RunSummary,
+    ) -> Result<(), HistoryError> {
+        if let Some(run) = self.update_run(id, |r| {
+            r.state = state;
+            r.summary = Some(summary.clone());
+        })? {
+            self.settle_quarantine(&run)?;
+        }
+        self.prune(id)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError> {
@@ -274,9 +461,88 @@ impl HistoryStore for SledStore {
             .collect()
     }
 
-    fn test_stats(&self, suite: &str, test: &TestId) -> Result<Option<TestStats>, HistoryError> {
+    fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError> {
+        let prefix = suite
+            .map(|s| [s.as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
+        self.tests
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn summaries_of(
+        &self,
+        suite: &str,
+        tests: &[TestId],
+    ) -> Result<Vec<Option<TestSummary>>, HistoryError> {
+        tests
+            .iter()
+            .map(|t| {
+                let key = test_key(suite, t);
+                self.tests.get(&key)?.map(|b| decode(&key, &b)).transpose()
+            })
+            .collect()
+    }
+
+    fn test_log(
+        &self,
+        suite: &str,
+        test: &TestId,
+    ) -> Result<Option<(TestSummary, TestLog)>, HistoryError> {
         let key = test_key(suite, test);
-        self.tests.get(&key)?.map(|b| decode(&key, &b)).transpose()
+        let Some(summary) = self
+            .tests
+            .get(&key)?
+            .map(|b| decode(&key, &b))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let log = match self.test_log.get(&key)? {
+            Some(b) => decode(&key, &b)?,
+            None => TestLog::default(),
+        };
+        Ok(Some((summary, log)))
+    }
+
+    fn quarantined(&self, suite: &str, tests: &[TestId]) -> Result<Vec<bool>, HistoryError> {
+        tests
+            .iter()
+            .map(|t| Ok(self.quarantine.contains_key(test_key(suite, t))?))
+            .collect()
+    }
+
+    fn set_quarantine(
+        &self,
+        suite: &str,
+        test: &TestId,
+        entry: Option<&QuarantineEntry>,
+    ) -> Result<bool, HistoryError> {
+        let key = test_key(suite, test);
+        let existed = match entry {
+            Some(e) => self.quarantine.insert(&key, encode(e))?.is_some(),
+            None => self.quarantine.remove(&key)?.is_some(),
+        };
+        self.quarantine.flush()?;
+        Ok(existed)
+    }
+
+    fn quarantine_list(&self) -> Result<Vec<(String, TestId, QuarantineEntry)>, HistoryError> {
+        self.quarantine
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let (suite, id) = split_test_key(&k).ok_or_else(|| HistoryError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a test key".into(),
+                })?;
+                Ok((suite, id, decode(&k, &v)?))
+            })
+            .collect()
     }
 
     fn flush(&self) -> Result<(), HistoryError> {
@@ -312,5 +578,107 @@ mod tests {
             err.to_string().contains(&dir.path().display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What schema 1 wrote: a version of 1 and passing durations per test.
+            let db = sled::open(dir.path().join("history")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &1u32.to_be_bytes())
+                .unwrap();
+            let v1 = serde_json::json!({"recent_passing_ms": [30, 10, 20], "runs": 3, "last_outcome": "passed"});
+            let mut value = vec![1u8];
+            value.extend(serde_json::to_vec(&v1).unwrap());
+            db.open_tree("tests")
+                .unwrap()
+                .insert(b"suite\0bin\0t1", value)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), Some(SCHEMA_VERSION));
+        let id = TestId {
+            binary_id: "bin".into(),
+            name: "t1".into(),
+        };
+        let (summary, log) = store.test_log("suite", &id).unwrap().unwrap();
+        assert_eq!(log.attempts.len(), 3);
+        assert_eq!(
+            (summary.runs, summary.p50_ms, summary.p95_ms),
+            (3, Some(20), Some(30))
+        );
+        assert_eq!(summary.name, "t1");
+        // Opening again does not migrate twice.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .test_log("suite", &id)
+                .unwrap()
+                .unwrap()
+                .1
+                .attempts
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("history")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().unwrap();
+        assert!(
+            err.to_string().contains("schema version 99 is newer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_runs_are_pruned_beyond_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap().with_retention(2);
+        let test = TestRef {
+            index: 0,
+            binary_id: "b".into(),
+            name: "t".into(),
+        };
+        for _ in 0..4 {
+            let id = store.next_run_id().unwrap();
+            store
+                .put_run(&RunRecord {
+                    run_id: id.0,
+                    suite: "s".into(),
+                    total_tests: 1,
+                    revision: String::new(),
+                    branch: String::new(),
+                    created_unix_ms: 0,
+                    state: RunState::Running,
+                    summary: None,
+                    quarantine: Default::default(),
+                })
+                .unwrap();
+            store
+                .record_skipped(id, std::slice::from_ref(&test), &[])
+                .unwrap();
+            store
+                .finish_run(id, RunState::Finished, &RunSummary::default())
+                .unwrap();
+        }
+        let kept: Vec<u64> = store.runs(10).unwrap().iter().map(|r| r.run_id).collect();
+        assert_eq!(kept, [4, 3]);
+        assert!(store.run_tests(RunId(1)).unwrap().is_empty());
+        assert_eq!(store.run_tests(RunId(4)).unwrap().len(), 1);
     }
 }

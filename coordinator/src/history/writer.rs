@@ -1,12 +1,21 @@
 //! The history writer: a dedicated thread that applies scheduler events to the store in order, so
-//! that sled's synchronous writes never stall the async runtime.
+//! sled's synchronous writes never stall the async runtime.
+//!
+//! Results are written to the run's records as they arrive. Their effect on the tests' statistics
+//! waits for their lease to finish: a lease in which nearly every test failed at once points at the
+//! machine, not the tests, and is left out (see `docs/design/history.md`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use testfleet_model::RunEvent;
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
-use super::{HistoryStore, RunRecord};
+use super::{HistoryError, HistoryStore, LoggedAttempt, RunRecord};
+
+/// A lease at least this large, with at least this share of failures, is excluded.
+pub const MASS_FAILURE_MIN_TESTS: u32 = 4;
+pub const MASS_FAILURE_PERCENT: u32 = 80;
 
 #[derive(Clone, Debug)]
 pub enum HistoryUpdate {
@@ -26,16 +35,130 @@ pub fn spawn_writer(
     let handle = std::thread::Builder::new()
         .name("history-writer".into())
         .spawn(move || {
+            let mut w = Writer {
+                store,
+                revisions: HashMap::new(),
+                pending: HashMap::new(),
+            };
             while let Some(update) = rx.blocking_recv() {
-                if let Err(e) = store.apply(&update) {
+                if let Err(e) = w.apply(update) {
                     // History is derived data: a failed write is reported, and the run goes on.
                     tracing::error!(error = %e, "failed to write history");
                 }
             }
-            if let Err(e) = store.flush() {
+            if let Err(e) = w.store.flush() {
                 tracing::error!(error = %e, "failed to flush history");
             }
         })
         .expect("spawning a thread succeeds");
     (tx, handle)
+}
+
+struct Writer {
+    store: Arc<dyn HistoryStore>,
+    /// Revision of each open run, for the attempts' log entries.
+    revisions: HashMap<RunId, String>,
+    /// Attempts waiting for their lease to finish, by (run, lease).
+    pending: HashMap<(RunId, u64), Vec<(TestId, LoggedAttempt)>>,
+}
+
+impl Writer {
+    fn apply(&mut self, update: HistoryUpdate) -> Result<(), HistoryError> {
+        let (suite, event) = match update {
+            HistoryUpdate::RunCreated(rec) => {
+                self.revisions
+                    .insert(RunId(rec.run_id), rec.revision.clone());
+                return self.store.put_run(&rec);
+            }
+            HistoryUpdate::Event { suite, event } => (suite, event),
+        };
+        let run = event.run_id;
+        match &event.kind {
+            EventKind::RunStarted {
+                skipped,
+                quarantined,
+                ..
+            } => {
+                let q: Vec<u32> = quarantined.iter().map(|t| t.index).collect();
+                self.store.record_skipped(run, skipped, &q)?;
+            }
+            EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id,
+                result,
+                final_outcome,
+                lease_id,
+                quarantined,
+            } => {
+                self.store.record_result(
+                    run,
+                    test,
+                    *attempt,
+                    agent_id,
+                    result,
+                    *final_outcome,
+                    *quarantined,
+                )?;
+                let id = TestId {
+                    binary_id: test.binary_id.clone(),
+                    name: test.name.clone(),
+                };
+                if let (Some(lease), false) = (lease_id, result.status == AttemptStatus::InfraError)
+                {
+                    let logged = LoggedAttempt {
+                        run_id: run.0,
+                        attempt: *attempt,
+                        revision: self.revisions.get(&run).cloned().unwrap_or_default(),
+                        status: result.status,
+                        duration_ms: result.duration.as_millis() as u64,
+                        agent_id: agent_id.clone(),
+                        at_unix_ms: event.at_unix_ms,
+                    };
+                    self.pending
+                        .entry((run, *lease))
+                        .or_default()
+                        .push((id.clone(), logged));
+                }
+                if let Some(o) = final_outcome {
+                    self.store.record_settled(&suite, &id, *o)?;
+                }
+            }
+            EventKind::LeaseFinished {
+                lease_id,
+                tests,
+                failed,
+                ..
+            } => {
+                let attempts = self.pending.remove(&(run, *lease_id)).unwrap_or_default();
+                if *tests >= MASS_FAILURE_MIN_TESTS && failed * 100 >= tests * MASS_FAILURE_PERCENT
+                {
+                    tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
+                    let ids: Vec<TestId> = attempts.into_iter().map(|(id, _)| id).collect();
+                    self.store.record_excluded(&suite, &ids)?;
+                } else {
+                    self.store.record_attempts(&suite, &attempts)?;
+                }
+            }
+            EventKind::RunFinished { summary, state } => {
+                // Leases that never finished (revoked, lost) still count what they ran.
+                let open: Vec<(RunId, u64)> = self
+                    .pending
+                    .keys()
+                    .filter(|(r, _)| *r == run)
+                    .copied()
+                    .collect();
+                for key in open {
+                    let attempts = self.pending.remove(&key).unwrap_or_default();
+                    self.store.record_attempts(&suite, &attempts)?;
+                }
+                self.revisions.remove(&run);
+                self.store.finish_run(run, *state, summary)?;
+            }
+            EventKind::TestStarted { .. }
+            | EventKind::Notice { .. }
+            | EventKind::ServiceStarted { .. } => {}
+        }
+        Ok(())
+    }
 }

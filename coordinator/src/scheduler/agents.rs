@@ -131,4 +131,7 @@ pub(super) struct Lease {
     pub agent: AgentId,
     /// Unfinished tests of the lease, and whether the agent said it started each.
     pub outstanding: BTreeMap<u32, bool>,
+    /// How many tests it held, and how many of those failed so far.
+    pub tests: u32,
+    pub failed: u32,
 }

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::history::HistoryUpdate;
 use agents::{Agent, Lease};
+pub(crate) use run::LeaseTally;
 use run::Run;
 pub(crate) use run::now_unix_ms;
 
@@ -74,6 +75,8 @@ pub enum Command {
         run_id: RunId,
         spec: Arc<RunSpec>,
         estimates: Vec<(Duration, bool)>,
+        /// Per test: whether it is in quarantine.
+        quarantined: Vec<bool>,
         reply: oneshot::Sender<()>,
     },
     Watch {
@@ -186,10 +189,18 @@ impl Scheduler {
                 run_id,
                 spec,
                 estimates,
+                quarantined,
                 reply,
             } => {
                 let retries = spec.retries.unwrap_or(self.config.default_retries);
-                let run = Run::new(run_id, spec, estimates, retries, self.history.clone());
+                let run = Run::new(
+                    run_id,
+                    spec,
+                    estimates,
+                    quarantined,
+                    retries,
+                    self.history.clone(),
+                );
                 let done = !run.is_running();
                 self.runs.insert(run_id, run);
                 if done {
@@ -318,7 +329,12 @@ impl Scheduler {
                     tracing::debug!(%lease_id, index, "ignoring a duplicate result");
                     return;
                 }
-                if lease.outstanding.is_empty() {
+                lease.failed += u32::from(result.status.is_test_failure());
+                let tally = lease.outstanding.is_empty().then_some(LeaseTally {
+                    tests: lease.tests,
+                    failed: lease.failed,
+                });
+                if tally.is_some() {
                     self.leases.remove(&lease_id);
                 }
                 agent.busy = agent.busy.saturating_sub(1);
@@ -328,7 +344,7 @@ impl Scheduler {
                 if !run.is_current(index, attempt, lease_id) {
                     return;
                 }
-                run.on_finished(index, attempt, &agent_id, result);
+                run.on_finished(index, attempt, &agent_id, lease_id, result, tally);
                 if !run.is_running() {
                     self.on_run_closed(run_id);
                 }
@@ -495,6 +511,7 @@ impl Scheduler {
                 if tests.is_empty() {
                     continue;
                 }
+                run.note_slots(total_slots);
                 self.next_lease += 1;
                 agent.pending_request = None;
                 agent.busy += tests.len() as u32;
@@ -504,6 +521,8 @@ impl Scheduler {
                         run: run.id,
                         agent: agent_id.clone(),
                         outstanding: tests.iter().map(|(i, _)| (*i, false)).collect(),
+                        tests: tests.len() as u32,
+                        failed: 0,
                     },
                 );
                 let _ = agent.tx.send(AgentCommand::Lease(LeaseGrant {

@@ -23,6 +23,7 @@ pub(super) struct TestState {
     avoid: Option<AgentId>,
     leased: Option<LeaseId>,
     outcome: Option<Outcome>,
+    quarantined: bool,
 }
 
 pub(super) struct Run {
@@ -48,6 +49,13 @@ pub(super) struct Run {
     agent_profile: Vec<Vec<String>>,
 }
 
+/// A lease's results once all are in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseTally {
+    pub tests: u32,
+    pub failed: u32,
+}
+
 /// How far down the queue a lease looks for tests whose services are already warm on the agent.
 const AFFINITY_WINDOW: usize = 4096;
 
@@ -64,18 +72,21 @@ impl Run {
         id: RunId,
         spec: Arc<RunSpec>,
         estimates: Vec<(Duration, bool)>,
+        quarantined: Vec<bool>,
         retries: u32,
         history: UnboundedSender<HistoryUpdate>,
     ) -> Self {
         let tests: Vec<TestState> = estimates
             .iter()
-            .map(|(e, _)| TestState {
+            .enumerate()
+            .map(|(i, (e, _))| TestState {
                 estimate: *e,
                 statuses: vec![],
                 attempt: 1,
                 avoid: None,
                 leased: None,
                 outcome: None,
+                quarantined: quarantined.get(i).copied().unwrap_or(false),
             })
             .collect();
         let mut order: Vec<u32> = (0..spec.tests.len() as u32)
@@ -132,10 +143,15 @@ impl Run {
             run.tests[t.index as usize].outcome = Some(Outcome::Skipped);
             run.summary.record(Outcome::Skipped);
         }
+        let quarantined: Vec<TestRef> = (0..run.spec.tests.len() as u32)
+            .filter(|i| run.tests[*i as usize].quarantined)
+            .map(|i| run.test_ref(i))
+            .collect();
         run.emit(EventKind::RunStarted {
             suite: run.spec.suite.clone(),
             total_tests: run.spec.tests.len() as u32,
             skipped,
+            quarantined,
         });
         run.finish_if_done();
         run
@@ -289,7 +305,7 @@ impl Run {
             let t = &mut self.tests[index as usize];
             self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
             t.outcome = Some(Outcome::InfraError);
-            let attempt = t.attempt;
+            let (attempt, quarantined) = (t.attempt, t.quarantined);
             let test = self.test_ref(index);
             self.emit(EventKind::TestFinished {
                 test,
@@ -297,8 +313,10 @@ impl Run {
                 agent_id: String::new(),
                 result: AttemptResult::infra_error(why),
                 final_outcome: Some(Outcome::InfraError),
+                lease_id: None,
+                quarantined,
             });
-            self.settle(Outcome::InfraError);
+            self.settle(index, Outcome::InfraError);
         }
     }
 
@@ -340,23 +358,32 @@ impl Run {
         });
     }
 
-    /// Applies a finished attempt: settles the test or requeues it at the front.
+    /// Applies a finished attempt: settles the test or requeues it at the front. `tally` is set when
+    /// this was the last result of its lease.
     pub fn on_finished(
         &mut self,
         index: u32,
         attempt: u32,
         agent: &AgentId,
+        lease: LeaseId,
         result: AttemptResult,
+        tally: Option<LeaseTally>,
     ) {
         *self
             .summary
             .attempts_per_agent
             .entry(agent.to_string())
             .or_default() += 1;
+        if result.status != AttemptStatus::InfraError {
+            let ms = result.duration.as_millis() as u64;
+            self.summary.busy_ms += ms;
+            self.summary.longest_ms = self.summary.longest_ms.max(ms);
+        }
         let retries = self.retries;
         let t = &mut self.tests[index as usize];
         t.leased = None;
         t.statuses.push(result.status);
+        let quarantined = t.quarantined;
         let decision = decide_after_attempt(&t.statuses, retries);
         let (final_outcome, requeued) = match decision {
             RetryDecision::Settle(o) => {
@@ -378,12 +405,28 @@ impl Run {
             agent_id: agent.to_string(),
             result,
             final_outcome,
+            lease_id: Some(lease.0),
+            quarantined,
         });
+        // Before the run can close, so the history writer sees the lease whole.
+        if let Some(t) = tally {
+            self.emit(EventKind::LeaseFinished {
+                lease_id: lease.0,
+                agent_id: agent.to_string(),
+                tests: t.tests,
+                failed: t.failed,
+            });
+        }
         if requeued {
             self.requeue_front(index);
         } else if let Some(o) = final_outcome {
-            self.settle(o);
+            self.settle(index, o);
         }
+    }
+
+    /// The most slots that served this run, for its lower bound.
+    pub fn note_slots(&mut self, slots: u32) {
+        self.summary.slots = self.summary.slots.max(slots);
     }
 
     /// A leased test whose agent went away: an infrastructure event if it had started, otherwise it
@@ -393,11 +436,12 @@ impl Run {
             return;
         }
         if started {
-            let attempt = self.tests[index as usize].attempt;
+            let t = &self.tests[index as usize];
+            let (attempt, lease) = (t.attempt, t.leased.expect("checked above"));
             let result = AttemptResult::infra_error(format!(
                 "agent {agent} was lost while running the test: {why}"
             ));
-            self.on_finished(index, attempt, agent, result);
+            self.on_finished(index, attempt, agent, lease, result, None);
         } else {
             self.tests[index as usize].leased = None;
             self.requeue_front(index);
@@ -415,8 +459,12 @@ impl Run {
         self.queue.push_front(index);
     }
 
-    fn settle(&mut self, outcome: Outcome) {
-        self.summary.record(outcome);
+    fn settle(&mut self, index: u32, outcome: Outcome) {
+        if self.tests[index as usize].quarantined && outcome.fails_run() {
+            self.summary.quarantined += 1;
+        } else {
+            self.summary.record(outcome);
+        }
         self.unsettled -= 1;
         self.finish_if_done();
     }

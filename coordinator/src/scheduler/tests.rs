@@ -39,6 +39,7 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
         branch: String::new(),
         services: vec![],
         workspace: String::new(),
+        quarantine: Default::default(),
     })
 }
 
@@ -124,11 +125,13 @@ impl Harness {
 
     async fn submit(&self, run: u64, spec: Arc<RunSpec>) -> mpsc::UnboundedReceiver<RunEvent> {
         let estimates = vec![(Duration::from_secs(1), false); spec.tests.len()];
+        let quarantined = vec![false; spec.tests.len()];
         self.handle
             .ask(|reply| Command::Submit {
                 run_id: RunId(run),
                 spec,
                 estimates,
+                quarantined,
                 reply,
             })
             .await

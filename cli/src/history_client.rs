@@ -1,0 +1,235 @@
+//! Where history queries go: a coordinator over gRPC (`--coordinator`), or the local data dir that
+//! `testfleet run --local` writes, opened directly. Both answer with the same report types.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use testfleet_coordinator::history::query;
+use testfleet_coordinator::{HistoryStore, SledStore};
+use testfleet_model::report::{FlakyTest, QuarantineInfo, RunOverview, TestHistory, Timings};
+use testfleet_model::{RunId, RunState};
+use testfleet_proto::pb;
+
+use crate::args::{CargoArgs, QueryArgs};
+use crate::error::{CliError, CliResult};
+use crate::remote::{self, Client};
+
+pub enum Backend {
+    Local(Arc<SledStore>),
+    Remote { client: Client, url: String },
+}
+
+pub enum QuarantineAction<'a> {
+    List,
+    Add { test: &'a str, reason: &'a str },
+    Remove { test: &'a str },
+}
+
+fn history_error(e: testfleet_coordinator::history::HistoryError) -> CliError {
+    CliError::Server(e.to_string())
+}
+
+/// The local data dir: `--data-dir`, or `.testfleet` in the Cargo workspace around us.
+fn local_data_dir(args: &QueryArgs) -> CliResult<PathBuf> {
+    if let Some(d) = &args.data_dir {
+        return Ok(d.clone());
+    }
+    let cargo = CargoArgs {
+        manifest_path: args.manifest_path.clone(),
+        ..CargoArgs::default()
+    };
+    let ws = crate::cargo::locate_workspace(&cargo).map_err(|e| {
+        CliError::NotACargoProject(format!(
+            "{e}\nhistory lives in a workspace's `.testfleet` dir: run this inside the workspace, or give --data-dir or --coordinator"
+        ))
+    })?;
+    Ok(ws.root.join(".testfleet"))
+}
+
+impl Backend {
+    pub async fn open(args: &QueryArgs) -> CliResult<Self> {
+        if let Some(url) = &args.coordinator {
+            return Ok(Backend::Remote {
+                client: remote::connect(url).await?,
+                url: url.clone(),
+            });
+        }
+        let dir = local_data_dir(args)?;
+        if !dir.join("history").exists() {
+            return Err(CliError::Server(format!(
+                "no history in {}: run `testfleet run` there first, or give --coordinator",
+                dir.display()
+            )));
+        }
+        let d = dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&d))
+            .await
+            .map_err(|e| CliError::Internal(e.into()))?
+            .map_err(|e| {
+                CliError::Server(format!("{e} (a `testfleet run` may be using it right now)"))
+            })?;
+        Ok(Backend::Local(Arc::new(store)))
+    }
+
+    async fn local<T: Send + 'static>(
+        store: &Arc<SledStore>,
+        f: impl FnOnce(&dyn HistoryStore) -> Result<T, testfleet_coordinator::history::HistoryError>
+        + Send
+        + 'static,
+    ) -> CliResult<T> {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| CliError::Internal(e.into()))?
+            .map_err(history_error)
+    }
+
+    pub async fn flaky(&mut self, suite: Option<String>) -> CliResult<Vec<FlakyTest>> {
+        match self {
+            Backend::Local(s) => Self::local(s, move |st| query::flaky(st, suite.as_deref())).await,
+            Backend::Remote { client, url } => Ok(client
+                .list_flaky(pb::FlakyQuery {
+                    suite: suite.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| CliError::from_status(url, s))?
+                .into_inner()
+                .tests
+                .into_iter()
+                .map(Into::into)
+                .collect()),
+        }
+    }
+
+    pub async fn timings(
+        &mut self,
+        suite: Option<String>,
+        top: usize,
+        slowdowns: bool,
+    ) -> CliResult<Timings> {
+        match self {
+            Backend::Local(s) => {
+                Self::local(s, move |st| {
+                    query::timings(st, suite.as_deref(), top, slowdowns)
+                })
+                .await
+            }
+            Backend::Remote { client, url } => Ok(client
+                .get_timings(pb::TimingsQuery {
+                    suite: suite.unwrap_or_default(),
+                    top: top as u32,
+                    slowdowns_only: slowdowns,
+                })
+                .await
+                .map_err(|s| CliError::from_status(url, s))?
+                .into_inner()
+                .into()),
+        }
+    }
+
+    pub async fn history(&mut self, pattern: String) -> CliResult<Vec<TestHistory>> {
+        match self {
+            Backend::Local(s) => Self::local(s, move |st| query::test_history(st, &pattern)).await,
+            Backend::Remote { client, url } => client
+                .get_test_history(pb::TestHistoryQuery { pattern })
+                .await
+                .map_err(|s| CliError::from_status(url, s))?
+                .into_inner()
+                .tests
+                .into_iter()
+                .map(|t| TestHistory::try_from(t).map_err(|e| CliError::Internal(e.into())))
+                .collect(),
+        }
+    }
+
+    pub async fn runs(&mut self, limit: usize) -> CliResult<Vec<RunOverview>> {
+        match self {
+            Backend::Local(s) => {
+                Self::local(s, move |st| {
+                    Ok(st
+                        .runs(limit)?
+                        .into_iter()
+                        .map(query::run_overview)
+                        .collect())
+                })
+                .await
+            }
+            Backend::Remote { client, url } => client
+                .list_runs(pb::ListRunsRequest {
+                    limit: limit as u32,
+                })
+                .await
+                .map_err(|s| CliError::from_status(url, s))?
+                .into_inner()
+                .runs
+                .into_iter()
+                .map(|r| {
+                    Ok(RunOverview {
+                        run_id: r
+                            .run_id
+                            .parse::<RunId>()
+                            .map_err(|e| CliError::Internal(e.into()))?
+                            .0,
+                        suite: r.suite,
+                        revision: r.revision,
+                        branch: r.branch,
+                        created_unix_ms: r.created_unix_ms,
+                        state: testfleet_proto::run_state_from_wire(r.state)
+                            .unwrap_or(RunState::Running),
+                        total_tests: r.total_tests,
+                        summary: r.summary.map(Into::into),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn quarantine(
+        &mut self,
+        suite: Option<String>,
+        action: QuarantineAction<'_>,
+    ) -> CliResult<Vec<QuarantineInfo>> {
+        match self {
+            Backend::Local(s) => {
+                let (kind, test, reason) = match action {
+                    QuarantineAction::List => (0, String::new(), String::new()),
+                    QuarantineAction::Add { test, reason } => {
+                        (1, test.to_owned(), reason.to_owned())
+                    }
+                    QuarantineAction::Remove { test } => (2, test.to_owned(), String::new()),
+                };
+                let answer = Self::local(s, move |st| {
+                    Ok(match kind {
+                        0 => Ok(query::quarantine_list(st)?),
+                        1 => query::quarantine_change(st, suite.as_deref(), &test, Some(&reason))?,
+                        _ => query::quarantine_change(st, suite.as_deref(), &test, None)?,
+                    })
+                })
+                .await?;
+                answer.map_err(CliError::Rejected)
+            }
+            Backend::Remote { client, url } => {
+                use pb::quarantine_request::Action;
+                let (a, test, reason) = match action {
+                    QuarantineAction::List => (Action::List, "", ""),
+                    QuarantineAction::Add { test, reason } => (Action::Add, test, reason),
+                    QuarantineAction::Remove { test } => (Action::Remove, test, ""),
+                };
+                Ok(client
+                    .quarantine(pb::QuarantineRequest {
+                        action: a as i32,
+                        test: test.to_owned(),
+                        suite: suite.unwrap_or_default(),
+                        reason: reason.to_owned(),
+                    })
+                    .await
+                    .map_err(|s| CliError::from_status(url, s))?
+                    .into_inner()
+                    .entries
+                    .into_iter()
+                    .map(Into::into)
+                    .collect())
+            }
+        }
+    }
+}
