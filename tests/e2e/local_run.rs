@@ -23,7 +23,7 @@ fn local_run_matches_the_fixture_model_and_reaches_sled() {
                 "--retries",
                 "1",
                 "--timeout",
-                "2",
+                "5",
                 "--kill-grace",
                 "1",
             ])
@@ -44,7 +44,7 @@ fn local_run_matches_the_fixture_model_and_reaches_sled() {
     assert_eq!(s.attempts_per_agent.len(), 2, "{:?}", s.attempts_per_agent);
     assert_eq!(
         (s.passed, s.failed, s.flaky, s.timed_out, s.skipped),
-        (7, 2, 1, 1, 1)
+        (8, 2, 1, 1, 1)
     );
 
     // The hanging test is killed at its timeout, with its output so far.
@@ -52,7 +52,7 @@ fn local_run_matches_the_fixture_model_and_reaches_sled() {
     assert_eq!(hangs.len(), 2);
     for (_, _, r) in &hangs {
         assert_eq!(r.status, AttemptStatus::TimedOut);
-        assert!(r.message.contains("timed out after 2.0 s"), "{}", r.message);
+        assert!(r.message.contains("timed out after 5.0 s"), "{}", r.message);
         assert!(String::from_utf8_lossy(&r.output).contains("about to hang"));
     }
     // The crashing test fails with its signal.
@@ -104,7 +104,8 @@ fn check_junit(xml: &str) {
     let doc = roxmltree::Document::parse(xml).expect("JUnit parses as XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(root.attribute("tests"), Some("12"));
+    assert_eq!(root.attribute("tests"), Some("13"));
+    assert_eq!(root.attribute("errors"), Some("0"));
     assert_eq!(
         root.attribute("failures"),
         Some("3"),
@@ -114,7 +115,12 @@ fn check_junit(xml: &str) {
         .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
-    assert_eq!(cases.len(), 12);
+    assert_eq!(cases.len(), 13);
+    let skipped = cases
+        .iter()
+        .filter(|c| c.children().any(|x| x.has_tag_name("skipped")))
+        .count();
+    assert_eq!(skipped, 1, "the ignored test");
     let case = |name: &str| {
         *cases
             .iter()

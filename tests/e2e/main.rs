@@ -6,6 +6,7 @@ mod bad_input;
 mod bundles;
 mod containers;
 mod fixture;
+mod history;
 mod local_run;
 mod remote_run;
 mod support;

@@ -24,7 +24,7 @@ fn remote_run_on_two_agent_processes() {
                     "--retries",
                     "1",
                     "--timeout",
-                    "2",
+                    "5",
                     "--kill-grace",
                     "1",
                 ])

@@ -7,6 +7,8 @@ pub mod query;
 mod records;
 mod sled_store;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 mod verdict;
 mod writer;
 

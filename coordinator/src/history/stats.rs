@@ -118,7 +118,11 @@ pub fn slowdown(history: &[u64], rule: SlowdownRule) -> Option<Slowdown> {
     let b = median(baseline)?;
     let r = median(recent)?;
     let mean = baseline.iter().sum::<u64>() as f64 / baseline.len() as f64;
-    let var = baseline.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / baseline.len() as f64;
+    let var = baseline
+        .iter()
+        .map(|x| (*x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / baseline.len() as f64;
     if mean > 0.0 && var.sqrt() / mean * 100.0 > rule.max_baseline_cv_pct as f64 {
         return None;
     }

@@ -1,0 +1,223 @@
+//! History through the real binary: a test failing on a known pattern of attempts across runs is
+//! listed as flaky with the right counts and evidence, timings match the recorded durations, and a
+//! quarantined failing test no longer fails the run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use testfleet_coordinator::history::stats::percentile;
+use testfleet_model::report::{FlakyTest, QuarantineInfo, RunOverview, TestHistory, Timings};
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, exit_code};
+
+use crate::fixture;
+use crate::support::*;
+
+/// Runs the fixture's `adds`, `fails`, `slow` and `pattern_flaky` tests once with one retry.
+fn run(data: &Path, junit: Option<&Path>) -> (Option<i32>, Vec<RunEvent>) {
+    let mut cmd = testfleet();
+    cmd.env("FIXTURE_FAIL_RUNS", "1,3")
+        .args([
+            "run",
+            "--local",
+            "1",
+            "--retries",
+            "1",
+            "--revision",
+            "rev-1",
+            "--json",
+        ])
+        .args(["adds", "fails", "slow", "pattern_flaky", "--data-dir"])
+        .arg(data)
+        .arg("--manifest-path")
+        .arg(fixture::manifest());
+    if let Some(j) = junit {
+        cmd.arg("--junit").arg(j);
+    }
+    let out = run_output(&mut cmd);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    (out.status.code(), events(&out))
+}
+
+fn query<T: serde::de::DeserializeOwned>(data: &Path, args: &[&str]) -> T {
+    let out = run_output(
+        testfleet()
+            .args(args)
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(data),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SUCCESS),
+        "{args:?}: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn passing_durations(events: &[RunEvent], name: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished { test, result, .. }
+                if test.name == name && result.status == AttemptStatus::Passed =>
+            {
+                Some(result.duration.as_millis() as u64)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn history_finds_the_flaky_test_times_the_rest_and_quarantine_stops_gating() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut slow_durations = Vec::new();
+    for n in 1..=4 {
+        let (code, events) = run(&data, None);
+        assert_eq!(
+            code,
+            Some(exit_code::TESTS_FAILED),
+            "run {n}: `fails` fails"
+        );
+        assert_eq!(events[0].run_id.0, n);
+        slow_durations.extend(passing_durations(&events, "tests::slow"));
+    }
+
+    // Flaky: exactly the patterned test, with its counts and evidence.
+    let flaky: Vec<FlakyTest> = query(&data, &["flaky"]);
+    let names: Vec<&str> = flaky.iter().map(|f| f.test.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["tests::pattern_flaky"],
+        "no stable or always-failing test is listed"
+    );
+    let f = &flaky[0];
+    assert_eq!((f.attempts, f.failures, f.flaky_revisions), (6, 2, 1));
+    let failed_in: Vec<(u64, u32)> = f
+        .evidence
+        .iter()
+        .filter(|e| e.failed)
+        .map(|e| (e.run_id, e.attempt))
+        .collect();
+    assert_eq!(failed_in, [(1, 1), (3, 1)]);
+    assert!(
+        f.evidence
+            .iter()
+            .all(|e| e.revision == "rev-1" && e.agent_id.starts_with("local-"))
+    );
+    assert!(f.first_flaky_ms.unwrap() <= f.last_flaky_ms.unwrap());
+    assert!((f.failure_probability - 2.0 / 6.0).abs() < 1e-9);
+
+    // Timings: p95 is the nearest-rank p95 of the durations the runs reported.
+    let t: Timings = query(&data, &["timings", "--top", "50"]);
+    let slow = t
+        .tests
+        .iter()
+        .find(|x| x.test.name == "tests::slow")
+        .unwrap();
+    slow_durations.sort_unstable();
+    assert_eq!(slow.samples as usize, slow_durations.len());
+    assert_eq!(Some(slow.p95_ms), percentile(&slow_durations, 95.0));
+    assert_eq!(
+        t.tests[0].test.name, "tests::slow",
+        "the slowest test comes first"
+    );
+
+    // A test's own record.
+    let h: Vec<TestHistory> = query(&data, &["history", "pattern_flaky"]);
+    assert_eq!(h.len(), 1);
+    let statuses: Vec<(u64, AttemptStatus)> =
+        h[0].log.iter().map(|a| (a.run_id, a.status)).collect();
+    use AttemptStatus::{Failed, Passed};
+    assert_eq!(
+        statuses,
+        [
+            (1, Failed),
+            (1, Passed),
+            (2, Passed),
+            (3, Failed),
+            (3, Passed),
+            (4, Passed)
+        ]
+    );
+    assert_eq!(h[0].runs, 4);
+
+    let runs: Vec<RunOverview> = query(&data, &["runs"]);
+    let ids: Vec<u64> = runs.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, [4, 3, 2, 1]);
+    assert!(runs.iter().all(|r| r.revision == "rev-1"));
+
+    // Quarantine the always-failing test: the next run succeeds, and says why.
+    let added: Vec<QuarantineInfo> = query(
+        &data,
+        &[
+            "quarantine",
+            "add",
+            "tests::fails",
+            "--reason",
+            "known bug #12",
+        ],
+    );
+    assert_eq!(added.len(), 1);
+    let junit = dir.path().join("junit.xml");
+    let (code, events) = run(&data, Some(&junit));
+    assert_eq!(
+        code,
+        Some(exit_code::SUCCESS),
+        "a quarantined failure does not fail the run"
+    );
+    let s = summary(&events);
+    assert_eq!((s.failed, s.quarantined), (0, 1));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let case = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("tests::fails"))
+        .unwrap();
+    let skipped = case
+        .children()
+        .find(|c| c.has_tag_name("skipped"))
+        .expect("reported as skipped");
+    assert!(
+        skipped
+            .attribute("message")
+            .unwrap()
+            .starts_with("quarantined test failed")
+    );
+    let property = case
+        .descendants()
+        .find(|p| p.has_tag_name("property"))
+        .unwrap();
+    assert_eq!(
+        (property.attribute("name"), property.attribute("value")),
+        (Some("testfleet.quarantined"), Some("true"))
+    );
+    assert_eq!(doc.root_element().attribute("failures"), Some("0"));
+
+    let listed: Vec<QuarantineInfo> = query(&data, &["quarantine", "list"]);
+    let listed: BTreeMap<&str, &str> = listed
+        .iter()
+        .map(|q| (q.name.as_str(), q.reason.as_str()))
+        .collect();
+    assert_eq!(listed, BTreeMap::from([("tests::fails", "known bug #12")]));
+    let _: Vec<QuarantineInfo> = query(&data, &["quarantine", "remove", "tests::fails"]);
+    let listed: Vec<QuarantineInfo> = query(&data, &["quarantine", "list"]);
+    assert!(listed.is_empty());
+    let (code, _) = run(&data, None);
+    assert_eq!(
+        code,
+        Some(exit_code::TESTS_FAILED),
+        "released, it fails runs again"
+    );
+}
+
+#[test]
+fn queries_without_history_say_where_they_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_output(testfleet().args(["flaky", "--data-dir"]).arg(dir.path()));
+    assert_ne!(out.status.code(), Some(exit_code::SUCCESS));
+    assert!(stderr(&out).contains("no history in"), "{}", stderr(&out));
+}
