@@ -239,6 +239,13 @@ pub struct CoordinatorArgs {
     /// Largest bundle accepted, in bytes.
     #[arg(long, default_value_t = 8 << 30)]
     pub max_bundle_bytes: u64,
+    /// Seconds tests that need services wait while no connected agent has Docker, before they
+    /// end as infrastructure errors.
+    #[arg(long, default_value_t = 15.0, value_name = "SECS", value_parser = non_negative_secs)]
+    pub service_grace: f64,
+    /// Runs kept in history; older ones are pruned.
+    #[arg(long, default_value_t = testfleet_coordinator::history::DEFAULT_KEEP_RUNS)]
+    pub keep_runs: u64,
 }
 
 #[derive(Args, Debug)]

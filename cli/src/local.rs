@@ -63,6 +63,8 @@ impl LocalFleet {
         );
         let mut config = CoordinatorConfig::new(data_dir);
         config.scheduler.default_retries = 0;
+        // Local agents are all alike and connected from the start: no one else is coming.
+        config.scheduler.service_grace = std::time::Duration::ZERO;
         let (stop, stopped) = oneshot::channel::<()>();
         let coordinator = tokio::spawn(async move {
             let shutdown = async {

@@ -92,9 +92,18 @@ pub fn coordinator(dir: &Path) -> (Proc, String) {
 
 pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
     let mut cmd = testfleet();
-    cmd.args(["coordinator", "--listen", listen, "--data-dir"])
-        .arg(dir.join("coordinator"))
-        .stdout(Stdio::piped());
+    // Tests that need services fail at once when no agent can run them: these tests know no
+    // other agent is coming.
+    cmd.args([
+        "coordinator",
+        "--service-grace",
+        "0",
+        "--listen",
+        listen,
+        "--data-dir",
+    ])
+    .arg(dir.join("coordinator"))
+    .stdout(Stdio::piped());
     let mut p = Proc::spawn(cmd, dir.join(log));
     let stdout = p.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();

@@ -32,6 +32,9 @@ pub struct SchedulerConfig {
     pub heartbeat_interval: Duration,
     /// Finished runs kept in memory for `WatchRun`; older ones are answered from history.
     pub keep_finished_runs: usize,
+    /// How long tests that need services wait while no connected agent can start them (one may be
+    /// reconnecting) before they end as infrastructure errors.
+    pub service_grace: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -40,6 +43,7 @@ impl Default for SchedulerConfig {
             default_retries: 2,
             heartbeat_interval: Duration::from_secs(5),
             keep_finished_runs: 64,
+            service_grace: Duration::from_secs(15),
         }
     }
 }
@@ -47,8 +51,10 @@ impl Default for SchedulerConfig {
 /// The agent a lease is being cut for, as a run sees it.
 pub(crate) struct Candidate<'a> {
     pub id: &'a AgentId,
-    /// Another agent is connected, so a retry can avoid this one.
+    /// Another agent is connected, so a retry can avoid this one...
     pub others_connected: bool,
+    /// ...and one with Docker, so a retry of a test needing services can.
+    pub others_with_docker: bool,
     pub docker: bool,
     pub warm: &'a std::collections::HashSet<String>,
 }
@@ -154,15 +160,20 @@ pub fn spawn(
         agents: HashMap::new(),
         leases: HashMap::new(),
         next_lease: 1,
+        unservable_since: None,
     };
     let task = tokio::spawn(async move {
         tokio::pin!(shutdown);
+        // Conditions that last (a grace period running out) are checked on a tick.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => s.handle(cmd),
                     None => break,
                 },
+                _ = tick.tick(), if s.unservable_since.is_some() => s.dispatch(),
                 () = &mut shutdown => break,
             }
         }
@@ -180,6 +191,9 @@ struct Scheduler {
     agents: HashMap<AgentId, Agent>,
     leases: HashMap<LeaseId, Lease>,
     next_lease: u64,
+    /// Since when tests that need services have had no connected agent able to run them (tokio's
+    /// clock, so tests can pause it).
+    unservable_since: Option<tokio::time::Instant>,
 }
 
 impl Scheduler {
@@ -451,9 +465,20 @@ impl Scheduler {
     /// Settles the service tests of runs that no connected agent can serve. With no agent
     /// connected at all, tests wait: agents may still come.
     fn fail_unservable(&mut self) {
-        if self.agents.is_empty() || self.agents.values().any(|a| a.hello.docker_available) {
+        let stuck = !self.agents.is_empty()
+            && !self.agents.values().any(|a| a.hello.docker_available)
+            && self.runs.values().any(Run::queued_need_docker);
+        if !stuck {
+            self.unservable_since = None;
             return;
         }
+        let since = *self
+            .unservable_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < self.config.service_grace {
+            return;
+        }
+        self.unservable_since = None;
         let mut reasons: Vec<String> = self
             .agents
             .values()
@@ -484,6 +509,11 @@ impl Scheduler {
         }
         let total_slots: u32 = self.agents.values().map(|a| a.hello.slots).sum();
         let multiple_agents = self.agents.len() > 1;
+        let docker_agents = self
+            .agents
+            .values()
+            .filter(|a| a.hello.docker_available)
+            .count();
         let mut waiting: Vec<AgentId> = self
             .agents
             .iter()
@@ -504,6 +534,7 @@ impl Scheduler {
                 let candidate = Candidate {
                     id: &agent_id,
                     others_connected: multiple_agents,
+                    others_with_docker: docker_agents > usize::from(agent.hello.docker_available),
                     docker: agent.hello.docker_available,
                     warm: &agent.warm,
                 };

@@ -238,9 +238,17 @@ impl Run {
         budget: Duration,
         lease: LeaseId,
     ) -> Vec<(u32, u32)> {
+        // A retry avoids the agent that failed it only when another agent could run it: without
+        // that, a test needing services whose only other agent lacks Docker would wait forever.
         let eligible = |i: u32| {
-            (!agent.others_connected || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
-                && (agent.docker || !self.needs_docker(i))
+            let needs_docker = self.needs_docker(i);
+            let others = if needs_docker {
+                agent.others_with_docker
+            } else {
+                agent.others_connected
+            };
+            (!others || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
+                && (agent.docker || !needs_docker)
         };
         let warm = |i: u32| {
             let profile = &self.agent_profile[self.binary_of(i)];

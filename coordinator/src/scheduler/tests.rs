@@ -69,9 +69,16 @@ fn result(status: AttemptStatus) -> AttemptResult {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(SchedulerConfig {
+            service_grace: Duration::ZERO,
+            ..SchedulerConfig::default()
+        })
+    }
+
+    fn with(config: SchedulerConfig) -> Self {
         let (history_tx, history_rx) = mpsc::unbounded_channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (handle, _task) = spawn(SchedulerConfig::default(), history_tx, async move {
+        let (handle, _task) = spawn(config, history_tx, async move {
             let _ = stopped.await;
         });
         Harness {
@@ -515,4 +522,119 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
     let g = lease(&mut a).await;
     assert_eq!(binaries_of(&g), ["svc"]);
+}
+
+#[tokio::test]
+async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
+    let h = Harness::new();
+    let mut docker = h.agent_with("docker", 1, 1, true).await;
+    let mut plain = h.agent_with("plain", 1, 2, false).await;
+    let spec = service_spec(1);
+    let mut events = h.submit(1, spec).await;
+    // The plain test goes anywhere; the service test only to `docker`.
+    h.from(&plain, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut plain).await;
+    h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
+    h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut docker).await;
+    assert_eq!(binaries_of(&g), ["svc"]);
+    // Its container would not start: an infrastructure error. The retry may not avoid `docker`:
+    // no other agent can run it.
+    let (index, attempt) = g.tests[0];
+    h.from(
+        &docker,
+        FromAgent::Finished {
+            run_id: g.run_id,
+            index,
+            attempt,
+            lease_id: g.lease_id,
+            result: AttemptResult::infra_error("image missing"),
+        },
+    );
+    h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+    let retry = lease(&mut docker).await;
+    assert_eq!(
+        retry.tests,
+        vec![(index, attempt)],
+        "same attempt number after an infrastructure error"
+    );
+    h.from(&docker, finished(&retry, 0, AttemptStatus::Passed));
+    let all = until_finished(&mut events).await;
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 2)
+    );
+}
+
+#[tokio::test]
+async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
+    let h = Harness::new();
+    let mut a = h.agent_with("a", 1, 1, true).await;
+    let mut b = h.agent_with("b", 1, 2, true).await;
+    let _events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    let (index, attempt) = g.tests[0];
+    h.from(
+        &a,
+        FromAgent::Finished {
+            run_id: g.run_id,
+            index,
+            attempt,
+            lease_id: g.lease_id,
+            result: AttemptResult::infra_error("bundle unusable"),
+        },
+    );
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.settle().await;
+    assert!(
+        a.rx.try_recv().is_err(),
+        "not back to the agent that failed it"
+    );
+    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    assert_eq!(lease(&mut b).await.tests, vec![(index, attempt)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn service_tests_wait_out_the_grace_for_a_capable_agent() {
+    let h = Harness::with(SchedulerConfig {
+        service_grace: Duration::from_secs(10),
+        ..SchedulerConfig::default()
+    });
+    let _plain = h.agent_with("plain", 1, 1, false).await;
+    let mut events = h.submit(1, service_spec(1)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.settle().await;
+    // Within the grace a Docker agent arrives and takes the test.
+    let mut docker = h.agent_with("docker", 1, 2, true).await;
+    let mut ran = vec![];
+    while ran.len() < 2 {
+        h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+        let g = lease(&mut docker).await;
+        ran.extend(binaries_of(&g).into_iter().map(str::to_owned));
+        h.from(&docker, finished(&g, 0, AttemptStatus::Passed));
+    }
+    assert!(ran.contains(&"svc".to_owned()));
+    let all = until_finished(&mut events).await;
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 2 && summary.infra_errors == 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_grace_service_tests_end_as_infrastructure_errors() {
+    let h = Harness::with(SchedulerConfig {
+        service_grace: Duration::from_secs(10),
+        ..SchedulerConfig::default()
+    });
+    let mut plain = h.agent_with("plain", 1, 1, false).await;
+    let mut events = h.submit(1, service_spec(1)).await;
+    h.from(&plain, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut plain).await;
+    h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
+    h.settle().await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let all = until_finished(&mut events).await;
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.infra_errors == 1)
+    );
 }
