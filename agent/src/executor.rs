@@ -56,7 +56,20 @@ fn signal_group(pgid: u32, signal: i32) {
 /// Runs the command to its end, its timeout, or `cancel` turning true.
 pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finished {
     let started = Instant::now();
-    let mut child = match Command::new(&cmd.program)
+    let mut command = Command::new(&cmd.program);
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe call.
+    // It asks the kernel to kill the test if the agent dies (even by SIGKILL), so no test outlives
+    // its agent. (The signal follows the forking thread: tokio's worker threads live as long as
+    // the runtime.)
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command
         .args(&cmd.args)
         .current_dir(&cmd.cwd)
         .envs(&cmd.env)

@@ -94,7 +94,7 @@ pub fn extract(
                     .link_name_bytes()
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
-                check_link_target(&rel, &link, &raw)?;
+                check_link_target(&link, &raw)?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(BundleError::io("failed to create link", &target))?;
             }
@@ -163,8 +163,10 @@ fn ensure_parents_inside(dest: &Path, rel: &Path, raw: &str) -> Result<(), Bundl
     Ok(())
 }
 
-/// A symlink's target, resolved lexically from the link's own directory, must stay inside.
-fn check_link_target(rel: &Path, link: &str, raw: &str) -> Result<(), BundleError> {
+/// A symlink may only point down, into its own directory's subtree: no `..`, nothing absolute.
+/// Judging `..` lexically is not enough, because an earlier link can make `a/..` land elsewhere
+/// (`d/B -> ..` and then `d/A -> B/../..` leaves the tree); downward-only links compose safely.
+fn check_link_target(link: &str, raw: &str) -> Result<(), BundleError> {
     let reject = |reason: &str| BundleError::UnsafeEntry {
         path: raw.to_owned(),
         reason: reason.to_owned(),
@@ -176,16 +178,13 @@ fn check_link_target(rel: &Path, link: &str, raw: &str) -> Result<(), BundleErro
     if target.is_absolute() {
         return Err(reject("symlink points to an absolute path"));
     }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
     for c in target.components() {
         match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
+            Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err(reject("symlink points outside the bundle"));
-                }
+                return Err(reject(
+                    "symlink points upwards (`..`), possibly outside the bundle",
+                ));
             }
             _ => return Err(reject("symlink points to an absolute path")),
         }
@@ -273,6 +272,29 @@ mod tests {
             "outside the bundle",
         );
         rejects(&[("h", T::Link, b"", Some("../x"))], "not allowed");
+        // Chained links that each look inside but together climb out.
+        rejects(
+            &[
+                ("d/B", T::Symlink, b"", Some("..")),
+                ("d/A", T::Symlink, b"", Some("B/../..")),
+            ],
+            "points upwards",
+        );
+    }
+
+    #[test]
+    fn downward_links_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let (archive, digest) = hostile(
+            root.path(),
+            &[
+                ("d/f", T::Regular, b"x", None),
+                ("link", T::Symlink, b"", Some("d/f")),
+            ],
+        );
+        let dest = root.path().join("out");
+        extract(&archive, &digest, &dest, ExtractLimits::default()).unwrap();
+        assert_eq!(std::fs::read(dest.join("link")).unwrap(), b"x");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub async fn follow(
     let mut next_seq = 0u64;
     let mut broken_since: Option<std::time::Instant> = None;
     let mut cancel_sent = false;
+    // Ctrl-C and SIGTERM (a CI job being stopped) both cancel the run, so agents stop its tests.
+    let mut stop_signals = StopSignals::new();
     loop {
         let attach = client
             .watch_run(pb::WatchRunRequest {
@@ -44,7 +46,7 @@ pub async fn follow(
         loop {
             let next = tokio::select! {
                 m = stream.message() => m,
-                _ = tokio::signal::ctrl_c(), if !cancel_sent => {
+                _ = stop_signals.recv(), if !cancel_sent => {
                     cancel_sent = true;
                     report.note("interrupted: cancelling the run (press Ctrl-C again to leave at once)");
                     let mut c = client.clone();
@@ -87,5 +89,28 @@ pub async fn follow(
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGINT or SIGTERM, as a stream: handlers installed once, up front.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            int: signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds"),
+            term: signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds"),
+        }
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }

@@ -77,7 +77,7 @@ struct RawBundle {
 struct RawService {
     name: Spanned<String>,
     image: Option<Spanned<String>>,
-    build: Option<Spanned<RawBuild>>,
+    build: Option<Spanned<toml::Value>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -93,21 +93,6 @@ struct RawService {
     binaries: Vec<String>,
     #[serde(default)]
     prepare: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawBuild {
-    Context(String),
-    Full(RawBuildTable),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuildTable {
-    context: String,
-    #[serde(default = "default_dockerfile")]
-    dockerfile: String,
 }
 
 fn default_dockerfile() -> String {
@@ -197,10 +182,8 @@ impl Manifest {
                 }
                 (None, Some(b)) => {
                     let span = b.span().start;
-                    let (context, dockerfile) = match b.into_inner() {
-                        RawBuild::Context(c) => (c, default_dockerfile()),
-                        RawBuild::Full(t) => (t.context, t.dockerfile),
-                    };
+                    let (context, dockerfile) = parse_build(b.into_inner())
+                        .map_err(|m| at(span, format!("service `{name}`: key `build`: {m}")))?;
                     for (key, p) in [
                         ("build.context", &context),
                         ("build.dockerfile", &dockerfile),
@@ -337,6 +320,34 @@ impl Manifest {
     }
 }
 
+/// `build = "dir"` or `build = { context = "dir", dockerfile = "Dockerfile.x" }`.
+fn parse_build(v: toml::Value) -> Result<(String, String), String> {
+    match v {
+        toml::Value::String(context) => Ok((context, default_dockerfile())),
+        toml::Value::Table(t) => {
+            if let Some(unknown) = t
+                .keys()
+                .find(|k| !matches!(k.as_str(), "context" | "dockerfile"))
+            {
+                return Err(format!(
+                    "unknown key `{unknown}` (expected `context` or `dockerfile`)"
+                ));
+            }
+            let text = |k: &str| match t.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("`{k}` must be a string")),
+            };
+            let context = text("context")?.ok_or("`context` is required")?;
+            Ok((
+                context,
+                text("dockerfile")?.unwrap_or_else(default_dockerfile),
+            ))
+        }
+        _ => Err("give a context directory, or a table with `context` (and `dockerfile`)".into()),
+    }
+}
+
 fn parse_wait(w: RawWait, ports: &[u16]) -> Result<WaitStrategy, String> {
     let check_port = |p: u16| {
         if ports.contains(&p) {
@@ -388,7 +399,7 @@ fn parse_wait(w: RawWait, ports: &[u16]) -> Result<WaitStrategy, String> {
     })
 }
 
-fn is_relative_inside(p: &str) -> bool {
+pub(crate) fn is_relative_inside(p: &str) -> bool {
     let path = Path::new(p);
     !p.is_empty()
         && !path.is_absolute()
@@ -535,6 +546,11 @@ prepare = ["make", "api"]
                 "[[service]]\nname = \"a\"\nbuild = \"../outside\"\n",
                 "relative path inside",
             ),
+            (
+                "[[service]]\nname = \"a\"\nbuild = { contxt = \"d\" }\n",
+                "unknown key `contxt`",
+            ),
+            ("[[service]]\nname = \"a\"\nbuild = 5\n", "key `build`"),
             (
                 "[[service]]\nname = \"a\"\nimage = \"x:1\"\nscope = \"run\"\n",
                 "`run` is not a scope",

@@ -284,6 +284,19 @@ impl ServiceSpec {
                 }
             }
         }
+        if let ImageSource::Build {
+            context,
+            dockerfile,
+        } = &self.source
+        {
+            for (what, p) in [("build context", context), ("dockerfile", dockerfile)] {
+                if !crate::manifest::is_relative_inside(p) {
+                    return Err(format!(
+                        "service `{name}`: {what} `{p}` must be a relative path inside the workspace"
+                    ));
+                }
+            }
+        }
         let waited = match &self.wait {
             WaitStrategy::Port { port } | WaitStrategy::Http { port, .. } => Some(*port),
             _ => None,

@@ -51,6 +51,21 @@ fn of_binary<'a>(
         .collect()
 }
 
+/// Containers of `agent` with scope label `scope`, running or not.
+fn labelled(agent: &str, scope: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=testfleet.agent={agent}"),
+        ])
+        .args(["--filter", &format!("label=testfleet.scope={scope}")])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 fn service_starts(events: &[RunEvent], service: &str) -> Vec<(String, Scope)> {
     events
         .iter()
@@ -157,25 +172,50 @@ fn scopes_share_and_separate_containers_and_nothing_is_left_behind() {
     assert_eq!(s.service_starts["test-svc"].count, 4);
     assert!(s.service_starts["agent-svc"].total_ms > 0);
 
+    // Between runs, with the agents still up: lease and test containers are gone already, and
+    // each agent keeps exactly its one agent-scope container.
+    for agent in [&a_id, &b_id] {
+        // A lease's containers go in the background after its last result: wait for that.
+        let start = Instant::now();
+        while labelled(agent, "lease") > 0 {
+            assert!(
+                start.elapsed() < GUARD,
+                "agent {agent} kept a lease container"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A test's own container goes before its result is sent.
+        assert_eq!(
+            labelled(agent, "test"),
+            0,
+            "agent {agent} kept a test container"
+        );
+        assert_eq!(
+            labelled(agent, "agent"),
+            1,
+            "agent {agent} has its agent-scope container"
+        );
+    }
+
     // A second run reuses each agent's agent-scope container: same ids, no new start.
     let second = run();
     let again = observations(&second);
-    for (id, _, agent) in of_binary(&again, "fixture-services::agent_scope") {
-        if let Some(ids) = ids_per_agent.get(agent.as_str()) {
-            assert!(
-                ids.contains(id.as_str()),
-                "agent {agent} reused its container"
-            );
-        }
+    let reused = of_binary(&again, "fixture-services::agent_scope");
+    assert_eq!(reused.len(), 4);
+    for (id, _, agent) in reused {
+        let before = ids_per_agent
+            .get(agent.as_str())
+            .unwrap_or_else(|| panic!("agent {agent} ran no agent-scope test before"));
+        assert!(
+            before.contains(id.as_str()),
+            "agent {agent} reused its container"
+        );
     }
     assert!(
-        service_starts(&second, "agent-svc").len() <= 1,
-        "at most the agent that ran none before starts one"
+        service_starts(&second, "agent-svc").is_empty(),
+        "no agent-scope container started again"
     );
-    assert!(
-        !summary(&second).service_starts.contains_key("test-svc")
-            || summary(&second).service_starts["test-svc"].count == 4
-    );
+    assert_eq!(summary(&second).service_starts["test-svc"].count, 4);
 
     // The summary with its timings reached sled.
     let run_id = second[0].run_id.to_string();

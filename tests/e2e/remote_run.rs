@@ -181,3 +181,56 @@ fn run_adds(url: &str) -> Vec<testfleet_model::RunEvent> {
     );
     events(&out)
 }
+
+/// Processes whose environment says agent `id` started them.
+fn processes_of_agent(id: &str) -> Vec<u32> {
+    let needle = format!("TESTFLEET_AGENT_ID={id}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_agent_takes_its_running_tests_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    let id = unique("doomed");
+    let mut doomed = agent(dir.path(), &url, &id, 1);
+    wait_for_agents(&url, 1);
+    let mut cmd = testfleet();
+    cmd.args([
+        "run",
+        "--coordinator",
+        &url,
+        "--timeout",
+        "600",
+        "hangs",
+        "--manifest-path",
+    ])
+    .arg(fixture::manifest())
+    .stdout(std::process::Stdio::null());
+    let _run = Proc::spawn(cmd, dir.path().join("run.log"));
+    let start = std::time::Instant::now();
+    while processes_of_agent(&id).is_empty() {
+        assert!(start.elapsed() < GUARD, "the hanging test never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let start = std::time::Instant::now();
+    while !processes_of_agent(&id).is_empty() {
+        assert!(
+            start.elapsed() < GUARD,
+            "the test outlived its agent: {:?}",
+            processes_of_agent(&id)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

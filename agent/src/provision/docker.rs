@@ -28,6 +28,8 @@ use super::{
 
 /// Docker answers a ping within this time, or is taken as unavailable.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A service image build that takes longer than this has gone wrong.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 pub struct DockerProvisioner {
@@ -142,6 +144,16 @@ impl DockerProvisioner {
         if docker.inspect_image(&reference).await.is_ok() {
             return Ok((name, tag));
         }
+        // The engine would pull a missing base image while building: check them first, so a
+        // build never reaches for a registry either.
+        let dockerfile_text = std::fs::read_to_string(dir.join(dockerfile)).unwrap_or_default();
+        for base in context::base_images(&dockerfile_text) {
+            match docker.inspect_image(&base).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => return Err(ProvisionError::ImageMissing(base)),
+                Err(e) => return Err(ProvisionError::DockerUnavailable(e.to_string())),
+            }
+        }
         let failed = |reason: String| ProvisionError::BuildFailed {
             tag: reference.clone(),
             context: dir.display().to_string(),
@@ -165,24 +177,60 @@ impl DockerProvisioner {
             Some(testcontainers::bollard::body_full(tar.into())),
         );
         let mut tail: Vec<String> = Vec::new();
-        while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| failed(e.to_string()))?;
-            if let Some(detail) = info.error_detail {
-                let msg = detail.message.unwrap_or_default();
-                return Err(failed(format!("{msg}\n{}", tail.join(""))));
-            }
-            if let Some(line) = info.stream {
-                tail.push(line);
-                if tail.len() > 20 {
-                    tail.remove(0);
+        let build = async {
+            while let Some(item) = progress.next().await {
+                let info = item.map_err(|e| failed(e.to_string()))?;
+                if let Some(detail) = info.error_detail {
+                    let msg = detail.message.unwrap_or_default();
+                    return Err(failed(format!("{msg}\n{}", tail.join(""))));
+                }
+                if let Some(line) = info.stream {
+                    tail.push(line);
+                    if tail.len() > 20 {
+                        tail.remove(0);
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        tokio::time::timeout(BUILD_TIMEOUT, build)
+            .await
+            .map_err(|_| failed(format!("the build did not finish within {BUILD_TIMEOUT:?}")))??;
         match docker.inspect_image(&reference).await {
             Ok(_) => Ok((name, tag)),
             Err(e) => Err(failed(format!(
                 "the build finished but the image is missing: {e}"
             ))),
+        }
+    }
+}
+
+impl DockerProvisioner {
+    /// Removes containers carrying all of `labels` that this process does not hold.
+    async fn remove_labelled(&self, labels: &BTreeMap<String, String>) {
+        let Ok(docker) = client().await else { return };
+        let filter = HashMap::from([(
+            "label".to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let found = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filter),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        let held: Vec<String> = self.live.lock().await.keys().cloned().collect();
+        for id in found
+            .into_iter()
+            .filter_map(|c| c.id)
+            .filter(|id| !held.contains(id))
+        {
+            let _ = self.remove(&id).await;
         }
     }
 }
@@ -273,6 +321,8 @@ impl Provisioner for DockerProvisioner {
                     );
                 }
                 Err(_) => {
+                    // Cut off between create and start, the container exists but nobody holds it.
+                    self.remove_labelled(&req.labels).await;
                     return Err(ProvisionError::NotReady {
                         timeout,
                         reason: "the container did not start".into(),

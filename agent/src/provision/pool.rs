@@ -59,7 +59,13 @@ struct State {
     agent_network: Cell<String>,
     agent_services: HashMap<String, Cell<Started>>,
     leases: HashMap<String, LeaseServices>,
+    /// Leases already released (newest last, bounded): a test of one that is still starting its
+    /// services must not leave what it starts behind.
+    released: std::collections::VecDeque<String>,
 }
+
+/// Released lease ids remembered; far more than can be in flight at once.
+const RELEASED_KEEP: usize = 4096;
 
 pub struct ServicePool {
     prov: Arc<dyn Provisioner>,
@@ -163,6 +169,12 @@ impl ServicePool {
         out: &mut Prepared,
     ) -> Result<(), String> {
         for spec in services {
+            if self.is_released(&ctx.lease_id).await {
+                return Err(format!(
+                    "lease {} was released (cancelled or lost)",
+                    ctx.lease_id
+                ));
+            }
             let fingerprint = spec.fingerprint();
             let fresh = AtomicBool::new(false);
             let started = match spec.scope {
@@ -210,6 +222,16 @@ impl ServicePool {
                     .clone()
                 }
             };
+            // Released while this start was under way: what the start made goes again now (test
+            // scope goes with the test, through `finish_test`).
+            if spec.scope == Scope::Lease && self.is_released(&ctx.lease_id).await {
+                let _ = self.prov.remove(&started.container_id).await;
+                self.drop_lease_remnants(&ctx.lease_id).await;
+                return Err(format!(
+                    "lease {} was released (cancelled or lost)",
+                    ctx.lease_id
+                ));
+            }
             if fresh.load(Ordering::Relaxed) {
                 out.starts.push(StartReport {
                     service: spec.name.clone(),
@@ -247,7 +269,17 @@ impl ServicePool {
 
     /// Removes a lease's containers and network: it finished, was cancelled, or was lost.
     pub async fn release_lease(&self, lease_id: &str) {
-        let Some(lease) = self.state.lock().await.leases.remove(lease_id) else {
+        let lease = {
+            let mut st = self.state.lock().await;
+            if !st.released.iter().any(|l| l == lease_id) {
+                st.released.push_back(lease_id.to_owned());
+                if st.released.len() > RELEASED_KEEP {
+                    st.released.pop_front();
+                }
+            }
+            st.leases.remove(lease_id)
+        };
+        let Some(lease) = lease else {
             return;
         };
         for cell in lease.services.values() {
@@ -261,6 +293,23 @@ impl ServicePool {
             && let Err(e) = self.prov.remove_network(net).await
         {
             tracing::warn!(network = %net, error = %e, "failed to remove a lease's network");
+        }
+    }
+
+    async fn is_released(&self, lease_id: &str) -> bool {
+        self.state
+            .lock()
+            .await
+            .released
+            .iter()
+            .any(|l| l == lease_id)
+    }
+
+    /// A test that started after its lease was released may have made a new network for it.
+    async fn drop_lease_remnants(&self, lease_id: &str) {
+        let remnants = self.state.lock().await.leases.remove(lease_id);
+        if let Some(net) = remnants.as_ref().and_then(|l| l.network.get()) {
+            let _ = self.prov.remove_network(net).await;
         }
     }
 
@@ -470,6 +519,32 @@ mod tests {
         let c = ctx("7");
         let (a, b) = tokio::join!(pool.prepare(&c, &lease), pool.prepare(&c, &lease));
         assert_eq!(a.unwrap().env, b.unwrap().env);
+        assert_eq!(fake.count("start le"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_while_its_service_starts_leaves_nothing_behind() {
+        let fake = Arc::new(Fake::default());
+        let pool = Arc::new(pool(&fake));
+        let c = ctx("9");
+        let lease = [svc("le", Scope::Lease)];
+        // The release lands while the start is yielding inside the provisioner.
+        let p = pool.clone();
+        let (prepared, ()) = tokio::join!(pool.prepare(&c, &lease), async move {
+            tokio::task::yield_now().await;
+            p.release_lease("9").await;
+        });
+        let err = prepared.unwrap_err();
+        assert!(err.contains("was released"), "{err}");
+        assert_eq!(
+            fake.count("start le"),
+            fake.count("rm"),
+            "every start was removed: {:?}",
+            fake.log()
+        );
+        assert_eq!(fake.count("net+"), fake.count("net-"), "{:?}", fake.log());
+        // And a test of that lease arriving afterwards starts nothing.
+        assert!(pool.prepare(&c, &lease).await.is_err());
         assert_eq!(fake.count("start le"), 1);
     }
 

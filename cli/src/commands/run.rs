@@ -348,6 +348,12 @@ async fn pack_bundle(
 }
 
 fn collect_files(src: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {
+    // Linked directories are not followed (a link loop would never end); linked files are.
+    if std::fs::symlink_metadata(src)?.file_type().is_symlink() && std::fs::metadata(src)?.is_dir()
+    {
+        tracing::warn!(path = %src.display(), "not bundling a symlinked directory");
+        return Ok(());
+    }
     let meta = std::fs::metadata(src)?;
     if meta.is_dir() {
         let mut children: Vec<_> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;

@@ -181,7 +181,7 @@ impl HumanReporter {
                 duration_ms,
                 container_id,
             } => {
-                let short = &container_id[..container_id.len().min(12)];
+                let short: String = container_id.chars().take(12).collect();
                 self.println(&format!(
                     "{:>12} [{}] {} ({} scope) on {agent_id}: container {short}",
                     style("SERVICE").cyan(),
