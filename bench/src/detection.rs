@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 suite: "sim".into(),
                 event,
             })
+            .map_err(|_| anyhow::anyhow!("the history writer stopped"))
         };
         for (lease, (class, name)) in names.iter().enumerate() {
             let p = if *class == 0 {
@@ -92,11 +93,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     AttemptStatus::Passed
                 };
                 result.duration = Duration::from_millis(10);
-                let final_outcome = (i + 1 == last).then(|| match (first_fails, *failed) {
+                let outcome = match (first_fails, *failed) {
                     (false, _) => Outcome::Passed,
                     (true, false) => Outcome::Flaky,
                     (true, true) => Outcome::Failed,
-                });
+                };
+                let final_outcome = (i + 1 == last).then_some(outcome);
                 send(EventKind::TestFinished {
                     test: TestRef {
                         index: lease as u32,
@@ -122,7 +124,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summary: RunSummary::default(),
             state: RunState::Finished,
         })?;
-        drop(send);
         drop(tx);
         writer
             .join()
