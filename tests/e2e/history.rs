@@ -221,3 +221,107 @@ fn queries_without_history_say_where_they_looked() {
     assert_ne!(out.status.code(), Some(exit_code::SUCCESS));
     assert!(stderr(&out).contains("no history in"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_same_queries_answer_from_a_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    // Tests inherit the agent's environment (not the submitter's): the pattern goes there.
+    let mut cmd = testfleet();
+    cmd.env("FIXTURE_FAIL_RUNS", "1")
+        .args([
+            "agent",
+            "--coordinator",
+            &url,
+            "--agent-id",
+            "historian",
+            "--slots",
+            "1",
+            "--work-dir",
+        ])
+        .arg(dir.path().join("historian"));
+    let _agent = Proc::spawn(cmd, dir.path().join("historian.log"));
+    wait_for_agents(&url, 1);
+    for _ in 0..2 {
+        let out = run_output(
+            testfleet()
+                .args([
+                    "run",
+                    "--coordinator",
+                    &url,
+                    "--retries",
+                    "1",
+                    "--revision",
+                    "r9",
+                    "--json",
+                ])
+                .args(["pattern_flaky", "adds", "--manifest-path"])
+                .arg(fixture::manifest()),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code::SUCCESS),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let remote = |args: &[&str]| -> serde_json::Value {
+        let out = run_output(
+            testfleet()
+                .args(args)
+                .args(["--json", "--coordinator", &url]),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code::SUCCESS),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let flaky: Vec<FlakyTest> = serde_json::from_value(remote(&["flaky"])).unwrap();
+    assert_eq!(flaky.len(), 1);
+    assert_eq!(
+        (
+            flaky[0].test.name.as_str(),
+            flaky[0].attempts,
+            flaky[0].failures
+        ),
+        ("tests::pattern_flaky", 3, 1)
+    );
+    assert_eq!(flaky[0].evidence.iter().filter(|e| e.failed).count(), 1);
+    assert!(flaky[0].evidence.iter().all(|e| e.agent_id == "historian"));
+
+    let t: Timings = serde_json::from_value(remote(&["timings", "--top", "2"])).unwrap();
+    assert_eq!(t.tests.len(), 2, "--top is honoured");
+    let h: Vec<TestHistory> =
+        serde_json::from_value(remote(&["history", "pattern_flaky"])).unwrap();
+    assert_eq!(h[0].log.len(), 3);
+    assert!(h[0].flaky.is_some());
+    let runs: Vec<RunOverview> = serde_json::from_value(remote(&["runs"])).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|r| r.revision == "r9"
+                && r.summary.as_ref().is_some_and(|s| s.flaky + s.passed == 3))
+    );
+
+    let added: Vec<QuarantineInfo> =
+        serde_json::from_value(remote(&["quarantine", "add", "tests::pattern_flaky"])).unwrap();
+    assert_eq!(added[0].by, "manual");
+    let flaky: Vec<FlakyTest> = serde_json::from_value(remote(&["flaky"])).unwrap();
+    assert!(flaky[0].quarantined);
+    let _ = remote(&["quarantine", "remove", "tests::pattern_flaky"]);
+    let listed: Vec<QuarantineInfo> =
+        serde_json::from_value(remote(&["quarantine", "list"])).unwrap();
+    assert!(listed.is_empty());
+    // An unknown test is refused with a reason, not silently ignored.
+    let out =
+        run_output(testfleet().args(["quarantine", "add", "no_such_test", "--coordinator", &url]));
+    assert_eq!(out.status.code(), Some(exit_code::REQUEST_REJECTED));
+    assert!(
+        stderr(&out).contains("no test named `no_such_test`"),
+        "{}",
+        stderr(&out)
+    );
+}
