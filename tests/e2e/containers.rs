@@ -2,7 +2,7 @@
 //! cleanup after SIGKILL, and the failures that must be infrastructure errors.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use testfleet_model::{AttemptStatus, EventKind, Outcome, RunEvent, Scope, exit_code};
 
@@ -176,14 +176,10 @@ fn scopes_share_and_separate_containers_and_nothing_is_left_behind() {
     // each agent keeps exactly its one agent-scope container.
     for agent in [&a_id, &b_id] {
         // A lease's containers go in the background after its last result: wait for that.
-        let start = Instant::now();
-        while labelled(agent, "lease") > 0 {
-            assert!(
-                start.elapsed() < GUARD,
-                "agent {agent} kept a lease container"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            &format!("removal of agent {agent}'s lease containers"),
+            || labelled(agent, "lease") == 0,
+        );
         // A test's own container goes before its result is sent.
         assert_eq!(
             labelled(agent, "test"),
@@ -248,18 +244,7 @@ fn a_killed_agent_s_leftovers_are_swept_when_it_returns() {
     let (_coord, url) = coordinator(dir.path());
     let mut first = agent(dir.path(), &url, &id, 1);
     wait_for_agents(&url, 1);
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                &url,
-                "--json",
-                "agent_one",
-                "--manifest-path",
-            ])
-            .arg(fixture::services_manifest()),
-    );
+    let out = run_remote(&url, &fixture::services_manifest(), &["agent_one"]);
     assert_eq!(
         out.status.code(),
         Some(exit_code::SUCCESS),
@@ -276,15 +261,9 @@ fn a_killed_agent_s_leftovers_are_swept_when_it_returns() {
     );
     // ...and the same agent, started again, removes it before it takes work.
     let mut second = agent(dir.path(), &url, &id, 1);
-    let start = Instant::now();
-    while !leftovers(&id).is_empty() {
-        assert!(
-            start.elapsed() < GUARD,
-            "leftovers were not swept:\n{}",
-            second.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the sweep of the killed agent's leftovers", || {
+        leftovers(&id).is_empty()
+    });
     assert!(second.stop().success(), "{}", second.log());
     assert!(
         second
@@ -410,18 +389,7 @@ fn a_run_no_connected_agent_can_serve_says_so() {
     .arg(dir.path().join("plain"));
     let _plain = Proc::spawn(cmd, dir.path().join("plain.log"));
     wait_for_agents(&url, 1);
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                &url,
-                "--json",
-                "agent_one",
-                "--manifest-path",
-            ])
-            .arg(fixture::services_manifest()),
-    );
+    let out = run_remote(&url, &fixture::services_manifest(), &["agent_one"]);
     assert_eq!(
         out.status.code(),
         Some(exit_code::RUN_INCOMPLETE),

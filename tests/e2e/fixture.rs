@@ -41,6 +41,7 @@ pub const BASIC: &[Expected] = &[
     t("fixture-basic", "tests::ignored", Skipped, Skipped),
     t("fixture-basic", "tests::sees_testfleet_env", Passed, Passed),
     t("fixture-basic", "tests::pattern_flaky", Passed, Passed),
+    t("fixture-basic", "tests::reads_bundled_file", Passed, Passed),
     t(
         "fixture-basic::integration",
         "integration_passes",

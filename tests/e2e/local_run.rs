@@ -44,7 +44,7 @@ fn local_run_matches_the_fixture_model_and_reaches_sled() {
     assert_eq!(s.attempts_per_agent.len(), 2, "{:?}", s.attempts_per_agent);
     assert_eq!(
         (s.passed, s.failed, s.flaky, s.timed_out, s.skipped),
-        (8, 2, 1, 1, 1)
+        (9, 2, 1, 1, 1)
     );
 
     // The hanging test is killed at its timeout, with its output so far.
@@ -104,7 +104,7 @@ fn check_junit(xml: &str) {
     let doc = roxmltree::Document::parse(xml).expect("JUnit parses as XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(root.attribute("tests"), Some("13"));
+    assert_eq!(root.attribute("tests"), Some("14"));
     assert_eq!(root.attribute("errors"), Some("0"));
     assert_eq!(
         root.attribute("failures"),
@@ -115,7 +115,7 @@ fn check_junit(xml: &str) {
         .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
-    assert_eq!(cases.len(), 13);
+    assert_eq!(cases.len(), 14);
     let skipped = cases
         .iter()
         .filter(|c| c.children().any(|x| x.has_tag_name("skipped")))

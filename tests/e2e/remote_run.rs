@@ -217,20 +217,12 @@ fn a_killed_agent_takes_its_running_tests_with_it() {
     .arg(fixture::manifest())
     .stdout(std::process::Stdio::null());
     let _run = Proc::spawn(cmd, dir.path().join("run.log"));
-    let start = std::time::Instant::now();
-    while processes_of_agent(&id).is_empty() {
-        assert!(start.elapsed() < GUARD, "the hanging test never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("the start of the hanging test", || {
+        !processes_of_agent(&id).is_empty()
+    });
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
-    let start = std::time::Instant::now();
-    while !processes_of_agent(&id).is_empty() {
-        assert!(
-            start.elapsed() < GUARD,
-            "the test outlived its agent: {:?}",
-            processes_of_agent(&id)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("the end of the killed agent's test", || {
+        processes_of_agent(&id).is_empty()
+    });
 }

@@ -271,3 +271,27 @@ pub fn leftovers(agent: &str) -> Vec<String> {
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
+
+/// Waits until `done()` holds, checking every 50 ms; past the guard the test fails, saying `what`
+/// did not happen.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < GUARD,
+            "{what} did not happen within {GUARD:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `testfleet run --coordinator URL --json FILTERS... --manifest-path MANIFEST`.
+pub fn run_remote(url: &str, manifest: &Path, filters: &[&str]) -> Output {
+    run_output(
+        testfleet()
+            .args(["run", "--coordinator", url, "--json"])
+            .args(filters)
+            .arg("--manifest-path")
+            .arg(manifest),
+    )
+}

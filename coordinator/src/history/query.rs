@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use testfleet_model::TestId;
 use testfleet_model::report::{
-    FlakyEvidence, FlakyTest, HistoryAttempt, QuarantineInfo, RunOverview, Slowdown, SuiteTiming,
-    TestHistory, TestName, TestTiming, Timings,
+    FlakyTest, HistoryAttempt, QuarantineInfo, RunOverview, Slowdown, SuiteTiming, TestHistory,
+    TestName, TestTiming, Timings,
 };
 
 use super::stats::{p50_p95_p99, wilson};
@@ -45,17 +45,7 @@ fn flaky_of(s: &TestSummary, quarantined: bool) -> FlakyTest {
         last_flaky_ms: s.last_flaky_ms,
         first_seen_ms: s.first_seen_ms,
         last_seen_ms: s.last_seen_ms,
-        evidence: s
-            .evidence
-            .iter()
-            .map(|e| FlakyEvidence {
-                run_id: e.run_id,
-                attempt: e.attempt,
-                revision: e.revision.clone(),
-                agent_id: e.agent_id.clone(),
-                failed: e.failed,
-            })
-            .collect(),
+        evidence: s.evidence.clone(),
         quarantined,
         excluded: s.excluded,
     }

@@ -102,14 +102,7 @@ impl TestLog {
 }
 
 /// Evidence that a test is flaky: an attempt on a revision where it both passed and failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evidence {
-    pub run_id: u64,
-    pub attempt: u32,
-    pub revision: String,
-    pub agent_id: String,
-    pub failed: bool,
-}
+pub use testfleet_model::report::FlakyEvidence as Evidence;
 
 /// Everything queries need about one test, precomputed when its attempts are recorded.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
