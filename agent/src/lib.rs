@@ -5,12 +5,13 @@
 pub mod bundle_cache;
 pub mod capture;
 pub mod executor;
+mod job;
 pub mod provision;
 pub mod runners;
 mod session;
+mod worker;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use std::time::Duration;
 use testfleet_model::AgentId;
 
 use provision::{Provisioner, ServicePool};
+use tokio::sync::watch;
+use worker::Worker;
 
 pub use session::SessionEnd;
 
@@ -105,20 +108,30 @@ async fn services(config: &AgentConfig, provisioner: Option<Arc<dyn Provisioner>
     }
 }
 
-/// Runs the agent until `shutdown` resolves, reconnecting with backoff whenever the session breaks.
-/// Running tests are stopped and every container the agent started is removed at shutdown.
-/// `provisioner` is `None` on agents that must not start services.
+/// How the agent is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    /// Finish the running tests, give back the rest, remove containers, then exit.
+    Drain,
+    /// Stop the running tests too.
+    Now,
+}
+
+/// Runs the agent until `stop` says so, reconnecting with backoff whenever the session breaks. At
+/// the end every container the agent started is removed. `provisioner` is `None` on agents that
+/// must not start services.
 pub async fn run(
     config: AgentConfig,
     provisioner: Option<Arc<dyn Provisioner>>,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: watch::Receiver<Stop>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::WorkDir {
         path: config.work_dir.clone(),
         source,
     })?;
     let services = services(&config, provisioner).await;
-    let result = run_sessions(&config, &services, shutdown).await;
+    let result = run_sessions(&config, &services, stop).await;
     if let Some(pool) = &services.pool
         && let Some(r) = pool.shutdown().await
     {
@@ -134,52 +147,65 @@ pub async fn run(
 async fn run_sessions(
     config: &AgentConfig,
     services: &Services,
-    shutdown: impl Future<Output = ()> + Send,
+    mut stop: watch::Receiver<Stop>,
 ) -> Result<(), AgentError> {
     let endpoint = session::endpoint(config)?;
     let cache = bundle_cache::BundleCache::new(config.work_dir.join("bundles"));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let work = async {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match session::run(config, &endpoint, &cache, services, stop_rx.clone()).await {
-                SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Refused(reason) => {
-                    return Err(AgentError::Refused {
-                        agent: config.agent_id.clone(),
-                        reason,
-                    });
-                }
-                SessionEnd::Broken {
+    let mut w = Worker::new(config.slots, services);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match session::run(config, &endpoint, &cache, &mut w, &mut stop).await {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Refused(reason) => {
+                return Err(AgentError::Refused {
+                    agent: config.agent_id.clone(),
                     reason,
-                    was_welcomed,
-                } => {
-                    if was_welcomed {
-                        delay = Duration::from_millis(100);
-                    }
-                    let jittered = delay.mul_f64(0.8 + 0.4 * fastrand::f64());
-                    tracing::warn!(
-                        coordinator = %config.coordinator,
-                        %reason,
-                        "session with the coordinator ended; reconnecting in {} ms",
-                        jittered.as_millis()
-                    );
-                    let mut stop = stop_rx.clone();
-                    tokio::select! {
-                        () = tokio::time::sleep(jittered) => {}
-                        () = executor::cancelled(&mut stop) => return Ok(()),
-                    }
-                    delay = (delay * 2).min(config.max_backoff);
-                }
+                });
             }
-        }
-    };
-    tokio::pin!(work);
-    tokio::select! {
-        r = &mut work => r,
-        () = shutdown => {
-            let _ = stop_tx.send(true);
-            work.await
+            SessionEnd::Broken {
+                reason,
+                was_welcomed,
+            } => {
+                let state = *stop.borrow();
+                if state == Stop::Now {
+                    w.cancel_all();
+                    // Let the stopped tests' process groups be killed before the agent goes.
+                    while w.running > 0 {
+                        match tokio::time::timeout(Duration::from_secs(10), w.done_rx.recv()).await
+                        {
+                            Ok(Some((key, result))) => {
+                                w.finished(key, &result);
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                if state != Stop::Running && w.idle() {
+                    if !w.unacked.is_empty() {
+                        tracing::warn!(
+                            results = w.unacked.len(),
+                            "stopping with results the coordinator never acknowledged"
+                        );
+                    }
+                    return Ok(());
+                }
+                if was_welcomed {
+                    delay = Duration::from_millis(100);
+                }
+                let jittered = delay.mul_f64(0.8 + 0.4 * fastrand::f64());
+                tracing::warn!(
+                    coordinator = %config.coordinator,
+                    %reason,
+                    running = w.running,
+                    "session with the coordinator ended; reconnecting in {} ms",
+                    jittered.as_millis()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(jittered) => {}
+                    _ = stop.changed() => {}
+                }
+                delay = (delay * 2).min(config.max_backoff);
+            }
         }
     }
 }

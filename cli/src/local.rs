@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use testfleet_agent::AgentConfig;
 use testfleet_agent::provision::{DockerProvisioner, Provisioner};
+use testfleet_agent::{AgentConfig, Stop};
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -29,7 +29,7 @@ fn local_agent_prefix(data_dir: &Path) -> String {
 
 pub struct LocalFleet {
     pub url: String,
-    agents: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    agents: Vec<(tokio::sync::watch::Sender<Stop>, JoinHandle<()>)>,
     coordinator: (oneshot::Sender<()>, JoinHandle<()>),
 }
 
@@ -82,14 +82,11 @@ impl LocalFleet {
             let name = format!("{prefix}-{i}");
             let id = name.parse().expect("a valid agent id");
             let cfg = AgentConfig::new(url.clone(), id, slots, data_dir.join("agents").join(&name));
-            let (stop, stopped) = oneshot::channel::<()>();
+            let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
             let handle = tokio::spawn(async move {
-                let shutdown = async {
-                    let _ = stopped.await;
-                };
                 let provisioner: Option<Arc<dyn Provisioner>> =
                     docker.then(|| Arc::new(DockerProvisioner::new()) as Arc<dyn Provisioner>);
-                if let Err(e) = testfleet_agent::run(cfg, provisioner, shutdown).await {
+                if let Err(e) = testfleet_agent::run(cfg, provisioner, stopped).await {
                     tracing::error!(error = %e, "local agent failed");
                 }
             });
@@ -107,7 +104,7 @@ impl LocalFleet {
     pub async fn shutdown(self) {
         let mut joins = Vec::new();
         for (stop, handle) in self.agents {
-            let _ = stop.send(());
+            let _ = stop.send(Stop::Now);
             joins.push(handle);
         }
         for j in joins {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use testfleet_agent::AgentConfig;
+use testfleet_agent::{AgentConfig, Stop};
 use testfleet_model::{AgentId, exit_code};
 
 use crate::args::AgentArgs;
@@ -64,7 +64,20 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
                 testfleet_agent::provision::DockerProvisioner::new(),
             ))
         };
-    testfleet_agent::run(config, provisioner, super::termination())
+    // The first SIGTERM or Ctrl-C drains (running tests finish, the rest goes back); a second one
+    // stops the running tests too.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Running);
+    let first = super::termination();
+    tokio::spawn(async move {
+        first.await;
+        tracing::info!(
+            "draining: finishing running tests, giving back the rest (signal again to stop now)"
+        );
+        let _ = stop_tx.send(Stop::Drain);
+        super::termination().await;
+        let _ = stop_tx.send(Stop::Now);
+    });
+    testfleet_agent::run(config, provisioner, stop_rx)
         .await
         .map_err(|e| CliError::Server(e.to_string()))?;
     tracing::info!(agent = %id, "agent stopped");

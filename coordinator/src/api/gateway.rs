@@ -43,6 +43,12 @@ fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
         docker_available: h.docker_available,
         version: h.version,
         docker_status: h.docker_status,
+        // A lease id it cannot parse is one this coordinator never handed out: ignored.
+        held_leases: h
+            .held_leases
+            .iter()
+            .filter_map(|l| l.parse().ok())
+            .collect(),
     })
 }
 
@@ -96,6 +102,7 @@ fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertEr
                     field: "lease_id",
                     reason: e.to_string(),
                 })?,
+            indices: r.test_indices,
         },
     }))
 }
@@ -140,6 +147,9 @@ fn command_to_wire(c: AgentCommand) -> pb::CoordinatorMessage {
         AgentCommand::Lease(g) => Kind::Lease(lease_to_wire(&g)),
         AgentCommand::CancelLease(id) => Kind::CancelLease(pb::CancelLease {
             lease_id: id.to_string(),
+        }),
+        AgentCommand::Ack(run, index, attempt, lease) => Kind::Ack(pb::Ack {
+            key: Some(testfleet_proto::attempt_key(run, index, attempt, lease)),
         }),
     };
     pb::CoordinatorMessage { kind: Some(kind) }

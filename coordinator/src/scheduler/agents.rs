@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, RunSpec, Scope};
 use tokio::sync::mpsc;
@@ -20,6 +20,8 @@ pub struct AgentHello {
     pub version: String,
     /// Why Docker is unavailable (empty when it is available).
     pub docker_status: String,
+    /// Leases the agent still works on, when it reconnects.
+    pub held_leases: Vec<LeaseId>,
 }
 
 #[derive(Debug)]
@@ -41,8 +43,10 @@ pub enum FromAgent {
         lease_id: LeaseId,
         result: AttemptResult,
     },
+    /// Tests of a lease the agent gives back unstarted (all of them when `indices` is empty).
     LeaseReleased {
         lease_id: LeaseId,
+        indices: Vec<u32>,
     },
     ServiceStarted {
         run_id: RunId,
@@ -71,6 +75,8 @@ pub enum AgentCommand {
     },
     Lease(LeaseGrant),
     CancelLease(LeaseId),
+    /// The result of (run, test index, attempt, lease) needs no resending.
+    Ack(RunId, u32, u32, LeaseId),
 }
 
 #[derive(Clone, Debug)]
@@ -89,12 +95,15 @@ pub struct AgentSnapshot {
 pub(super) struct Agent {
     pub hello: AgentHello,
     pub conn: ConnId,
-    pub tx: mpsc::UnboundedSender<AgentCommand>,
+    /// `None` while disconnected: its leases wait for it until the lease timeout.
+    pub tx: Option<mpsc::UnboundedSender<AgentCommand>>,
+    pub disconnected_at: Option<tokio::time::Instant>,
     /// Free slots of the agent's outstanding work request, parked until there is work.
     pub pending_request: Option<u32>,
     /// Tests leased to it and not yet finished.
     pub busy: u32,
-    pub last_seen: Instant,
+    /// Its last message (tokio's clock, so tests can pause it).
+    pub last_seen: tokio::time::Instant,
     /// Fingerprints of the agent-scope services it has running: tests needing them go here first.
     pub warm: HashSet<String>,
 }
@@ -104,11 +113,23 @@ impl Agent {
         Agent {
             hello,
             conn,
-            tx,
+            tx: Some(tx),
+            disconnected_at: None,
             pending_request: None,
             busy: 0,
-            last_seen: Instant::now(),
+            last_seen: tokio::time::Instant::now(),
             warm: HashSet::new(),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Sends if connected; a disconnected agent learns what it missed when it returns.
+    pub fn send(&self, cmd: AgentCommand) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(cmd);
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod agents;
 mod batch;
+mod connections;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -12,7 +13,7 @@ pub use agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, Lea
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testfleet_model::{
     AgentId, LeaseId, NoticeLevel, RunEvent, RunId, RunSpec, RunState, RunSummary,
@@ -35,6 +36,9 @@ pub struct SchedulerConfig {
     /// How long tests that need services wait while no connected agent can start them (one may be
     /// reconnecting) before they end as infrastructure errors.
     pub service_grace: Duration,
+    /// An agent that is disconnected, or sends nothing (heartbeats included), for this long loses
+    /// its leases.
+    pub lease_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -44,6 +48,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(5),
             keep_finished_runs: 64,
             service_grace: Duration::from_secs(15),
+            lease_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -173,7 +178,10 @@ pub fn spawn(
                     Some(cmd) => s.handle(cmd),
                     None => break,
                 },
-                _ = tick.tick(), if s.unservable_since.is_some() => s.dispatch(),
+                _ = tick.tick() => {
+                    s.expire_agents();
+                    s.dispatch();
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -257,43 +265,32 @@ impl Scheduler {
                 }));
             }
             Command::ListAgents { reply } => {
-                let mut list: Vec<AgentSnapshot> =
-                    self.agents.values().map(Agent::snapshot).collect();
+                let mut list: Vec<AgentSnapshot> = self
+                    .agents
+                    .values()
+                    .filter(|a| a.is_connected())
+                    .map(Agent::snapshot)
+                    .collect();
                 list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
                 let _ = reply.send(list);
             }
-            Command::AgentConnected { hello, conn, tx } => {
-                let id = hello.agent_id.clone();
-                if let Some(old) = self.agents.get(&id) {
-                    // A reconnect can beat the old stream's end: the newest connection wins.
-                    let old_conn = old.conn;
-                    self.on_agent_gone(
-                        &id,
-                        old_conn,
-                        "replaced by a new connection of the same agent",
-                    );
-                }
-                let _ = tx.send(AgentCommand::Welcome {
-                    agent_id: id.clone(),
-                    heartbeat_interval: self.config.heartbeat_interval,
-                });
-                tracing::info!(agent = %id, slots = hello.slots, "agent connected");
-                self.agents.insert(id, Agent::new(hello, conn, tx));
-                self.dispatch();
-            }
+            Command::AgentConnected { hello, conn, tx } => self.on_connected(hello, conn, tx),
             Command::FromAgent { agent, conn, msg } => self.on_agent_message(agent, conn, msg),
             Command::AgentDisconnected { agent, conn, why } => {
-                self.on_agent_gone(&agent, conn, &why);
-                self.dispatch();
+                self.on_disconnected(&agent, conn, &why);
             }
         }
     }
 
     fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: FromAgent) {
-        let Some(agent) = self.agents.get_mut(&agent_id).filter(|a| a.conn == conn) else {
+        let Some(agent) = self
+            .agents
+            .get_mut(&agent_id)
+            .filter(|a| a.conn == conn && a.is_connected())
+        else {
             return; // a stale connection's last words
         };
-        agent.last_seen = Instant::now();
+        agent.last_seen = tokio::time::Instant::now();
         match msg {
             FromAgent::Heartbeat => {}
             FromAgent::WorkRequest { free_slots } => {
@@ -331,12 +328,24 @@ impl Scheduler {
                 lease_id,
                 result,
             } => {
+                // Whatever becomes of it, the agent can stop resending it.
+                agent.send(AgentCommand::Ack(run_id, index, attempt, lease_id));
                 let Some(lease) = self
                     .leases
                     .get_mut(&lease_id)
                     .filter(|l| l.agent == agent_id && l.run == run_id)
                 else {
-                    tracing::debug!(%lease_id, "ignoring a result for an unknown lease");
+                    // A lease this coordinator no longer has (requeued after a long disconnect, or
+                    // lost in a restart). The result still counts if its test waits, unleased, for
+                    // exactly this attempt; otherwise it is late and ignored.
+                    if let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running())
+                        && run.adopt(index, attempt, &agent_id, lease_id, result)
+                    {
+                        if !run.is_running() {
+                            self.on_run_closed(run_id);
+                        }
+                        self.dispatch();
+                    }
                     return;
                 };
                 if lease.outstanding.remove(&index).is_none() {
@@ -379,60 +388,36 @@ impl Scheduler {
                     run.on_service_started(&agent_id, service, scope, duration_ms, container_id);
                 }
             }
-            FromAgent::LeaseReleased { lease_id } => {
+            FromAgent::LeaseReleased { lease_id, indices } => {
                 // The agent gives back what it has not started (it is draining).
-                if let Some(lease) = self
+                let Some(lease) = self
                     .leases
-                    .remove(&lease_id)
+                    .get_mut(&lease_id)
                     .filter(|l| l.agent == agent_id)
-                {
-                    agent.busy = agent.busy.saturating_sub(lease.outstanding.len() as u32);
-                    if let Some(run) = self.runs.get_mut(&lease.run) {
-                        for (index, started) in lease.outstanding {
-                            run.on_lost(index, started, &agent_id, "lease released");
-                        }
-                    }
-                    self.dispatch();
+                else {
+                    return;
+                };
+                let given: Vec<(u32, bool)> = lease
+                    .outstanding
+                    .iter()
+                    .filter(|(i, _)| indices.is_empty() || indices.contains(i))
+                    .map(|(i, s)| (*i, *s))
+                    .collect();
+                for (i, _) in &given {
+                    lease.outstanding.remove(i);
                 }
+                let (run_id, empty) = (lease.run, lease.outstanding.is_empty());
+                if empty {
+                    self.leases.remove(&lease_id);
+                }
+                agent.busy = agent.busy.saturating_sub(given.len() as u32);
+                if let Some(run) = self.runs.get_mut(&run_id) {
+                    for (index, started) in given {
+                        run.on_lost(index, started, &agent_id, "given back by a draining agent");
+                    }
+                }
+                self.dispatch();
             }
-        }
-    }
-
-    /// Removes an agent and requeues whatever it held.
-    fn on_agent_gone(&mut self, agent_id: &AgentId, conn: ConnId, why: &str) {
-        if self.agents.get(agent_id).is_none_or(|a| a.conn != conn) {
-            return;
-        }
-        self.agents.remove(agent_id);
-        tracing::info!(agent = %agent_id, why, "agent disconnected");
-        let lost: Vec<LeaseId> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| &l.agent == agent_id)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut closed = vec![];
-        for lease_id in lost {
-            let lease = self.leases.remove(&lease_id).expect("id came from the map");
-            let Some(run) = self.runs.get_mut(&lease.run).filter(|r| r.is_running()) else {
-                continue;
-            };
-            run.notice(
-                NoticeLevel::Warning,
-                format!(
-                    "agent {agent_id} disconnected ({why}); {} unfinished test(s) requeued",
-                    lease.outstanding.len()
-                ),
-            );
-            for (index, started) in lease.outstanding {
-                run.on_lost(index, started, agent_id, why);
-            }
-            if !run.is_running() {
-                closed.push(lease.run);
-            }
-        }
-        for run_id in closed {
-            self.on_run_closed(run_id);
         }
     }
 
@@ -447,7 +432,7 @@ impl Scheduler {
             let lease = self.leases.remove(&id).expect("id came from the map");
             if let Some(agent) = self.agents.get_mut(&lease.agent) {
                 agent.busy = agent.busy.saturating_sub(lease.outstanding.len() as u32);
-                let _ = agent.tx.send(AgentCommand::CancelLease(id));
+                agent.send(AgentCommand::CancelLease(id));
             }
         }
     }
@@ -465,8 +450,9 @@ impl Scheduler {
     /// Settles the service tests of runs that no connected agent can serve. With no agent
     /// connected at all, tests wait: agents may still come.
     fn fail_unservable(&mut self) {
-        let stuck = !self.agents.is_empty()
-            && !self.agents.values().any(|a| a.hello.docker_available)
+        let mut connected = self.agents.values().filter(|a| a.is_connected()).peekable();
+        let stuck = connected.peek().is_some()
+            && !connected.any(|a| a.hello.docker_available)
             && self.runs.values().any(Run::queued_need_docker);
         if !stuck {
             self.unservable_since = None;
@@ -482,6 +468,7 @@ impl Scheduler {
         let mut reasons: Vec<String> = self
             .agents
             .values()
+            .filter(|a| a.is_connected())
             .map(|a| format!("{}: {}", a.hello.agent_id, a.hello.docker_status))
             .collect();
         reasons.sort();
@@ -507,13 +494,12 @@ impl Scheduler {
         if !self.runs.values().any(Run::has_queued) {
             return;
         }
-        let total_slots: u32 = self.agents.values().map(|a| a.hello.slots).sum();
-        let multiple_agents = self.agents.len() > 1;
-        let docker_agents = self
-            .agents
-            .values()
-            .filter(|a| a.hello.docker_available)
-            .count();
+        // Only connected agents can take work; one that is away may still come back to finish its
+        // leases, but plans are made with those present.
+        let connected = || self.agents.values().filter(|a| a.is_connected());
+        let total_slots: u32 = connected().map(|a| a.hello.slots).sum();
+        let multiple_agents = connected().count() > 1;
+        let docker_agents = connected().filter(|a| a.hello.docker_available).count();
         let mut waiting: Vec<AgentId> = self
             .agents
             .iter()
@@ -556,7 +542,7 @@ impl Scheduler {
                         failed: 0,
                     },
                 );
-                let _ = agent.tx.send(AgentCommand::Lease(LeaseGrant {
+                agent.send(AgentCommand::Lease(LeaseGrant {
                     lease_id,
                     run_id: run.id,
                     spec: run.spec.clone(),

@@ -350,6 +350,33 @@ impl Run {
         });
     }
 
+    /// Takes a result whose lease is gone, if its test is still queued (not leased anew) for
+    /// exactly this attempt: work done before a disconnect or a coordinator restart is not thrown
+    /// away. Returns whether it was taken.
+    pub fn adopt(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        agent: &AgentId,
+        lease: LeaseId,
+        result: AttemptResult,
+    ) -> bool {
+        let Some(t) = self.tests.get(index as usize) else {
+            return false;
+        };
+        if t.outcome.is_some() || t.leased.is_some() || t.attempt != attempt {
+            return false;
+        }
+        let Some(pos) = self.queue.iter().position(|i| *i == index) else {
+            return false;
+        };
+        self.queue.remove(pos);
+        self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+        self.tests[index as usize].leased = Some(lease);
+        self.on_finished(index, attempt, agent, lease, result, None);
+        true
+    }
+
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.
     pub fn is_current(&self, index: u32, attempt: u32, lease: LeaseId) -> bool {
         self.tests

@@ -93,6 +93,18 @@ impl Harness {
     }
 
     async fn agent_with(&self, name: &str, slots: u32, conn: ConnId, docker: bool) -> FakeAgent {
+        self.connect(name, slots, conn, docker, vec![]).await
+    }
+
+    /// Connects (or reconnects) `name`, which says it still holds `held` leases.
+    async fn connect(
+        &self,
+        name: &str,
+        slots: u32,
+        conn: ConnId,
+        docker: bool,
+        held: Vec<LeaseId>,
+    ) -> FakeAgent {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id: AgentId = name.parse().unwrap();
         self.handle
@@ -108,6 +120,7 @@ impl Harness {
                     } else {
                         format!("{name} has no Docker")
                     },
+                    held_leases: held,
                 },
                 conn,
                 tx,
@@ -177,12 +190,32 @@ impl Harness {
 }
 
 async fn lease(a: &mut FakeAgent) -> LeaseGrant {
-    match tokio::time::timeout(Duration::from_secs(30), a.rx.recv())
-        .await
-        .unwrap()
-    {
-        Some(AgentCommand::Lease(g)) => g,
-        other => panic!("expected a lease, got {other:?}"),
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), a.rx.recv())
+            .await
+            .unwrap()
+        {
+            Some(AgentCommand::Lease(g)) => return g,
+            Some(AgentCommand::Ack(..)) => continue,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing but acknowledgements reached `a`.
+fn assert_no_lease(a: &mut FakeAgent, why: &str) {
+    while let Ok(cmd) = a.rx.try_recv() {
+        assert!(matches!(cmd, AgentCommand::Ack(..)), "{why}: got {cmd:?}");
+    }
+}
+
+/// Lets `secs` pass on the paused clock while `alive` agents keep heartbeating.
+async fn pass_time(h: &Harness, secs: u64, alive: &[&FakeAgent]) {
+    for _ in 0..secs.div_ceil(5) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for a in alive {
+            h.from(a, FromAgent::Heartbeat);
+        }
     }
 }
 
@@ -218,10 +251,7 @@ async fn a_parked_request_is_served_when_work_arrives_and_leases_respect_free_sl
     let mut a = h.agent("a", 4, 1).await;
     h.from(&a, FromAgent::WorkRequest { free_slots: 3 });
     h.settle().await;
-    assert!(
-        a.rx.try_recv().is_err(),
-        "no work yet: the request is parked"
-    );
+    assert_no_lease(&mut a, "no work yet: the request is parked");
     let _events = h.submit(1, spec(100, 0)).await;
     let g = lease(&mut a).await;
     assert_eq!(g.tests.len(), 3, "capped by the free slots");
@@ -266,7 +296,7 @@ async fn a_retry_goes_to_another_agent_when_one_is_connected() {
     // `a` asks again first, but the retry must wait for `b`.
     h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
     h.settle().await;
-    assert!(a.rx.try_recv().is_err());
+    assert_no_lease(&mut a, "no lease expected");
     h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
     let retry = lease(&mut b).await;
     assert_eq!(retry.tests, vec![(0, 2)], "attempt 2 of test 0");
@@ -312,7 +342,7 @@ async fn duplicate_and_stale_results_are_ignored() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     let h = Harness::new();
     let mut a = h.agent("a", 2, 1).await;
@@ -341,6 +371,8 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
             why: "test".into(),
         })
         .unwrap();
+    // It does not come back within the lease timeout.
+    tokio::time::sleep(SchedulerConfig::default().lease_timeout + Duration::from_secs(2)).await;
     let mut b = h.agent("b", 2, 2).await;
     let mut seen = vec![];
     while seen.len() < 2 {
@@ -450,9 +482,9 @@ async fn tests_needing_services_go_only_to_agents_with_docker() {
     let g = lease(&mut docker).await;
     assert!(binaries_of(&g).iter().all(|b| *b == "svc"));
     h.settle().await;
-    assert!(
-        plain.rx.try_recv().is_err(),
-        "service tests never reach the agent without Docker"
+    assert_no_lease(
+        &mut plain,
+        "service tests never reach the agent without Docker",
     );
 }
 
@@ -586,10 +618,7 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     );
     h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
     h.settle().await;
-    assert!(
-        a.rx.try_recv().is_err(),
-        "not back to the agent that failed it"
-    );
+    assert_no_lease(&mut a, "not back to the agent that failed it");
     h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
     assert_eq!(lease(&mut b).await.tests, vec![(index, attempt)]);
 }
@@ -636,5 +665,187 @@ async fn after_the_grace_service_tests_end_as_infrastructure_errors() {
     let all = until_finished(&mut events).await;
     assert!(
         matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.infra_errors == 1)
+    );
+}
+
+fn disconnect(h: &Harness, a: &FakeAgent) {
+    h.handle
+        .send(Command::AgentDisconnected {
+            agent: a.id.clone(),
+            conn: a.conn,
+            why: "stream cut".into(),
+        })
+        .unwrap();
+}
+
+/// Drains the fake agent's channel, returning the acknowledged (index, attempt) pairs.
+fn acks(a: &mut FakeAgent) -> Vec<(u32, u32)> {
+    let mut out = vec![];
+    while let Ok(cmd) = a.rx.try_recv() {
+        if let AgentCommand::Ack(_, index, attempt, _) = cmd {
+            out.push((index, attempt));
+        }
+    }
+    out
+}
+
+fn finished_count(events: &[RunEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TestFinished { .. }))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agent_loses_its_lease_after_the_timeout() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    let mut b = h.agent("b", 1, 2).await;
+    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    // `b` heartbeats; `a` says nothing at all.
+    pass_time(
+        &h,
+        SchedulerConfig::default().lease_timeout.as_secs() + 5,
+        &[&b],
+    )
+    .await;
+    let retry = lease(&mut b).await;
+    assert_eq!(
+        retry.tests, g.tests,
+        "the silent agent's test went to the other one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_reconnects_in_time_keeps_its_lease_and_its_result_counts_once() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    disconnect(&h, &a);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut a2 = h.connect("a", 1, 2, false, vec![g.lease_id]).await;
+    // The result produced while away is resent, twice even (a second reconnect): counted once.
+    h.from(&a2, finished(&g, 0, AttemptStatus::Passed));
+    h.from(&a2, finished(&g, 0, AttemptStatus::Passed));
+    let all = until_finished(&mut events).await;
+    assert_eq!(finished_count(&all), 1);
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 1)
+    );
+    h.settle().await;
+    assert_eq!(
+        acks(&mut a2),
+        vec![(0, 1), (0, 1)],
+        "every copy is acknowledged, so resending stops"
+    );
+    assert_no_lease(&mut a, "nothing goes to the dead connection");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut b = h.agent("b", 1, 2).await;
+    let mut events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    h.from(
+        &a,
+        FromAgent::Started {
+            run_id: g.run_id,
+            index: 0,
+            attempt: 1,
+            lease_id: g.lease_id,
+        },
+    );
+    disconnect(&h, &a);
+    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    pass_time(
+        &h,
+        SchedulerConfig::default().lease_timeout.as_secs() + 5,
+        &[&b],
+    )
+    .await;
+    let retry = lease(&mut b).await;
+    assert_eq!(
+        retry.tests,
+        vec![(0, 1)],
+        "same attempt number: the loss was the infrastructure's"
+    );
+    // `a` comes back after all and sends its old result, while `b` runs the test.
+    let mut a2 = h.connect("a", 1, 3, false, vec![g.lease_id]).await;
+    h.from(&a2, finished(&g, 0, AttemptStatus::Failed));
+    h.settle().await;
+    assert_eq!(acks(&mut a2), vec![(0, 1)]);
+    h.from(&b, finished(&retry, 0, AttemptStatus::Passed));
+    let all = until_finished(&mut events).await;
+    let real: Vec<_> = all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished {
+                result, agent_id, ..
+            } => Some((agent_id.clone(), result.status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        real,
+        vec![
+            ("a".to_owned(), AttemptStatus::InfraError),
+            ("b".to_owned(), AttemptStatus::Passed)
+        ],
+        "the late failure was not counted"
+    );
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 1 && summary.failed == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_agent_loses_the_leases_it_no_longer_holds_at_once() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    disconnect(&h, &a);
+    // The same agent, restarted: it holds nothing, and says so.
+    let mut again = h.connect("a", 1, 2, false, vec![]).await;
+    h.from(&again, FromAgent::WorkRequest { free_slots: 1 });
+    assert_eq!(lease(&mut again).await.tests, g.tests);
+}
+
+#[tokio::test]
+async fn leases_an_agent_holds_but_the_coordinator_does_not_know_are_cancelled() {
+    let h = Harness::new();
+    let mut a = h.connect("a", 1, 1, false, vec![LeaseId(77)]).await;
+    match a.rx.recv().await {
+        Some(AgentCommand::CancelLease(LeaseId(77))) => {}
+        other => panic!("expected CancelLease(77), got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resent_result_is_adopted_when_its_test_still_waits_for_it() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut events = h.submit(1, spec(1, 0)).await;
+    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    let g = lease(&mut a).await;
+    disconnect(&h, &a);
+    tokio::time::sleep(SchedulerConfig::default().lease_timeout + Duration::from_secs(2)).await;
+    // Requeued (not started, so no infrastructure event); nobody has taken it yet when `a`
+    // returns with the result: the work is not thrown away.
+    let a2 = h.connect("a", 1, 2, false, vec![g.lease_id]).await;
+    h.from(&a2, finished(&g, 0, AttemptStatus::Passed));
+    let all = until_finished(&mut events).await;
+    assert_eq!(finished_count(&all), 1);
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 1)
     );
 }

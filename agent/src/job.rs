@@ -1,0 +1,161 @@
+//! One leased test, from lease to result: resolving its command (paths inside the bundle, its
+//! environment), starting its services, running it, and removing its test-scope containers.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use testfleet_model::{AttemptResult, ServiceSpec};
+use testfleet_proto::pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::AgentConfig;
+use crate::executor::{self, TestCommand};
+use crate::provision::{LeaseCtx, ServicePool};
+use crate::runners::libtest;
+
+/// A test ready to start.
+pub(crate) struct Job {
+    pub key: pb::AttemptKey,
+    pub cmd: TestCommand,
+    pub cancel: watch::Receiver<bool>,
+    pub services: Vec<ServiceSpec>,
+    pub ctx: LeaseCtx,
+}
+
+pub(crate) fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+/// Provisions a test's services, runs it, and removes its test-scope containers.
+pub(crate) async fn run_job(
+    key: pb::AttemptKey,
+    job: Job,
+    pool: Option<Arc<ServicePool>>,
+    no_docker: String,
+    notes: mpsc::UnboundedSender<pb::AgentMessage>,
+) -> (pb::AttemptKey, AttemptResult) {
+    let mut cmd = job.cmd;
+    let prepared = if job.services.is_empty() {
+        None
+    } else {
+        let Some(pool) = &pool else {
+            let why = format!("this agent cannot start services: {no_docker}");
+            return (key, AttemptResult::infra_error(why));
+        };
+        match pool.prepare(&job.ctx, &job.services).await {
+            Ok(p) => Some(p),
+            Err(e) => return (key, AttemptResult::infra_error(e)),
+        }
+    };
+    if let Some(p) = &prepared {
+        for s in &p.starts {
+            let report = pb::ServiceStarted {
+                run_id: job.ctx.run_id.clone(),
+                lease_id: job.ctx.lease_id.clone(),
+                service: s.service.clone(),
+                scope: pb::Scope::from(s.scope) as i32,
+                duration_ms: s.duration.as_millis() as u64,
+                container_id: s.container_id.clone(),
+                fingerprint: s.fingerprint.clone(),
+            };
+            let _ = notes.send(msg(pb::agent_message::Kind::ServiceStarted(report)));
+        }
+        cmd.env.extend(p.env.clone());
+    }
+    let timeout_secs = cmd.timeout.as_secs_f64();
+    let finished = executor::run(&cmd, job.cancel).await;
+    if let (Some(pool), Some(p)) = (&pool, prepared) {
+        pool.finish_test(p).await;
+    }
+    (key, libtest::interpret(finished, timeout_secs))
+}
+
+/// The services a leased test needs, from the lease's list.
+pub(crate) fn services_of(
+    t: &pb::LeasedTest,
+    all: &[ServiceSpec],
+) -> Result<Vec<ServiceSpec>, String> {
+    let indices = t
+        .binary
+        .as_ref()
+        .map(|b| b.services.as_slice())
+        .unwrap_or_default();
+    indices
+        .iter()
+        .map(|i| {
+            all.get(*i as usize)
+                .cloned()
+                .ok_or_else(|| format!("the lease refers to service #{i}, but has {}", all.len()))
+        })
+        .collect()
+}
+
+/// The workspace root of a lease's run, where service build contexts live.
+pub(crate) fn workspace_of(lease: &pb::Lease, root: Option<&Path>) -> Option<PathBuf> {
+    let ws = Path::new(&lease.workspace);
+    match root {
+        _ if lease.workspace.is_empty() => None,
+        None => Some(ws.to_path_buf()),
+        Some(root)
+            if ws.is_relative() && !ws.components().any(|c| matches!(c, Component::ParentDir)) =>
+        {
+            Some(root.join(ws))
+        }
+        Some(_) => None,
+    }
+}
+
+pub(crate) fn finished_msg(key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
+    msg(pb::agent_message::Kind::TestFinished(pb::TestFinished {
+        key: Some(key),
+        result: Some(result.into()),
+    }))
+}
+
+/// Resolves a leased test into a command. Bundle paths are resolved under the bundle root and must
+/// stay inside it: the agent does not trust the lease more than the coordinator trusted the spec.
+pub(crate) fn command_for(
+    config: &AgentConfig,
+    lease: &pb::Lease,
+    t: &pb::LeasedTest,
+    root: Option<&Path>,
+) -> Result<TestCommand, String> {
+    let binary = t.binary.as_ref().ok_or("lease without a binary")?;
+    let resolve = |p: &str| -> Result<PathBuf, String> {
+        match root {
+            None => Ok(PathBuf::from(p)),
+            Some(root) => {
+                let rel = Path::new(p);
+                if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir))
+                {
+                    return Err(format!("path `{p}` would leave the bundle"));
+                }
+                Ok(root.join(rel))
+            }
+        }
+    };
+    let program = resolve(&binary.path)?;
+    let cwd = resolve(&binary.cwd)?;
+    if root.is_some() {
+        // Bundles carry only files; a package dir without included files exists only as a cwd.
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| format!("cannot create `{}`: {e}", cwd.display()))?;
+    }
+    let mut env: BTreeMap<String, String> = binary.env.clone().into_iter().collect();
+    env.insert("CARGO_MANIFEST_DIR".into(), cwd.display().to_string());
+    env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
+    env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.clone());
+    env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.clone());
+    env.insert("TESTFLEET_AGENT_ID".into(), config.agent_id.to_string());
+    Ok(TestCommand {
+        program,
+        args: libtest::args(&t.name),
+        cwd,
+        env,
+        timeout: Duration::from_millis(lease.test_timeout_ms.max(1)),
+        kill_grace: Duration::from_millis(lease.kill_grace_ms),
+        output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
+    })
+}

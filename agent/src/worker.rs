@@ -1,0 +1,174 @@
+//! The agent's work, which outlives any one session: leases and their tests, running processes,
+//! and results the coordinator has not acknowledged yet. A broken session leaves all of it in
+//! place; the next session reports what happened meanwhile and resends every unacknowledged result.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use testfleet_model::AttemptResult;
+use testfleet_proto::pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::Services;
+use crate::job::{self, Job};
+use crate::provision::ServicePool;
+
+/// A result waiting for the coordinator's acknowledgement, keyed by (run, test, attempt, lease).
+pub(crate) type AckKey = (String, u32, u32, String);
+
+pub(crate) fn ack_key(k: &pb::AttemptKey) -> AckKey {
+    (
+        k.run_id.clone(),
+        k.test_index,
+        k.attempt,
+        k.lease_id.clone(),
+    )
+}
+
+pub(crate) struct Worker {
+    pub slots: usize,
+    pub running: usize,
+    /// Tests of leases whose bundle is still being fetched.
+    pub preparing: usize,
+    pub pending: VecDeque<Job>,
+    /// Per lease: what cancels its running tests, and how many of its tests have not finished.
+    pub leases: HashMap<String, (watch::Sender<bool>, usize)>,
+    /// Results sent (or to be sent) and not yet acknowledged, oldest first.
+    pub unacked: BTreeMap<AckKey, pb::AgentMessage>,
+    pub done_tx: mpsc::UnboundedSender<(pb::AttemptKey, AttemptResult)>,
+    pub done_rx: mpsc::UnboundedReceiver<(pb::AttemptKey, AttemptResult)>,
+    pub ready_tx: mpsc::UnboundedSender<(pb::Lease, Result<Option<PathBuf>, String>)>,
+    pub ready_rx: mpsc::UnboundedReceiver<(pb::Lease, Result<Option<PathBuf>, String>)>,
+    /// Messages from test tasks (service starts) for whichever session is up.
+    pub notes_tx: mpsc::UnboundedSender<pb::AgentMessage>,
+    pub notes_rx: mpsc::UnboundedReceiver<pb::AgentMessage>,
+    pub pool: Option<Arc<ServicePool>>,
+    /// Why there is no pool (sent in Hello).
+    pub no_docker: String,
+}
+
+impl Worker {
+    pub fn new(slots: u32, services: &Services) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = mpsc::unbounded_channel();
+        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        Worker {
+            slots: slots as usize,
+            running: 0,
+            preparing: 0,
+            pending: VecDeque::new(),
+            leases: HashMap::new(),
+            unacked: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            ready_tx,
+            ready_rx,
+            notes_tx,
+            notes_rx,
+            pool: services.pool.clone(),
+            no_docker: services.status.clone(),
+        }
+    }
+
+    /// Slots neither running, waiting nor being prepared.
+    pub fn free(&self) -> usize {
+        self.slots
+            .saturating_sub(self.running + self.preparing + self.pending.len())
+    }
+
+    /// Nothing runs, waits or is being prepared.
+    pub fn idle(&self) -> bool {
+        self.running == 0 && self.preparing == 0 && self.pending.is_empty()
+    }
+
+    pub fn held_leases(&self) -> Vec<String> {
+        let mut l: Vec<String> = self.leases.keys().cloned().collect();
+        l.sort();
+        l
+    }
+
+    /// Starts a pending test in its own task; returns its key, for the TestStarted message.
+    pub fn start_next(&mut self) -> Option<pb::AttemptKey> {
+        if self.running >= self.slots {
+            return None;
+        }
+        let job = self.pending.pop_front()?;
+        self.running += 1;
+        let key = job.key.clone();
+        let done = self.done_tx.clone();
+        let notes = self.notes_tx.clone();
+        let pool = self.pool.clone();
+        let no_docker = self.no_docker.clone();
+        tokio::spawn(async move {
+            let result = job::run_job(job.key.clone(), job, pool, no_docker, notes).await;
+            let _ = done.send(result);
+        });
+        Some(key)
+    }
+
+    /// Stops a lease's tests and removes its containers (cancelled, or unknown to the coordinator).
+    pub fn cancel_lease(&mut self, lease: &str) {
+        if let Some((cancel, _)) = self.leases.remove(lease) {
+            let _ = cancel.send(true);
+            self.release(lease.to_owned());
+        }
+        self.pending.retain(|j| j.key.lease_id != lease);
+    }
+
+    /// Stops everything now (a forced shutdown).
+    pub fn cancel_all(&mut self) {
+        let leases: Vec<String> = self.leases.keys().cloned().collect();
+        for l in leases {
+            self.cancel_lease(&l);
+        }
+    }
+
+    /// Notes that one test of `lease` is done; after its last one the lease and its containers go.
+    pub fn test_done(&mut self, lease: &str) {
+        if let Some((_, left)) = self.leases.get_mut(lease) {
+            *left -= 1;
+            if *left == 0 {
+                self.leases.remove(lease);
+                self.release(lease.to_owned());
+            }
+        }
+    }
+
+    /// Takes the tests that have not started out of the queue (the agent is draining), by lease.
+    pub fn give_back_pending(&mut self) -> BTreeMap<String, Vec<u32>> {
+        let mut given: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for job in std::mem::take(&mut self.pending) {
+            given
+                .entry(job.key.lease_id.clone())
+                .or_default()
+                .push(job.key.test_index);
+            self.test_done(&job.key.lease_id);
+        }
+        given
+    }
+
+    /// Records a finished test's result for sending until acknowledged.
+    pub fn finished(&mut self, key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
+        self.running -= 1;
+        self.test_done(&key.lease_id);
+        let m = job::finished_msg(key.clone(), result);
+        self.unacked.insert(ack_key(&key), m.clone());
+        m
+    }
+
+    /// A result the agent could not even start (bad lease, unusable bundle).
+    pub fn unstartable(&mut self, key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
+        self.test_done(&key.lease_id);
+        let m = job::finished_msg(key.clone(), result);
+        self.unacked.insert(ack_key(&key), m.clone());
+        m
+    }
+
+    /// Removes a lease's containers in the background (the session loop never waits on Docker).
+    fn release(&self, lease: String) {
+        if let Some(pool) = self.pool.clone() {
+            tokio::spawn(async move { pool.release_lease(&lease).await });
+        }
+    }
+}
