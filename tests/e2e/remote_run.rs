@@ -1,7 +1,7 @@
 //! A coordinator process and two agent processes with their own work dirs: the run is bundled,
 //! uploaded once, downloaded once per agent, and the flaky test's retry runs on the other agent.
 
-use testfleet_model::{AttemptStatus, exit_code};
+use testfleet_model::{AttemptStatus, EventKind, exit_code};
 
 use crate::fixture;
 use crate::support::*;
@@ -225,4 +225,70 @@ fn a_killed_agent_takes_its_running_tests_with_it() {
     wait_until("the end of the killed agent's test", || {
         processes_of_agent(&id).is_empty()
     });
+}
+
+#[test]
+fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url) = coordinator(dir.path());
+    let id = unique("drainer");
+    let mut drainer = agent(dir.path(), &url, &id, 1);
+    wait_for_agents(&url, 1);
+    // `hangs` never ends on its own: the timeout makes it a long test the drain must wait for.
+    let mut cmd = testfleet();
+    cmd.args([
+        "run",
+        "--coordinator",
+        &url,
+        "--json",
+        "--timeout",
+        "3",
+        "--kill-grace",
+        "1",
+    ])
+    .args(["hangs", "adds", "--manifest-path"])
+    .arg(fixture::manifest())
+    .stdout(std::process::Stdio::piped());
+    let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
+    let mut stdout = run.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
+        buf
+    });
+    wait_until("the start of a test on the draining agent", || {
+        !processes_of_agent(&id).is_empty()
+    });
+    // SIGTERM: the running test is finished, not killed; nothing new is taken.
+    assert!(drainer.stop().success(), "{}", drainer.log());
+    assert!(drainer.log().contains("draining"), "{}", drainer.log());
+    // What it gave back runs on a second agent.
+    let _second = agent(dir.path(), &url, &unique("second"), 1);
+    let status = run.child.wait().unwrap();
+    let out = std::process::Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: std::fs::read(&run.stderr).unwrap(),
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::TESTS_FAILED),
+        "`hangs` times out"
+    );
+    let events = events(&out);
+    let outcomes = final_outcomes(&events);
+    let expected = fixture::expected(true);
+    for (k, o) in &outcomes {
+        assert_eq!(expected[k], *o, "{k:?}");
+    }
+    assert_eq!(outcomes.len(), 3);
+    // No attempt was lost to the drain: each test has exactly the attempts its outcome needs.
+    for name in ["tests::adds", "tests::adds_zero"] {
+        assert_eq!(attempts(&events, name).len(), 1, "{name}");
+    }
+    let infra = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::TestFinished { result, .. } if result.status == AttemptStatus::InfraError))
+        .count();
+    assert_eq!(infra, 0, "a drain is not an infrastructure failure");
 }
