@@ -57,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             state: RunState::Running,
             summary: None,
             quarantine: QuarantinePolicy::default(),
+            resumes: 0,
         }))?;
         let mut seq = 0;
         let mut send = |kind: EventKind| {

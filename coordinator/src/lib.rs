@@ -69,6 +69,7 @@ pub async fn serve(
         scheduler::spawn(config.scheduler.clone(), history_tx.clone(), async move {
             let _ = stop_scheduler.wait_for(|s| *s).await;
         });
+    resume_unfinished(store.clone(), &scheduler, &history_tx).await;
     let client = api::ClientApi {
         scheduler: scheduler.clone(),
         store,
@@ -119,4 +120,75 @@ pub async fn serve(
     // The writer thread ends once the last history sender (held by the dropped services) is gone.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(result?)
+}
+
+/// Picks up the runs an earlier coordinator process left unfinished, before any client or agent
+/// can connect: their tests continue from what history recorded.
+async fn resume_unfinished(
+    store: Arc<dyn HistoryStore>,
+    scheduler: &scheduler::SchedulerHandle,
+    history: &tokio::sync::mpsc::UnboundedSender<history::HistoryUpdate>,
+) {
+    type Found = (
+        history::RunRecord,
+        Option<(testfleet_model::RunSpec, history::Plan)>,
+        Vec<history::TestRecord>,
+    );
+    let s = store.clone();
+    let found =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Found>, history::HistoryError> {
+            let mut out = Vec::new();
+            for rec in s.unfinished_runs()? {
+                let id = testfleet_model::RunId(rec.run_id);
+                let spec = match s.spec(id)? {
+                    Some(spec) => {
+                        let plan = history::plan(s.as_ref(), &spec)?;
+                        Some((spec, plan))
+                    }
+                    None => None,
+                };
+                out.push((rec, spec, s.run_tests(id)?));
+            }
+            Ok(out)
+        })
+        .await;
+    let found = match found {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read unfinished runs; they stay unfinished");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read unfinished runs; they stay unfinished");
+            return;
+        }
+    };
+    for (mut rec, spec, records) in found {
+        let run_id = testfleet_model::RunId(rec.run_id);
+        let Some((spec, plan)) = spec else {
+            // Nothing to resume it from (its spec is gone): it ends, marked cancelled.
+            tracing::warn!(run = %run_id, "an unfinished run without its spec cannot be resumed; marking it cancelled");
+            rec.state = testfleet_model::RunState::Cancelled;
+            let _ = history.send(history::HistoryUpdate::RunCreated(rec));
+            continue;
+        };
+        rec.resumes += 1;
+        let resumes = rec.resumes;
+        let _ = history.send(history::HistoryUpdate::RunCreated(rec));
+        let settled = records.iter().filter(|r| r.outcome.is_some()).count();
+        let asked = scheduler
+            .ask(|reply| scheduler::Command::Resume {
+                run_id,
+                spec: Arc::new(spec),
+                estimates: plan.estimates,
+                quarantined: plan.quarantined,
+                records,
+                resumes,
+                reply,
+            })
+            .await;
+        if asked.is_ok() {
+            tracing::info!(run = %run_id, settled, "resumed an unfinished run");
+        }
+    }
 }

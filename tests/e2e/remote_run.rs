@@ -292,3 +292,96 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
         .count();
     assert_eq!(infra, 0, "a drain is not an infrastructure failure");
 }
+
+#[test]
+fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coord, url) = coordinator(dir.path());
+    let addr = url.trim_start_matches("http://").to_owned();
+    let id = unique("steadfast");
+    let _agent = agent(dir.path(), &url, &id, 1);
+    wait_until("the agent's connection", || {
+        run_output(testfleet().args(["agents", "--json", "--coordinator", &url]))
+            .stdout
+            .starts_with(b"{")
+    });
+    let mut cmd = testfleet();
+    cmd.args([
+        "run",
+        "--coordinator",
+        &url,
+        "--json",
+        "--retries",
+        "1",
+        "--timeout",
+        "3",
+        "--kill-grace",
+        "1",
+    ])
+    .arg("--manifest-path")
+    .arg(fixture::manifest())
+    .stdout(std::process::Stdio::piped());
+    let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
+    let mut stdout = run.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
+        buf
+    });
+    // Mid-run, the coordinator dies without a chance to say anything.
+    wait_until("a test running on the agent", || {
+        !processes_of_agent(&id).is_empty()
+    });
+    coord.child.kill().unwrap();
+    coord.child.wait().unwrap();
+    let (mut coord2, url2) = coordinator_on(dir.path(), &addr, "coordinator-2.log");
+    assert_eq!(url2, url);
+    wait_until("the end of the run", || {
+        run.child.try_wait().unwrap().is_some()
+    });
+    let out = std::process::Output {
+        status: run.child.wait().unwrap(),
+        stdout: reader.join().unwrap(),
+        stderr: std::fs::read(&run.stderr).unwrap(),
+    };
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
+    let events = events(&out);
+    assert_eq!(
+        final_outcomes(&events),
+        fixture::expected(true),
+        "{log}\n{}",
+        coord2.log()
+    );
+    assert!(
+        coord2.log().contains("resumed an unfinished run"),
+        "{}",
+        coord2.log()
+    );
+    let run_id = events[0].run_id;
+
+    assert!(coord2.stop().success());
+    let store = testfleet_coordinator::SledStore::open(&dir.path().join("coordinator")).unwrap();
+    let records = testfleet_coordinator::HistoryStore::run_tests(&store, run_id).unwrap();
+    let stored: std::collections::BTreeMap<_, _> = records
+        .iter()
+        .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
+        .collect();
+    assert_eq!(stored, fixture::expected(true));
+    for r in &records {
+        // Each result is recorded once: no attempt number holds two real (non-infrastructure)
+        // results, and real attempts count up from 1.
+        let real: Vec<u32> = r
+            .attempts
+            .iter()
+            .filter(|a| a.status != AttemptStatus::InfraError)
+            .map(|a| a.attempt)
+            .collect();
+        let expected: Vec<u32> = (1..=real.len() as u32).collect();
+        assert_eq!(real, expected, "{}: {:?}", r.name, r.attempts);
+    }
+    let record = testfleet_coordinator::HistoryStore::run(&store, run_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.resumes, 1);
+}

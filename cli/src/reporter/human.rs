@@ -18,6 +18,7 @@ pub struct HumanReporter {
     /// Quarantined tests, by index and by name.
     quarantined: std::collections::HashSet<u32>,
     quarantined_names: std::collections::HashSet<(String, String)>,
+    started: bool,
 }
 
 fn secs(d: Duration) -> String {
@@ -36,6 +37,7 @@ impl HumanReporter {
             problems: BTreeMap::new(),
             quarantined: Default::default(),
             quarantined_names: Default::default(),
+            started: false,
         }
     }
 
@@ -70,6 +72,16 @@ impl HumanReporter {
                 skipped,
                 quarantined,
             } => {
+                if self.started {
+                    // A resumed run starts again on a restarted coordinator: same run, same bar.
+                    self.println(&format!(
+                        "{:>12} run {} on a restarted coordinator",
+                        style("RESUMED").cyan(),
+                        e.run_id
+                    ));
+                    return;
+                }
+                self.started = true;
                 self.quarantined = quarantined.iter().map(|t| t.index).collect();
                 self.quarantined_names = quarantined
                     .iter()

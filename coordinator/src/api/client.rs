@@ -2,9 +2,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use testfleet_model::{EventKind, RunEvent, RunId, RunSpec, RunState, TestId};
+use testfleet_model::{EventKind, RunEvent, RunId, RunSpec, RunState};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_server::Coordinator;
 use tokio_stream::{Stream, StreamExt};
@@ -12,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::blocking;
 use crate::bundles::BundleStore;
-use crate::history::{HistoryStore, HistoryUpdate, RunRecord, estimate_all, query};
+use crate::history::{HistoryStore, HistoryUpdate, Plan, RunRecord, plan, query};
 use crate::scheduler::{Command, RunSnapshot, SchedulerHandle};
 
 pub struct ClientApi {
@@ -84,26 +83,13 @@ impl Coordinator for ClientApi {
         let spec = Arc::new(spec);
         let store = self.store.clone();
         let s = spec.clone();
-        let (run_id, p95s, quarantined) = blocking(move || {
-            let ids: Vec<TestId> = (0..s.tests.len()).map(|i| s.test_id(i)).collect();
-            let p95s: Vec<Option<Duration>> = store
-                .summaries_of(&s.suite, &ids)?
-                .into_iter()
-                .map(|sum| sum.and_then(|x| x.p95_ms).map(Duration::from_millis))
-                .collect();
-            Ok((
-                store.next_run_id()?,
-                p95s,
-                store.quarantined(&s.suite, &ids)?,
-            ))
+        // The spec is kept until the run finishes, so a restarted coordinator can resume it.
+        let (run_id, plan) = blocking(move || {
+            let id = store.next_run_id()?;
+            store.put_spec(id, &s)?;
+            Ok((id, plan(store.as_ref(), &s)?))
         })
         .await?;
-        let binary_ids: Vec<&str> = spec
-            .tests
-            .iter()
-            .map(|t| spec.binaries[t.binary as usize].binary_id.as_str())
-            .collect();
-        let estimates = estimate_all(&binary_ids, &p95s);
         let _ = self.history.send(HistoryUpdate::RunCreated(RunRecord {
             run_id: run_id.0,
             suite: spec.suite.clone(),
@@ -114,7 +100,12 @@ impl Coordinator for ClientApi {
             state: RunState::Running,
             summary: None,
             quarantine: spec.quarantine,
+            resumes: 0,
         }));
+        let Plan {
+            estimates,
+            quarantined,
+        } = plan;
         self.scheduler
             .ask(|reply| Command::Submit {
                 run_id,

@@ -3,6 +3,7 @@
 //! precomputed per test when results are recorded, so queries only scan small summaries.
 
 mod estimate;
+mod plan;
 pub mod query;
 mod records;
 mod sled_store;
@@ -13,6 +14,7 @@ mod verdict;
 mod writer;
 
 pub use estimate::{DEFAULT_ESTIMATE, estimate_all};
+pub use plan::{Plan, plan};
 pub use records::{
     AttemptRecord, Evidence, LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord,
     TestSummary,
@@ -20,7 +22,9 @@ pub use records::{
 pub use sled_store::{DEFAULT_KEEP_RUNS, SledStore};
 pub use writer::{HistoryUpdate, spawn_writer};
 
-use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
+use testfleet_model::{
+    AttemptResult, Outcome, RunId, RunSpec, RunState, RunSummary, TestId, TestRef,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -42,6 +46,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// A fresh run id, never handed out before (also across restarts).
     fn next_run_id(&self) -> Result<RunId, HistoryError>;
     fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError>;
+    /// The spec of a run that has not finished, so a restarted coordinator can resume it.
+    fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError>;
+    fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError>;
+    /// Runs still marked running (a coordinator stopped while they ran).
+    fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError>;
     fn record_skipped(
         &self,
         run: RunId,

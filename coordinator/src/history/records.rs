@@ -29,6 +29,9 @@ pub struct RunRecord {
     pub summary: Option<RunSummary>,
     #[serde(default)]
     pub quarantine: QuarantinePolicy,
+    /// Times the run was resumed by a restarted coordinator.
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

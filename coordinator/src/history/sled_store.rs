@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
+use testfleet_model::{
+    AttemptResult, Outcome, RunId, RunSpec, RunState, RunSummary, TestId, TestRef,
+};
 
 use super::records::{
     LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord, TestSummary, decode, encode,
@@ -25,6 +27,7 @@ pub struct SledStore {
     test_log: sled::Tree,
     tests: sled::Tree,
     quarantine: sled::Tree,
+    run_specs: sled::Tree,
     keep_runs: u64,
 }
 
@@ -84,6 +87,7 @@ impl SledStore {
             test_log: db.open_tree("test_log")?,
             tests: db.open_tree("tests")?,
             quarantine: db.open_tree("quarantine")?,
+            run_specs: db.open_tree("run_specs")?,
             keep_runs: DEFAULT_KEEP_RUNS,
             db,
         };
@@ -314,6 +318,31 @@ impl HistoryStore for SledStore {
         Ok(())
     }
 
+    fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError> {
+        self.run_specs.insert(run.0.to_be_bytes(), encode(spec))?;
+        Ok(())
+    }
+
+    fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError> {
+        let key = run.0.to_be_bytes();
+        self.run_specs
+            .get(key)?
+            .map(|b| decode(&key, &b))
+            .transpose()
+    }
+
+    fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError> {
+        let mut out = Vec::new();
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            let rec: RunRecord = decode(&k, &v)?;
+            if rec.state == RunState::Running {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
     fn record_skipped(
         &self,
         run: RunId,
@@ -429,6 +458,8 @@ impl HistoryStore for SledStore {
         })? {
             self.settle_quarantine(&run)?;
         }
+        // A finished run is never resumed: its spec can go.
+        self.run_specs.remove(id.0.to_be_bytes())?;
         self.prune(id)?;
         self.db.flush()?;
         Ok(())
@@ -667,6 +698,7 @@ mod tests {
                     state: RunState::Running,
                     summary: None,
                     quarantine: Default::default(),
+                    resumes: 0,
                 })
                 .unwrap();
             store

@@ -51,6 +51,7 @@ impl Pipeline {
             state: RunState::Running,
             summary: None,
             quarantine: policy,
+            resumes: 0,
         }))
         .unwrap();
         let mut seq = 0;

@@ -90,6 +90,16 @@ pub enum Command {
         quarantined: Vec<bool>,
         reply: oneshot::Sender<()>,
     },
+    /// A run a previous coordinator process did not finish, rebuilt from history.
+    Resume {
+        run_id: RunId,
+        spec: Arc<RunSpec>,
+        estimates: Vec<(Duration, bool)>,
+        quarantined: Vec<bool>,
+        records: Vec<crate::history::TestRecord>,
+        resumes: u32,
+        reply: oneshot::Sender<()>,
+    },
     Watch {
         run_id: RunId,
         from_seq: u64,
@@ -164,7 +174,8 @@ pub fn spawn(
         finished: VecDeque::new(),
         agents: HashMap::new(),
         leases: HashMap::new(),
-        next_lease: 1,
+        // Lease ids must not repeat across coordinator restarts: agents may still hold old ones.
+        next_lease: now_unix_ms() * 1000,
         unservable_since: None,
     };
     let task = tokio::spawn(async move {
@@ -222,7 +233,36 @@ impl Scheduler {
                     quarantined,
                     retries,
                     self.history.clone(),
+                    0,
                 );
+                let done = !run.is_running();
+                self.runs.insert(run_id, run);
+                if done {
+                    self.on_run_closed(run_id);
+                }
+                let _ = reply.send(());
+                self.dispatch();
+            }
+            Command::Resume {
+                run_id,
+                spec,
+                estimates,
+                quarantined,
+                records,
+                resumes,
+                reply,
+            } => {
+                let retries = spec.retries.unwrap_or(self.config.default_retries);
+                let mut run = Run::new(
+                    run_id,
+                    spec,
+                    estimates,
+                    quarantined,
+                    retries,
+                    self.history.clone(),
+                    resumes,
+                );
+                run.restore(&records);
                 let done = !run.is_running();
                 self.runs.insert(run_id, run);
                 if done {

@@ -41,6 +41,9 @@ pub(super) struct Run {
     queued_estimate: Duration,
     unsettled: usize,
     events: Vec<RunEvent>,
+    /// Sequence numbers of this coordinator's events for the run start here: each resume by a
+    /// restarted coordinator is a new epoch above the last, so a watcher's position stays valid.
+    seq_base: u64,
     watchers: Vec<UnboundedSender<RunEvent>>,
     history: UnboundedSender<HistoryUpdate>,
     /// Per binary: whether its tests need services (and so an agent with Docker).
@@ -75,6 +78,7 @@ impl Run {
         quarantined: Vec<bool>,
         retries: u32,
         history: UnboundedSender<HistoryUpdate>,
+        resumes: u32,
     ) -> Self {
         let tests: Vec<TestState> = estimates
             .iter()
@@ -111,6 +115,7 @@ impl Run {
             queue: order.into(),
             tests,
             events: vec![],
+            seq_base: u64::from(resumes) << 40,
             watchers: vec![],
             history,
             needs_docker: spec
@@ -180,7 +185,7 @@ impl Run {
 
     pub fn emit(&mut self, kind: EventKind) {
         let event = RunEvent {
-            seq: self.events.len() as u64,
+            seq: self.seq_base + self.events.len() as u64,
             run_id: self.id,
             at_unix_ms: now_unix_ms(),
             kind,
@@ -201,7 +206,7 @@ impl Run {
         let backlog = self
             .events
             .iter()
-            .skip(from_seq as usize)
+            .filter(|e| e.seq >= from_seq)
             .cloned()
             .collect();
         let live = if self.is_running() {
@@ -348,6 +353,69 @@ impl Run {
             duration_ms,
             container_id,
         });
+    }
+
+    /// Brings a resumed run to where its records say it was: settled tests stay settled, tests
+    /// that failed and await a retry keep their attempt count, everything else (including what
+    /// was running when the coordinator stopped) is queued again.
+    pub fn restore(&mut self, records: &[crate::history::TestRecord]) {
+        let (mut settled, mut retried) = (0, 0);
+        for r in records {
+            let index = r.index;
+            let Some(t) = self.tests.get(index as usize) else {
+                continue;
+            };
+            if t.outcome.is_some() || r.attempts.is_empty() && r.outcome.is_none() {
+                continue;
+            }
+            for a in &r.attempts {
+                *self
+                    .summary
+                    .attempts_per_agent
+                    .entry(a.agent_id.clone())
+                    .or_default() += 1;
+                if a.status != AttemptStatus::InfraError {
+                    self.summary.busy_ms += a.duration_ms;
+                    self.summary.longest_ms = self.summary.longest_ms.max(a.duration_ms);
+                }
+            }
+            let statuses: Vec<AttemptStatus> = r.attempts.iter().map(|a| a.status).collect();
+            let decision = match r.outcome {
+                Some(o) => RetryDecision::Settle(o),
+                None => decide_after_attempt(&statuses, self.retries),
+            };
+            if let Some(pos) = self.queue.iter().position(|i| *i == index) {
+                self.queue.remove(pos);
+                self.queued_estimate = self
+                    .queued_estimate
+                    .saturating_sub(self.tests[index as usize].estimate);
+            }
+            let t = &mut self.tests[index as usize];
+            t.statuses = statuses;
+            match decision {
+                RetryDecision::Settle(o) => {
+                    t.outcome = Some(o);
+                    settled += 1;
+                    self.settle(index, o);
+                }
+                RetryDecision::Retry { counts_as_attempt } => {
+                    let last = r.attempts.last().expect("retries follow attempts");
+                    t.attempt = last.attempt + u32::from(counts_as_attempt);
+                    t.avoid = last.agent_id.parse().ok();
+                    retried += 1;
+                    self.requeue_front(index);
+                }
+            }
+        }
+        if self.is_running() {
+            self.notice(
+                NoticeLevel::Warning,
+                format!(
+                    "resumed after a coordinator restart: {settled} test(s) had settled, {retried} await a retry, {} queued",
+                    self.queue.len()
+                ),
+            );
+        }
     }
 
     /// Takes a result whose lease is gone, if its test is still queued (not leased anew) for
