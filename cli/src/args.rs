@@ -185,6 +185,10 @@ pub struct RunArgs {
     /// Print events as JSON lines on stdout instead of the human report.
     #[arg(long)]
     pub json: bool,
+    /// Submit and exit, printing the run id; the run goes on (`--coordinator` only). Watch it with
+    /// `testfleet runs`, cancel it by id with the coordinator's API.
+    #[arg(long, requires = "coordinator")]
+    pub detach: bool,
     /// Git revision recorded with the run [default: the workspace's HEAD].
     #[arg(long)]
     pub revision: Option<String>,
@@ -243,6 +247,9 @@ pub struct CoordinatorArgs {
     /// end as infrastructure errors.
     #[arg(long, default_value_t = 15.0, value_name = "SECS", value_parser = non_negative_secs)]
     pub service_grace: f64,
+    /// Seconds an agent may be disconnected, or silent, before its leases are requeued.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = positive_secs)]
+    pub lease_timeout: f64,
     /// Runs kept in history; older ones are pruned.
     #[arg(long, default_value_t = testfleet_coordinator::history::DEFAULT_KEEP_RUNS)]
     pub keep_runs: u64,

@@ -21,6 +21,7 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
     let mut config = CoordinatorConfig::new(&args.data_dir);
     config.scheduler.default_retries = args.default_retries;
     config.scheduler.service_grace = std::time::Duration::from_secs_f64(args.service_grace);
+    config.scheduler.lease_timeout = std::time::Duration::from_secs_f64(args.lease_timeout);
     config.max_bundle_bytes = args.max_bundle_bytes;
     // Scripts (and tests binding port 0) read the address from this first line of stdout.
     println!("testfleet coordinator listening on {addr}");

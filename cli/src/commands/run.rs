@@ -141,6 +141,12 @@ async fn submit_and_follow(
         .map_err(|e| {
             CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}"))
         })?;
+    if args.detach {
+        // Machine-readable: the id alone on stdout.
+        println!("{run_id}");
+        eprintln!("run {run_id} submitted to {url}; it goes on without this process");
+        return Ok(testfleet_model::exit_code::SUCCESS);
+    }
     let mut report = Report::new(args.json, args.junit.clone(), mode);
     let (summary, _state) = crate::watch::follow(client, url, run_id, &mut report).await?;
     report.finish()?;

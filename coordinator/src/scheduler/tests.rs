@@ -849,3 +849,79 @@ async fn a_resent_result_is_adopted_when_its_test_still_waits_for_it() {
         matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.passed == 1)
     );
 }
+
+#[tokio::test]
+async fn a_resumed_run_continues_from_its_records() {
+    use crate::history::{AttemptRecord, TestRecord};
+    let h = Harness::new();
+    let mut a = h.agent("a", 4, 1).await;
+    let record = |index: u32, statuses: &[AttemptStatus], outcome: Option<Outcome>| TestRecord {
+        index,
+        binary_id: "b".into(),
+        name: format!("t{index}"),
+        attempts: statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| AttemptRecord {
+                attempt: i as u32 + 1,
+                agent_id: "old".into(),
+                status: *s,
+                duration_ms: 5,
+                exit_code: None,
+                signal: None,
+                message: String::new(),
+                output_excerpt: String::new(),
+            })
+            .collect(),
+        outcome,
+        quarantined: false,
+    };
+    // t0 passed before the restart; t1 failed once and has a retry left; t2 never reported.
+    let records = vec![
+        record(0, &[AttemptStatus::Passed], Some(Outcome::Passed)),
+        record(1, &[AttemptStatus::Failed], None),
+    ];
+    let spec = spec(3, 1);
+    h.handle
+        .ask(|reply| Command::Resume {
+            run_id: RunId(9),
+            estimates: vec![(Duration::from_secs(1), false); 3],
+            quarantined: vec![false; 3],
+            spec,
+            records,
+            resumes: 1,
+            reply,
+        })
+        .await
+        .unwrap();
+    let sub = h
+        .handle
+        .ask(|reply| Command::Watch {
+            run_id: RunId(9),
+            from_seq: 0,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sub.backlog.iter().all(|e| e.seq >= 1 << 40), "a resumed run's events are a new epoch");
+    let mut leased = vec![];
+    while leased.len() < 2 {
+        h.from(&a, FromAgent::WorkRequest { free_slots: 4 });
+        let g = lease(&mut a).await;
+        for (i, t) in g.tests.iter().enumerate() {
+            leased.push(*t);
+            h.from(&a, finished(&g, i, AttemptStatus::Passed));
+        }
+    }
+    leased.sort();
+    assert_eq!(leased, vec![(1, 2), (2, 1)], "t1 is retried as attempt 2, t2 runs as attempt 1, t0 not again");
+    let mut live = sub.live.unwrap();
+    let finished = loop {
+        let e = live.recv().await.unwrap();
+        if let EventKind::RunFinished { summary, .. } = e.kind {
+            break summary;
+        }
+    };
+    assert_eq!((finished.passed, finished.flaky), (2, 1));
+}
