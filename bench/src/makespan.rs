@@ -62,23 +62,6 @@ fn write_suite(dir: &Path, ms: &[u64]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn testfleet_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("this binary has a directory")?
-            .join("testfleet"),
-    };
-    if !path.is_file() {
-        bail!(
-            "no testfleet binary at {} (build it: `cargo build --release -p testfleet`, or pass --testfleet)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// One run on 4 local agents of 1 slot: (wall ms, lower bound ms) from the run's own summary.
 fn testfleet_run(testfleet: &Path, suite: &Path, data: &Path) -> anyhow::Result<(u64, u64)> {
     let out = Command::new(testfleet)
@@ -164,7 +147,7 @@ fn static_split(binary: &Path, tests: usize) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let testfleet = testfleet_path(args.testfleet.clone())?;
+    let testfleet = crate::testfleet_path(args.testfleet.clone())?;
     let ms = durations(&args);
     let work = tempfile::tempdir()?;
     let suite = work.path().join("sleepsuite");

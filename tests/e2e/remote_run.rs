@@ -393,16 +393,34 @@ fn a_detached_run_goes_on_without_its_submitter() {
     let _agent = agent(dir.path(), &url, "patient", 1);
     let out = run_output(
         testfleet()
-            .args(["run", "--coordinator", &url, "--detach", "adds", "--manifest-path"])
+            .args([
+                "run",
+                "--coordinator",
+                &url,
+                "--detach",
+                "adds",
+                "--manifest-path",
+            ])
             .arg(fixture::manifest()),
     );
-    assert_eq!(out.status.code(), Some(exit_code::SUCCESS), "{}", stderr(&out));
-    let run_id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the run id alone");
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::SUCCESS),
+        "{}",
+        stderr(&out)
+    );
+    let run_id: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the run id alone");
     wait_until("the detached run's end", || {
         let runs = run_output(testfleet().args(["runs", "--json", "--coordinator", &url]));
-        let runs: Vec<testfleet_model::report::RunOverview> = serde_json::from_slice(&runs.stdout).unwrap_or_default();
+        let runs: Vec<testfleet_model::report::RunOverview> =
+            serde_json::from_slice(&runs.stdout).unwrap_or_default();
         runs.iter().any(|r| {
-            r.run_id == run_id && r.summary.as_ref().is_some_and(|s| s.passed == 2) && r.state == testfleet_model::RunState::Finished
+            r.run_id == run_id
+                && r.summary.as_ref().is_some_and(|s| s.passed == 2)
+                && r.state == testfleet_model::RunState::Finished
         })
     });
 }

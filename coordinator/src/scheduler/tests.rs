@@ -904,7 +904,10 @@ async fn a_resumed_run_continues_from_its_records() {
         .await
         .unwrap()
         .unwrap();
-    assert!(sub.backlog.iter().all(|e| e.seq >= 1 << 40), "a resumed run's events are a new epoch");
+    assert!(
+        sub.backlog.iter().all(|e| e.seq >= 1 << 40),
+        "a resumed run's events are a new epoch"
+    );
     let mut leased = vec![];
     while leased.len() < 2 {
         h.from(&a, FromAgent::WorkRequest { free_slots: 4 });
@@ -915,7 +918,11 @@ async fn a_resumed_run_continues_from_its_records() {
         }
     }
     leased.sort();
-    assert_eq!(leased, vec![(1, 2), (2, 1)], "t1 is retried as attempt 2, t2 runs as attempt 1, t0 not again");
+    assert_eq!(
+        leased,
+        vec![(1, 2), (2, 1)],
+        "t1 is retried as attempt 2, t2 runs as attempt 1, t0 not again"
+    );
     let mut live = sub.live.unwrap();
     let finished = loop {
         let e = live.recv().await.unwrap();
