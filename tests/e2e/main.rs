@@ -8,5 +8,6 @@ mod containers;
 mod fixture;
 mod history;
 mod local_run;
+mod multihost;
 mod remote_run;
 mod support;

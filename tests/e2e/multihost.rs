@@ -1,0 +1,263 @@
+//! testfleet as a cluster of containers — a coordinator and three agents, each its own host on a
+//! private network (deploy/compose.yaml) — driven through faults: an agent killed, an agent cut
+//! off from the network past the lease timeout and let back, the coordinator restarted. Each time
+//! the run completes with the fixture model's outcomes and every result recorded exactly once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+use testfleet_coordinator::{HistoryStore, SledStore};
+use testfleet_model::{AttemptStatus, RunEvent, exit_code};
+
+use crate::fixture;
+use crate::support::*;
+
+const LEASE_TIMEOUT_SECS: u64 = 5;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds `testfleet:local` from this source tree, once per test process.
+fn image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("sh")
+            .arg(repo().join("deploy/build-image.sh"))
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "building the image failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+struct Cluster {
+    project: String,
+    env: Vec<(String, String)>,
+    url: String,
+    data: PathBuf,
+}
+
+impl Cluster {
+    fn up(dir: &Path, net: u8) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let c = Cluster {
+            project: format!("tfmh{}n{net}", std::process::id()),
+            env: vec![
+                ("COORDINATOR_PORT".into(), port.to_string()),
+                ("DATA_DIR".into(), data.display().to_string()),
+                ("FLEET_NET".into(), net.to_string()),
+                ("LEASE_TIMEOUT".into(), LEASE_TIMEOUT_SECS.to_string()),
+            ],
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+        };
+        c.compose(&["up", "-d"]);
+        wait_for_agents(&c.url, 3);
+        c
+    }
+
+    fn compose(&self, args: &[&str]) {
+        let out = Command::new("docker-compose")
+            .args(["-p", &self.project, "-f"])
+            .arg(repo().join("deploy/compose.yaml"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("docker-compose runs");
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+
+    fn docker(&self, args: &[&str]) {
+        let out = Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker runs");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn logs(&self, service: &str) -> String {
+        let out = Command::new("docker")
+            .args(["logs", &self.container(service)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    }
+
+    /// Starts a run of the fixture suite, built static so it runs in the agents' FROM-scratch
+    /// containers. Returns the process and a channel of its JSON event lines.
+    fn start_run(&self, dir: &Path) -> (Proc, mpsc::Receiver<String>) {
+        let mut cmd = testfleet();
+        cmd.env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", repo().join("target/multihost-fixture"))
+            .args([
+                "run",
+                "--coordinator",
+                &self.url,
+                "--json",
+                "--retries",
+                "1",
+                "--timeout",
+                "3",
+            ])
+            .args(["--kill-grace", "1", "--manifest-path"])
+            .arg(fixture::manifest())
+            .stdout(Stdio::piped());
+        let mut p = Proc::spawn(cmd, dir.join("run.log"));
+        let stdout = p.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        (p, rx)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .args(["-p", &self.project, "-f"])
+            .arg(repo().join("deploy/compose.yaml"))
+            .args(["down", "-v", "-t", "1"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output();
+    }
+}
+
+/// Waits for the first test to start, then returns every event line once the run ends.
+fn after_first_start(
+    run: &mut Proc,
+    lines: &mpsc::Receiver<String>,
+    fault: impl FnOnce(),
+) -> (Option<i32>, Vec<RunEvent>) {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(GUARD)
+            .expect("the run reports a started test");
+        let started = line.contains("\"type\":\"test_started\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    fault();
+    wait_until("the end of the run", || {
+        run.child.try_wait().unwrap().is_some()
+    });
+    seen.extend(lines.iter());
+    let events = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (run.child.wait().unwrap().code(), events)
+}
+
+/// The run's outcomes match the fixture model, and history holds every result exactly once.
+fn check(cluster: &Cluster, code: Option<i32>, events: &[RunEvent], log: &str) {
+    assert_eq!(code, Some(exit_code::TESTS_FAILED), "{log}");
+    assert_eq!(final_outcomes(events), fixture::expected(true), "{log}");
+    cluster.compose(&["stop", "-t", "5", "coordinator"]);
+    let store = SledStore::open(&cluster.data).unwrap();
+    let records = store.run_tests(events[0].run_id).unwrap();
+    let stored: BTreeMap<_, _> = records
+        .iter()
+        .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
+        .collect();
+    assert_eq!(stored, fixture::expected(true));
+    for r in &records {
+        let real: Vec<u32> = r
+            .attempts
+            .iter()
+            .filter(|a| a.status != AttemptStatus::InfraError)
+            .map(|a| a.attempt)
+            .collect();
+        assert_eq!(
+            real,
+            (1..=real.len() as u32).collect::<Vec<_>>(),
+            "{}: {:?}",
+            r.name,
+            r.attempts
+        );
+    }
+}
+
+#[test]
+fn a_cluster_of_containers_survives_kills_partitions_and_restarts() {
+    if !docker_or_skip("a_cluster_of_containers_survives_kills_partitions_and_restarts") {
+        return;
+    }
+    image();
+
+    // An agent is killed mid-run: its leases expire and its tests run elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::up(dir.path(), 71);
+    let (mut run, lines) = c.start_run(dir.path());
+    let victim = c.container("agent-2");
+    let (code, events) = after_first_start(&mut run, &lines, || c.docker(&["kill", &victim]));
+    check(&c, code, &events, &run.log());
+    drop(c);
+
+    // An agent is cut off for longer than the lease timeout, then let back: its leases were
+    // requeued, and its late results are ignored, not counted twice.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::up(dir.path(), 72);
+    let (mut run, lines) = c.start_run(dir.path());
+    let agent3 = c.container("agent-3");
+    let net = format!("{}_fleet", c.project);
+    let (code, events) = after_first_start(&mut run, &lines, || {
+        c.docker(&["network", "disconnect", &net, &agent3]);
+        wait_until("the coordinator giving up on agent-3", || {
+            c.logs("coordinator").contains("agent lost")
+                && c.logs("coordinator").contains("agent-3")
+        });
+        c.docker(&["network", "connect", "--ip", "172.30.72.13", &net, &agent3]);
+    });
+    check(&c, code, &events, &run.log());
+    drop(c);
+
+    // The coordinator restarts mid-run: it resumes the run, agents reconnect, the CLI re-attaches.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::up(dir.path(), 73);
+    let (mut run, lines) = c.start_run(dir.path());
+    let coordinator = c.container("coordinator");
+    let (code, events) = after_first_start(&mut run, &lines, || {
+        c.docker(&["restart", "-t", "0", &coordinator])
+    });
+    assert!(
+        c.logs("coordinator").contains("resumed an unfinished run"),
+        "{}",
+        c.logs("coordinator")
+    );
+    check(&c, code, &events, &run.log());
+}
