@@ -184,3 +184,40 @@ fn without_retries_a_flaky_test_fails_and_history_accumulates() {
     assert_eq!(runs.len(), 2, "both runs are in the persistent data dir");
     assert!(runs[0].run_id > runs[1].run_id);
 }
+
+/// Running `tests::hangs` processes whose environment holds `marker`.
+fn test_processes(marker: &str) -> usize {
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            has(&cmdline, b"tests::hangs") && has(&env, marker.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_its_tests_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("FIXTURE_CTRL_C_MARK={}", std::process::id());
+    let mut cmd = testfleet();
+    cmd.env("FIXTURE_CTRL_C_MARK", std::process::id().to_string())
+        .args(["run", "--local", "1", "--timeout", "600", "hangs", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--manifest-path")
+        .arg(fixture::manifest());
+    let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
+    wait_until("the hanging test's start", || test_processes(&marker) > 0);
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(run.child.id() as i32, libc::SIGINT);
+    }
+    wait_until("the run's end", || run.child.try_wait().unwrap().is_some());
+    assert_eq!(run.child.wait().unwrap().code(), Some(exit_code::RUN_INCOMPLETE), "{}", run.log());
+    assert!(run.log().contains("cancelling the run"), "{}", run.log());
+    assert_eq!(test_processes(&marker), 0, "the cancelled test was stopped");
+}
