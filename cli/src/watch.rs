@@ -13,17 +13,18 @@ use crate::reporter::Report;
 /// How long the stream may stay broken before the run is given up on.
 const REATTACH_LIMIT: Duration = Duration::from_secs(60);
 
+/// `stop_signals` must have been made before the run was submitted: a Ctrl-C in between is then
+/// not fatal but waits in it, and cancels the run here.
 pub async fn follow(
     client: &mut Client,
     url: &str,
     run_id: RunId,
     report: &mut Report,
+    mut stop_signals: StopSignals,
 ) -> CliResult<(RunSummary, RunState)> {
     let mut next_seq = 0u64;
     let mut broken_since: Option<std::time::Instant> = None;
     let mut cancel_sent = false;
-    // Ctrl-C and SIGTERM (a CI job being stopped) both cancel the run, so agents stop its tests.
-    let mut stop_signals = StopSignals::new();
     loop {
         let attach = client
             .watch_run(pb::WatchRunRequest {
@@ -92,14 +93,15 @@ pub async fn follow(
     }
 }
 
-/// SIGINT or SIGTERM, as a stream: handlers installed once, up front.
-struct StopSignals {
+/// SIGINT or SIGTERM, as a stream: handlers installed once, up front. Ctrl-C and SIGTERM (a CI job
+/// being stopped) both cancel the run, so agents stop its tests.
+pub struct StopSignals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn new() -> Self {
+    pub fn new() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
         StopSignals {
             int: signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds"),

@@ -191,7 +191,11 @@ fn test_processes(marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .filter(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
@@ -206,7 +210,15 @@ fn ctrl_c_cancels_the_run_and_its_tests_stop() {
     let marker = format!("FIXTURE_CTRL_C_MARK={}", std::process::id());
     let mut cmd = testfleet();
     cmd.env("FIXTURE_CTRL_C_MARK", std::process::id().to_string())
-        .args(["run", "--local", "1", "--timeout", "600", "hangs", "--data-dir"])
+        .args([
+            "run",
+            "--local",
+            "1",
+            "--timeout",
+            "600",
+            "hangs",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg("--manifest-path")
         .arg(fixture::manifest());
@@ -217,7 +229,12 @@ fn ctrl_c_cancels_the_run_and_its_tests_stop() {
         libc::kill(run.child.id() as i32, libc::SIGINT);
     }
     wait_until("the run's end", || run.child.try_wait().unwrap().is_some());
-    assert_eq!(run.child.wait().unwrap().code(), Some(exit_code::RUN_INCOMPLETE), "{}", run.log());
+    assert_eq!(
+        run.child.wait().unwrap().code(),
+        Some(exit_code::RUN_INCOMPLETE),
+        "{}",
+        run.log()
+    );
     assert!(run.log().contains("cancelling the run"), "{}", run.log());
     assert_eq!(test_processes(&marker), 0, "the cancelled test was stopped");
 }

@@ -32,7 +32,12 @@ fn add_dir(
     for e in entries {
         let path = e.path();
         let name = rel.join(e.file_name());
-        let meta = std::fs::symlink_metadata(&path)?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Listed, then gone: a temporary file of some other process.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             add_dir(b, &path, &name, size)?;
         } else if meta.is_file() {

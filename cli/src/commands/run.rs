@@ -129,6 +129,7 @@ async fn submit_and_follow(
     args: &RunArgs,
     mode: String,
 ) -> CliResult<i32> {
+    let signals = crate::watch::StopSignals::new();
     let run_id: RunId = client
         .submit_run(pb::SubmitRunRequest {
             spec: Some(spec.into()),
@@ -148,7 +149,7 @@ async fn submit_and_follow(
         return Ok(testfleet_model::exit_code::SUCCESS);
     }
     let mut report = Report::new(args.json, args.junit.clone(), mode);
-    let (summary, _state) = crate::watch::follow(client, url, run_id, &mut report).await?;
+    let (summary, _state) = crate::watch::follow(client, url, run_id, &mut report, signals).await?;
     report.finish()?;
     Ok(summary.exit_code())
 }
@@ -365,7 +366,11 @@ fn collect_files(src: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io:
         let mut children: Vec<_> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for c in children {
-            collect_files(&c.path(), &rel.join(c.file_name()), out)?;
+            match collect_files(&c.path(), &rel.join(c.file_name()), out) {
+                // Listed, then gone: a temporary file of some other process, not bundled.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
     } else if meta.is_file() {
         out.push(BundleEntry {

@@ -5,6 +5,7 @@ set -eu
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
     --bin kvstore-server --target "$host" --target-dir target/static
-# Copy, then rename: a concurrent build of the image never reads a half-written binary.
-cp "target/static/$host/release/kvstore-server" "docker/.kvstore-server.$$"
-mv -f "docker/.kvstore-server.$$" docker/kvstore-server
+# Copy beside the build (outside the context, so nothing packing the context sees a half-written
+# file), then rename into the context: a concurrent build reads the old binary or the new one.
+cp "target/static/$host/release/kvstore-server" "target/static/.kvstore-server.$$"
+mv -f "target/static/.kvstore-server.$$" docker/kvstore-server
