@@ -3,14 +3,12 @@
 //! off from the network past the lease timeout and let back, the coordinator restarted. Each time
 //! the run completes with the fixture model's outcomes and every result recorded exactly once.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 
-use testfleet_coordinator::{HistoryStore, SledStore};
-use testfleet_model::{AttemptStatus, RunEvent, exit_code};
+use testfleet_model::{RunEvent, exit_code};
 
 use crate::fixture;
 use crate::support::*;
@@ -188,28 +186,7 @@ fn check(cluster: &Cluster, code: Option<i32>, events: &[RunEvent], log: &str) {
     assert_eq!(code, Some(exit_code::TESTS_FAILED), "{log}");
     assert_eq!(final_outcomes(events), fixture::expected(true), "{log}");
     cluster.compose(&["stop", "-t", "5", "coordinator"]);
-    let store = SledStore::open(&cluster.data).unwrap();
-    let records = store.run_tests(events[0].run_id).unwrap();
-    let stored: BTreeMap<_, _> = records
-        .iter()
-        .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
-        .collect();
-    assert_eq!(stored, fixture::expected(true));
-    for r in &records {
-        let real: Vec<u32> = r
-            .attempts
-            .iter()
-            .filter(|a| a.status != AttemptStatus::InfraError)
-            .map(|a| a.attempt)
-            .collect();
-        assert_eq!(
-            real,
-            (1..=real.len() as u32).collect::<Vec<_>>(),
-            "{}: {:?}",
-            r.name,
-            r.attempts
-        );
-    }
+    assert_history_exact(&cluster.data, events[0].run_id);
 }
 
 #[test]

@@ -247,15 +247,8 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
         "1",
     ])
     .args(["hangs", "adds", "--manifest-path"])
-    .arg(fixture::manifest())
-    .stdout(std::process::Stdio::piped());
-    let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
-    let mut stdout = run.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
-        buf
-    });
+    .arg(fixture::manifest());
+    let run = Watched::spawn(cmd, dir.path().join("run.log"));
     wait_until("the start of a test on the draining agent", || {
         !processes_of_agent(&id).is_empty()
     });
@@ -264,12 +257,7 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
     assert!(drainer.log().contains("draining"), "{}", drainer.log());
     // What it gave back runs on a second agent.
     let _second = agent(dir.path(), &url, &unique("second"), 1);
-    let status = run.child.wait().unwrap();
-    let out = std::process::Output {
-        status,
-        stdout: reader.join().unwrap(),
-        stderr: std::fs::read(&run.stderr).unwrap(),
-    };
+    let out = run.finish();
     assert_eq!(
         out.status.code(),
         Some(exit_code::TESTS_FAILED),
@@ -319,15 +307,8 @@ fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
         "1",
     ])
     .arg("--manifest-path")
-    .arg(fixture::manifest())
-    .stdout(std::process::Stdio::piped());
-    let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
-    let mut stdout = run.child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
-        buf
-    });
+    .arg(fixture::manifest());
+    let run = Watched::spawn(cmd, dir.path().join("run.log"));
     // Mid-run, the coordinator dies without a chance to say anything.
     wait_until("a test running on the agent", || {
         !processes_of_agent(&id).is_empty()
@@ -336,14 +317,7 @@ fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
     coord.child.wait().unwrap();
     let (mut coord2, url2) = coordinator_on(dir.path(), &addr, "coordinator-2.log");
     assert_eq!(url2, url);
-    wait_until("the end of the run", || {
-        run.child.try_wait().unwrap().is_some()
-    });
-    let out = std::process::Output {
-        status: run.child.wait().unwrap(),
-        stdout: reader.join().unwrap(),
-        stderr: std::fs::read(&run.stderr).unwrap(),
-    };
+    let out = run.finish();
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
     let events = events(&out);
@@ -361,25 +335,8 @@ fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
     let run_id = events[0].run_id;
 
     assert!(coord2.stop().success());
+    assert_history_exact(&dir.path().join("coordinator"), run_id);
     let store = testfleet_coordinator::SledStore::open(&dir.path().join("coordinator")).unwrap();
-    let records = testfleet_coordinator::HistoryStore::run_tests(&store, run_id).unwrap();
-    let stored: std::collections::BTreeMap<_, _> = records
-        .iter()
-        .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
-        .collect();
-    assert_eq!(stored, fixture::expected(true));
-    for r in &records {
-        // Each result is recorded once: no attempt number holds two real (non-infrastructure)
-        // results, and real attempts count up from 1.
-        let real: Vec<u32> = r
-            .attempts
-            .iter()
-            .filter(|a| a.status != AttemptStatus::InfraError)
-            .map(|a| a.attempt)
-            .collect();
-        let expected: Vec<u32> = (1..=real.len() as u32).collect();
-        assert_eq!(real, expected, "{}: {:?}", r.name, r.attempts);
-    }
     let record = testfleet_coordinator::HistoryStore::run(&store, run_id)
         .unwrap()
         .unwrap();

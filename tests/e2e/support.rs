@@ -295,3 +295,67 @@ pub fn run_remote(url: &str, manifest: &Path, filters: &[&str]) -> Output {
             .arg(manifest),
     )
 }
+
+/// A process whose stdout is collected in the background, for runs a test interferes with while
+/// they go on.
+pub struct Watched {
+    pub proc: Proc,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Watched {
+    pub fn spawn(mut cmd: Command, stderr: PathBuf) -> Self {
+        cmd.stdout(Stdio::piped());
+        let mut proc = Proc::spawn(cmd, stderr);
+        let mut out = proc.child.stdout.take().expect("stdout is piped");
+        let stdout = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+            buf
+        });
+        Watched {
+            proc,
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Waits (guarded) for the process to end, and returns all it printed.
+    pub fn finish(mut self) -> Output {
+        wait_until("the end of the run", || {
+            self.proc.child.try_wait().unwrap().is_some()
+        });
+        Output {
+            status: self.proc.child.wait().unwrap(),
+            stdout: self.stdout.take().unwrap().join().unwrap(),
+            stderr: std::fs::read(&self.proc.stderr).unwrap_or_default(),
+        }
+    }
+}
+
+/// The run's records in sled match the fixture model, and hold every result exactly once: no
+/// attempt number has two real (non-infrastructure) results, and real attempts count up from 1.
+pub fn assert_history_exact(data_dir: &Path, run_id: testfleet_model::RunId) {
+    use testfleet_coordinator::HistoryStore;
+    let store = testfleet_coordinator::SledStore::open(data_dir).unwrap();
+    let records = store.run_tests(run_id).unwrap();
+    let stored: BTreeMap<_, _> = records
+        .iter()
+        .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
+        .collect();
+    assert_eq!(stored, crate::fixture::expected(true));
+    for r in &records {
+        let real: Vec<u32> = r
+            .attempts
+            .iter()
+            .filter(|a| a.status != testfleet_model::AttemptStatus::InfraError)
+            .map(|a| a.attempt)
+            .collect();
+        assert_eq!(
+            real,
+            (1..=real.len() as u32).collect::<Vec<_>>(),
+            "{}: {:?}",
+            r.name,
+            r.attempts
+        );
+    }
+}

@@ -225,23 +225,8 @@ impl Scheduler {
                 quarantined,
                 reply,
             } => {
-                let retries = spec.retries.unwrap_or(self.config.default_retries);
-                let run = Run::new(
-                    run_id,
-                    spec,
-                    estimates,
-                    quarantined,
-                    retries,
-                    self.history.clone(),
-                    0,
-                );
-                let done = !run.is_running();
-                self.runs.insert(run_id, run);
-                if done {
-                    self.on_run_closed(run_id);
-                }
+                self.add_run(run_id, spec, estimates, quarantined, &[], 0);
                 let _ = reply.send(());
-                self.dispatch();
             }
             Command::Resume {
                 run_id,
@@ -252,24 +237,8 @@ impl Scheduler {
                 resumes,
                 reply,
             } => {
-                let retries = spec.retries.unwrap_or(self.config.default_retries);
-                let mut run = Run::new(
-                    run_id,
-                    spec,
-                    estimates,
-                    quarantined,
-                    retries,
-                    self.history.clone(),
-                    resumes,
-                );
-                run.restore(&records);
-                let done = !run.is_running();
-                self.runs.insert(run_id, run);
-                if done {
-                    self.on_run_closed(run_id);
-                }
+                self.add_run(run_id, spec, estimates, quarantined, &records, resumes);
                 let _ = reply.send(());
-                self.dispatch();
             }
             Command::Watch {
                 run_id,
@@ -320,6 +289,37 @@ impl Scheduler {
                 self.on_disconnected(&agent, conn, &why);
             }
         }
+    }
+
+    /// Starts a run, or (with `records` and `resumes`) resumes one from history.
+    fn add_run(
+        &mut self,
+        run_id: RunId,
+        spec: Arc<RunSpec>,
+        estimates: Vec<(Duration, bool)>,
+        quarantined: Vec<bool>,
+        records: &[crate::history::TestRecord],
+        resumes: u32,
+    ) {
+        let retries = spec.retries.unwrap_or(self.config.default_retries);
+        let mut run = Run::new(
+            run_id,
+            spec,
+            estimates,
+            quarantined,
+            retries,
+            self.history.clone(),
+            resumes,
+        );
+        if resumes > 0 {
+            run.restore(records);
+        }
+        let done = !run.is_running();
+        self.runs.insert(run_id, run);
+        if done {
+            self.on_run_closed(run_id);
+        }
+        self.dispatch();
     }
 
     fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: FromAgent) {
