@@ -289,6 +289,18 @@ fn infra_messages(events: &[RunEvent]) -> Vec<String> {
         .collect()
 }
 
+/// `testfleet run --local 1 --json adds` on the basic fixture, with `manifest` instead of its own.
+fn local_run_with(dir: &std::path::Path, manifest: &std::path::Path) -> std::process::Command {
+    let mut cmd = testfleet();
+    cmd.args(["run", "--local", "1", "--json", "adds", "--manifest"])
+        .arg(manifest)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--manifest-path")
+        .arg(fixture::manifest());
+    cmd
+}
+
 fn write_manifest(dir: &std::path::Path, image: &str) -> std::path::PathBuf {
     let path = dir.join("testfleet.toml");
     let text = format!(
@@ -306,15 +318,7 @@ fn a_missing_image_is_an_infrastructure_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_manifest(dir.path(), "testfleet-test/does-not-exist:1");
     let start = Instant::now();
-    let out = run_output(
-        testfleet()
-            .args(["run", "--local", "1", "--json", "adds", "--manifest"])
-            .arg(&manifest)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--manifest-path")
-            .arg(fixture::manifest()),
-    );
+    let out = run_output(&mut local_run_with(dir.path(), &manifest));
     assert_eq!(
         out.status.code(),
         Some(exit_code::RUN_INCOMPLETE),
@@ -348,16 +352,8 @@ fn a_missing_image_is_an_infrastructure_error_that_names_it() {
 fn unreachable_docker_is_reported_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_manifest(dir.path(), "anything:1");
-    let out = run_output(
-        testfleet()
-            .env("DOCKER_HOST", "tcp://127.0.0.1:1")
-            .args(["run", "--local", "1", "--json", "adds", "--manifest"])
-            .arg(&manifest)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--manifest-path")
-            .arg(fixture::manifest()),
-    );
+    let out =
+        run_output(local_run_with(dir.path(), &manifest).env("DOCKER_HOST", "tcp://127.0.0.1:1"));
     assert_eq!(
         out.status.code(),
         Some(exit_code::RUN_INCOMPLETE),

@@ -209,6 +209,22 @@ fn assert_no_lease(a: &mut FakeAgent, why: &str) {
     }
 }
 
+/// Asks for work with `free_slots` and passes every leased test, until `n` tests have run; returns
+/// their (index, attempt) pairs, sorted.
+async fn pass_until(h: &Harness, a: &mut FakeAgent, free_slots: u32, n: usize) -> Vec<(u32, u32)> {
+    let mut ran = vec![];
+    while ran.len() < n {
+        h.from(a, FromAgent::WorkRequest { free_slots });
+        let g = lease(a).await;
+        for (i, t) in g.tests.iter().enumerate() {
+            ran.push(*t);
+            h.from(a, finished(&g, i, AttemptStatus::Passed));
+        }
+    }
+    ran.sort();
+    ran
+}
+
 /// Lets `secs` pass on the paused clock while `alive` agents keep heartbeating.
 async fn pass_time(h: &Harness, secs: u64, alive: &[&FakeAgent]) {
     for _ in 0..secs.div_ceil(5) {
@@ -374,16 +390,7 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     // It does not come back within the lease timeout.
     tokio::time::sleep(SchedulerConfig::default().lease_timeout + Duration::from_secs(2)).await;
     let mut b = h.agent("b", 2, 2).await;
-    let mut seen = vec![];
-    while seen.len() < 2 {
-        h.from(&b, FromAgent::WorkRequest { free_slots: 2 });
-        let g = lease(&mut b).await;
-        for (i, t) in g.tests.iter().enumerate() {
-            seen.push(*t);
-            h.from(&b, finished(&g, i, AttemptStatus::Passed));
-        }
-    }
-    seen.sort();
+    let seen = pass_until(&h, &mut b, 2, 2).await;
     assert_eq!(seen, vec![(0, 1), (1, 1)], "the lost test keeps attempt 1");
     let all = until_finished(&mut events).await;
     let infra = all
@@ -908,16 +915,7 @@ async fn a_resumed_run_continues_from_its_records() {
         sub.backlog.iter().all(|e| e.seq >= 1 << 40),
         "a resumed run's events are a new epoch"
     );
-    let mut leased = vec![];
-    while leased.len() < 2 {
-        h.from(&a, FromAgent::WorkRequest { free_slots: 4 });
-        let g = lease(&mut a).await;
-        for (i, t) in g.tests.iter().enumerate() {
-            leased.push(*t);
-            h.from(&a, finished(&g, i, AttemptStatus::Passed));
-        }
-    }
-    leased.sort();
+    let leased = pass_until(&h, &mut a, 4, 2).await;
     assert_eq!(
         leased,
         vec![(1, 2), (2, 1)],
