@@ -7,6 +7,7 @@ mod plan;
 pub mod query;
 mod records;
 mod sled_store;
+mod sled_writes;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -40,19 +41,12 @@ pub enum HistoryError {
     Open { path: String, reason: String },
 }
 
-/// The storage behind history. Calls are synchronous: callers on the async runtime use
-/// `spawn_blocking` or the writer thread.
-pub trait HistoryStore: Send + Sync + 'static {
-    /// A fresh run id, never handed out before (also across restarts).
-    fn next_run_id(&self) -> Result<RunId, HistoryError>;
-    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError>;
-    /// The spec of a run that has not finished, so a restarted coordinator can resume it.
-    fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError>;
-    fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError>;
-    /// Runs still marked running (a coordinator stopped while they ran).
-    fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError>;
+/// The writes history takes. A store applies a group of them together (see
+/// [`HistoryStore::write`]); each is also callable alone on the store.
+pub trait HistoryWrites {
+    fn put_run(&mut self, rec: &RunRecord) -> Result<(), HistoryError>;
     fn record_skipped(
-        &self,
+        &mut self,
         run: RunId,
         tests: &[TestRef],
         quarantined: &[u32],
@@ -60,7 +54,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// One attempt into the run's record of the test (every attempt, infrastructure errors too).
     #[allow(clippy::too_many_arguments)]
     fn record_result(
-        &self,
+        &mut self,
         run: RunId,
         test: &TestRef,
         attempt: u32,
@@ -71,25 +65,115 @@ pub trait HistoryStore: Send + Sync + 'static {
     ) -> Result<(), HistoryError>;
     /// Attempts that count for the tests' statistics.
     fn record_attempts(
-        &self,
+        &mut self,
         suite: &str,
         attempts: &[(TestId, LoggedAttempt)],
     ) -> Result<(), HistoryError>;
     /// Attempts left out of the statistics (their lease failed almost as a whole).
-    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError>;
+    fn record_excluded(&mut self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError>;
     fn record_settled(
-        &self,
+        &mut self,
         suite: &str,
         test: &TestId,
         outcome: Outcome,
     ) -> Result<(), HistoryError>;
     /// Closes a run: its record, quarantine transitions, retention.
     fn finish_run(
-        &self,
+        &mut self,
         id: RunId,
         state: RunState,
         summary: &RunSummary,
     ) -> Result<(), HistoryError>;
+}
+
+/// Runs one write as a group of its own.
+macro_rules! write_one {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {{
+        let mut out = Ok(());
+        $self.write(&mut |w| {
+            out = w.$method($($arg),*);
+            Ok(())
+        })?;
+        out
+    }};
+}
+
+/// The storage behind history. Calls are synchronous: callers on the async runtime use
+/// `spawn_blocking` or the writer thread.
+pub trait HistoryStore: Send + Sync + 'static {
+    /// A fresh run id, never handed out before (also across restarts).
+    fn next_run_id(&self) -> Result<RunId, HistoryError>;
+    /// The spec of a run that has not finished, so a restarted coordinator can resume it.
+    fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError>;
+    fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError>;
+    /// Runs still marked running (a coordinator stopped while they ran).
+    fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError>;
+
+    /// Applies the writes `f` makes as one group: each record is read once, changed in memory,
+    /// and written back with the group, so a burst of results costs one batch per tree.
+    fn write(
+        &self,
+        f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError>;
+
+    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError> {
+        write_one!(self.put_run(rec))
+    }
+    fn record_skipped(
+        &self,
+        run: RunId,
+        tests: &[TestRef],
+        quarantined: &[u32],
+    ) -> Result<(), HistoryError> {
+        write_one!(self.record_skipped(run, tests, quarantined))
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn record_result(
+        &self,
+        run: RunId,
+        test: &TestRef,
+        attempt: u32,
+        agent_id: &str,
+        result: &AttemptResult,
+        final_outcome: Option<Outcome>,
+        quarantined: bool,
+    ) -> Result<(), HistoryError> {
+        write_one!(self.record_result(
+            run,
+            test,
+            attempt,
+            agent_id,
+            result,
+            final_outcome,
+            quarantined
+        ))
+    }
+    fn record_attempts(
+        &self,
+        suite: &str,
+        attempts: &[(TestId, LoggedAttempt)],
+    ) -> Result<(), HistoryError> {
+        write_one!(self.record_attempts(suite, attempts))
+    }
+    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError> {
+        write_one!(self.record_excluded(suite, tests))
+    }
+    fn record_settled(
+        &self,
+        suite: &str,
+        test: &TestId,
+        outcome: Outcome,
+    ) -> Result<(), HistoryError> {
+        write_one!(self.record_settled(suite, test, outcome))
+    }
+    fn finish_run(
+        &self,
+        id: RunId,
+        state: RunState,
+        summary: &RunSummary,
+    ) -> Result<(), HistoryError> {
+        write_one!(self.finish_run(id, state, summary))
+    }
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError>;
     /// Newest first.

@@ -1,8 +1,11 @@
-//! What history stores. Values are JSON behind a one-byte format version, so a later schema can
-//! still read them; the schema version in `meta` says which shapes the trees hold.
+//! What history stores. Values are postcard (or, for run specs and records written by older
+//! versions, JSON) behind a one-byte format tag, so every record says how to read it; the schema
+//! version in `meta` says which shapes the trees hold.
 //!
 //! - `runs`: run id → [`RunRecord`]
-//! - `run_tests`: (run id, test index) → [`TestRecord`], every attempt of one test in one run
+//! - `run_tests`: (run id, group) → [`RunEntry`]s, the attempts one group of writes recorded for
+//!   a run, folded into a [`TestRecord`] per test when read (stores written before grouping hold
+//!   (run id, test index) → [`TestRecord`], which still read)
 //! - `test_log`: test key → [`TestLog`], the test's last attempts across runs (bounded)
 //! - `tests`: test key → [`TestSummary`], small, precomputed: what queries scan
 //! - `quarantine`: test key → [`QuarantineEntry`]
@@ -56,6 +59,74 @@ pub struct TestRecord {
     pub outcome: Option<Outcome>,
     #[serde(default)]
     pub quarantined: bool,
+}
+
+/// One entry in a run's records: a test skipped, or one attempt of a test (with the test's outcome
+/// once this attempt settled it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunEntry {
+    Skipped {
+        index: u32,
+        binary_id: String,
+        name: String,
+        quarantined: bool,
+    },
+    Attempt {
+        index: u32,
+        binary_id: String,
+        name: String,
+        quarantined: bool,
+        attempt: AttemptRecord,
+        outcome: Option<Outcome>,
+    },
+}
+
+/// Folds entries, in the order they were written, into per-test records.
+pub fn fold_entries(
+    records: &mut std::collections::BTreeMap<u32, TestRecord>,
+    entries: Vec<RunEntry>,
+) {
+    for e in entries {
+        match e {
+            RunEntry::Skipped {
+                index,
+                binary_id,
+                name,
+                quarantined,
+            } => {
+                records.insert(
+                    index,
+                    TestRecord {
+                        index,
+                        binary_id,
+                        name,
+                        attempts: vec![],
+                        outcome: Some(Outcome::Skipped),
+                        quarantined,
+                    },
+                );
+            }
+            RunEntry::Attempt {
+                index,
+                binary_id,
+                name,
+                quarantined,
+                attempt,
+                outcome,
+            } => {
+                let rec = records.entry(index).or_insert_with(|| TestRecord {
+                    index,
+                    binary_id,
+                    name,
+                    attempts: vec![],
+                    outcome: None,
+                    quarantined,
+                });
+                rec.attempts.push(attempt);
+                rec.outcome = outcome;
+            }
+        }
+    }
 }
 
 /// One attempt in a test's log across runs.
@@ -155,8 +226,19 @@ pub struct QuarantineEntry {
 }
 
 const FORMAT_JSON_V1: u8 = 1;
+const FORMAT_POSTCARD_V1: u8 = 2;
 
+/// Records the writer touches for every result are compact binary (postcard): several times
+/// smaller and faster than JSON. Anything written before still reads.
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out =
+        postcard::to_extend(v, vec![FORMAT_POSTCARD_V1]).expect("history records always serialize");
+    out.shrink_to_fit();
+    out
+}
+
+/// For rare, richly shaped records (a run's spec) whose types postcard cannot describe.
+pub(crate) fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_JSON_V1];
     serde_json::to_writer(&mut out, v).expect("history records always serialize");
     out
@@ -168,6 +250,9 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
         reason,
     };
     match bytes.split_first() {
+        Some((&FORMAT_POSTCARD_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))
+        }
         Some((&FORMAT_JSON_V1, rest)) => {
             serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))
         }

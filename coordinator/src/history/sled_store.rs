@@ -1,20 +1,21 @@
 //! The sled-backed [`HistoryStore`]. Keys are fixed-width big-endian integers or `\0`-joined names,
 //! so scans come out ordered; trees and shapes are described in `records.rs`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use testfleet_model::{
-    AttemptResult, Outcome, RunId, RunSpec, RunState, RunSummary, TestId, TestRef,
-};
+use testfleet_model::{Outcome, RunId, RunSpec, RunState, RunSummary, TestId};
 
 use super::records::{
     LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord, TestSummary, decode, encode,
+    encode_json, fold_entries,
 };
-use super::{AttemptRecord, HistoryError, HistoryStore, verdict};
+use super::sled_writes::WriteTx;
+use super::{HistoryError, HistoryStore, HistoryWrites, verdict};
 
 /// Schema 1 kept only passing durations per test; schema 2 keeps an attempt log and a summary.
 const SCHEMA_VERSION: u32 = 2;
-const OUTPUT_EXCERPT_BYTES: usize = 4096;
+pub(super) const OUTPUT_EXCERPT_BYTES: usize = 4096;
 /// Runs kept by default; older runs and their per-test records are pruned.
 pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 
@@ -22,23 +23,26 @@ pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 pub struct SledStore {
     db: sled::Db,
     meta: sled::Tree,
-    runs: sled::Tree,
-    run_tests: sled::Tree,
-    test_log: sled::Tree,
-    tests: sled::Tree,
+    pub(super) runs: sled::Tree,
+    pub(super) run_tests: sled::Tree,
+    pub(super) test_log: sled::Tree,
+    pub(super) tests: sled::Tree,
     quarantine: sled::Tree,
     run_specs: sled::Tree,
     keep_runs: u64,
 }
 
-fn run_test_key(run: RunId, index: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
+/// A group of a run's records: (run id, group id). Stores written before records were grouped
+/// hold 12-byte keys, (run id, test index), with one [`TestRecord`] each.
+pub(super) fn run_group_key(run: RunId, group: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
     k[..8].copy_from_slice(&run.0.to_be_bytes());
-    k[8..].copy_from_slice(&index.to_be_bytes());
+    k[8..].copy_from_slice(&group.to_be_bytes());
     k
 }
+const UNGROUPED_KEY_LEN: usize = 12;
 
-fn test_key(suite: &str, t: &TestId) -> Vec<u8> {
+pub(super) fn test_key(suite: &str, t: &TestId) -> Vec<u8> {
     [
         suite.as_bytes(),
         b"\0",
@@ -195,7 +199,7 @@ impl SledStore {
         Ok(Some(rec))
     }
 
-    fn summary_of(
+    pub(super) fn summary_of(
         &self,
         key: &[u8],
         suite: &str,
@@ -270,6 +274,32 @@ impl SledStore {
         Ok(())
     }
 
+    /// A fresh id for a group of run records, increasing across restarts.
+    pub(super) fn next_group_id(&self) -> Result<u64, HistoryError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Closes a run whose records are all in sled: its state and summary, quarantine transitions,
+    /// retention, and a flush (a finished run is on disk).
+    pub(super) fn close_run(
+        &self,
+        id: RunId,
+        state: RunState,
+        summary: &RunSummary,
+    ) -> Result<(), HistoryError> {
+        if let Some(run) = self.update_run(id, |r| {
+            r.state = state;
+            r.summary = Some(summary.clone());
+        })? {
+            self.settle_quarantine(&run)?;
+        }
+        // A finished run is never resumed: its spec can go.
+        self.run_specs.remove(id.0.to_be_bytes())?;
+        self.prune(id)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Drops the oldest runs beyond the retention, with their per-test records.
     fn prune(&self, newest: RunId) -> Result<(), HistoryError> {
         let Some(cutoff) = newest.0.checked_sub(self.keep_runs) else {
@@ -313,13 +343,9 @@ impl HistoryStore for SledStore {
         Ok(RunId(u64::from_be_bytes(bytes)))
     }
 
-    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError> {
-        self.runs.insert(rec.run_id.to_be_bytes(), encode(rec))?;
-        Ok(())
-    }
-
     fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError> {
-        self.run_specs.insert(run.0.to_be_bytes(), encode(spec))?;
+        self.run_specs
+            .insert(run.0.to_be_bytes(), encode_json(spec))?;
         Ok(())
     }
 
@@ -343,126 +369,13 @@ impl HistoryStore for SledStore {
         Ok(out)
     }
 
-    fn record_skipped(
+    fn write(
         &self,
-        run: RunId,
-        tests: &[TestRef],
-        quarantined: &[u32],
+        f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,
     ) -> Result<(), HistoryError> {
-        let mut batch = sled::Batch::default();
-        for t in tests {
-            let rec = TestRecord {
-                index: t.index,
-                binary_id: t.binary_id.clone(),
-                name: t.name.clone(),
-                attempts: vec![],
-                outcome: Some(Outcome::Skipped),
-                quarantined: quarantined.contains(&t.index),
-            };
-            batch.insert(&run_test_key(run, t.index), encode(&rec));
-        }
-        self.run_tests.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn record_result(
-        &self,
-        run: RunId,
-        test: &TestRef,
-        attempt: u32,
-        agent_id: &str,
-        result: &AttemptResult,
-        final_outcome: Option<Outcome>,
-        quarantined: bool,
-    ) -> Result<(), HistoryError> {
-        let key = run_test_key(run, test.index);
-        let mut rec: TestRecord = match self.run_tests.get(key)? {
-            Some(b) => decode(&key, &b)?,
-            None => TestRecord {
-                index: test.index,
-                binary_id: test.binary_id.clone(),
-                name: test.name.clone(),
-                attempts: vec![],
-                outcome: None,
-                quarantined,
-            },
-        };
-        let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
-        rec.attempts.push(AttemptRecord {
-            attempt,
-            agent_id: agent_id.to_owned(),
-            status: result.status,
-            duration_ms: result.duration.as_millis() as u64,
-            exit_code: result.exit_code,
-            signal: result.signal,
-            message: result.message.clone(),
-            output_excerpt: String::from_utf8_lossy(&result.output[..excerpt_len]).into_owned(),
-        });
-        rec.outcome = final_outcome;
-        self.run_tests.insert(key, encode(&rec))?;
-        Ok(())
-    }
-
-    fn record_attempts(
-        &self,
-        suite: &str,
-        attempts: &[(TestId, LoggedAttempt)],
-    ) -> Result<(), HistoryError> {
-        for (id, a) in attempts {
-            let key = test_key(suite, id);
-            let mut log: TestLog = match self.test_log.get(&key)? {
-                Some(b) => decode(&key, &b)?,
-                None => TestLog::default(),
-            };
-            let mut summary = self.summary_of(&key, suite, id)?;
-            verdict::record(&mut summary, &mut log, a.clone());
-            self.test_log.insert(&key, encode(&log))?;
-            self.tests.insert(&key, encode(&summary))?;
-        }
-        Ok(())
-    }
-
-    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError> {
-        for id in tests {
-            let key = test_key(suite, id);
-            let mut summary = self.summary_of(&key, suite, id)?;
-            summary.excluded += 1;
-            self.tests.insert(&key, encode(&summary))?;
-        }
-        Ok(())
-    }
-
-    fn record_settled(
-        &self,
-        suite: &str,
-        id: &TestId,
-        outcome: Outcome,
-    ) -> Result<(), HistoryError> {
-        let key = test_key(suite, id);
-        let mut summary = self.summary_of(&key, suite, id)?;
-        summary.runs += 1;
-        summary.last_outcome = Some(outcome);
-        self.tests.insert(&key, encode(&summary))?;
-        Ok(())
-    }
-
-    fn finish_run(
-        &self,
-        id: RunId,
-        state: RunState,
-        summary: &RunSummary,
-    ) -> Result<(), HistoryError> {
-        if let Some(run) = self.update_run(id, |r| {
-            r.state = state;
-            r.summary = Some(summary.clone());
-        })? {
-            self.settle_quarantine(&run)?;
-        }
-        // A finished run is never resumed: its spec can go.
-        self.run_specs.remove(id.0.to_be_bytes())?;
-        self.prune(id)?;
-        self.db.flush()?;
-        Ok(())
+        let mut tx = WriteTx::new(self);
+        f(&mut tx)?;
+        tx.commit()
     }
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError> {
@@ -483,13 +396,17 @@ impl HistoryStore for SledStore {
     }
 
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError> {
-        self.run_tests
-            .scan_prefix(id.0.to_be_bytes())
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut records = BTreeMap::new();
+        for kv in self.run_tests.scan_prefix(id.0.to_be_bytes()) {
+            let (k, v) = kv?;
+            if k.len() == UNGROUPED_KEY_LEN {
+                let rec: TestRecord = decode(&k, &v)?;
+                records.insert(rec.index, rec);
+            } else {
+                fold_entries(&mut records, decode(&k, &v)?);
+            }
+        }
+        Ok(records.into_values().collect())
     }
 
     fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError> {
@@ -585,6 +502,7 @@ impl HistoryStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testfleet_model::TestRef;
 
     #[test]
     fn run_ids_are_dense_across_reopens() {
@@ -656,6 +574,37 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn run_records_written_one_per_test_by_earlier_versions_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let old = TestRecord {
+            index: 3,
+            binary_id: "b".into(),
+            name: "t".into(),
+            attempts: vec![],
+            outcome: Some(Outcome::Passed),
+            quarantined: false,
+        };
+        let mut key = [0u8; UNGROUPED_KEY_LEN];
+        key[..8].copy_from_slice(&7u64.to_be_bytes());
+        key[8..].copy_from_slice(&3u32.to_be_bytes());
+        store.run_tests.insert(key, encode_json(&old)).unwrap();
+        let new = TestRef {
+            index: 1,
+            binary_id: "b".into(),
+            name: "u".into(),
+        };
+        store.record_skipped(RunId(7), &[new], &[]).unwrap();
+        let records = store.run_tests(RunId(7)).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            (records[0].index, records[0].outcome),
+            (1, Some(Outcome::Skipped))
+        );
+        assert_eq!(records[1], old);
     }
 
     #[test]

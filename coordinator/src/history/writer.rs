@@ -11,11 +11,15 @@ use std::sync::Arc;
 use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
-use super::{HistoryError, HistoryStore, LoggedAttempt, RunRecord};
+use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
 
 /// A lease at least this large, with at least this share of failures, is excluded.
 pub const MASS_FAILURE_MIN_TESTS: u32 = 4;
 pub const MASS_FAILURE_PERCENT: u32 = 80;
+
+/// Updates written as one group at most: large enough to amortise a batch per tree, small enough
+/// that a group's records stay a few megabytes.
+const GROUP_MAX: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub enum HistoryUpdate {
@@ -40,11 +44,30 @@ pub fn spawn_writer(
                 revisions: HashMap::new(),
                 pending: HashMap::new(),
             };
-            while let Some(update) = rx.blocking_recv() {
-                if let Err(e) = w.apply(update) {
-                    // History is derived data: a failed write is reported, and the run goes on.
+            let mut group = Vec::with_capacity(GROUP_MAX);
+            while let Some(first) = rx.blocking_recv() {
+                // Whatever else is already waiting goes into the same group of writes.
+                group.push(first);
+                while group.len() < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(u) => group.push(u),
+                        Err(_) => break,
+                    }
+                }
+                let store = w.store.clone();
+                let written = store.write(&mut |tx| {
+                    for update in group.drain(..) {
+                        if let Err(e) = w.apply(tx, update) {
+                            // History is derived data: a failed write is reported, and the run goes on.
+                            tracing::error!(error = %e, "failed to write history");
+                        }
+                    }
+                    Ok(())
+                });
+                if let Err(e) = written {
                     tracing::error!(error = %e, "failed to write history");
                 }
+                group.clear();
             }
             if let Err(e) = w.store.flush() {
                 tracing::error!(error = %e, "failed to flush history");
@@ -63,12 +86,16 @@ struct Writer {
 }
 
 impl Writer {
-    fn apply(&mut self, update: HistoryUpdate) -> Result<(), HistoryError> {
+    fn apply(
+        &mut self,
+        store: &mut dyn HistoryWrites,
+        update: HistoryUpdate,
+    ) -> Result<(), HistoryError> {
         let (suite, event) = match update {
             HistoryUpdate::RunCreated(rec) => {
                 self.revisions
                     .insert(RunId(rec.run_id), rec.revision.clone());
-                return self.store.put_run(&rec);
+                return store.put_run(&rec);
             }
             HistoryUpdate::Event { suite, event } => (suite, event),
         };
@@ -80,7 +107,7 @@ impl Writer {
                 ..
             } => {
                 let q: Vec<u32> = quarantined.iter().map(|t| t.index).collect();
-                self.store.record_skipped(run, skipped, &q)?;
+                store.record_skipped(run, skipped, &q)?;
             }
             EventKind::TestFinished {
                 test,
@@ -91,7 +118,7 @@ impl Writer {
                 lease_id,
                 quarantined,
             } => {
-                self.store.record_result(
+                store.record_result(
                     run,
                     test,
                     *attempt,
@@ -121,7 +148,7 @@ impl Writer {
                         .push((id.clone(), logged));
                 }
                 if let Some(o) = final_outcome {
-                    self.store.record_settled(&suite, &id, *o)?;
+                    store.record_settled(&suite, &id, *o)?;
                 }
             }
             EventKind::LeaseFinished {
@@ -135,9 +162,9 @@ impl Writer {
                 {
                     tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
                     let ids: Vec<TestId> = attempts.into_iter().map(|(id, _)| id).collect();
-                    self.store.record_excluded(&suite, &ids)?;
+                    store.record_excluded(&suite, &ids)?;
                 } else {
-                    self.store.record_attempts(&suite, &attempts)?;
+                    store.record_attempts(&suite, &attempts)?;
                 }
             }
             EventKind::RunFinished { summary, state } => {
@@ -150,10 +177,10 @@ impl Writer {
                     .collect();
                 for key in open {
                     let attempts = self.pending.remove(&key).unwrap_or_default();
-                    self.store.record_attempts(&suite, &attempts)?;
+                    store.record_attempts(&suite, &attempts)?;
                 }
                 self.revisions.remove(&run);
-                self.store.finish_run(run, *state, summary)?;
+                store.finish_run(run, *state, summary)?;
             }
             EventKind::TestStarted { .. }
             | EventKind::Notice { .. }
