@@ -23,6 +23,8 @@ pub struct TestCommand {
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub output_cap: usize,
+    /// Told of the test's process group, so the group dies with the agent.
+    pub guard: crate::guard::Guard,
 }
 
 /// How the process ended, before a runner interprets it.
@@ -46,30 +48,21 @@ pub struct Finished {
 /// the group (a double fork into a new session) can keep them open this long.
 const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-fn signal_group(pgid: u32, signal: i32) {
+pub(crate) fn signal_group(pgid: u32, signal: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory of ours.
     unsafe {
         libc::kill(-(pgid as i32), signal);
     }
 }
 
-/// Runs the command to its end, its timeout, or `cancel` turning true.
-pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finished {
-    let started = Instant::now();
+/// The command for a test process: its own process group, output piped, killed if dropped.
+pub(crate) fn command(cmd: &TestCommand) -> Command {
     let mut command = Command::new(&cmd.program);
-    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe call.
-    // It asks the kernel to kill the test if the agent dies (even by SIGKILL), so no test outlives
-    // its agent. (The signal follows the forking thread: tokio's worker threads live as long as
-    // the runtime.)
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = match command
+    // No `pre_exec` hook: without one the standard library starts the process with posix_spawn
+    // (vfork semantics), which costs the same however much memory the agent holds; a fork of a
+    // local fleet's process cost milliseconds per test. Tests an agent leaves behind when it is
+    // killed die with it by the guard (`guard`), or are swept when it starts again (`orphans`).
+    command
         .args(&cmd.args)
         .current_dir(&cmd.cwd)
         .envs(&cmd.env)
@@ -77,9 +70,14 @@ pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finish
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs the command to its end, its timeout, or `cancel` turning true.
+pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finished {
+    let started = Instant::now();
+    let mut child = match command(cmd).spawn() {
         Ok(c) => c,
         Err(e) => {
             return Finished {
@@ -91,6 +89,7 @@ pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finish
         }
     };
     let pgid = child.id().expect("a just-spawned child has a pid");
+    cmd.guard.watch(pgid);
     let capture = Arc::new(Mutex::new(Capture::new(cmd.output_cap)));
     let readers = [
         tokio::spawn(pump(
@@ -119,6 +118,7 @@ pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finish
     // Whatever is left of the group (the test's own children, or the test after a timeout) goes now.
     signal_group(pgid, libc::SIGKILL);
     let _ = child.wait().await;
+    cmd.guard.release(pgid);
     for r in readers {
         let _ = tokio::time::timeout(PIPE_DRAIN_LIMIT, r).await;
     }
@@ -163,6 +163,7 @@ mod tests {
             timeout,
             kill_grace: Duration::from_millis(200),
             output_cap: 1024,
+            guard: Default::default(),
         }
     }
 

@@ -6,47 +6,105 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptResult, ServiceSpec};
+use testfleet_model::{AttemptResult, Scope, ServiceSpec};
 use testfleet_proto::pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::AgentConfig;
 use crate::executor::{self, TestCommand};
 use crate::provision::{LeaseCtx, ServicePool};
-use crate::runners::libtest;
+use crate::runners::{libtest, libtest_batch};
 
-/// A test ready to start.
+/// A test ready to start, or (in batch mode) several tests of one binary for one process.
 pub(crate) struct Job {
-    pub key: pb::AttemptKey,
+    /// Each test's attempt key and name, in the order they run.
+    pub tests: Vec<(pb::AttemptKey, String)>,
+    /// The command of the first test (one process per test), or of the binary (a batch).
     pub cmd: TestCommand,
     pub cancel: watch::Receiver<bool>,
     pub services: Vec<ServiceSpec>,
     pub ctx: LeaseCtx,
 }
 
+impl Job {
+    pub fn lease_id(&self) -> &str {
+        &self.tests[0].0.lease_id
+    }
+}
+
+/// A leased test whose command and services are resolved.
+pub(crate) struct Ready {
+    pub key: pb::AttemptKey,
+    pub name: String,
+    pub cmd: TestCommand,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Turns a lease's resolved tests into jobs. With `per_process` above 1, consecutive tests of the
+/// same binary share a process, at most `per_process` of them, and a lease's tests are spread so
+/// every slot gets some. Tests whose services are started per test always run alone.
+pub(crate) fn jobs(
+    ready: Vec<Ready>,
+    per_process: usize,
+    slots: usize,
+    cancel: &watch::Receiver<bool>,
+    ctx: &LeaseCtx,
+) -> Vec<Job> {
+    let chunk = per_process.min(ready.len().div_ceil(slots.max(1))).max(1);
+    let mut jobs: Vec<Job> = vec![];
+    for r in ready {
+        let batchable = chunk > 1 && r.services.iter().all(|s| s.scope != Scope::Test);
+        if let Some(last) = jobs.last_mut()
+            && batchable
+            && last.tests.len() < chunk
+            && last.cmd.program == r.cmd.program
+            && last.services == r.services
+            // The process's environment names one attempt (`TESTFLEET_ATTEMPT`): retries
+            // share a process only with retries.
+            && last.tests[0].0.attempt == r.key.attempt
+        {
+            last.tests.push((r.key, r.name));
+            continue;
+        }
+        jobs.push(Job {
+            tests: vec![(r.key, r.name)],
+            cmd: r.cmd,
+            cancel: cancel.clone(),
+            services: r.services,
+            ctx: ctx.clone(),
+        });
+    }
+    jobs
+}
+
 pub(crate) fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(kind) }
 }
 
-/// Provisions a test's services, runs it, and removes its test-scope containers.
+/// Provisions a job's services, runs its tests, and removes its test-scope containers.
 pub(crate) async fn run_job(
-    key: pb::AttemptKey,
     job: Job,
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
     notes: mpsc::UnboundedSender<pb::AgentMessage>,
-) -> (pb::AttemptKey, AttemptResult) {
-    let mut cmd = job.cmd;
+) -> Vec<(pb::AttemptKey, AttemptResult)> {
+    let all = |r: AttemptResult| -> Vec<(pb::AttemptKey, AttemptResult)> {
+        job.tests
+            .iter()
+            .map(|(k, _)| (k.clone(), r.clone()))
+            .collect()
+    };
+    let mut cmd = job.cmd.clone();
     let prepared = if job.services.is_empty() {
         None
     } else {
         let Some(pool) = &pool else {
             let why = format!("this agent cannot start services: {no_docker}");
-            return (key, AttemptResult::infra_error(why));
+            return all(AttemptResult::infra_error(why));
         };
         match pool.prepare(&job.ctx, &job.services).await {
             Ok(p) => Some(p),
-            Err(e) => return (key, AttemptResult::infra_error(e)),
+            Err(e) => return all(AttemptResult::infra_error(e)),
         }
     };
     if let Some(p) = &prepared {
@@ -64,12 +122,23 @@ pub(crate) async fn run_job(
         }
         cmd.env.extend(p.env.clone());
     }
-    let timeout_secs = cmd.timeout.as_secs_f64();
-    let finished = executor::run(&cmd, job.cancel).await;
+    let results = if let [(key, _)] = job.tests.as_slice() {
+        let timeout_secs = cmd.timeout.as_secs_f64();
+        let finished = executor::run(&cmd, job.cancel.clone()).await;
+        vec![(key.clone(), libtest::interpret(finished, timeout_secs))]
+    } else {
+        let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
+        let results = libtest_batch::run(&cmd, &names, job.cancel.clone()).await;
+        job.tests
+            .iter()
+            .map(|(k, _)| k.clone())
+            .zip(results)
+            .collect()
+    };
     if let (Some(pool), Some(p)) = (&pool, prepared) {
         pool.finish_test(p).await;
     }
-    (key, libtest::interpret(finished, timeout_secs))
+    results
 }
 
 /// The services a leased test needs, from the lease's list.
@@ -148,7 +217,10 @@ pub(crate) fn command_for(
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
     env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.clone());
     env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.clone());
-    env.insert("TESTFLEET_AGENT_ID".into(), config.agent_id.to_string());
+    env.insert(
+        crate::orphans::AGENT_ENV.into(),
+        config.agent_id.to_string(),
+    );
     Ok(TestCommand {
         program,
         args: libtest::args(&t.name),
@@ -157,5 +229,6 @@ pub(crate) fn command_for(
         timeout: Duration::from_millis(lease.test_timeout_ms.max(1)),
         kill_grace: Duration::from_millis(lease.kill_grace_ms),
         output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
+        guard: config.guard.clone(),
     })
 }

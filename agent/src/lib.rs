@@ -5,7 +5,9 @@
 pub mod bundle_cache;
 pub mod capture;
 pub mod executor;
+pub mod guard;
 mod job;
+pub mod orphans;
 pub mod provision;
 pub mod runners;
 mod session;
@@ -37,6 +39,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Kills the running tests if the agent dies (see [`guard`]); off by default.
+    pub guard: guard::Guard,
 }
 
 impl AgentConfig {
@@ -49,6 +53,7 @@ impl AgentConfig {
             labels: HashMap::new(),
             connect_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
+            guard: guard::Guard::default(),
         }
     }
 }
@@ -130,6 +135,14 @@ pub async fn run(
         path: config.work_dir.clone(),
         source,
     })?;
+    // Tests a killed earlier run of this agent left running go before new ones start.
+    let orphans = orphans::sweep(config.agent_id.as_str());
+    if orphans > 0 {
+        tracing::warn!(
+            processes = orphans,
+            "killed tests an earlier run of this agent left running"
+        );
+    }
     let services = services(&config, provisioner).await;
     let result = run_sessions(&config, &services, stop).await;
     if let Some(pool) = &services.pool
@@ -173,8 +186,11 @@ async fn run_sessions(
                     while w.running > 0 {
                         match tokio::time::timeout(Duration::from_secs(10), w.done_rx.recv()).await
                         {
-                            Ok(Some((key, result))) => {
-                                w.finished(key, &result);
+                            Ok(Some(results)) => {
+                                w.job_done();
+                                for (key, result) in results {
+                                    w.finished(key, &result);
+                                }
                             }
                             _ => break,
                         }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 
 use crate::bundle_cache::BundleCache;
-use crate::job::{self, Job, msg};
+use crate::job::{self, msg};
 use crate::provision::LeaseCtx;
 use crate::worker::{Worker, ack_key};
 use crate::{AgentConfig, AgentError, Stop};
@@ -106,7 +106,10 @@ pub(crate) async fn run(
         was_welcomed: true,
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
-    let mut requested = false;
+    // The outstanding work request, if any. A request for fewer idle slots than the agent has
+    // now is sent again (the coordinator keeps the newest): a slot that became idle must not
+    // wait behind a request that only asked for tests to queue.
+    let mut requested: Option<pb::WorkRequest> = None;
     let mut gave_back = false;
     let mut final_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
 
@@ -122,20 +125,24 @@ pub(crate) async fn run(
                 let _ = out.send(released(lease, indices)).await;
             }
         }
-        while let Some(key) = w.start_next() {
-            let _ = out
-                .send(msg(pb::agent_message::Kind::TestStarted(pb::TestStarted {
-                    key: Some(key),
-                })))
-                .await;
+        while let Some(keys) = w.start_next() {
+            for key in keys {
+                let _ = out
+                    .send(msg(pb::agent_message::Kind::TestStarted(pb::TestStarted {
+                        key: Some(key),
+                    })))
+                    .await;
+            }
         }
-        if state == Stop::Running && !requested && w.free() > 0 {
-            requested = true;
-            let free_slots = w.free() as u32;
+        if state == Stop::Running
+            && let Some(want) = w.wanted()
+            && requested
+                .as_ref()
+                .is_none_or(|r| r.free_slots < want.free_slots)
+        {
+            requested = Some(want);
             let _ = out
-                .send(msg(pb::agent_message::Kind::WorkRequest(pb::WorkRequest {
-                    free_slots,
-                })))
+                .send(msg(pb::agent_message::Kind::WorkRequest(want)))
                 .await;
         }
         if state != Stop::Running && w.idle() {
@@ -149,7 +156,7 @@ pub(crate) async fn run(
             m = inbound.message() => match m {
                 Ok(Some(m)) => match m.kind {
                     Some(pb::coordinator_message::Kind::Lease(lease)) => {
-                        requested = false;
+                        requested = None;
                         if *stop.borrow() != Stop::Running {
                             let _ = out.send(released(lease.lease_id, vec![])).await;
                             continue;
@@ -198,6 +205,7 @@ pub(crate) async fn run(
                     .map(|s| ServiceSpec::try_from(s).map_err(|e| e.to_string()))
                     .collect();
                 let mut given = vec![];
+                let mut ready = vec![];
                 for t in &lease.tests {
                     let key = testfleet_proto::pb::AttemptKey {
                         run_id: lease.run_id.clone(),
@@ -215,20 +223,25 @@ pub(crate) async fn run(
                         .and_then(|root| job::command_for(config, &lease, t, root.as_deref()))
                         .and_then(|cmd| Ok((cmd, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
                     match prepared {
-                        Ok((cmd, services)) => w.pending.push_back(Job { key, cmd, cancel: cancel.clone(), services, ctx: ctx.clone() }),
+                        Ok((cmd, services)) => ready.push(job::Ready { key, name: t.name.clone(), cmd, services }),
                         Err(reason) => {
                             let m = w.unstartable(key, &AttemptResult::infra_error(reason));
                             let _ = out.send(m).await;
                         }
                     }
                 }
+                let per_process = lease.tests_per_process.max(1) as usize;
+                w.pending.extend(job::jobs(ready, per_process, w.slots, &cancel, &ctx));
                 if !given.is_empty() {
                     let _ = out.send(released(lease.lease_id.clone(), given)).await;
                 }
             }
-            Some((key, result)) = w.done_rx.recv() => {
-                let m = w.finished(key, &result);
-                let _ = out.send(m).await;
+            Some(results) = w.done_rx.recv() => {
+                w.job_done();
+                for (key, result) in results {
+                    let m = w.finished(key, &result);
+                    let _ = out.send(m).await;
+                }
             }
             Some(note) = w.notes_rx.recv() => {
                 let _ = out.send(note).await;

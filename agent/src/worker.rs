@@ -36,8 +36,8 @@ pub(crate) struct Worker {
     pub leases: HashMap<String, (watch::Sender<bool>, usize)>,
     /// Results sent (or to be sent) and not yet acknowledged, oldest first.
     pub unacked: BTreeMap<AckKey, pb::AgentMessage>,
-    pub done_tx: mpsc::UnboundedSender<(pb::AttemptKey, AttemptResult)>,
-    pub done_rx: mpsc::UnboundedReceiver<(pb::AttemptKey, AttemptResult)>,
+    pub done_tx: mpsc::UnboundedSender<Vec<(pb::AttemptKey, AttemptResult)>>,
+    pub done_rx: mpsc::UnboundedReceiver<Vec<(pb::AttemptKey, AttemptResult)>>,
     pub ready_tx: mpsc::UnboundedSender<(pb::Lease, Result<Option<PathBuf>, String>)>,
     pub ready_rx: mpsc::UnboundedReceiver<(pb::Lease, Result<Option<PathBuf>, String>)>,
     /// Messages from test tasks (service starts) for whichever session is up.
@@ -77,6 +77,22 @@ impl Worker {
             .saturating_sub(self.running + self.preparing + self.pending.len())
     }
 
+    /// What to ask the coordinator for, if anything: idle slots, and busy slots whose queue of
+    /// waiting tests is running low (asked for early, so no slot waits for a round trip).
+    pub fn wanted(&self) -> Option<pb::WorkRequest> {
+        let free = self.free();
+        let queued = self.preparing + self.pending.len();
+        let queue = if queued < self.slots {
+            self.slots - free
+        } else {
+            0
+        };
+        (free + queue > 0).then_some(pb::WorkRequest {
+            free_slots: free as u32,
+            queue_slots: queue as u32,
+        })
+    }
+
     /// Nothing runs, waits or is being prepared.
     pub fn idle(&self) -> bool {
         self.running == 0 && self.preparing == 0 && self.pending.is_empty()
@@ -88,23 +104,23 @@ impl Worker {
         l
     }
 
-    /// Starts a pending test in its own task; returns its key, for the TestStarted message.
-    pub fn start_next(&mut self) -> Option<pb::AttemptKey> {
+    /// Starts a pending job in its own task; returns its tests' keys, for TestStarted messages.
+    pub fn start_next(&mut self) -> Option<Vec<pb::AttemptKey>> {
         if self.running >= self.slots {
             return None;
         }
         let job = self.pending.pop_front()?;
         self.running += 1;
-        let key = job.key.clone();
+        let keys = job.tests.iter().map(|(k, _)| k.clone()).collect();
         let done = self.done_tx.clone();
         let notes = self.notes_tx.clone();
         let pool = self.pool.clone();
         let no_docker = self.no_docker.clone();
         tokio::spawn(async move {
-            let result = job::run_job(job.key.clone(), job, pool, no_docker, notes).await;
-            let _ = done.send(result);
+            let results = job::run_job(job, pool, no_docker, notes).await;
+            let _ = done.send(results);
         });
-        Some(key)
+        Some(keys)
     }
 
     /// Stops a lease's tests and removes its containers (cancelled, or unknown to the coordinator).
@@ -113,7 +129,7 @@ impl Worker {
             let _ = cancel.send(true);
             self.release(lease.to_owned());
         }
-        self.pending.retain(|j| j.key.lease_id != lease);
+        self.pending.retain(|j| j.lease_id() != lease);
     }
 
     /// Stops everything now (a forced shutdown).
@@ -139,18 +155,24 @@ impl Worker {
     pub fn give_back_pending(&mut self) -> BTreeMap<String, Vec<u32>> {
         let mut given: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for job in std::mem::take(&mut self.pending) {
-            given
-                .entry(job.key.lease_id.clone())
-                .or_default()
-                .push(job.key.test_index);
-            self.test_done(&job.key.lease_id);
+            for (key, _) in job.tests {
+                given
+                    .entry(key.lease_id.clone())
+                    .or_default()
+                    .push(key.test_index);
+                self.test_done(&key.lease_id);
+            }
         }
         given
     }
 
+    /// A job ended: its slot is free.
+    pub fn job_done(&mut self) {
+        self.running -= 1;
+    }
+
     /// Records a finished test's result for sending until acknowledged.
     pub fn finished(&mut self, key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
-        self.running -= 1;
         self.test_done(&key.lease_id);
         let m = job::finished_msg(key.clone(), result);
         self.unacked.insert(ack_key(&key), m.clone());

@@ -3,14 +3,11 @@
 //! 10, 50 and 100 runs. The expected detection share is computed beside the measured one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use testfleet_coordinator::SledStore;
-use testfleet_coordinator::history::{HistoryUpdate, RunRecord, query, spawn_writer};
-use testfleet_model::{
-    AttemptResult, AttemptStatus, EventKind, Outcome, QuarantinePolicy, RunEvent, RunId, RunState,
-    RunSummary, TestRef,
-};
+use testfleet_coordinator::history::{query, spawn_writer};
+
+use crate::simhistory::{Attempt, send_run};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,85 +43,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     for run in 1..=args.runs {
         let (tx, writer) = spawn_writer(store.clone());
-        let id = RunId(run);
-        tx.send(HistoryUpdate::RunCreated(RunRecord {
-            run_id: run,
-            suite: "sim".into(),
-            total_tests: names.len() as u32,
-            revision: format!("rev{run}"),
-            branch: "main".into(),
-            created_unix_ms: run * 1000,
-            state: RunState::Running,
-            summary: None,
-            quarantine: QuarantinePolicy::default(),
-            resumes: 0,
-        }))?;
-        let mut seq = 0;
-        let mut send = |kind: EventKind| {
-            seq += 1;
-            let event = RunEvent {
-                seq,
-                run_id: id,
-                at_unix_ms: run * 1000 + seq,
-                kind,
-            };
-            tx.send(HistoryUpdate::Event {
-                suite: "sim".into(),
-                event,
-            })
-            .map_err(|_| anyhow::anyhow!("the history writer stopped"))
-        };
-        for (lease, (class, name)) in names.iter().enumerate() {
-            let p = if *class == 0 {
-                0.0
-            } else {
-                PROBABILITIES[class - 1]
-            };
-            let first_fails = rng.f64() < p;
-            let mut attempts = vec![first_fails];
-            if first_fails {
-                attempts.push(rng.f64() < p);
-            }
-            let last = attempts.len();
-            for (i, failed) in attempts.iter().enumerate() {
-                let mut result = AttemptResult::infra_error("");
-                result.status = if *failed {
-                    AttemptStatus::Failed
+        let tests: Vec<(String, Vec<Attempt>)> = names
+            .iter()
+            .map(|(class, name)| {
+                let p = if *class == 0 {
+                    0.0
                 } else {
-                    AttemptStatus::Passed
+                    PROBABILITIES[class - 1]
                 };
-                result.duration = Duration::from_millis(10);
-                let outcome = match (first_fails, *failed) {
-                    (false, _) => Outcome::Passed,
-                    (true, false) => Outcome::Flaky,
-                    (true, true) => Outcome::Failed,
+                let first = Attempt {
+                    failed: rng.f64() < p,
+                    ms: 10,
                 };
-                let final_outcome = (i + 1 == last).then_some(outcome);
-                send(EventKind::TestFinished {
-                    test: TestRef {
-                        index: lease as u32,
-                        binary_id: "sim".into(),
-                        name: name.clone(),
-                    },
-                    attempt: i as u32 + 1,
-                    agent_id: "agent".into(),
-                    result,
-                    final_outcome,
-                    lease_id: Some(lease as u64),
-                    quarantined: false,
-                })?;
-            }
-            send(EventKind::LeaseFinished {
-                lease_id: lease as u64,
-                agent_id: "agent".into(),
-                tests: 1,
-                failed: u32::from(attempts.iter().all(|f| *f)),
-            })?;
-        }
-        send(EventKind::RunFinished {
-            summary: RunSummary::default(),
-            state: RunState::Finished,
-        })?;
+                let mut attempts = vec![first];
+                if first.failed {
+                    attempts.push(Attempt {
+                        failed: rng.f64() < p,
+                        ms: 10,
+                    });
+                }
+                (name.clone(), attempts)
+            })
+            .collect();
+        send_run(&tx, run, "sim", &tests, 1)?;
         drop(tx);
         writer
             .join()

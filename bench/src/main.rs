@@ -2,10 +2,22 @@
 //! assertions. Method and latest results: `docs/benchmarks.md`.
 
 mod chaos;
+mod containers;
+mod coordinator_proc;
 mod detection;
+mod figures;
+mod ingest;
 mod makespan;
+mod overhead;
+mod queries;
+mod scale;
+mod simagent;
+mod simhistory;
+mod suite;
 
 use clap::{Parser, Subcommand};
+
+use figures::Figure;
 
 #[derive(Parser)]
 #[command(
@@ -19,8 +31,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Every benchmark below but chaos and detection, then one table of figures and targets.
+    All {
+        /// Smaller sizes, a few minutes in all: for a quick check, not for the record.
+        #[arg(long)]
+        quick: bool,
+        /// The testfleet binary [default: next to this one].
+        #[arg(long)]
+        testfleet: Option<std::path::PathBuf>,
+    },
+    /// Trivial tests side by side: cargo nextest, cargo test, testfleet (a process per test, and
+    /// several tests per process).
+    Overhead(overhead::Args),
     /// A heavy-tailed sleep suite on 4 local agents, cold and then with history: wall / lower bound.
     Makespan(makespan::Args),
+    /// Simulated agents report results over gRPC to a coordinator persisting to sled: results/s.
+    Ingest(ingest::Args),
+    /// 1,000 simulated agents and 100,000 near-zero tests: dispatch latency and coordinator RSS.
+    Scale(scale::Args),
+    /// `flaky` and `timings --top 100` over a history of 100,000 tests × 100 runs.
+    Queries(queries::Args),
+    /// Tests that need a service container: scope agent, scope test, a container in every test.
+    Containers(containers::Args),
     /// Simulated tests with known failure probabilities through the real history pipeline: how
     /// many flaky tests are found after 10, 50 and 100 runs, and how many stable ones are wrongly.
     Detection(detection::Args),
@@ -30,11 +62,75 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().bench {
-        Bench::Makespan(a) => makespan::run(a),
-        Bench::Detection(a) => detection::run(a),
-        Bench::Chaos(a) => chaos::run(a),
-    }
+    let figures = match Cli::parse().bench {
+        Bench::All { quick, testfleet } => {
+            let all = all(quick, testfleet)?;
+            figures::print_table(&all);
+            return Ok(());
+        }
+        Bench::Overhead(a) => overhead::run(a)?,
+        Bench::Makespan(a) => makespan::run(a)?,
+        Bench::Ingest(a) => ingest::run(a)?,
+        Bench::Scale(a) => scale::run(a)?,
+        Bench::Queries(a) => queries::run(a)?,
+        Bench::Containers(a) => containers::run(a)?,
+        Bench::Detection(a) => return detection::run(a),
+        Bench::Chaos(a) => return chaos::run(a),
+    };
+    figures::print(&figures);
+    Ok(())
+}
+
+/// Runs every benchmark that has targets; in quick mode with smaller sizes.
+fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec<Figure>> {
+    let tf = || testfleet.clone();
+    let mut out = Vec::new();
+    let mut step = |figures: Vec<Figure>| {
+        figures::print(&figures);
+        println!();
+        out.extend(figures);
+    };
+    step(overhead::run(overhead::Args {
+        tests: 2000,
+        jobs: None,
+        rounds: if quick { 1 } else { 3 },
+        batch: 50,
+        testfleet: tf(),
+    })?);
+    step(makespan::run(makespan::Args {
+        tests: if quick { 100 } else { 200 },
+        total_secs: if quick { 40.0 } else { 120.0 },
+        sigma: 1.0,
+        seed: 7,
+        testfleet: tf(),
+    })?);
+    step(ingest::run(ingest::Args {
+        tests: if quick { 200_000 } else { 1_000_000 },
+        runs: if quick { 2 } else { 10 },
+        agents: 8,
+        slots: 64,
+        testfleet: tf(),
+    })?);
+    step(scale::run(scale::Args {
+        agents: 1000,
+        tests: if quick { 20_000 } else { 100_000 },
+        slots: 1,
+        test_ms: 0.0,
+        testfleet: tf(),
+    })?);
+    step(queries::run(queries::Args {
+        tests: if quick { 20_000 } else { 100_000 },
+        runs: 100,
+        calls: 5,
+        seed: 3,
+        testfleet: tf(),
+    })?);
+    step(containers::run(containers::Args {
+        tests: if quick { 20 } else { 100 },
+        jobs: None,
+        testfleet: tf(),
+    })?);
+    Ok(out)
 }
 
 /// The testfleet binary a benchmark drives: given, or next to this one.

@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-#[derive(clap::Args)]
+use crate::figures::{Figure, Target};
+
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// Number of tests.
     #[arg(long, default_value_t = 200)]
@@ -47,19 +49,13 @@ fn durations(args: &Args) -> Vec<u64> {
 }
 
 fn write_suite(dir: &Path, ms: &[u64]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir.join("src"))?;
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"sleepsuite\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
-    )?;
     let mut src = String::from("//! Generated: tests that sleep for heavy-tailed durations.\n");
     for (i, d) in ms.iter().enumerate() {
         src.push_str(&format!(
             "#[test]\nfn t{i:04}() {{ std::thread::sleep(std::time::Duration::from_millis({d})); }}\n"
         ));
     }
-    std::fs::write(dir.join("src/lib.rs"), src)?;
-    Ok(())
+    crate::suite::write_crate(dir, "sleepsuite", &src)
 }
 
 /// One run on 4 local agents of 1 slot: (wall ms, lower bound ms) from the run's own summary.
@@ -100,27 +96,6 @@ fn testfleet_run(testfleet: &Path, suite: &Path, data: &Path) -> anyhow::Result<
     }
 }
 
-/// The test binary cargo built for the suite.
-fn test_binary(suite: &Path) -> anyhow::Result<PathBuf> {
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "test",
-            "--no-run",
-            "--message-format",
-            "json",
-            "--manifest-path",
-        ])
-        .arg(suite.join("Cargo.toml"))
-        .output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if let Some(exe) = v.get("executable").and_then(|e| e.as_str()) {
-            return Ok(exe.into());
-        }
-    }
-    bail!("cargo built no test binary for {}", suite.display())
-}
-
 /// Round-robin shards in name order, one process per shard, all at once: the wall of the slowest.
 fn static_split(binary: &Path, tests: usize) -> anyhow::Result<u64> {
     let started = Instant::now();
@@ -146,7 +121,7 @@ fn static_split(binary: &Path, tests: usize) -> anyhow::Result<u64> {
     Ok(started.elapsed().as_millis() as u64)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     let testfleet = crate::testfleet_path(args.testfleet.clone())?;
     let ms = durations(&args);
     let work = tempfile::tempdir()?;
@@ -167,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let data = work.path().join("data");
     let (cold, cold_bound) = testfleet_run(&testfleet, &suite, &data)?;
     let (warm, warm_bound) = testfleet_run(&testfleet, &suite, &data)?;
-    let binary = test_binary(&suite)?;
+    let binary = crate::suite::test_binary(&suite)?;
     let split = static_split(&binary, ms.len())?;
     let row = |what: &str, wall: u64, lb: u64| {
         println!(
@@ -182,5 +157,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     row("testfleet, cold (no history)", cold, cold_bound);
     row("testfleet, warm (with history)", warm, warm_bound);
     row("static split (partition count:i/4)", split, bound);
-    Ok(())
+    let ratio = |wall: u64, lb: u64| wall as f64 / lb.max(1) as f64;
+    let split_ratio = ratio(split, bound);
+    Ok(vec![
+        Figure::new(
+            "makespan",
+            "cold (no history): wall / lower bound",
+            ratio(cold, cold_bound),
+            "×",
+            Target::AtMost(1.25),
+        ),
+        Figure::new(
+            "makespan",
+            "with history: wall / lower bound",
+            ratio(warm, warm_bound),
+            "×",
+            Target::AtMost(1.05),
+        ),
+        Figure::new(
+            "makespan",
+            "static split count:i/4: wall / lower bound",
+            split_ratio,
+            "×",
+            Target::None,
+        ),
+        Figure::new(
+            "makespan",
+            "with history / static split",
+            ratio(warm, warm_bound) / split_ratio,
+            "×",
+            Target::Below(1.0),
+        ),
+    ])
 }

@@ -52,6 +52,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Recent runs and their summaries.
     Runs(RunsArgs),
+    /// (Internal) the guard process of an agent: kills its tests if it dies.
+    #[command(name = "__guard", hide = true)]
+    Guard,
     /// Keep flaky tests from failing runs while they keep running and being recorded.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -182,6 +185,18 @@ pub struct RunArgs {
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+
+    /// Batch mode: run up to N tests of one test binary in one process, for suites whose tests
+    /// do not need a fresh process each (much less start-up cost per test). Each test keeps its
+    /// own result, duration, output and timeout; a crash or timeout fails only the test that was
+    /// running, and the rest run again in a new process.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=testfleet_model::RunSpec::MAX_TESTS_PER_PROCESS as i64)
+    )]
+    pub tests_per_process: u32,
     /// Print events as JSON lines on stdout instead of the human report.
     #[arg(long)]
     pub json: bool,

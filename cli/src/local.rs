@@ -78,10 +78,14 @@ impl LocalFleet {
         });
         let mut handles = Vec::new();
         let prefix = local_agent_prefix(data_dir);
+        // One guard for all local agents: if this process is killed, their tests go with it.
+        let guard = crate::commands::start_guard();
         for i in 1..=agents {
             let name = format!("{prefix}-{i}");
             let id = name.parse().expect("a valid agent id");
-            let cfg = AgentConfig::new(url.clone(), id, slots, data_dir.join("agents").join(&name));
+            let mut cfg =
+                AgentConfig::new(url.clone(), id, slots, data_dir.join("agents").join(&name));
+            cfg.guard = guard.clone();
             let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
             let handle = tokio::spawn(async move {
                 let provisioner: Option<Arc<dyn Provisioner>> =

@@ -48,6 +48,13 @@ pub struct RunSpec {
     /// Workspace root for service build contexts (same rule as binary paths); empty if unused.
     pub workspace: String,
     pub quarantine: QuarantinePolicy,
+    /// Batch mode: up to this many tests of one binary share a process (1: a process per test).
+    #[serde(default = "one")]
+    pub tests_per_process: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// How a suite's tests enter and leave quarantine (the manifest's `[quarantine]`).
@@ -101,6 +108,8 @@ pub enum SpecError {
     OutputCapTooSmall { min: u64, got: u64 },
     #[error("bundle digest `{0}` is not a sha256 hex digest (64 lowercase hex characters)")]
     BadDigest(String),
+    #[error("tests per process must be between 1 and {limit}, got {0}", limit = RunSpec::MAX_TESTS_PER_PROCESS)]
+    TestsPerProcess(u32),
     #[error("{0} retries requested, more than the limit of {limit}", limit = RunSpec::MAX_RETRIES)]
     TooManyRetries(u32),
     #[error("binary `{binary}` needs service #{index}, but the run declares {count} services")]
@@ -120,6 +129,7 @@ impl RunSpec {
     pub const MAX_RETRIES: u32 = 20;
     pub const MIN_OUTPUT_CAP: u64 = 1024;
     pub const MAX_SERVICES: usize = 64;
+    pub const MAX_TESTS_PER_PROCESS: u32 = 1000;
 
     /// Checks everything the coordinator relies on; called at the edge before a run is accepted.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -140,6 +150,9 @@ impl RunSpec {
                 min: Self::MIN_OUTPUT_CAP,
                 got: self.output_cap_bytes,
             });
+        }
+        if !(1..=Self::MAX_TESTS_PER_PROCESS).contains(&self.tests_per_process) {
+            return Err(SpecError::TestsPerProcess(self.tests_per_process));
         }
         if let Some(r) = self.retries.filter(|r| *r > Self::MAX_RETRIES) {
             return Err(SpecError::TooManyRetries(r));
@@ -299,6 +312,7 @@ mod tests {
             services: vec![],
             workspace: String::new(),
             quarantine: QuarantinePolicy::default(),
+            tests_per_process: 1,
         }
     }
 

@@ -117,6 +117,7 @@ impl From<&RunSpec> for pb::RunSpec {
                 auto: s.quarantine.auto,
                 release_after: s.quarantine.release_after,
             }),
+            tests_per_process: s.tests_per_process,
         }
     }
 }
@@ -157,6 +158,8 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                     release_after: q.release_after,
                 })
                 .unwrap_or_default(),
+            // Older clients do not send it: a process per test.
+            tests_per_process: s.tests_per_process.max(1),
         };
         spec.validate()
             .map_err(|e| ConvertError::new("run spec", e.to_string()))?;

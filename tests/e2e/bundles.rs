@@ -71,6 +71,7 @@ async fn run_on_bundle(
         services: vec![],
         workspace: String::new(),
         quarantine: Default::default(),
+        tests_per_process: 1,
     };
     let run_id = client
         .submit_run(pb::SubmitRunRequest {

@@ -238,3 +238,50 @@ fn ctrl_c_cancels_the_run_and_its_tests_stop() {
     assert!(run.log().contains("cancelling the run"), "{}", run.log());
     assert_eq!(test_processes(&marker), 0, "the cancelled test was stopped");
 }
+
+#[test]
+fn batch_mode_keeps_every_tests_own_outcome_output_and_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_output(
+        testfleet()
+            .args(["run", "--local", "1", "--slots", "2", "--retries", "1"])
+            .args([
+                "--timeout",
+                "5",
+                "--kill-grace",
+                "1",
+                "--tests-per-process",
+                "20",
+            ])
+            .args(["--output-cap", "8192", "--json", "--manifest-path"])
+            .arg(fixture::manifest())
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
+    let events = events(&out);
+    // The same outcomes as with a process per test: the crash and the hang take down their
+    // process, and the tests after them run again in a new one.
+    assert_eq!(final_outcomes(&events), fixture::expected(true), "{log}");
+    let (_, _, crash) = &attempts(&events, "tests::crashes")[0];
+    assert_eq!(crash.signal, Some(6), "{}", crash.message);
+    assert!(crash.message.contains("SIGABRT"), "{}", crash.message);
+    assert!(String::from_utf8_lossy(&crash.output).contains("about to abort"));
+    for (_, _, r) in attempts(&events, "tests::hangs") {
+        assert_eq!(r.status, AttemptStatus::TimedOut);
+        assert!(r.message.contains("timed out after 5.0 s"), "{}", r.message);
+        assert!(String::from_utf8_lossy(&r.output).contains("about to hang"));
+    }
+    // Each test's output is its own, capped on its own.
+    let (_, _, noisy) = &attempts(&events, "tests::noisy")[0];
+    let text = String::from_utf8_lossy(&noisy.output);
+    assert!(
+        text.contains("noisy line      0") && text.contains("noisy line  39999"),
+        "{text}"
+    );
+    assert!(!text.contains("about to"), "{text}");
+    let (_, _, fails) = &attempts(&events, "tests::fails")[0];
+    assert_eq!(fails.status, AttemptStatus::Failed);
+    assert!(!String::from_utf8_lossy(&fails.output).contains("noisy line"));
+}

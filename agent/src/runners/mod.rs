@@ -2,3 +2,4 @@
 //! (Rust test binaries) exists so far; pytest and command runners slot in beside it.
 
 pub mod libtest;
+pub mod libtest_batch;

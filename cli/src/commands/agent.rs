@@ -49,6 +49,7 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
         slots,
         args.work_dir.clone(),
     );
+    config.guard = super::start_guard();
     for l in &args.labels {
         let (k, v) = l
             .split_once('=')

@@ -10,6 +10,10 @@ use crate::args::{Cli, Command};
 use crate::error::{CliError, CliResult};
 
 pub fn run(cli: Cli) -> CliResult<i32> {
+    if let Command::Guard = cli.command {
+        testfleet_agent::guard::serve(std::io::stdin().lock());
+        return Ok(0);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +29,19 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             Command::History(args) => query::history(args).await,
             Command::Runs(args) => query::runs(args).await,
             Command::Quarantine(cmd) => query::quarantine(cmd).await,
+            Command::Guard => unreachable!("served above, without a runtime"),
         }
+    })
+}
+
+/// Starts this binary as the guard of the agents in this process (see `testfleet_agent::guard`);
+/// without one, a killed agent's tests are only swept when it starts again.
+pub(crate) fn start_guard() -> testfleet_agent::guard::Guard {
+    let started = std::env::current_exe()
+        .and_then(|exe| testfleet_agent::guard::Guard::start(&exe, &["__guard"]));
+    started.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not start the guard process: tests of a killed agent will run on until it restarts");
+        Default::default()
     })
 }
 

@@ -265,6 +265,7 @@ fn build_spec(
             _ => String::new(),
         },
         quarantine: suite.map(|s| s.manifest.quarantine).unwrap_or_default(),
+        tests_per_process: args.tests_per_process,
     })
 }
 

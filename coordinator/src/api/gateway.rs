@@ -59,6 +59,7 @@ fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertEr
         Some(Kind::Heartbeat(_)) => FromAgent::Heartbeat,
         Some(Kind::WorkRequest(w)) => FromAgent::WorkRequest {
             free_slots: w.free_slots,
+            queue_slots: w.queue_slots,
         },
         Some(Kind::TestStarted(s)) => {
             let (run_id, index, attempt, lease_id) = parse_attempt_key(s.key)?;
@@ -131,6 +132,7 @@ fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
         output_cap_bytes: spec.output_cap_bytes,
         services: spec.services.iter().map(Into::into).collect(),
         workspace: spec.workspace.clone(),
+        tests_per_process: spec.tests_per_process,
     }
 }
 

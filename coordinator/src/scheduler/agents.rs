@@ -29,6 +29,7 @@ pub enum FromAgent {
     Heartbeat,
     WorkRequest {
         free_slots: u32,
+        queue_slots: u32,
     },
     Started {
         run_id: RunId,
@@ -92,14 +93,21 @@ pub struct AgentSnapshot {
     pub idle: Duration,
 }
 
+/// What a work request asks for (see `WorkRequest` in the protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WorkWanted {
+    pub free: u32,
+    pub queue: u32,
+}
+
 pub(super) struct Agent {
     pub hello: AgentHello,
     pub conn: ConnId,
     /// `None` while disconnected: its leases wait for it until the lease timeout.
     pub tx: Option<mpsc::UnboundedSender<AgentCommand>>,
     pub disconnected_at: Option<tokio::time::Instant>,
-    /// Free slots of the agent's outstanding work request, parked until there is work.
-    pub pending_request: Option<u32>,
+    /// The agent's outstanding work request, parked until there is work.
+    pub pending_request: Option<WorkWanted>,
     /// Tests leased to it and not yet finished.
     pub busy: u32,
     /// Its last message (tokio's clock, so tests can pause it).

@@ -23,6 +23,7 @@ impl Scheduler {
             agent_id: id.clone(),
             heartbeat_interval: self.config.heartbeat_interval,
         });
+        self.agent_changed(&id);
         let held: HashSet<LeaseId> = hello.held_leases.iter().copied().collect();
         let ours: HashSet<LeaseId> = self
             .leases
@@ -70,6 +71,7 @@ impl Scheduler {
         agent.tx = None;
         agent.pending_request = None;
         agent.disconnected_at = Some(Instant::now());
+        self.agent_changed(id);
         let holds = self.leases.values().any(|l| &l.agent == id);
         tracing::info!(agent = %id, why, holds_leases = holds, "agent disconnected");
         if !holds {
@@ -105,6 +107,7 @@ impl Scheduler {
         if self.agents.remove(id).is_none() {
             return;
         }
+        self.agent_changed(id);
         tracing::warn!(agent = %id, why, "agent lost");
         let lost: Vec<LeaseId> = self
             .leases

@@ -11,7 +11,7 @@ mod tests;
 
 pub use agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use testfleet_model::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::HistoryUpdate;
-use agents::{Agent, Lease};
+use agents::{Agent, Lease, WorkWanted};
 pub(crate) use run::LeaseTally;
 use run::Run;
 pub(crate) use run::now_unix_ms;
@@ -137,6 +137,10 @@ pub enum Command {
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
+    /// Work requests (and the hellos they depend on) jump the queue: an idle agent gets its lease
+    /// at once even while thousands of results wait to be counted. Nothing else may overtake:
+    /// results, releases and disconnects keep their order.
+    priority: mpsc::UnboundedSender<Command>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,16 @@ pub struct SchedulerGone;
 
 impl SchedulerHandle {
     pub fn send(&self, cmd: Command) -> Result<(), SchedulerGone> {
-        self.tx.send(cmd).map_err(|_| SchedulerGone)
+        let urgent = matches!(
+            cmd,
+            Command::AgentConnected { .. }
+                | Command::FromAgent {
+                    msg: FromAgent::WorkRequest { .. },
+                    ..
+                }
+        );
+        let tx = if urgent { &self.priority } else { &self.tx };
+        tx.send(cmd).map_err(|_| SchedulerGone)
     }
 
     /// Sends a command built around a reply channel and waits for the reply.
@@ -167,12 +180,15 @@ pub fn spawn(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (priority, mut priority_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         config,
         history,
         runs: BTreeMap::new(),
         finished: VecDeque::new(),
         agents: HashMap::new(),
+        waiting: BTreeSet::new(),
+        fleet: None,
         leases: HashMap::new(),
         // Lease ids must not repeat across coordinator restarts: agents may still hold old ones.
         next_lease: now_unix_ms() * 1000,
@@ -185,20 +201,23 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => s.handle(cmd),
-                    None => break,
-                },
+                biased;
+                // In this order, so neither the tick nor a shutdown starves under load.
+                () = &mut shutdown => break,
                 _ = tick.tick() => {
                     s.expire_agents();
                     s.dispatch();
                 }
-                () = &mut shutdown => break,
+                Some(cmd) = priority_rx.recv() => s.handle(cmd),
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => s.handle(cmd),
+                    None => break,
+                },
             }
         }
         tracing::debug!("scheduler stopped");
     });
-    (SchedulerHandle { tx }, task)
+    (SchedulerHandle { tx, priority }, task)
 }
 
 struct Scheduler {
@@ -208,6 +227,11 @@ struct Scheduler {
     runs: BTreeMap<RunId, Run>,
     finished: VecDeque<RunId>,
     agents: HashMap<AgentId, Agent>,
+    /// Agents with a parked work request, in id order (the order they are served in).
+    waiting: BTreeSet<AgentId>,
+    /// Connected agents in sums, recomputed only after an agent came or went: dispatch runs on
+    /// every result and must not walk a thousand agents each time.
+    fleet: Option<Fleet>,
     leases: HashMap<LeaseId, Lease>,
     next_lease: u64,
     /// Since when tests that need services have had no connected agent able to run them (tokio's
@@ -333,9 +357,21 @@ impl Scheduler {
         agent.last_seen = tokio::time::Instant::now();
         match msg {
             FromAgent::Heartbeat => {}
-            FromAgent::WorkRequest { free_slots } => {
-                agent.pending_request =
-                    (free_slots > 0).then_some(free_slots.min(agent.hello.slots));
+            FromAgent::WorkRequest {
+                free_slots,
+                queue_slots,
+            } => {
+                let slots = agent.hello.slots;
+                let wanted = WorkWanted {
+                    free: free_slots.min(slots),
+                    queue: queue_slots.min(slots),
+                };
+                agent.pending_request = (wanted.free + wanted.queue > 0).then_some(wanted);
+                if agent.pending_request.is_some() {
+                    self.waiting.insert(agent_id);
+                } else {
+                    self.waiting.remove(&agent_id);
+                }
                 self.dispatch();
             }
             FromAgent::Started {
@@ -490,9 +526,9 @@ impl Scheduler {
     /// Settles the service tests of runs that no connected agent can serve. With no agent
     /// connected at all, tests wait: agents may still come.
     fn fail_unservable(&mut self) {
-        let mut connected = self.agents.values().filter(|a| a.is_connected()).peekable();
-        let stuck = connected.peek().is_some()
-            && !connected.any(|a| a.hello.docker_available)
+        let fleet = self.fleet();
+        let stuck = fleet.connected > 0
+            && fleet.docker == 0
             && self.runs.values().any(Run::queued_need_docker);
         if !stuck {
             self.unservable_since = None;
@@ -534,43 +570,50 @@ impl Scheduler {
         if !self.runs.values().any(Run::has_queued) {
             return;
         }
+        if self.waiting.is_empty() {
+            return;
+        }
         // Only connected agents can take work; one that is away may still come back to finish its
         // leases, but plans are made with those present.
-        let connected = || self.agents.values().filter(|a| a.is_connected());
-        let total_slots: u32 = connected().map(|a| a.hello.slots).sum();
-        let multiple_agents = connected().count() > 1;
-        let docker_agents = connected().filter(|a| a.hello.docker_available).count();
-        let mut waiting: Vec<AgentId> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| a.pending_request.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        waiting.sort();
-        for agent_id in waiting {
-            let agent = self
-                .agents
-                .get_mut(&agent_id)
-                .expect("id came from the map");
-            let free = agent.pending_request.unwrap_or(0) as usize;
+        let Fleet {
+            connected,
+            docker: docker_agents,
+            slots: total_slots,
+        } = self.fleet();
+        let multiple_agents = connected > 1;
+        let mut served = vec![];
+        for agent_id in &self.waiting {
+            let Some(agent) = self.agents.get_mut(agent_id) else {
+                served.push(agent_id.clone());
+                continue;
+            };
+            let Some(wanted) = agent.pending_request else {
+                continue;
+            };
+            let slots = (wanted.free + wanted.queue) as usize;
             for run in self.runs.values_mut().filter(|r| r.has_queued()) {
                 let budget =
                     batch::lease_budget(run.queued_estimate(), agent.hello.slots, total_slots);
                 let lease_id = LeaseId(self.next_lease);
                 let candidate = Candidate {
-                    id: &agent_id,
+                    id: agent_id,
                     others_connected: multiple_agents,
                     others_with_docker: docker_agents > usize::from(agent.hello.docker_available),
                     docker: agent.hello.docker_available,
                     warm: &agent.warm,
                 };
-                let tests = run.take_batch(&candidate, free, budget, lease_id);
+                // In batch mode a slot runs a whole process's worth of tests at a time.
+                let per_slot = batch::TESTS_PER_SLOT.max(run.spec.tests_per_process as usize);
+                let max_tests = slots * per_slot;
+                let tests =
+                    run.take_batch(&candidate, max_tests, budget, wanted.free > 0, lease_id);
                 if tests.is_empty() {
                     continue;
                 }
                 run.note_slots(total_slots);
                 self.next_lease += 1;
                 agent.pending_request = None;
+                served.push(agent_id.clone());
                 agent.busy += tests.len() as u32;
                 self.leases.insert(
                     lease_id,
@@ -591,5 +634,35 @@ impl Scheduler {
                 break;
             }
         }
+        for id in served {
+            self.waiting.remove(&id);
+        }
     }
+
+    /// The connected agents in sums (cached until an agent comes or goes).
+    fn fleet(&mut self) -> Fleet {
+        *self.fleet.get_or_insert_with(|| {
+            let connected = self.agents.values().filter(|a| a.is_connected());
+            let mut f = Fleet::default();
+            for a in connected {
+                f.connected += 1;
+                f.docker += usize::from(a.hello.docker_available);
+                f.slots += a.hello.slots;
+            }
+            f
+        })
+    }
+
+    /// An agent came, went, or changed: the cached sums and its parked request are stale.
+    fn agent_changed(&mut self, id: &AgentId) {
+        self.fleet = None;
+        self.waiting.remove(id);
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Fleet {
+    connected: usize,
+    docker: usize,
+    slots: u32,
 }

@@ -230,7 +230,10 @@ impl Run {
 
     /// Whether any queued test needs services.
     pub fn queued_need_docker(&self) -> bool {
-        self.is_running() && self.queue.iter().any(|i| self.needs_docker(*i))
+        // Asked on every dispatch: a run without services answers without a scan of its queue.
+        self.is_running()
+            && self.needs_docker.contains(&true)
+            && self.queue.iter().any(|i| self.needs_docker(*i))
     }
 
     /// Takes the next batch for `agent` out of the queue, marking each test as leased. Tests that
@@ -241,6 +244,7 @@ impl Run {
         agent: &Candidate<'_>,
         max_tests: usize,
         budget: Duration,
+        at_least_one: bool,
         lease: LeaseId,
     ) -> Vec<(u32, u32)> {
         // A retry avoids the agent that failed it only when another agent could run it: without
@@ -280,6 +284,7 @@ impl Run {
                 .map(|p| self.tests[self.queue[*p] as usize].estimate),
             budget,
             max_tests,
+            at_least_one,
         );
         chosen.truncate(n);
         let batch: Vec<(u32, u32)> = chosen

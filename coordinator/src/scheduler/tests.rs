@@ -40,6 +40,7 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
         services: vec![],
         workspace: String::new(),
         quarantine: Default::default(),
+        tests_per_process: 1,
     })
 }
 
@@ -214,7 +215,13 @@ fn assert_no_lease(a: &mut FakeAgent, why: &str) {
 async fn pass_until(h: &Harness, a: &mut FakeAgent, free_slots: u32, n: usize) -> Vec<(u32, u32)> {
     let mut ran = vec![];
     while ran.len() < n {
-        h.from(a, FromAgent::WorkRequest { free_slots });
+        h.from(
+            a,
+            FromAgent::WorkRequest {
+                free_slots,
+                queue_slots: 0,
+            },
+        );
         let g = lease(a).await;
         for (i, t) in g.tests.iter().enumerate() {
             ran.push(*t);
@@ -262,15 +269,71 @@ async fn until_finished(events: &mut mpsc::UnboundedReceiver<RunEvent>) -> Vec<R
 }
 
 #[tokio::test]
-async fn a_parked_request_is_served_when_work_arrives_and_leases_respect_free_slots() {
+async fn a_parked_request_is_served_when_work_arrives_and_leases_are_sized_by_the_work_left() {
     let h = Harness::new();
     let mut a = h.agent("a", 4, 1).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 3 });
+    let _b = h.agent("b", 4, 2).await;
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 3,
+            queue_slots: 0,
+        },
+    );
     h.settle().await;
     assert_no_lease(&mut a, "no work yet: the request is parked");
     let _events = h.submit(1, spec(100, 0)).await;
     let g = lease(&mut a).await;
-    assert_eq!(g.tests.len(), 3, "capped by the free slots");
+    // Guided self-scheduling: 100 one-second estimates × a's 4 of 8 slots / 2.
+    assert_eq!(
+        g.tests.len(),
+        25,
+        "more than the free slots: they queue on the agent"
+    );
+    // Tests only to queue behind busy slots are leased only within the budget (a quarter of
+    // what is left over a's half of the slots) and never beyond 32 per slot.
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 0,
+            queue_slots: 1,
+        },
+    );
+    assert_eq!(lease(&mut a).await.tests.len(), 18);
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 0,
+            queue_slots: 4,
+        },
+    );
+    assert_eq!(lease(&mut a).await.tests.len(), 14);
+}
+
+#[tokio::test]
+async fn near_the_end_nothing_is_leased_to_queue_behind_a_busy_slot() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _b = h.agent("b", 1, 2).await;
+    let _events = h.submit(1, spec(1, 0)).await;
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 0,
+            queue_slots: 1,
+        },
+    );
+    h.settle().await;
+    assert_no_lease(&mut a, "the last test would wait behind a's running one");
+    // The same agent with an idle slot gets it: a newer request replaces the parked one.
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
+    assert_eq!(lease(&mut a).await.tests.len(), 1);
 }
 
 #[tokio::test]
@@ -280,7 +343,13 @@ async fn leases_shrink_towards_the_end_of_a_run() {
     let mut events = h.submit(1, spec(40, 0)).await;
     let mut sizes = vec![];
     loop {
-        h.from(&a, FromAgent::WorkRequest { free_slots: 8 });
+        h.from(
+            &a,
+            FromAgent::WorkRequest {
+                free_slots: 8,
+                queue_slots: 0,
+            },
+        );
         let g = lease(&mut a).await;
         sizes.push(g.tests.len());
         for i in 0..g.tests.len() {
@@ -291,7 +360,8 @@ async fn leases_shrink_towards_the_end_of_a_run() {
             break;
         }
     }
-    assert_eq!(sizes[0], 8, "{sizes:?}");
+    // 40 one-second estimates over 8 slots, halved: 20.
+    assert_eq!(sizes[0], 20, "{sizes:?}");
     assert_eq!(*sizes.last().unwrap(), 1, "{sizes:?}");
     assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
     let all = until_finished(&mut events).await;
@@ -306,14 +376,32 @@ async fn a_retry_goes_to_another_agent_when_one_is_connected() {
     let mut a = h.agent("a", 1, 1).await;
     let mut b = h.agent("b", 1, 2).await;
     let mut events = h.submit(1, spec(1, 1)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     h.from(&a, finished(&g, 0, AttemptStatus::Failed));
     // `a` asks again first, but the retry must wait for `b`.
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     h.settle().await;
     assert_no_lease(&mut a, "no lease expected");
-    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &b,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let retry = lease(&mut b).await;
     assert_eq!(retry.tests, vec![(0, 2)], "attempt 2 of test 0");
     h.from(&b, finished(&retry, 0, AttemptStatus::Passed));
@@ -330,7 +418,13 @@ async fn duplicate_and_stale_results_are_ignored() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(2, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     h.from(&a, finished(&g, 0, AttemptStatus::Passed));
     h.from(&a, finished(&g, 0, AttemptStatus::Failed)); // a resend: ignored
@@ -339,7 +433,13 @@ async fn duplicate_and_stale_results_are_ignored() {
         *attempt = 7;
     }
     h.from(&a, wrong_attempt);
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g2 = lease(&mut a).await;
     let mut foreign = finished(&g2, 0, AttemptStatus::Failed);
     if let FromAgent::Finished { lease_id, .. } = &mut foreign {
@@ -363,7 +463,13 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     let h = Harness::new();
     let mut a = h.agent("a", 2, 1).await;
     let mut events = h.submit(1, spec(2, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 2 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 2,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     assert_eq!(
         g.tests.len(),
@@ -414,7 +520,13 @@ async fn cancelling_a_run_revokes_its_leases() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(3, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     let cancelled = h
         .handle
@@ -473,7 +585,13 @@ async fn tests_needing_services_go_only_to_agents_with_docker() {
     let _events = h.submit(1, service_spec(4)).await;
     let mut seen_plain = vec![];
     loop {
-        h.from(&plain, FromAgent::WorkRequest { free_slots: 4 });
+        h.from(
+            &plain,
+            FromAgent::WorkRequest {
+                free_slots: 4,
+                queue_slots: 0,
+            },
+        );
         let g = lease(&mut plain).await;
         seen_plain.extend(binaries_of(&g).into_iter().map(str::to_owned));
         for i in 0..g.tests.len() {
@@ -484,8 +602,20 @@ async fn tests_needing_services_go_only_to_agents_with_docker() {
         }
     }
     assert!(seen_plain.iter().all(|b| b == "b"), "{seen_plain:?}");
-    h.from(&plain, FromAgent::WorkRequest { free_slots: 4 });
-    h.from(&docker, FromAgent::WorkRequest { free_slots: 4 });
+    h.from(
+        &plain,
+        FromAgent::WorkRequest {
+            free_slots: 4,
+            queue_slots: 0,
+        },
+    );
+    h.from(
+        &docker,
+        FromAgent::WorkRequest {
+            free_slots: 4,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut docker).await;
     assert!(binaries_of(&g).iter().all(|b| *b == "svc"));
     h.settle().await;
@@ -502,7 +632,13 @@ async fn service_tests_no_connected_agent_can_serve_fail_at_once_and_say_why() {
     let mut events = h.submit(1, service_spec(2)).await;
     let mut ran = 0;
     while ran < 2 {
-        h.from(&plain, FromAgent::WorkRequest { free_slots: 8 });
+        h.from(
+            &plain,
+            FromAgent::WorkRequest {
+                free_slots: 8,
+                queue_slots: 0,
+            },
+        );
         let g = lease(&mut plain).await;
         assert!(binaries_of(&g).iter().all(|b| *b == "b"));
         for i in 0..g.tests.len() {
@@ -538,13 +674,25 @@ async fn service_tests_no_connected_agent_can_serve_fail_at_once_and_say_why() {
 async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     let h = Harness::new();
     let mut a = h.agent_with("a", 1, 1, true).await;
-    let spec = service_spec(3);
+    // Idle agents that make the fleet 4 slots, so leases are small (a quarter of an eighth).
+    let _others = [
+        h.agent("x", 1, 2).await,
+        h.agent("y", 1, 3).await,
+        h.agent("z", 1, 4).await,
+    ];
+    let spec = service_spec(20);
     let fingerprint = spec.services[0].fingerprint();
     let _events = h.submit(1, spec).await;
-    // Cold, the queue order rules: a plain test comes first.
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    // Cold, the queue order rules: plain tests come first.
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
-    assert_eq!(binaries_of(&g), ["b"]);
+    assert_eq!(binaries_of(&g), ["b"; 5]);
     h.from(
         &a,
         FromAgent::ServiceStarted {
@@ -557,10 +705,18 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
         },
     );
     h.from(&a, finished(&g, 0, AttemptStatus::Passed));
-    // Warm, the tests that need its running container come first.
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    // (Work requests overtake other messages; the container's report must have been read.)
+    h.settle().await;
+    // Warm, the tests that need its running container come first, ahead of 15 plain ones.
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
-    assert_eq!(binaries_of(&g), ["svc"]);
+    assert_eq!(binaries_of(&g), ["svc"; 4]);
 }
 
 #[tokio::test]
@@ -571,10 +727,22 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
     let spec = service_spec(1);
     let mut events = h.submit(1, spec).await;
     // The plain test goes anywhere; the service test only to `docker`.
-    h.from(&plain, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &plain,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut plain).await;
     h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
-    h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &docker,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut docker).await;
     assert_eq!(binaries_of(&g), ["svc"]);
     // Its container would not start: an infrastructure error. The retry may not avoid `docker`:
@@ -590,7 +758,13 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
             result: AttemptResult::infra_error("image missing"),
         },
     );
-    h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &docker,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let retry = lease(&mut docker).await;
     assert_eq!(
         retry.tests,
@@ -610,7 +784,13 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     let mut a = h.agent_with("a", 1, 1, true).await;
     let mut b = h.agent_with("b", 1, 2, true).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     let (index, attempt) = g.tests[0];
     h.from(
@@ -623,10 +803,22 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
             result: AttemptResult::infra_error("bundle unusable"),
         },
     );
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     h.settle().await;
     assert_no_lease(&mut a, "not back to the agent that failed it");
-    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &b,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     assert_eq!(lease(&mut b).await.tests, vec![(index, attempt)]);
 }
 
@@ -644,7 +836,13 @@ async fn service_tests_wait_out_the_grace_for_a_capable_agent() {
     let mut docker = h.agent_with("docker", 1, 2, true).await;
     let mut ran = vec![];
     while ran.len() < 2 {
-        h.from(&docker, FromAgent::WorkRequest { free_slots: 1 });
+        h.from(
+            &docker,
+            FromAgent::WorkRequest {
+                free_slots: 1,
+                queue_slots: 0,
+            },
+        );
         let g = lease(&mut docker).await;
         ran.extend(binaries_of(&g).into_iter().map(str::to_owned));
         h.from(&docker, finished(&g, 0, AttemptStatus::Passed));
@@ -664,7 +862,13 @@ async fn after_the_grace_service_tests_end_as_infrastructure_errors() {
     });
     let mut plain = h.agent_with("plain", 1, 1, false).await;
     let mut events = h.submit(1, service_spec(1)).await;
-    h.from(&plain, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &plain,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut plain).await;
     h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
     h.settle().await;
@@ -708,10 +912,22 @@ async fn a_silent_agent_loses_its_lease_after_the_timeout() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     let mut b = h.agent("b", 1, 2).await;
-    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &b,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     // `b` heartbeats; `a` says nothing at all.
     pass_time(
         &h,
@@ -731,7 +947,13 @@ async fn an_agent_that_reconnects_in_time_keeps_its_lease_and_its_result_counts_
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -759,7 +981,13 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
     let mut a = h.agent("a", 1, 1).await;
     let mut b = h.agent("b", 1, 2).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     h.from(
         &a,
@@ -771,7 +999,13 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
         },
     );
     disconnect(&h, &a);
-    h.from(&b, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &b,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     pass_time(
         &h,
         SchedulerConfig::default().lease_timeout.as_secs() + 5,
@@ -818,12 +1052,24 @@ async fn a_restarted_agent_loses_the_leases_it_no_longer_holds_at_once() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     // The same agent, restarted: it holds nothing, and says so.
     let mut again = h.connect("a", 1, 2, false, vec![]).await;
-    h.from(&again, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &again,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     assert_eq!(lease(&mut again).await.tests, g.tests);
 }
 
@@ -842,7 +1088,13 @@ async fn a_resent_result_is_adopted_when_its_test_still_waits_for_it() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(&a, FromAgent::WorkRequest { free_slots: 1 });
+    h.from(
+        &a,
+        FromAgent::WorkRequest {
+            free_slots: 1,
+            queue_slots: 0,
+        },
+    );
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     tokio::time::sleep(SchedulerConfig::default().lease_timeout + Duration::from_secs(2)).await;
