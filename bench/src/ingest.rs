@@ -85,6 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
         }
         anyhow::Ok(())
     })?;
+    // Every connection closes with the runtime: the coordinator does not wait for idle clients.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     let rss = coordinator.peak_rss_mib()?;
     let cpu = coordinator.cpu_secs()?;
     coordinator.stop()?;

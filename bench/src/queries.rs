@@ -130,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
             anyhow::Ok(r.into_inner().tests.len())
         })
     })?;
+    drop(client);
+    drop(c2);
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     coordinator.stop()?;
     println!(
         "  flaky: {flaky} tests listed, median {flaky_med:.1} ms, slowest {flaky_max:.1} ms; timings --top 100: {top} listed, median {top_med:.1} ms, slowest {top_max:.1} ms"

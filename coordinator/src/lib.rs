@@ -96,7 +96,18 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // `tcp_nodelay` above only applies to listeners tonic binds itself: without this,
+            // Nagle's algorithm held small responses (a lease, a query's last frame) for a
+            // delayed ACK, 40 ms each.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             },

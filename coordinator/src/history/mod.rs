@@ -179,8 +179,18 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, HistoryError>;
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError>;
+    /// Visits every test's summary, of one suite or all, in key order, without copying them.
+    fn for_each_summary(
+        &self,
+        suite: Option<&str>,
+        f: &mut dyn FnMut(&TestSummary),
+    ) -> Result<(), HistoryError>;
     /// Every test's summary, of one suite or all.
-    fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError>;
+    fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError> {
+        let mut out = Vec::new();
+        self.for_each_summary(suite, &mut |s| out.push(s.clone()))?;
+        Ok(out)
+    }
     fn summaries_of(
         &self,
         suite: &str,

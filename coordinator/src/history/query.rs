@@ -57,17 +57,13 @@ pub fn flaky(
     suite: Option<&str>,
 ) -> Result<Vec<FlakyTest>, HistoryError> {
     let q = quarantine_set(store)?;
-    let mut out: Vec<FlakyTest> = store
-        .summaries(suite)?
-        .iter()
-        .filter(|s| s.flaky_revisions > 0)
-        .map(|s| {
-            flaky_of(
-                s,
-                q.contains(&(s.suite.clone(), s.binary_id.clone(), s.name.clone())),
-            )
-        })
-        .collect();
+    let mut out: Vec<FlakyTest> = Vec::new();
+    store.for_each_summary(suite, &mut |s| {
+        if s.flaky_revisions > 0 {
+            let quarantined = q.contains(&(s.suite.clone(), s.binary_id.clone(), s.name.clone()));
+            out.push(flaky_of(s, quarantined));
+        }
+    })?;
     out.sort_by(|a, b| {
         b.flip_rate
             .total_cmp(&a.flip_rate)
@@ -85,42 +81,58 @@ pub fn timings(
     top: usize,
     slowdowns_only: bool,
 ) -> Result<Timings, HistoryError> {
-    let summaries = store.summaries(suite)?;
-    let mut tests: Vec<TestTiming> = summaries
-        .iter()
-        .filter(|s| !slowdowns_only || s.slowdown.is_some())
-        .filter_map(|s| {
-            Some(TestTiming {
-                test: name(s),
-                samples: s.samples,
-                p50_ms: s.p50_ms?,
-                p95_ms: s.p95_ms?,
-                p99_ms: s.p99_ms?,
-                slowdown: s.slowdown.map(|d| Slowdown {
-                    baseline_ms: d.baseline_ms,
-                    recent_ms: d.recent_ms,
-                }),
-            })
-        })
-        .collect();
-    tests.sort_by(|a, b| {
+    let order = |a: &TestTiming, b: &TestTiming| {
         b.p95_ms
             .cmp(&a.p95_ms)
             .then_with(|| a.test.name.cmp(&b.test.name))
-    });
-    tests.truncate(top);
-    let mut per_suite: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for s in &summaries {
+    };
+    // The top `top` by p95, kept as the scan goes: only candidates are copied.
+    let mut tests: Vec<TestTiming> = Vec::new();
+    let mut floor: Option<u64> = None;
+    let mut per_suite: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    store.for_each_summary(suite, &mut |s| {
         if let Some(p50) = s.p50_ms {
-            per_suite.entry(s.suite.as_str()).or_default().push(p50);
+            match per_suite.get_mut(s.suite.as_str()) {
+                Some(v) => v.push(p50),
+                None => {
+                    per_suite.insert(s.suite.clone(), vec![p50]);
+                }
+            }
         }
-    }
+        if slowdowns_only && s.slowdown.is_none() {
+            return;
+        }
+        let (Some(p50_ms), Some(p95_ms), Some(p99_ms)) = (s.p50_ms, s.p95_ms, s.p99_ms) else {
+            return;
+        };
+        if top == 0 || floor.is_some_and(|f| p95_ms < f) {
+            return;
+        }
+        tests.push(TestTiming {
+            test: name(s),
+            samples: s.samples,
+            p50_ms,
+            p95_ms,
+            p99_ms,
+            slowdown: s.slowdown.map(|d| Slowdown {
+                baseline_ms: d.baseline_ms,
+                recent_ms: d.recent_ms,
+            }),
+        });
+        if tests.len() >= 2 * top {
+            tests.sort_by(order);
+            tests.truncate(top);
+            floor = tests.last().map(|t| t.p95_ms);
+        }
+    })?;
+    tests.sort_by(order);
+    tests.truncate(top);
     let suites = per_suite
         .into_iter()
         .filter_map(|(suite, p50s)| {
             let (p50, p95, p99) = p50_p95_p99(&p50s)?;
             Some(SuiteTiming {
-                suite: suite.to_owned(),
+                suite,
                 tests: p50s.len() as u32,
                 p50_ms: p50,
                 p95_ms: p95,

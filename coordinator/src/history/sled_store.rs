@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use testfleet_model::{Outcome, RunId, RunSpec, RunState, RunSummary, TestId};
 
@@ -30,7 +31,13 @@ pub struct SledStore {
     quarantine: sled::Tree,
     run_specs: sled::Tree,
     keep_runs: u64,
+    /// Every test's summary, in memory once first asked for: queries and plans read here, and
+    /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
+    /// take tens of MiB, and a scan of them takes milliseconds instead of a sled scan's hundreds.)
+    summaries: Arc<RwLock<Option<SummaryIndex>>>,
 }
+
+pub(super) type SummaryIndex = BTreeMap<Vec<u8>, TestSummary>;
 
 /// A group of a run's records: (run id, group id). Stores written before records were grouped
 /// hold 12-byte keys, (run id, test index), with one [`TestRecord`] each.
@@ -93,6 +100,7 @@ impl SledStore {
             quarantine: db.open_tree("quarantine")?,
             run_specs: db.open_tree("run_specs")?,
             keep_runs: DEFAULT_KEEP_RUNS,
+            summaries: Arc::default(),
             db,
         };
         store.migrate()?;
@@ -205,8 +213,17 @@ impl SledStore {
         suite: &str,
         id: &TestId,
     ) -> Result<TestSummary, HistoryError> {
-        Ok(match self.tests.get(key)? {
-            Some(b) => decode(key, &b)?,
+        let cached = match self.summaries.read().expect("summary index lock").as_ref() {
+            // Loaded: it holds every summary there is.
+            Some(index) => Some(index.get(key).cloned()),
+            None => None,
+        };
+        let stored = match cached {
+            Some(s) => s,
+            None => self.tests.get(key)?.map(|b| decode(key, &b)).transpose()?,
+        };
+        Ok(match stored {
+            Some(s) => s,
             None => TestSummary {
                 suite: suite.to_owned(),
                 binary_id: id.binary_id.clone(),
@@ -272,6 +289,36 @@ impl SledStore {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` over the summary index, loading it from sled the first time.
+    pub(super) fn with_summaries<T>(
+        &self,
+        f: impl FnOnce(&SummaryIndex) -> T,
+    ) -> Result<T, HistoryError> {
+        {
+            let guard = self.summaries.read().expect("summary index lock");
+            if let Some(index) = guard.as_ref() {
+                return Ok(f(index));
+            }
+        }
+        let mut guard = self.summaries.write().expect("summary index lock");
+        if guard.is_none() {
+            let mut index = SummaryIndex::new();
+            for kv in self.tests.iter() {
+                let (k, v) = kv?;
+                index.insert(k.to_vec(), decode(&k, &v)?);
+            }
+            *guard = Some(index);
+        }
+        Ok(f(guard.as_ref().expect("loaded above")))
+    }
+
+    /// Brings the summary index (if loaded) up to date with summaries just written.
+    pub(super) fn summaries_written(&self, written: Vec<(Vec<u8>, TestSummary)>) {
+        if let Some(index) = self.summaries.write().expect("summary index lock").as_mut() {
+            index.extend(written);
+        }
     }
 
     /// A fresh id for a group of run records, increasing across restarts.
@@ -409,17 +456,22 @@ impl HistoryStore for SledStore {
         Ok(records.into_values().collect())
     }
 
-    fn summaries(&self, suite: Option<&str>) -> Result<Vec<TestSummary>, HistoryError> {
+    fn for_each_summary(
+        &self,
+        suite: Option<&str>,
+        f: &mut dyn FnMut(&TestSummary),
+    ) -> Result<(), HistoryError> {
         let prefix = suite
             .map(|s| [s.as_bytes(), b"\0"].concat())
             .unwrap_or_default();
-        self.tests
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.with_summaries(|all| {
+            for (_, s) in all
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+            {
+                f(s);
+            }
+        })
     }
 
     fn summaries_of(
@@ -427,13 +479,12 @@ impl HistoryStore for SledStore {
         suite: &str,
         tests: &[TestId],
     ) -> Result<Vec<Option<TestSummary>>, HistoryError> {
-        tests
-            .iter()
-            .map(|t| {
-                let key = test_key(suite, t);
-                self.tests.get(&key)?.map(|b| decode(&key, &b)).transpose()
-            })
-            .collect()
+        self.with_summaries(|all| {
+            tests
+                .iter()
+                .map(|t| all.get(&test_key(suite, t)).cloned())
+                .collect()
+        })
     }
 
     fn test_log(

@@ -76,10 +76,12 @@ impl<'a> WriteTx<'a> {
         }
         self.store.test_log.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
-        for (k, v) in self.summaries.drain() {
-            batch.insert(k, encode(&v));
+        let written: Vec<(Vec<u8>, TestSummary)> = self.summaries.drain().collect();
+        for (k, v) in &written {
+            batch.insert(k.as_slice(), encode(v));
         }
         self.store.tests.apply_batch(batch)?;
+        self.store.summaries_written(written);
         Ok(())
     }
 }
