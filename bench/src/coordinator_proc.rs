@@ -50,30 +50,31 @@ impl CoordinatorProc {
         Ok(kb / 1024.0)
     }
 
-    /// CPU time the process has used so far (user + system), in seconds.
-    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may hold spaces) start at state; utime and
-        // stime are fields 14 and 15 of the line.
-        let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        // SAFETY: sysconf only reads a configuration value.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / hz)
-    }
-
     /// SIGTERM, then waits: the coordinator stops serving and flushes history before it exits.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        // SAFETY: kill(2) on our own child's pid touches no memory.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+    /// Returns the CPU time it used in all (user + system, in seconds).
+    pub fn stop(self) -> anyhow::Result<f64> {
+        let pid = self.child.id() as i32;
+        // The child is reaped here, by wait4 (which also reports its resource use).
+        std::mem::forget(self);
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: kill and wait4 on our own child's pid, with pointers to locals.
+        let reaped = unsafe {
+            libc::kill(pid, libc::SIGTERM);
+            libc::wait4(pid, &mut status, 0, &mut usage)
+        };
+        if reaped != pid {
+            bail!(
+                "waiting for the coordinator failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("the coordinator exited with {status}");
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("the coordinator exited with status {status:#x}");
         }
-        Ok(())
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Ok(secs(usage.ru_utime) + secs(usage.ru_stime))
     }
 }
 

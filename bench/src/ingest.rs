@@ -88,8 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     // Every connection closes with the runtime: the coordinator does not wait for idle clients.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     let rss = coordinator.peak_rss_mib()?;
-    let cpu = coordinator.cpu_secs()?;
-    coordinator.stop()?;
+    let cpu = coordinator.stop()?;
     let to_disk = until_finished.elapsed().as_secs_f64();
     let total = per_run * args.runs;
 

@@ -115,7 +115,7 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         agents: 1000,
         tests: if quick { 20_000 } else { 100_000 },
         slots: 1,
-        test_ms: 0.0,
+        busy_test_ms: 100.0,
         testfleet: tf(),
     })?);
     step(queries::run(queries::Args {

@@ -66,7 +66,8 @@ fn passed(lease: &pb::Lease, t: &pb::LeasedTest) -> pb::AgentMessage {
 }
 
 /// One agent's session, until `stop` turns true or the coordinator ends it. Each leased test
-/// "runs" for `test_time` (one slot's worth at a time) before its pass is reported.
+/// "runs" for `test_time` on average (uniformly between half and one and a half times it, so
+/// agents do not move in lockstep), one slot's worth at a time, before its pass is reported.
 pub async fn agent(
     url: String,
     id: String,
@@ -111,7 +112,8 @@ pub async fn agent(
                     }
                     for t in &lease.tests {
                         if !test_time.is_zero() {
-                            tokio::time::sleep(test_time / slots).await;
+                            let jitter = 0.5 + fastrand::f64();
+                            tokio::time::sleep(test_time.mul_f64(jitter) / slots).await;
                         }
                         out.send(passed(&lease, t))?;
                     }

@@ -213,11 +213,13 @@ impl SledStore {
         suite: &str,
         id: &TestId,
     ) -> Result<TestSummary, HistoryError> {
-        let cached = match self.summaries.read().expect("summary index lock").as_ref() {
-            // Loaded: it holds every summary there is.
-            Some(index) => Some(index.get(key).cloned()),
-            None => None,
-        };
+        // Once loaded, the index holds every summary there is.
+        let cached = self
+            .summaries
+            .read()
+            .expect("summary index lock")
+            .as_ref()
+            .map(|index| index.get(key).cloned());
         let stored = match cached {
             Some(s) => s,
             None => self.tests.get(key)?.map(|b| decode(key, &b)).transpose()?,

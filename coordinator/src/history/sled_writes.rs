@@ -61,28 +61,41 @@ impl<'a> WriteTx<'a> {
         ))
     }
 
-    /// Writes what the group changed, one batch per tree.
+    /// Writes what the group changed, one batch per tree. The attempt logs (the largest values)
+    /// are encoded and written on a second thread while the rest is: sled's trees are
+    /// independent, and the writer is the coordinator's busiest thread.
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
-        let mut batch = sled::Batch::default();
-        for (run, entries) in std::mem::take(&mut self.run_entries) {
-            // Increasing across restarts, so a run's groups read back in the order written.
-            let group = self.store.next_group_id()?;
-            batch.insert(&run_group_key(RunId(run), group), encode(&entries));
-        }
-        self.store.run_tests.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.logs.drain() {
-            batch.insert(k, encode(&v));
-        }
-        self.store.test_log.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
-        let written: Vec<(Vec<u8>, TestSummary)> = self.summaries.drain().collect();
-        for (k, v) in &written {
-            batch.insert(k.as_slice(), encode(v));
-        }
-        self.store.tests.apply_batch(batch)?;
-        self.store.summaries_written(written);
-        Ok(())
+        let logs: Vec<(Vec<u8>, TestLog)> = self.logs.drain().collect();
+        let store = self.store;
+        std::thread::scope(|scope| {
+            let log_writer = (!logs.is_empty()).then(|| {
+                scope.spawn(move || {
+                    let mut batch = sled::Batch::default();
+                    for (k, v) in logs {
+                        batch.insert(k, encode(&v));
+                    }
+                    store.test_log.apply_batch(batch)
+                })
+            });
+            let mut batch = sled::Batch::default();
+            for (run, entries) in std::mem::take(&mut self.run_entries) {
+                // Increasing across restarts, so a run's groups read back in the order written.
+                let group = store.next_group_id()?;
+                batch.insert(&run_group_key(RunId(run), group), encode(&entries));
+            }
+            store.run_tests.apply_batch(batch)?;
+            let mut batch = sled::Batch::default();
+            let written: Vec<(Vec<u8>, TestSummary)> = self.summaries.drain().collect();
+            for (k, v) in &written {
+                batch.insert(k.as_slice(), encode(v));
+            }
+            store.tests.apply_batch(batch)?;
+            store.summaries_written(written);
+            if let Some(w) = log_writer {
+                w.join().expect("the log writer does not panic")?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -39,6 +39,7 @@ pub fn spawn_writer(
     let handle = std::thread::Builder::new()
         .name("history-writer".into())
         .spawn(move || {
+            lower_priority();
             let mut w = Writer {
                 store,
                 revisions: HashMap::new(),
@@ -75,6 +76,17 @@ pub fn spawn_writer(
         })
         .expect("spawning a thread succeeds");
     (tx, handle)
+}
+
+/// History is throughput work; dispatching leases is latency work. When the two compete for a
+/// core, the scheduler should win: the writer thread runs at a lower priority (nice 10). Linux
+/// applies `setpriority` to a single thread when given its thread id.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
 }
 
 struct Writer {
