@@ -44,10 +44,11 @@ fn populate(args: &Args, dir: &std::path::Path) -> anyhow::Result<f64> {
         .map(|_| 10f64.powf(rng.f64() * 3.0))
         .collect();
     let flaky: Vec<bool> = (0..args.tests).map(|_| rng.f64() < 0.01).collect();
-    let (tx, writer) = spawn_writer(store);
     let started = Instant::now();
     let mut attempts = 0u64;
     for run in 1..=args.runs {
+        // A writer per run, joined before the next: the queue of updates stays one run long.
+        let (tx, writer) = spawn_writer(store.clone());
         let tests: Vec<(String, Vec<Attempt>)> = names
             .iter()
             .enumerate()
@@ -69,11 +70,11 @@ fn populate(args: &Args, dir: &std::path::Path) -> anyhow::Result<f64> {
             .collect();
         attempts += tests.iter().map(|(_, a)| a.len() as u64).sum::<u64>();
         send_run(&tx, run, SUITE, &tests, 64)?;
+        drop(tx);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the history writer panicked"))?;
     }
-    drop(tx);
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the history writer panicked"))?;
     Ok(attempts as f64 / started.elapsed().as_secs_f64())
 }
 
