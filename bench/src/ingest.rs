@@ -78,15 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
         anyhow::Ok((ids, started, agents))
     })?;
     let to_finished = until_finished.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
-    rt.block_on(async {
-        for a in agents {
-            a.await??;
-        }
-        anyhow::Ok(())
-    })?;
-    // Every connection closes with the runtime: the coordinator does not wait for idle clients.
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    simagent::stop_all(rt, stop_tx, agents)?;
     let rss = coordinator.peak_rss_mib()?;
     let cpu = coordinator.stop()?;
     let to_disk = until_finished.elapsed().as_secs_f64();

@@ -59,15 +59,7 @@ fn scenario(testfleet: &Path, args: &Args, test_ms: f64) -> anyhow::Result<Outco
         }
         anyhow::Ok((started.elapsed().as_secs_f64(), agents))
     })?;
-    let _ = stop_tx.send(true);
-    rt.block_on(async {
-        for a in agents {
-            a.await??;
-        }
-        anyhow::Ok(())
-    })?;
-    // Every connection closes with the runtime: the coordinator does not wait for idle clients.
-    rt.shutdown_timeout(Duration::from_secs(5));
+    simagent::stop_all(rt, stop_tx, agents)?;
     let rss = coordinator.peak_rss_mib()?;
     coordinator.stop()?;
     let mut lat = std::mem::take(&mut *shared.latencies_us.lock().expect("latency lock"));

@@ -172,6 +172,24 @@ pub async fn start_agents(
     Ok(handles)
 }
 
+/// Stops the agents, waits for them, and closes every connection of the runtime (so the
+/// coordinator, when stopped, does not wait for idle clients).
+pub fn stop_all(
+    rt: tokio::runtime::Runtime,
+    stop: watch::Sender<bool>,
+    agents: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    let _ = stop.send(true);
+    rt.block_on(async {
+        for a in agents {
+            a.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}
+
 /// A run of `tests` tests of one binary that no agent really executes.
 pub fn spec(suite: &str, tests: usize) -> pb::RunSpec {
     pb::RunSpec {
