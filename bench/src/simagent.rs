@@ -76,7 +76,19 @@ pub async fn agent(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut gateway = AgentGatewayClient::new(channel(&url).await?)
+    // A thousand connections at once can overflow the listen backlog: retry as a real agent does.
+    let mut attempt = 0;
+    let ch = loop {
+        match channel(&url).await {
+            Ok(ch) => break ch,
+            Err(e) if attempt >= 20 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    };
+    let mut gateway = AgentGatewayClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::unbounded_channel();
@@ -158,7 +170,7 @@ pub async fn start_agents(
             stop.clone(),
         )));
     }
-    tokio::time::timeout(Duration::from_secs(120), async {
+    let all_connected = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let notified = shared.connected_changed.notified();
             if shared.connected.load(Ordering::SeqCst) >= n {
@@ -167,8 +179,14 @@ pub async fn start_agents(
             notified.await;
         }
     })
-    .await
-    .context("agents did not all connect within 120 s")?;
+    .await;
+    if all_connected.is_err() {
+        // Say why: an agent that gave up has its error.
+        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
+            handles.swap_remove(i).await??;
+        }
+        bail!("agents did not all connect within 120 s");
+    }
     Ok(handles)
 }
 
