@@ -66,16 +66,21 @@ impl Guard {
     }
 }
 
-/// The guard's side: reads `+PGID` and `-PGID` lines until its input ends, then kills every group
-/// still listed. Interrupts and terminations are ignored: a Ctrl-C in the terminal reaches the
-/// agent and its guard alike, and the guard must outlive the agent's clean-up.
-pub fn serve(input: impl BufRead) -> usize {
+/// For the guard process, before [`serve`]: interrupts and terminations are ignored, because a
+/// Ctrl-C in the terminal reaches the agent and its guard alike, and the guard must outlive the
+/// agent's clean-up. Only the end of its input ends it.
+pub fn ignore_stop_signals() {
     // SAFETY: setting signal dispositions to SIG_IGN involves no handler code.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+}
+
+/// The guard's side: reads `+PGID` and `-PGID` lines until its input ends, then kills every group
+/// still listed; returns how many.
+pub fn serve(input: impl BufRead) -> usize {
     let mut groups: HashSet<i32> = HashSet::new();
     for line in input.lines() {
         let Ok(line) = line else { break };

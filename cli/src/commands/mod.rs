@@ -11,6 +11,7 @@ use crate::error::{CliError, CliResult};
 
 pub fn run(cli: Cli) -> CliResult<i32> {
     if let Command::Guard = cli.command {
+        testfleet_agent::guard::ignore_stop_signals();
         testfleet_agent::guard::serve(std::io::stdin().lock());
         return Ok(0);
     }

@@ -41,8 +41,8 @@ pub enum HistoryError {
     Open { path: String, reason: String },
 }
 
-/// The writes history takes. A store applies a group of them together (see
-/// [`HistoryStore::write`]); each is also callable alone on the store.
+/// The writes history takes; a store applies a group of them together (see
+/// [`HistoryStore::write`]).
 pub trait HistoryWrites {
     fn put_run(&mut self, rec: &RunRecord) -> Result<(), HistoryError>;
     fn record_skipped(
@@ -86,18 +86,6 @@ pub trait HistoryWrites {
     ) -> Result<(), HistoryError>;
 }
 
-/// Runs one write as a group of its own.
-macro_rules! write_one {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {{
-        let mut out = Ok(());
-        $self.write(&mut |w| {
-            out = w.$method($($arg),*);
-            Ok(())
-        })?;
-        out
-    }};
-}
-
 /// The storage behind history. Calls are synchronous: callers on the async runtime use
 /// `spawn_blocking` or the writer thread.
 pub trait HistoryStore: Send + Sync + 'static {
@@ -115,65 +103,6 @@ pub trait HistoryStore: Send + Sync + 'static {
         &self,
         f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,
     ) -> Result<(), HistoryError>;
-
-    fn put_run(&self, rec: &RunRecord) -> Result<(), HistoryError> {
-        write_one!(self.put_run(rec))
-    }
-    fn record_skipped(
-        &self,
-        run: RunId,
-        tests: &[TestRef],
-        quarantined: &[u32],
-    ) -> Result<(), HistoryError> {
-        write_one!(self.record_skipped(run, tests, quarantined))
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn record_result(
-        &self,
-        run: RunId,
-        test: &TestRef,
-        attempt: u32,
-        agent_id: &str,
-        result: &AttemptResult,
-        final_outcome: Option<Outcome>,
-        quarantined: bool,
-    ) -> Result<(), HistoryError> {
-        write_one!(self.record_result(
-            run,
-            test,
-            attempt,
-            agent_id,
-            result,
-            final_outcome,
-            quarantined
-        ))
-    }
-    fn record_attempts(
-        &self,
-        suite: &str,
-        attempts: &[(TestId, LoggedAttempt)],
-    ) -> Result<(), HistoryError> {
-        write_one!(self.record_attempts(suite, attempts))
-    }
-    fn record_excluded(&self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError> {
-        write_one!(self.record_excluded(suite, tests))
-    }
-    fn record_settled(
-        &self,
-        suite: &str,
-        test: &TestId,
-        outcome: Outcome,
-    ) -> Result<(), HistoryError> {
-        write_one!(self.record_settled(suite, test, outcome))
-    }
-    fn finish_run(
-        &self,
-        id: RunId,
-        state: RunState,
-        summary: &RunSummary,
-    ) -> Result<(), HistoryError> {
-        write_one!(self.finish_run(id, state, summary))
-    }
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError>;
     /// Newest first.

@@ -650,7 +650,9 @@ mod tests {
             binary_id: "b".into(),
             name: "u".into(),
         };
-        store.record_skipped(RunId(7), &[new], &[]).unwrap();
+        store
+            .write(&mut |w| w.record_skipped(RunId(7), std::slice::from_ref(&new), &[]))
+            .unwrap();
         let records = store.run_tests(RunId(7)).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(
@@ -689,25 +691,24 @@ mod tests {
         };
         for _ in 0..4 {
             let id = store.next_run_id().unwrap();
+            let run = RunRecord {
+                run_id: id.0,
+                suite: "s".into(),
+                total_tests: 1,
+                revision: String::new(),
+                branch: String::new(),
+                created_unix_ms: 0,
+                state: RunState::Running,
+                summary: None,
+                quarantine: Default::default(),
+                resumes: 0,
+            };
             store
-                .put_run(&RunRecord {
-                    run_id: id.0,
-                    suite: "s".into(),
-                    total_tests: 1,
-                    revision: String::new(),
-                    branch: String::new(),
-                    created_unix_ms: 0,
-                    state: RunState::Running,
-                    summary: None,
-                    quarantine: Default::default(),
-                    resumes: 0,
+                .write(&mut |w| {
+                    w.put_run(&run)?;
+                    w.record_skipped(id, std::slice::from_ref(&test), &[])?;
+                    w.finish_run(id, RunState::Finished, &RunSummary::default())
                 })
-                .unwrap();
-            store
-                .record_skipped(id, std::slice::from_ref(&test), &[])
-                .unwrap();
-            store
-                .finish_run(id, RunState::Finished, &RunSummary::default())
                 .unwrap();
         }
         let kept: Vec<u64> = store.runs(10).unwrap().iter().map(|r| r.run_id).collect();

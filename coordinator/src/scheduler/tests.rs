@@ -203,6 +203,14 @@ async fn lease(a: &mut FakeAgent) -> LeaseGrant {
     }
 }
 
+/// A work request for `free_slots` idle slots and none to queue behind busy ones.
+fn ask(free_slots: u32) -> FromAgent {
+    FromAgent::WorkRequest {
+        free_slots,
+        queue_slots: 0,
+    }
+}
+
 /// Asserts that nothing but acknowledgements reached `a`.
 fn assert_no_lease(a: &mut FakeAgent, why: &str) {
     while let Ok(cmd) = a.rx.try_recv() {
@@ -215,13 +223,7 @@ fn assert_no_lease(a: &mut FakeAgent, why: &str) {
 async fn pass_until(h: &Harness, a: &mut FakeAgent, free_slots: u32, n: usize) -> Vec<(u32, u32)> {
     let mut ran = vec![];
     while ran.len() < n {
-        h.from(
-            a,
-            FromAgent::WorkRequest {
-                free_slots,
-                queue_slots: 0,
-            },
-        );
+        h.from(a, ask(free_slots));
         let g = lease(a).await;
         for (i, t) in g.tests.iter().enumerate() {
             ran.push(*t);
@@ -273,13 +275,7 @@ async fn a_parked_request_is_served_when_work_arrives_and_leases_are_sized_by_th
     let h = Harness::new();
     let mut a = h.agent("a", 4, 1).await;
     let _b = h.agent("b", 4, 2).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 3,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(3));
     h.settle().await;
     assert_no_lease(&mut a, "no work yet: the request is parked");
     let _events = h.submit(1, spec(100, 0)).await;
@@ -326,13 +322,7 @@ async fn near_the_end_nothing_is_leased_to_queue_behind_a_busy_slot() {
     h.settle().await;
     assert_no_lease(&mut a, "the last test would wait behind a's running one");
     // The same agent with an idle slot gets it: a newer request replaces the parked one.
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     assert_eq!(lease(&mut a).await.tests.len(), 1);
 }
 
@@ -343,13 +333,7 @@ async fn leases_shrink_towards_the_end_of_a_run() {
     let mut events = h.submit(1, spec(40, 0)).await;
     let mut sizes = vec![];
     loop {
-        h.from(
-            &a,
-            FromAgent::WorkRequest {
-                free_slots: 8,
-                queue_slots: 0,
-            },
-        );
+        h.from(&a, ask(8));
         let g = lease(&mut a).await;
         sizes.push(g.tests.len());
         for i in 0..g.tests.len() {
@@ -376,32 +360,14 @@ async fn a_retry_goes_to_another_agent_when_one_is_connected() {
     let mut a = h.agent("a", 1, 1).await;
     let mut b = h.agent("b", 1, 2).await;
     let mut events = h.submit(1, spec(1, 1)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     h.from(&a, finished(&g, 0, AttemptStatus::Failed));
     // `a` asks again first, but the retry must wait for `b`.
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     h.settle().await;
     assert_no_lease(&mut a, "no lease expected");
-    h.from(
-        &b,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&b, ask(1));
     let retry = lease(&mut b).await;
     assert_eq!(retry.tests, vec![(0, 2)], "attempt 2 of test 0");
     h.from(&b, finished(&retry, 0, AttemptStatus::Passed));
@@ -418,13 +384,7 @@ async fn duplicate_and_stale_results_are_ignored() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(2, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     h.from(&a, finished(&g, 0, AttemptStatus::Passed));
     h.from(&a, finished(&g, 0, AttemptStatus::Failed)); // a resend: ignored
@@ -433,13 +393,7 @@ async fn duplicate_and_stale_results_are_ignored() {
         *attempt = 7;
     }
     h.from(&a, wrong_attempt);
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g2 = lease(&mut a).await;
     let mut foreign = finished(&g2, 0, AttemptStatus::Failed);
     if let FromAgent::Finished { lease_id, .. } = &mut foreign {
@@ -463,13 +417,7 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     let h = Harness::new();
     let mut a = h.agent("a", 2, 1).await;
     let mut events = h.submit(1, spec(2, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 2,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(2));
     let g = lease(&mut a).await;
     assert_eq!(
         g.tests.len(),
@@ -520,13 +468,7 @@ async fn cancelling_a_run_revokes_its_leases() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(3, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     let cancelled = h
         .handle
@@ -585,13 +527,7 @@ async fn tests_needing_services_go_only_to_agents_with_docker() {
     let _events = h.submit(1, service_spec(4)).await;
     let mut seen_plain = vec![];
     loop {
-        h.from(
-            &plain,
-            FromAgent::WorkRequest {
-                free_slots: 4,
-                queue_slots: 0,
-            },
-        );
+        h.from(&plain, ask(4));
         let g = lease(&mut plain).await;
         seen_plain.extend(binaries_of(&g).into_iter().map(str::to_owned));
         for i in 0..g.tests.len() {
@@ -602,20 +538,8 @@ async fn tests_needing_services_go_only_to_agents_with_docker() {
         }
     }
     assert!(seen_plain.iter().all(|b| b == "b"), "{seen_plain:?}");
-    h.from(
-        &plain,
-        FromAgent::WorkRequest {
-            free_slots: 4,
-            queue_slots: 0,
-        },
-    );
-    h.from(
-        &docker,
-        FromAgent::WorkRequest {
-            free_slots: 4,
-            queue_slots: 0,
-        },
-    );
+    h.from(&plain, ask(4));
+    h.from(&docker, ask(4));
     let g = lease(&mut docker).await;
     assert!(binaries_of(&g).iter().all(|b| *b == "svc"));
     h.settle().await;
@@ -632,13 +556,7 @@ async fn service_tests_no_connected_agent_can_serve_fail_at_once_and_say_why() {
     let mut events = h.submit(1, service_spec(2)).await;
     let mut ran = 0;
     while ran < 2 {
-        h.from(
-            &plain,
-            FromAgent::WorkRequest {
-                free_slots: 8,
-                queue_slots: 0,
-            },
-        );
+        h.from(&plain, ask(8));
         let g = lease(&mut plain).await;
         assert!(binaries_of(&g).iter().all(|b| *b == "b"));
         for i in 0..g.tests.len() {
@@ -684,13 +602,7 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     let fingerprint = spec.services[0].fingerprint();
     let _events = h.submit(1, spec).await;
     // Cold, the queue order rules: plain tests come first.
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     assert_eq!(binaries_of(&g), ["b"; 5]);
     h.from(
@@ -708,13 +620,7 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     // (Work requests overtake other messages; the container's report must have been read.)
     h.settle().await;
     // Warm, the tests that need its running container come first, ahead of 15 plain ones.
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     assert_eq!(binaries_of(&g), ["svc"; 4]);
 }
@@ -727,22 +633,10 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
     let spec = service_spec(1);
     let mut events = h.submit(1, spec).await;
     // The plain test goes anywhere; the service test only to `docker`.
-    h.from(
-        &plain,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&plain, ask(1));
     let g = lease(&mut plain).await;
     h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
-    h.from(
-        &docker,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&docker, ask(1));
     let g = lease(&mut docker).await;
     assert_eq!(binaries_of(&g), ["svc"]);
     // Its container would not start: an infrastructure error. The retry may not avoid `docker`:
@@ -758,13 +652,7 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
             result: AttemptResult::infra_error("image missing"),
         },
     );
-    h.from(
-        &docker,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&docker, ask(1));
     let retry = lease(&mut docker).await;
     assert_eq!(
         retry.tests,
@@ -784,13 +672,7 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     let mut a = h.agent_with("a", 1, 1, true).await;
     let mut b = h.agent_with("b", 1, 2, true).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     let (index, attempt) = g.tests[0];
     h.from(
@@ -803,22 +685,10 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
             result: AttemptResult::infra_error("bundle unusable"),
         },
     );
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     h.settle().await;
     assert_no_lease(&mut a, "not back to the agent that failed it");
-    h.from(
-        &b,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&b, ask(1));
     assert_eq!(lease(&mut b).await.tests, vec![(index, attempt)]);
 }
 
@@ -836,13 +706,7 @@ async fn service_tests_wait_out_the_grace_for_a_capable_agent() {
     let mut docker = h.agent_with("docker", 1, 2, true).await;
     let mut ran = vec![];
     while ran.len() < 2 {
-        h.from(
-            &docker,
-            FromAgent::WorkRequest {
-                free_slots: 1,
-                queue_slots: 0,
-            },
-        );
+        h.from(&docker, ask(1));
         let g = lease(&mut docker).await;
         ran.extend(binaries_of(&g).into_iter().map(str::to_owned));
         h.from(&docker, finished(&g, 0, AttemptStatus::Passed));
@@ -862,13 +726,7 @@ async fn after_the_grace_service_tests_end_as_infrastructure_errors() {
     });
     let mut plain = h.agent_with("plain", 1, 1, false).await;
     let mut events = h.submit(1, service_spec(1)).await;
-    h.from(
-        &plain,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&plain, ask(1));
     let g = lease(&mut plain).await;
     h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
     h.settle().await;
@@ -912,22 +770,10 @@ async fn a_silent_agent_loses_its_lease_after_the_timeout() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     let mut b = h.agent("b", 1, 2).await;
-    h.from(
-        &b,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&b, ask(1));
     // `b` heartbeats; `a` says nothing at all.
     pass_time(
         &h,
@@ -947,13 +793,7 @@ async fn an_agent_that_reconnects_in_time_keeps_its_lease_and_its_result_counts_
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -981,13 +821,7 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
     let mut a = h.agent("a", 1, 1).await;
     let mut b = h.agent("b", 1, 2).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     h.from(
         &a,
@@ -999,13 +833,7 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
         },
     );
     disconnect(&h, &a);
-    h.from(
-        &b,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&b, ask(1));
     pass_time(
         &h,
         SchedulerConfig::default().lease_timeout.as_secs() + 5,
@@ -1052,24 +880,12 @@ async fn a_restarted_agent_loses_the_leases_it_no_longer_holds_at_once() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let _events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     // The same agent, restarted: it holds nothing, and says so.
     let mut again = h.connect("a", 1, 2, false, vec![]).await;
-    h.from(
-        &again,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&again, ask(1));
     assert_eq!(lease(&mut again).await.tests, g.tests);
 }
 
@@ -1088,13 +904,7 @@ async fn a_resent_result_is_adopted_when_its_test_still_waits_for_it() {
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
     let mut events = h.submit(1, spec(1, 0)).await;
-    h.from(
-        &a,
-        FromAgent::WorkRequest {
-            free_slots: 1,
-            queue_slots: 0,
-        },
-    );
+    h.from(&a, ask(1));
     let g = lease(&mut a).await;
     disconnect(&h, &a);
     tokio::time::sleep(SchedulerConfig::default().lease_timeout + Duration::from_secs(2)).await;
