@@ -15,6 +15,12 @@ mod watch;
 
 use clap::Parser;
 
+/// The coordinator's history writer and the agents' result streams allocate many small, short-lived
+/// values from several threads; glibc's allocator spent a third of the writer's time in malloc and
+/// its arena locks (docs/benchmarks.md, ingest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = args::Cli::parse();
     telemetry::init(&cli);

@@ -1,9 +1,11 @@
-//! Grouped writes to the sled store. A [`WriteTx`] reads each record it changes once, keeps the
-//! changes in memory, and writes every tree back in one batch when the group commits; a burst of
+//! Grouped writes to the sled store. A [`WriteTx`] collects what a group of updates does to each
+//! test and to each run, and writes every tree back in batches when the group commits: a burst of
 //! results for the same tests (a result, then its statistics, then its settled outcome) costs one
-//! read and one write per record instead of three.
+//! read and one write per record instead of three. Tests are independent of one another, so their
+//! records are brought up to date on several threads at once, each owning a shard of the tests.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
 
@@ -13,10 +15,28 @@ use super::records::{
 use super::sled_store::{OUTPUT_EXCERPT_BYTES, SledStore, run_group_key, test_key};
 use super::{HistoryError, HistoryWrites, verdict};
 
+/// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
+const PARALLEL_MIN_TESTS: usize = 512;
+/// Shards at most; never more than cores: with two writers per core, sled's lock-free nodes
+/// retried so often that ingest fell by a quarter (docs/benchmarks.md, ingest).
+const SHARDS_MAX: usize = 8;
+
+/// What a group does to one test, in order.
+enum TestOp {
+    Attempt(LoggedAttempt),
+    Excluded,
+    Settled(Outcome),
+}
+
+struct TestChanges {
+    suite: String,
+    id: TestId,
+    ops: Vec<TestOp>,
+}
+
 pub(super) struct WriteTx<'a> {
     store: &'a SledStore,
-    summaries: HashMap<Vec<u8>, TestSummary>,
-    logs: HashMap<Vec<u8>, TestLog>,
+    tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
 }
@@ -25,58 +45,34 @@ impl<'a> WriteTx<'a> {
     pub(super) fn new(store: &'a SledStore) -> Self {
         WriteTx {
             store,
-            summaries: HashMap::new(),
-            logs: HashMap::new(),
+            tests: HashMap::new(),
             run_entries: BTreeMap::new(),
         }
     }
 
-    fn summary(&mut self, suite: &str, id: &TestId) -> Result<&mut TestSummary, HistoryError> {
-        let key = test_key(suite, id);
-        if !self.summaries.contains_key(&key) {
-            let s = self.store.summary_of(&key, suite, id)?;
-            self.summaries.insert(key.clone(), s);
-        }
-        Ok(self.summaries.get_mut(&key).expect("just inserted"))
+    fn change(&mut self, suite: &str, id: &TestId, op: TestOp) {
+        self.tests
+            .entry(test_key(suite, id))
+            .or_insert_with(|| TestChanges {
+                suite: suite.to_owned(),
+                id: id.clone(),
+                ops: Vec::new(),
+            })
+            .ops
+            .push(op);
     }
 
-    /// A test's summary and log together, for recording an attempt.
-    fn summary_and_log(
-        &mut self,
-        suite: &str,
-        id: &TestId,
-    ) -> Result<(&mut TestSummary, &mut TestLog), HistoryError> {
-        let key = test_key(suite, id);
-        if !self.logs.contains_key(&key) {
-            let log = match self.store.test_log.get(&key)? {
-                Some(b) => decode(&key, &b)?,
-                None => TestLog::default(),
-            };
-            self.logs.insert(key.clone(), log);
-        }
-        self.summary(suite, id)?;
-        Ok((
-            self.summaries.get_mut(&key).expect("loaded above"),
-            self.logs.get_mut(&key).expect("loaded above"),
-        ))
-    }
-
-    /// Writes what the group changed, one batch per tree. The attempt logs (the largest values)
-    /// are encoded and written on a second thread while the rest is: sled's trees are
-    /// independent, and the writer is the coordinator's busiest thread.
+    /// Writes what the group changed: the run records on this thread, the tests' summaries and
+    /// logs on one thread per shard meanwhile.
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
-        let logs: Vec<(Vec<u8>, TestLog)> = self.logs.drain().collect();
+        let shards = shard(std::mem::take(&mut self.tests));
         let store = self.store;
         std::thread::scope(|scope| {
-            let log_writer = (!logs.is_empty()).then(|| {
-                scope.spawn(move || {
-                    let mut batch = sled::Batch::default();
-                    for (k, v) in logs {
-                        batch.insert(k, encode(&v));
-                    }
-                    store.test_log.apply_batch(batch)
-                })
-            });
+            let mut shards = shards.into_iter();
+            let first = shards.next();
+            let others: Vec<_> = shards
+                .map(|s| scope.spawn(move || write_tests(store, s)))
+                .collect();
             let mut batch = sled::Batch::default();
             for (run, entries) in std::mem::take(&mut self.run_entries) {
                 // Increasing across restarts, so a run's groups read back in the order written.
@@ -84,19 +80,79 @@ impl<'a> WriteTx<'a> {
                 batch.insert(&run_group_key(RunId(run), group), encode(&entries));
             }
             store.run_tests.apply_batch(batch)?;
-            let mut batch = sled::Batch::default();
-            let written: Vec<(Vec<u8>, TestSummary)> = self.summaries.drain().collect();
-            for (k, v) in &written {
-                batch.insert(k.as_slice(), encode(v));
+            let mut written = match first {
+                Some(s) => write_tests(store, s)?,
+                None => Vec::new(),
+            };
+            for w in others {
+                written.extend(w.join().expect("a shard writer does not panic")?);
             }
-            store.tests.apply_batch(batch)?;
             store.summaries_written(written);
-            if let Some(w) = log_writer {
-                w.join().expect("the log writer does not panic")?;
-            }
             Ok(())
         })
     }
+}
+
+/// Splits the tests by key hash into as many shards as there are cores (one for a small group).
+fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)>> {
+    if tests.is_empty() {
+        return Vec::new();
+    }
+    let n = if tests.len() < PARALLEL_MIN_TESTS {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, SHARDS_MAX)
+    };
+    let hasher = RandomState::new();
+    let mut shards: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+    for (key, changes) in tests {
+        let i = (hasher.hash_one(&key) % n as u64) as usize;
+        shards[i].push((key, changes));
+    }
+    shards
+}
+
+/// Brings one shard's tests up to date and writes their summaries and logs, one batch per tree;
+/// returns the summaries for the in-memory index.
+fn write_tests(
+    store: &SledStore,
+    tests: Vec<(Vec<u8>, TestChanges)>,
+) -> Result<Vec<(Vec<u8>, TestSummary)>, HistoryError> {
+    let mut summaries = sled::Batch::default();
+    let mut logs = sled::Batch::default();
+    let mut written = Vec::with_capacity(tests.len());
+    for (key, changes) in tests {
+        let mut summary = store.summary_of(&key, &changes.suite, &changes.id)?;
+        let mut log: Option<TestLog> = None;
+        for op in changes.ops {
+            match op {
+                TestOp::Attempt(a) => {
+                    if log.is_none() {
+                        log = Some(match store.test_log.get(&key)? {
+                            Some(b) => decode(&key, &b)?,
+                            None => TestLog::default(),
+                        });
+                    }
+                    verdict::record(&mut summary, log.as_mut().expect("loaded above"), a);
+                }
+                TestOp::Excluded => summary.excluded += 1,
+                TestOp::Settled(outcome) => {
+                    summary.runs += 1;
+                    summary.last_outcome = Some(outcome);
+                }
+            }
+        }
+        if let Some(log) = log {
+            logs.insert(key.as_slice(), encode(&log));
+        }
+        summaries.insert(key.as_slice(), encode(&summary));
+        written.push((key, summary));
+    }
+    store.test_log.apply_batch(logs)?;
+    store.tests.apply_batch(summaries)?;
+    Ok(written)
 }
 
 impl HistoryWrites for WriteTx<'_> {
@@ -166,15 +222,14 @@ impl HistoryWrites for WriteTx<'_> {
         attempts: &[(TestId, LoggedAttempt)],
     ) -> Result<(), HistoryError> {
         for (id, a) in attempts {
-            let (summary, log) = self.summary_and_log(suite, id)?;
-            verdict::record(summary, log, a.clone());
+            self.change(suite, id, TestOp::Attempt(a.clone()));
         }
         Ok(())
     }
 
     fn record_excluded(&mut self, suite: &str, tests: &[TestId]) -> Result<(), HistoryError> {
         for id in tests {
-            self.summary(suite, id)?.excluded += 1;
+            self.change(suite, id, TestOp::Excluded);
         }
         Ok(())
     }
@@ -185,9 +240,7 @@ impl HistoryWrites for WriteTx<'_> {
         id: &TestId,
         outcome: Outcome,
     ) -> Result<(), HistoryError> {
-        let summary = self.summary(suite, id)?;
-        summary.runs += 1;
-        summary.last_outcome = Some(outcome);
+        self.change(suite, id, TestOp::Settled(outcome));
         Ok(())
     }
 
@@ -200,5 +253,120 @@ impl HistoryWrites for WriteTx<'_> {
         // Closing reads the run's records back (quarantine) and prunes: they must be in sled.
         self.commit()?;
         self.store.close_run(id, state, summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::HistoryStore;
+    use testfleet_model::AttemptStatus;
+
+    fn id(i: usize) -> TestId {
+        TestId {
+            binary_id: "bin".into(),
+            name: format!("t{i:05}"),
+        }
+    }
+
+    fn attempt(run: u64, failed: bool, ms: u64) -> LoggedAttempt {
+        LoggedAttempt {
+            run_id: run,
+            attempt: 1,
+            revision: "rev".into(),
+            status: if failed {
+                AttemptStatus::Failed
+            } else {
+                AttemptStatus::Passed
+            },
+            duration_ms: ms,
+            agent_id: "a".into(),
+            at_unix_ms: 1_000 + run,
+        }
+    }
+
+    #[test]
+    fn shards_hold_every_test_once_with_its_changes_in_order() {
+        let mut tests = HashMap::new();
+        for i in 0..PARALLEL_MIN_TESTS * 3 {
+            let t = id(i);
+            tests.insert(
+                test_key("s", &t),
+                TestChanges {
+                    suite: "s".into(),
+                    id: t,
+                    ops: vec![TestOp::Excluded, TestOp::Settled(Outcome::Passed)],
+                },
+            );
+        }
+        let shards = shard(tests);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(shards.len(), cores.clamp(1, SHARDS_MAX));
+        let mut seen: Vec<String> = shards
+            .iter()
+            .flatten()
+            .map(|(_, c)| {
+                assert!(matches!(
+                    c.ops.as_slice(),
+                    [TestOp::Excluded, TestOp::Settled(Outcome::Passed)]
+                ));
+                c.id.name.clone()
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), PARALLEL_MIN_TESTS * 3);
+        // A small group stays on one thread.
+        let mut small = HashMap::new();
+        small.insert(
+            test_key("s", &id(0)),
+            TestChanges {
+                suite: "s".into(),
+                id: id(0),
+                ops: vec![],
+            },
+        );
+        assert_eq!(shard(small).len(), 1);
+    }
+
+    /// A group large enough to be written by several threads: every test's summary and log must
+    /// hold exactly what the group (and the one before it) recorded.
+    #[test]
+    fn a_large_group_written_in_shards_records_every_test_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let n = PARALLEL_MIN_TESTS * 4;
+        for run in 1..=2u64 {
+            store
+                .write(&mut |tx| {
+                    let attempts: Vec<_> = (0..n)
+                        .map(|i| (id(i), attempt(run, i % 7 == 0 && run == 2, i as u64 + run)))
+                        .collect();
+                    tx.record_attempts("s", &attempts)?;
+                    for i in 0..n {
+                        tx.record_settled("s", &id(i), Outcome::Passed)?;
+                    }
+                    tx.record_excluded("s", &[id(3)])
+                })
+                .unwrap();
+        }
+        for i in 0..n {
+            let (summary, log) = store.test_log("s", &id(i)).unwrap().unwrap();
+            let durations: Vec<u64> = log.attempts.iter().map(|a| a.duration_ms).collect();
+            assert_eq!(durations, vec![i as u64 + 1, i as u64 + 2], "test {i}");
+            assert_eq!(summary.attempts, 2, "test {i}");
+            assert_eq!(summary.failures, u64::from(i % 7 == 0), "test {i}");
+            assert_eq!(summary.runs, 2, "test {i}");
+            assert_eq!(summary.excluded, if i == 3 { 2 } else { 0 }, "test {i}");
+        }
+        // The in-memory index agrees with sled.
+        let mut indexed = 0;
+        store
+            .for_each_summary(Some("s"), &mut |s| {
+                assert_eq!(s.runs, 2);
+                indexed += 1;
+            })
+            .unwrap();
+        assert_eq!(indexed, n);
     }
 }

@@ -17,9 +17,9 @@ use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord}
 pub const MASS_FAILURE_MIN_TESTS: u32 = 4;
 pub const MASS_FAILURE_PERCENT: u32 = 80;
 
-/// Updates written as one group at most: large enough to amortise a batch per tree, small enough
-/// that a group's records stay a few megabytes.
-const GROUP_MAX: usize = 4096;
+/// Updates written as one group at most: large enough to amortise a batch per tree and the shard
+/// threads, small enough that a group's records stay a few megabytes.
+const GROUP_MAX: usize = 16384;
 
 #[derive(Clone, Debug)]
 pub enum HistoryUpdate {
