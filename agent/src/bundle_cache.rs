@@ -9,8 +9,8 @@ use std::sync::Arc;
 use testfleet_bundle::{BundleError, ExtractLimits};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
+use testfleet_security::AuthChannel;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -47,7 +47,7 @@ impl BundleCache {
     pub async fn ensure(
         &self,
         digest: &str,
-        client: &mut CoordinatorClient<Channel>,
+        client: &mut CoordinatorClient<AuthChannel>,
     ) -> Result<PathBuf, CacheError> {
         let root = self.dir.join(digest);
         let lock = self

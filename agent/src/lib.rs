@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// Kills the running tests if the agent dies (see [`guard`]); off by default.
     pub guard: guard::Guard,
+    /// The agent token and TLS settings it connects with.
+    pub security: testfleet_security::ClientSecurity,
 }
 
 impl AgentConfig {
@@ -54,6 +56,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             guard: guard::Guard::default(),
+            security: Default::default(),
         }
     }
 }

@@ -31,7 +31,10 @@ pub(crate) fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
         url: config.coordinator.clone(),
         reason,
     };
-    let ep = Endpoint::from_shared(config.coordinator.clone()).map_err(|e| bad(e.to_string()))?;
+    let ep = config
+        .security
+        .endpoint(&config.coordinator)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(ep
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
@@ -59,8 +62,14 @@ pub(crate) async fn run(
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return broken(format!("cannot connect: {}", error_chain(&e))),
+        Err(e) => {
+            return broken(format!(
+                "cannot connect: {}",
+                testfleet_security::explain_connect_error(&e)
+            ));
+        }
     };
+    let channel = config.security.wrap(channel);
     let mut gateway = AgentGatewayClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -83,7 +92,15 @@ pub(crate) async fn run(
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+        // Trying again cannot fix a bad Hello or a token the coordinator refuses.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+            ) =>
+        {
             return SessionEnd::Refused(s.message().to_owned());
         }
         Err(s) => return broken(format!("session refused: {}", s.message())),
@@ -256,15 +273,4 @@ pub(crate) async fn run(
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -27,6 +27,9 @@ pub struct Shared {
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {
     Endpoint::from_shared(url.to_owned())?
         .tcp_nodelay(true)
+        // A connection whose SYN or handshake was dropped (a full listen backlog) is retried
+        // instead of waiting out the kernel's retransmissions.
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))

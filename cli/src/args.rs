@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::security_args::{ConnectArgs, LimitArgs, ServeSecurityArgs};
+
 const EXIT_CODES: &str = "\
 Exit codes:
    0  every test passed (flaky and skipped tests do not fail a run)
@@ -58,6 +60,8 @@ pub enum Command {
     /// Keep flaky tests from failing runs while they keep running and being recorded.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Print a new random token (256 bits, hex) for a coordinator's tokens file.
+    Token,
 }
 
 /// Where history queries go: a coordinator, or the local data dir.
@@ -78,6 +82,8 @@ pub struct QueryArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +215,9 @@ pub struct RunArgs {
     pub revision: Option<String>,
 
     #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
     pub cargo: CargoArgs,
 }
 
@@ -255,9 +264,6 @@ pub struct CoordinatorArgs {
     /// Retries for runs that do not set `--retries`.
     #[arg(long, default_value_t = 2)]
     pub default_retries: u32,
-    /// Largest bundle accepted, in bytes.
-    #[arg(long, default_value_t = 8 << 30)]
-    pub max_bundle_bytes: u64,
     /// Seconds tests that need services wait while no connected agent has Docker, before they
     /// end as infrastructure errors.
     #[arg(long, default_value_t = 15.0, value_name = "SECS", value_parser = non_negative_secs)]
@@ -268,6 +274,10 @@ pub struct CoordinatorArgs {
     /// Runs kept in history; older ones are pruned.
     #[arg(long, default_value_t = testfleet_coordinator::history::DEFAULT_KEEP_RUNS)]
     pub keep_runs: u64,
+    #[command(flatten)]
+    pub security: ServeSecurityArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +300,8 @@ pub struct AgentArgs {
     /// Do not start services: this agent takes only tests that need none.
     #[arg(long)]
     pub no_docker: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +312,8 @@ pub struct AgentsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 fn parse_secs(s: &str, allow_zero: bool) -> Result<f64, String> {

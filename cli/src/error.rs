@@ -24,6 +24,9 @@ pub enum CliError {
     Bundle(String),
     #[error("{0}")]
     Server(String),
+    /// A setting (a token file, a certificate, a limit) that cannot be used.
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -41,6 +44,7 @@ impl CliError {
             CliError::Rejected(_) => exit_code::REQUEST_REJECTED,
             CliError::Bundle(_) => exit_code::BUNDLE_ERROR,
             CliError::Server(_) => exit_code::SERVER_ERROR,
+            CliError::Config(_) => exit_code::USAGE,
             CliError::Internal(_) => exit_code::INTERNAL_ERROR,
         }
     }
@@ -52,6 +56,14 @@ impl CliError {
                 url: url.to_owned(),
                 reason: s.message().to_owned(),
             },
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                CliError::Rejected(format!("access refused: {}", s.message()))
+            }
+            // tonic's own message-size check does not name the setting behind it.
+            _ if s.message().contains("message length too large") => CliError::Rejected(format!(
+                "{} (the coordinator's limit --max-message-bytes)",
+                s.message()
+            )),
             _ => CliError::Rejected(s.message().to_owned()),
         }
     }

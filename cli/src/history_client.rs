@@ -16,7 +16,7 @@ use crate::remote::{self, Client};
 
 pub enum Backend {
     Local(Arc<SledStore>),
-    Remote { client: Client, url: String },
+    Remote { client: Box<Client>, url: String },
 }
 
 pub enum QuarantineAction<'a> {
@@ -50,7 +50,7 @@ impl Backend {
     pub async fn open(args: &QueryArgs) -> CliResult<Self> {
         if let Some(url) = &args.coordinator {
             return Ok(Backend::Remote {
-                client: remote::connect(url).await?,
+                client: Box::new(remote::connect(url, &args.connect.security()?).await?),
                 url: url.clone(),
             });
         }

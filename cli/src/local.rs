@@ -7,6 +7,7 @@ use std::sync::Arc;
 use testfleet_agent::provision::{DockerProvisioner, Provisioner};
 use testfleet_agent::{AgentConfig, Stop};
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use testfleet_security::{ClientSecurity, Secret, TokenSet, generate_token};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -27,8 +28,29 @@ fn local_agent_prefix(data_dir: &Path) -> String {
     format!("local-{h:08x}")
 }
 
+/// A client token and an agent token, fresh for one local fleet, and the set that accepts them.
+fn session_tokens() -> CliResult<(Secret, Secret, TokenSet)> {
+    let make = || -> CliResult<Secret> {
+        let t = generate_token().map_err(|e| CliError::Internal(e.into()))?;
+        Secret::new(&t, "a generated token").map_err(|e| CliError::Internal(e.into()))
+    };
+    let (client, agent) = (make()?, make()?);
+    let set = TokenSet::parse(
+        &format!(
+            "client local {}\nagent local-agents {}\n",
+            client.expose(),
+            agent.expose()
+        ),
+        "the local fleet's tokens",
+    )
+    .map_err(|e| CliError::Internal(e.into()))?;
+    Ok((client, agent, set))
+}
+
 pub struct LocalFleet {
     pub url: String,
+    /// What this process's client presents: a token made for this fleet alone.
+    pub security: ClientSecurity,
     agents: Vec<(tokio::sync::watch::Sender<Stop>, JoinHandle<()>)>,
     coordinator: (oneshot::Sender<()>, JoinHandle<()>),
 }
@@ -61,7 +83,11 @@ impl LocalFleet {
                 .local_addr()
                 .map_err(|e| CliError::Internal(e.into()))?
         );
+        // Other users of this machine can reach a loopback port too: the embedded coordinator
+        // takes only tokens made here and now, one for the client, one for the agents.
+        let (client_token, agent_token, tokens) = session_tokens()?;
         let mut config = CoordinatorConfig::new(data_dir);
+        config.tokens = Some(tokens);
         config.scheduler.default_retries = 0;
         // Local agents are all alike and connected from the start: no one else is coming.
         config.scheduler.service_grace = std::time::Duration::ZERO;
@@ -86,6 +112,10 @@ impl LocalFleet {
             let mut cfg =
                 AgentConfig::new(url.clone(), id, slots, data_dir.join("agents").join(&name));
             cfg.guard = guard.clone();
+            cfg.security = ClientSecurity {
+                token: Some(agent_token.clone()),
+                tls: None,
+            };
             let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
             let handle = tokio::spawn(async move {
                 let provisioner: Option<Arc<dyn Provisioner>> =
@@ -98,6 +128,10 @@ impl LocalFleet {
         }
         Ok(LocalFleet {
             url,
+            security: ClientSecurity {
+                token: Some(client_token),
+                tls: None,
+            },
             agents: handles,
             coordinator: (stop, coordinator),
         })

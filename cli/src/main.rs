@@ -9,6 +9,7 @@ mod history_client;
 mod local;
 mod remote;
 mod reporter;
+mod security_args;
 mod suite_manifest;
 mod telemetry;
 mod watch;

@@ -6,36 +6,33 @@ use std::time::Duration;
 use testfleet_bundle::PackedBundle;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
+use testfleet_security::{AuthChannel, ClientSecurity, explain_connect_error};
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, CliResult};
 
-pub type Client = CoordinatorClient<Channel>;
+pub type Client = CoordinatorClient<AuthChannel>;
 
-pub async fn connect(url: &str) -> CliResult<Client> {
-    let unreachable = |reason: String| CliError::Unreachable {
-        url: url.to_owned(),
-        reason,
-    };
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| unreachable(format!("invalid URL: {e}")))?
+pub async fn connect(url: &str, security: &ClientSecurity) -> CliResult<Client> {
+    let endpoint = security
+        .endpoint(url)
+        .map_err(|e| CliError::Config(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut reason = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            reason = format!("{reason}: {s}");
-            src = s.source();
-        }
-        unreachable(reason)
-    })?;
-    Ok(CoordinatorClient::new(channel)
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            url: url.to_owned(),
+            reason: explain_connect_error(&e),
+        })?;
+    Ok(CoordinatorClient::new(security.wrap(channel))
+        // What a client sends is bounded by the coordinator (--max-message-bytes), which names
+        // its limit when hit; this side only bounds what it accepts.
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_encoding_message_size(usize::MAX))
 }
 
 /// Uploads the bundle unless the coordinator has it already. Returns whether bytes were sent.

@@ -13,7 +13,9 @@ pub enum BundleStoreError {
     DigestMismatch { declared: String, actual: String },
     #[error("bundle size mismatch: declared {declared} bytes, received {received}")]
     SizeMismatch { declared: u64, received: u64 },
-    #[error("bundle of {size} bytes exceeds the limit of {limit} bytes (max_bundle_bytes)")]
+    #[error(
+        "coordinator limit --max-bundle-bytes hit: the bundle is {size} bytes, the limit {limit}"
+    )]
     TooLarge { size: u64, limit: u64 },
     #[error("`{0}` is not a sha256 hex digest")]
     BadDigest(String),

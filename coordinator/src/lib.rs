@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bundles;
 pub mod history;
+pub mod limits;
 pub mod scheduler;
 
 use std::future::Future;
@@ -13,10 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
+use testfleet_proto::pb;
+use testfleet_security::{AuthLayer, ServerTls, TokenSet};
 use tokio::net::TcpListener;
 
 pub use history::{HistoryStore, SledStore};
+pub use limits::Limits;
 pub use scheduler::SchedulerConfig;
 
 #[derive(Clone, Debug)]
@@ -24,7 +27,11 @@ pub struct CoordinatorConfig {
     pub scheduler: SchedulerConfig,
     /// Where uploaded bundles are kept.
     pub bundle_dir: PathBuf,
-    pub max_bundle_bytes: u64,
+    pub limits: Limits,
+    /// The tokens accepted; `None` lets every request in (only sensible where nobody else can
+    /// connect: the CLI refuses it on a non-loopback address unless told otherwise).
+    pub tokens: Option<TokenSet>,
+    pub tls: Option<ServerTls>,
 }
 
 impl CoordinatorConfig {
@@ -32,7 +39,9 @@ impl CoordinatorConfig {
         CoordinatorConfig {
             scheduler: SchedulerConfig::default(),
             bundle_dir: data_dir.join("bundles"),
-            max_bundle_bytes: 8 << 30,
+            limits: Limits::default(),
+            tokens: None,
+            tls: None,
         }
     }
 }
@@ -46,6 +55,8 @@ pub enum ServeError {
     },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Security(#[from] testfleet_security::SecurityError),
 }
 
 /// Serves both gRPC services on `listener` until `shutdown` resolves, then stops the scheduler,
@@ -56,7 +67,13 @@ pub async fn serve(
     store: Arc<dyn HistoryStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let bundles = bundles::BundleStore::open(&config.bundle_dir, config.max_bundle_bytes).map_err(
+    let limits = config.limits.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        // Read before anything starts, so a bad certificate path fails the start with its name.
+        builder = builder.tls_config(tls.config()?)?;
+    }
+    let bundles = bundles::BundleStore::open(&config.bundle_dir, limits.max_bundle_bytes).map_err(
         |source| ServeError::BundleDir {
             path: config.bundle_dir.clone(),
             source,
@@ -69,31 +86,41 @@ pub async fn serve(
         scheduler::spawn(config.scheduler.clone(), history_tx.clone(), async move {
             let _ = stop_scheduler.wait_for(|s| *s).await;
         });
-    resume_unfinished(store.clone(), &scheduler, &history_tx).await;
+    let run_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_runs));
+    resume_unfinished(store.clone(), &scheduler, &history_tx, &run_slots).await;
     let client = api::ClientApi {
         scheduler: scheduler.clone(),
         store,
         history: history_tx,
         bundles,
+        limits: limits.clone(),
+        run_slots,
     };
     let gateway = api::Gateway {
         scheduler,
         next_conn: AtomicU64::new(1),
+        sessions: Arc::default(),
+        limits: limits.clone(),
     };
     let mut server_stop = stop_rx;
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
+        // Every request passes the token check before any handler sees it.
+        .layer(AuthLayer::new(
+            config.tokens.clone(),
+            api::access::required_role,
+        ))
         .add_service(
             pb::coordinator_server::CoordinatorServer::new(client)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
         )
         .add_service(
             pb::agent_gateway_server::AgentGatewayServer::new(gateway)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
         )
         .serve_with_incoming_shutdown(
             // `tcp_nodelay` above only applies to listeners tonic binds itself: without this,
@@ -139,6 +166,7 @@ async fn resume_unfinished(
     store: Arc<dyn HistoryStore>,
     scheduler: &scheduler::SchedulerHandle,
     history: &tokio::sync::mpsc::UnboundedSender<history::HistoryUpdate>,
+    run_slots: &Arc<tokio::sync::Semaphore>,
 ) {
     type Found = (
         history::RunRecord,
@@ -195,6 +223,8 @@ async fn resume_unfinished(
                 quarantined: plan.quarantined,
                 records,
                 resumes,
+                // Resumed runs were accepted before: they count, but are never refused.
+                slot: run_slots.clone().try_acquire_owned().ok(),
                 reply,
             })
             .await;

@@ -50,6 +50,7 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
         args.work_dir.clone(),
     );
     config.guard = super::start_guard();
+    config.security = args.connect.security()?;
     for l in &args.labels {
         let (k, v) = l
             .split_once('=')

@@ -7,7 +7,7 @@ use crate::args::AgentsArgs;
 use crate::error::{CliError, CliResult};
 
 pub async fn run(args: AgentsArgs) -> CliResult<i32> {
-    let mut client = crate::remote::connect(&args.coordinator).await?;
+    let mut client = crate::remote::connect(&args.coordinator, &args.connect.security()?).await?;
     let agents = client
         .list_agents(pb::ListAgentsRequest {})
         .await

@@ -4,16 +4,42 @@ use std::sync::Arc;
 
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
 use testfleet_model::exit_code;
+use testfleet_security::Role;
 
 use crate::args::CoordinatorArgs;
 use crate::error::{CliError, CliResult};
 
+/// Pending connections the kernel holds for the coordinator: a fleet of agents reconnecting at
+/// once after a restart must not overflow it (the default of 128 did at 1,000 agents).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
+    let limits = args.limits.limits()?;
+    let tokens = args.security.tokens()?;
+    let tls = args.security.tls();
+    if tokens.is_none() && !args.listen.ip().is_loopback() && !args.security.allow_unauthenticated {
+        return Err(CliError::Config(format!(
+            "refusing to serve {} without tokens: anyone who can connect could run code on every agent. \
+             Give --tokens-file (make tokens with `testfleet token`), listen on a loopback address, \
+             or pass --allow-unauthenticated on a network you trust",
+            args.listen
+        )));
+    }
     let store = SledStore::open(&args.data_dir)
         .map_err(|e| CliError::Server(e.to_string()))?
         .with_retention(args.keep_runs);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = bind(args.listen)
         .map_err(|e| CliError::Server(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener
         .local_addr()
@@ -22,10 +48,27 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
     config.scheduler.default_retries = args.default_retries;
     config.scheduler.service_grace = std::time::Duration::from_secs_f64(args.service_grace);
     config.scheduler.lease_timeout = std::time::Duration::from_secs_f64(args.lease_timeout);
-    config.max_bundle_bytes = args.max_bundle_bytes;
+    config.limits = limits;
+    match &tokens {
+        Some(t) => tracing::info!(
+            clients = t.count(Role::Client),
+            readers = t.count(Role::Reader),
+            agents = t.count(Role::Agent),
+            "tokens loaded: every request needs one"
+        ),
+        None => tracing::warn!(
+            %addr,
+            "no tokens: every request is accepted; anyone who can connect can run code on the agents"
+        ),
+    }
+    if tls.is_none() && tokens.is_some() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "tokens without TLS travel in clear text: give --tls-cert and --tls-key");
+    }
+    config.tokens = tokens;
+    config.tls = tls;
     // Scripts (and tests binding port 0) read the address from this first line of stdout.
     println!("testfleet coordinator listening on {addr}");
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "coordinator started");
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "coordinator started");
     testfleet_coordinator::serve(listener, config, Arc::new(store), super::termination())
         .await
         .map_err(|e| CliError::Server(e.to_string()))?;

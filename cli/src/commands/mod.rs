@@ -30,6 +30,12 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             Command::History(args) => query::history(args).await,
             Command::Runs(args) => query::runs(args).await,
             Command::Quarantine(cmd) => query::quarantine(cmd).await,
+            Command::Token => {
+                let token = testfleet_security::generate_token()
+                    .map_err(|e| CliError::Internal(e.into()))?;
+                println!("{token}");
+                Ok(0)
+            }
             Command::Guard => unreachable!("served above, without a runtime"),
         }
     })

@@ -34,7 +34,7 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     let suite = suite_manifest::load(args.manifest.as_deref(), &ws)?;
     // Fail fast on an unreachable coordinator, before spending minutes on a build.
     let mut remote_client = match &args.coordinator {
-        Some(url) => Some(remote::connect(url).await?),
+        Some(url) => Some(remote::connect(url, &args.connect.security()?).await?),
         None => None,
     };
     let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
@@ -109,7 +109,7 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
             let f = LocalFleet::start(&data_dir, agents, slots, docker).await?;
             mode = format!("on {agents} local agent(s) × {slots} slot(s)");
             let url = f.url.clone();
-            let client = remote::connect(&url).await?;
+            let client = remote::connect(&url, &f.security).await?;
             fleet = Some(f);
             (url, client)
         }

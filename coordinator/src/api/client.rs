@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::blocking;
 use crate::bundles::BundleStore;
 use crate::history::{HistoryStore, HistoryUpdate, Plan, RunRecord, plan, query};
+use crate::limits::{Limit, Limits, exceeded};
 use crate::scheduler::{Command, RunSnapshot, SchedulerHandle};
 
 pub struct ClientApi {
@@ -19,6 +20,9 @@ pub struct ClientApi {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) history: tokio::sync::mpsc::UnboundedSender<HistoryUpdate>,
     pub(crate) bundles: BundleStore,
+    pub(crate) limits: Limits,
+    /// One permit per running run (the concurrent-runs limit).
+    pub(crate) run_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -68,11 +72,44 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let caller = req
+            .extensions()
+            .get::<testfleet_security::Caller>()
+            .map(|c| c.name.clone());
         let wire = req
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("invalid spec: missing"))?;
         let spec = RunSpec::try_from(wire)?;
+        let limits = &self.limits;
+        if spec.tests.len() > limits.max_tests_per_run {
+            return Err(exceeded(
+                Limit::TestsPerRun,
+                format!(
+                    "the run has {} tests; this coordinator takes at most {} per run",
+                    spec.tests.len(),
+                    limits.max_tests_per_run
+                ),
+            ));
+        }
+        if spec.output_cap_bytes > limits.max_output_bytes {
+            return Err(exceeded(
+                Limit::OutputBytes,
+                format!(
+                    "the run asks to keep {} bytes of output per test; this coordinator keeps at most {}",
+                    spec.output_cap_bytes, limits.max_output_bytes
+                ),
+            ));
+        }
+        let slot = self.run_slots.clone().try_acquire_owned().map_err(|_| {
+            exceeded(
+                Limit::ConcurrentRuns,
+                format!(
+                    "{} runs are running already; submit again when one has finished",
+                    limits.max_concurrent_runs
+                ),
+            )
+        })?;
         if let Some(d) = &spec.bundle_digest
             && !self.bundles.has(d)?
         {
@@ -112,10 +149,11 @@ impl Coordinator for ClientApi {
                 spec,
                 estimates,
                 quarantined,
+                slot: Some(slot),
                 reply,
             })
             .await?;
-        tracing::info!(run = %run_id, "run submitted");
+        tracing::info!(run = %run_id, by = caller.as_deref().unwrap_or("-"), "run submitted");
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: run_id.to_string(),
         }))

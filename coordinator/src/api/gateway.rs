@@ -3,7 +3,8 @@
 //! converted back onto the response stream.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use testfleet_model::AgentId;
@@ -12,6 +13,7 @@ use testfleet_proto::{ConvertError, parse_attempt_key, pb};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::limits::{Limit, Limits, exceeded};
 use crate::scheduler::{AgentCommand, AgentHello, Command, FromAgent, LeaseGrant, SchedulerHandle};
 
 /// An agent that connects must say hello within this time.
@@ -21,6 +23,33 @@ pub const MAX_SLOTS: u32 = 4096;
 pub struct Gateway {
     pub(crate) scheduler: SchedulerHandle,
     pub(crate) next_conn: AtomicU64,
+    /// Open agent sessions (the agent-connections limit).
+    pub(crate) sessions: Arc<AtomicUsize>,
+    pub(crate) limits: Limits,
+}
+
+/// A place under the agent-connections limit, held for as long as the session lasts.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl SessionSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let mut n = open.load(Ordering::Relaxed);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(SessionSlot(open.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -52,7 +81,23 @@ fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
     })
 }
 
-fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertError> {
+/// Cuts a result's output to what the coordinator keeps at most, whatever the agent sent.
+fn bounded(mut result: testfleet_model::AttemptResult, max: u64) -> testfleet_model::AttemptResult {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if result.output.len() > max {
+        result.output.truncate(max);
+        result.output.extend_from_slice(
+            format!("\n[output cut by the coordinator at {max} bytes: --max-output-bytes]\n")
+                .as_bytes(),
+        );
+    }
+    result
+}
+
+fn message_from_wire(
+    m: pb::AgentMessage,
+    limits: &Limits,
+) -> Result<Option<FromAgent>, ConvertError> {
     use pb::agent_message::Kind;
     Ok(Some(match m.kind {
         None | Some(Kind::Hello(_)) => return Ok(None),
@@ -84,7 +129,7 @@ fn message_from_wire(m: pb::AgentMessage) -> Result<Option<FromAgent>, ConvertEr
                 index,
                 attempt,
                 lease_id,
-                result,
+                result: bounded(result, limits.max_output_bytes),
             }
         }
         Some(Kind::ServiceStarted(s)) => FromAgent::ServiceStarted {
@@ -165,6 +210,15 @@ impl AgentGateway for Gateway {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<CommandStream>, Status> {
+        let Some(slot) = SessionSlot::take(&self.sessions, self.limits.max_agents) else {
+            return Err(exceeded(
+                Limit::Agents,
+                format!(
+                    "{} agents are connected already; this one is refused",
+                    self.limits.max_agents
+                ),
+            ));
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -184,12 +238,14 @@ impl AgentGateway for Gateway {
             .send(Command::AgentConnected { hello, conn, tx })?;
 
         let scheduler = self.scheduler.clone();
+        let limits = self.limits.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let why = loop {
                 match inbound.next().await {
                     None => break "the agent closed its session".to_owned(),
                     Some(Err(status)) => break format!("session broken: {}", status.message()),
-                    Some(Ok(m)) => match message_from_wire(m) {
+                    Some(Ok(m)) => match message_from_wire(m, &limits) {
                         Ok(Some(msg)) => {
                             let cmd = Command::FromAgent {
                                 agent: agent.clone(),

@@ -1,6 +1,7 @@
 //! Thin gRPC handlers: decode, convert and validate at the edge, ask the scheduler or the stores,
 //! map the answer back. No run or agent state lives here.
 
+pub mod access;
 mod bundles;
 mod client;
 mod gateway;

@@ -81,6 +81,9 @@ pub struct RunSnapshot {
     pub created_unix_ms: u64,
 }
 
+/// A place under the coordinator's concurrent-runs limit.
+pub type RunSlot = tokio::sync::OwnedSemaphorePermit;
+
 pub enum Command {
     Submit {
         run_id: RunId,
@@ -88,6 +91,8 @@ pub enum Command {
         estimates: Vec<(Duration, bool)>,
         /// Per test: whether it is in quarantine.
         quarantined: Vec<bool>,
+        /// Its place under the concurrent-runs limit, given back when it finishes.
+        slot: Option<RunSlot>,
         reply: oneshot::Sender<()>,
     },
     /// A run a previous coordinator process did not finish, rebuilt from history.
@@ -98,6 +103,7 @@ pub enum Command {
         quarantined: Vec<bool>,
         records: Vec<crate::history::TestRecord>,
         resumes: u32,
+        slot: Option<RunSlot>,
         reply: oneshot::Sender<()>,
     },
     Watch {
@@ -247,9 +253,11 @@ impl Scheduler {
                 spec,
                 estimates,
                 quarantined,
+                slot,
                 reply,
             } => {
                 self.add_run(run_id, spec, estimates, quarantined, &[], 0);
+                self.hold_slot(run_id, slot);
                 let _ = reply.send(());
             }
             Command::Resume {
@@ -259,9 +267,11 @@ impl Scheduler {
                 quarantined,
                 records,
                 resumes,
+                slot,
                 reply,
             } => {
                 self.add_run(run_id, spec, estimates, quarantined, &records, resumes);
+                self.hold_slot(run_id, slot);
                 let _ = reply.send(());
             }
             Command::Watch {
@@ -316,6 +326,14 @@ impl Scheduler {
     }
 
     /// Starts a run, or (with `records` and `resumes`) resumes one from history.
+    /// A running run keeps its place under the limit until it finishes; one that finished at once
+    /// (nothing to run) gives it back now.
+    fn hold_slot(&mut self, run_id: RunId, slot: Option<RunSlot>) {
+        if let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) {
+            run.slot = slot;
+        }
+    }
+
     fn add_run(
         &mut self,
         run_id: RunId,

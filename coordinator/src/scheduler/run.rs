@@ -28,6 +28,8 @@ pub(super) struct TestState {
 
 pub(super) struct Run {
     pub id: RunId,
+    /// Held while the run is running (see [`super::RunSlot`]).
+    pub slot: Option<super::RunSlot>,
     pub spec: Arc<RunSpec>,
     pub suite: Arc<str>,
     pub state: RunState,
@@ -104,6 +106,7 @@ impl Run {
         });
         let mut run = Run {
             id,
+            slot: None,
             suite: Arc::from(spec.suite.as_str()),
             state: RunState::Running,
             summary: RunSummary::default(),
@@ -603,6 +606,8 @@ impl Run {
 
     fn close(&mut self, state: RunState) {
         self.state = state;
+        // Finished runs stay for watchers, but no longer count against the limit.
+        self.slot = None;
         self.summary.wall_ms = self.started.elapsed().as_millis() as u64;
         let summary = self.summary.clone();
         self.emit(EventKind::RunFinished { summary, state });

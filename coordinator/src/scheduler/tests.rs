@@ -153,6 +153,7 @@ impl Harness {
                 spec,
                 estimates,
                 quarantined,
+                slot: None,
                 reply,
             })
             .await
@@ -959,6 +960,7 @@ async fn a_resumed_run_continues_from_its_records() {
             spec,
             records,
             resumes: 1,
+            slot: None,
             reply,
         })
         .await

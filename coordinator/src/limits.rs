@@ -1,0 +1,63 @@
+//! The coordinator's limits: each configurable, each with a default that a large suite never meets,
+//! and each named (by its command-line flag) in the error a client or agent gets when it hits one,
+//! so the fix is obvious. Hitting a limit refuses that one request; everything else goes on.
+
+use std::fmt::Display;
+
+use tonic::Status;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest gRPC message either way (a run's spec is the largest a client sends).
+    pub max_message_bytes: usize,
+    pub max_tests_per_run: usize,
+    /// Largest output capture a run may ask for, per test attempt; agents' results are cut to it.
+    pub max_output_bytes: u64,
+    pub max_bundle_bytes: u64,
+    /// Runs not yet finished at one time.
+    pub max_concurrent_runs: usize,
+    /// Agent sessions at one time.
+    pub max_agents: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: testfleet_proto::MAX_MESSAGE_BYTES,
+            max_tests_per_run: 1_000_000,
+            max_output_bytes: 16 << 20,
+            max_bundle_bytes: 8 << 30,
+            max_concurrent_runs: 256,
+            max_agents: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    MessageBytes,
+    TestsPerRun,
+    OutputBytes,
+    BundleBytes,
+    ConcurrentRuns,
+    Agents,
+}
+
+impl Limit {
+    /// The flag that sets it, which is also its name in errors.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Limit::MessageBytes => "--max-message-bytes",
+            Limit::TestsPerRun => "--max-tests-per-run",
+            Limit::OutputBytes => "--max-output-bytes",
+            Limit::BundleBytes => "--max-bundle-bytes",
+            Limit::ConcurrentRuns => "--max-concurrent-runs",
+            Limit::Agents => "--max-agents",
+        }
+    }
+}
+
+/// The error for a request that hit `limit`.
+pub fn exceeded(limit: Limit, detail: impl Display) -> Status {
+    Status::resource_exhausted(format!("coordinator limit {} hit: {detail}", limit.flag()))
+}
