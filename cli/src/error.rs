@@ -51,6 +51,17 @@ impl CliError {
 
     /// Maps a failed gRPC call: transport failures mean the coordinator is unreachable.
     pub fn from_status(url: &str, s: tonic::Status) -> Self {
+        // A failure below gRPC (a TLS alert after the handshake, a reset) carries its cause.
+        if let Some(cause) = std::error::Error::source(&s) {
+            return CliError::Unreachable {
+                url: url.to_owned(),
+                reason: format!(
+                    "{}: {}",
+                    s.message(),
+                    testfleet_security::explain_connect_error(cause)
+                ),
+            };
+        }
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => CliError::Unreachable {
                 url: url.to_owned(),

@@ -94,28 +94,36 @@ pub fn explain_connect_error(e: &(dyn std::error::Error + 'static)) -> String {
         }
         src = s.source();
     }
-    let hint = if text.contains("UnknownIssuer") {
+    // rustls names its errors both as enum variants and in words, depending on the version.
+    let lower = text.to_lowercase().replace(' ', "");
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    let hint = if has(&["unknownissuer"]) {
         Some(
             "the coordinator's certificate is not signed by a CA this client trusts (check --tls-ca)",
         )
-    } else if text.contains("Expired") {
+    } else if has(&["expired"]) {
         Some("a certificate has expired (check the dates with `openssl x509 -noout -dates`)")
-    } else if text.contains("NotValidYet") {
+    } else if has(&["notvalidyet"]) {
         Some(
             "a certificate is not valid yet (check the machine's clock and the certificate's dates)",
         )
-    } else if text.contains("NotValidForName") {
+    } else if has(&["notvalidforname"]) {
         Some(
             "the coordinator's certificate does not carry this host name (use --tls-domain, or a matching URL)",
         )
-    } else if text.contains("CertificateRequired") || text.contains("certificate required") {
+    } else if has(&["certificaterequired"]) {
         Some("the coordinator requires a client certificate (--tls-cert and --tls-key)")
-    } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
+    } else if has(&["unknownca", "badcertificate"]) {
         Some(
             "the coordinator refused this client's certificate (is it signed by the coordinator's --tls-client-ca?)",
         )
-    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+    } else if has(&["invalidcontenttype", "corruptmessage"]) {
         Some("the coordinator does not speak TLS at this address (use http://)")
+    } else if has(&["brokenpipe", "connectionreset", "streamclosed"]) {
+        // With TLS 1.3 a refused client certificate is only seen as the connection closing.
+        Some(
+            "the coordinator closed the connection: if it requires mutual TLS, give a client certificate signed by its --tls-client-ca (--tls-cert and --tls-key); if it speaks TLS, use https://",
+        )
     } else {
         None
     };
@@ -153,6 +161,17 @@ mod tests {
             err.contains("cannot read TLS CA `/nonexistent/ca.pem`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn known_tls_failures_get_a_hint_and_others_keep_their_text() {
+        let explain = |m: &str| explain_connect_error(&std::io::Error::other(m.to_owned()));
+        assert!(explain("invalid peer certificate: UnknownIssuer").contains("check --tls-ca"));
+        assert!(
+            explain("invalid peer certificate: certificate expired: ...").contains("has expired")
+        );
+        assert!(explain("received fatal alert: CertificateRequired").contains("--tls-cert"));
+        assert_eq!(explain("connection refused"), "connection refused");
     }
 
     #[test]

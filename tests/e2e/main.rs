@@ -10,4 +10,5 @@ mod history;
 mod local_run;
 mod multihost;
 mod remote_run;
+mod security;
 mod support;

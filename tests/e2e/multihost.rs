@@ -40,6 +40,7 @@ struct Cluster {
     env: Vec<(String, String)>,
     url: String,
     data: PathBuf,
+    client_token: String,
 }
 
 impl Cluster {
@@ -51,6 +52,8 @@ impl Cluster {
             .port();
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let client_token = format!("client-{}", std::process::id()).repeat(3);
+        let agent_token = format!("agent-{}", std::process::id()).repeat(3);
         let c = Cluster {
             project: format!("tfmh{}n{net}", std::process::id()),
             env: vec![
@@ -58,12 +61,15 @@ impl Cluster {
                 ("DATA_DIR".into(), data.display().to_string()),
                 ("FLEET_NET".into(), net.to_string()),
                 ("LEASE_TIMEOUT".into(), LEASE_TIMEOUT_SECS.to_string()),
+                ("CLIENT_TOKEN".into(), client_token.clone()),
+                ("AGENT_TOKEN".into(), agent_token),
             ],
             url: format!("http://127.0.0.1:{port}"),
             data,
+            client_token,
         };
         c.compose(&["up", "-d"]);
-        wait_for_agents(&c.url, 3);
+        wait_for_agents_with(&c.url, 3, Some(&c.client_token));
         c
     }
 
@@ -110,7 +116,8 @@ impl Cluster {
     /// containers. Returns the process and a channel of its JSON event lines.
     fn start_run(&self, dir: &Path) -> (Proc, mpsc::Receiver<String>) {
         let mut cmd = testfleet();
-        cmd.env("RUSTFLAGS", "-C target-feature=+crt-static")
+        cmd.env("TESTFLEET_TOKEN", &self.client_token)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", repo().join("target/multihost-fixture"))
             .args([
                 "run",

@@ -17,6 +17,8 @@ pub fn testfleet() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_testfleet"));
     cmd.env_remove("TESTFLEET_COORDINATOR")
         .env_remove("TESTFLEET_DATA_DIR")
+        .env_remove("TESTFLEET_TOKEN")
+        .env_remove("TESTFLEET_TOKENS")
         .env_remove("RUST_BACKTRACE")
         .env("NO_COLOR", "1");
     cmd
@@ -45,6 +47,11 @@ impl Proc {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+        wait_guarded(&mut self.child)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_guarded(&mut self) -> std::process::ExitStatus {
         wait_guarded(&mut self.child)
     }
 }
@@ -91,6 +98,12 @@ pub fn coordinator(dir: &Path) -> (Proc, String) {
 }
 
 pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
+    let (p, addr) = coordinator_with(dir, listen, log, &[]);
+    (p, format!("http://{addr}"))
+}
+
+/// Starts a coordinator with `extra` arguments; returns it with the address it listens on.
+pub fn coordinator_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> (Proc, String) {
     let mut cmd = testfleet();
     // Tests that need services fail at once when no agent can run them: these tests know no
     // other agent is coming.
@@ -103,6 +116,7 @@ pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
         "--data-dir",
     ])
     .arg(dir.join("coordinator"))
+    .args(extra)
     .stdout(Stdio::piped());
     let mut p = Proc::spawn(cmd, dir.join(log));
     let stdout = p.child.stdout.take().unwrap();
@@ -120,7 +134,7 @@ pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
         .strip_prefix("testfleet coordinator listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", p.log()))
         .to_owned();
-    (p, format!("http://{addr}"))
+    (p, addr)
 }
 
 pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
@@ -141,9 +155,18 @@ pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
 
 /// Waits until the coordinator lists `n` agents.
 pub fn wait_for_agents(url: &str, n: usize) {
+    wait_for_agents_with(url, n, None)
+}
+
+/// Waits for `n` agents, asking with `token` (a client or reader token) if given.
+pub fn wait_for_agents_with(url: &str, n: usize, token: Option<&str>) {
     let start = Instant::now();
     loop {
-        let out = testfleet()
+        let mut cmd = testfleet();
+        if let Some(t) = token {
+            cmd.env("TESTFLEET_TOKEN", t);
+        }
+        let out = cmd
             .args(["agents", "--json", "--coordinator", url])
             .output()
             .unwrap();
