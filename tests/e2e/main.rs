@@ -7,6 +7,7 @@ mod bundles;
 mod containers;
 mod fixture;
 mod history;
+mod limits;
 mod local_run;
 mod multihost;
 mod remote_run;
