@@ -313,6 +313,25 @@ mod tests {
     fn device_files_are_rejected() {
         rejects(&[("dev", T::Char, b"", None)], "not allowed");
         rejects(&[("fifo", T::Fifo, b"", None)], "not allowed");
+        rejects(&[("blk", T::Block, b"", None)], "not allowed");
+    }
+
+    #[test]
+    fn archives_of_countless_entries_stop_at_the_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), T::Regular, &b"x"[..], None))
+            .collect();
+        let (archive, digest) = hostile(root.path(), &entries);
+        let limits = ExtractLimits {
+            max_unpacked_bytes: 1 << 20,
+            max_entries: 10,
+        };
+        let err = extract(&archive, &digest, &root.path().join("d"), limits).unwrap_err();
+        assert!(err.to_string().contains("entry count"), "{err}");
+        assert!(std::fs::read_dir(root.path().join("d")).unwrap().count() <= 10);
     }
 
     #[test]
