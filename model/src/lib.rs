@@ -4,6 +4,7 @@
 pub mod event;
 pub mod exit_code;
 pub mod ids;
+pub mod junit;
 pub mod manifest;
 pub mod outcome;
 pub mod report;

@@ -2,15 +2,14 @@
 //! JSON lines, and a JUnit file at the end. They see only events.
 
 mod human;
-mod junit;
 
 use std::path::PathBuf;
 
 use testfleet_model::RunEvent;
 
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 pub use human::HumanReporter;
-pub use junit::JunitReporter;
+pub use testfleet_model::junit::JunitReporter;
 
 pub struct Report {
     human: Option<HumanReporter>,
@@ -49,7 +48,15 @@ impl Report {
 
     pub fn finish(self) -> CliResult<()> {
         if let Some((j, path)) = self.junit {
-            j.write(&path)?;
+            let xml = j.to_xml().map_err(|e| {
+                CliError::Internal(anyhow::anyhow!("cannot write the JUnit report: {e}"))
+            })?;
+            std::fs::write(&path, xml).map_err(|e| {
+                CliError::Internal(anyhow::anyhow!(
+                    "cannot write JUnit file {}: {e}",
+                    path.display()
+                ))
+            })?;
         }
         Ok(())
     }

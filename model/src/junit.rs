@@ -1,13 +1,14 @@
 //! JUnit XML, as CI systems read it: one `testsuite` per test binary; flaky tests are successes with
-//! `flakyFailure` entries, failed tests carry their earlier attempts as `rerunFailure`.
+//! `flakyFailure` entries, failed tests carry their earlier attempts as `rerunFailure`. Pure (events
+//! in, XML out), so the CLI's reporter and the fuzzer share it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
-use testfleet_model::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent};
 
-use crate::error::{CliError, CliResult};
+pub use quick_junit::SerializeError;
+
+use crate::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent};
 
 #[derive(Default)]
 struct TestEntry {
@@ -153,7 +154,8 @@ impl JunitReporter {
         case
     }
 
-    pub fn write(&self, path: &Path) -> CliResult<()> {
+    /// The report as JUnit XML.
+    pub fn to_xml(&self) -> Result<String, SerializeError> {
         let mut report = Report::new(format!("testfleet run {} of {}", self.run_id, self.suite));
         report.set_time(std::time::Duration::from_millis(self.wall_ms));
         for (binary, tests) in &self.tests {
@@ -161,19 +163,6 @@ impl JunitReporter {
             suite.add_test_cases(tests.iter().map(|(name, e)| Self::case(name, binary, e)));
             report.add_test_suite(suite);
         }
-        let file = std::fs::File::create(path).map_err(|e| {
-            CliError::Internal(anyhow::anyhow!(
-                "cannot write JUnit file {}: {e}",
-                path.display()
-            ))
-        })?;
-        report
-            .serialize(std::io::BufWriter::new(file))
-            .map_err(|e| {
-                CliError::Internal(anyhow::anyhow!(
-                    "cannot write JUnit file {}: {e}",
-                    path.display()
-                ))
-            })
+        report.to_string()
     }
 }
