@@ -163,6 +163,68 @@ impl JunitReporter {
             suite.add_test_cases(tests.iter().map(|(name, e)| Self::case(name, binary, e)));
             report.add_test_suite(suite);
         }
-        report.to_string()
+        // Names, messages and output are the tests' own: characters XML 1.0 forbids (U+FFFE,
+        // U+FFFF, stray control characters) would make the whole file unreadable to CI. None can
+        // be part of markup, so they are replaced in the finished text (found by fuzzing).
+        Ok(report.to_string()?.chars().map(xml_char).collect())
+    }
+}
+
+fn xml_char(c: char) -> char {
+    match c {
+        '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'.. => c,
+        _ => '\u{FFFD}',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RunId, RunState, RunSummary, TestRef};
+
+    /// The fuzzer's first finding: a test whose name and output held U+FFFF made a report no XML
+    /// parser would read.
+    #[test]
+    fn characters_xml_forbids_never_reach_the_report() {
+        let mut r = JunitReporter::default();
+        let test = TestRef {
+            index: 0,
+            binary_id: "bin\u{FFFF}".into(),
+            name: "name\u{FFFE}\u{1}".into(),
+        };
+        let mut result = AttemptResult::infra_error("message \u{FFFF} \u{8}");
+        result.status = AttemptStatus::Failed;
+        result.output = "out \u{FFFF} \u{1b}[31m".as_bytes().to_vec();
+        for kind in [
+            EventKind::TestFinished {
+                test,
+                attempt: 1,
+                agent_id: "a".into(),
+                result,
+                final_outcome: Some(Outcome::Failed),
+                lease_id: None,
+                quarantined: false,
+            },
+            EventKind::RunFinished {
+                summary: RunSummary::default(),
+                state: RunState::Finished,
+            },
+        ] {
+            r.on_event(&RunEvent {
+                seq: 1,
+                run_id: RunId(1),
+                at_unix_ms: 0,
+                kind,
+            });
+        }
+        let xml = r.to_xml().unwrap();
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .unwrap();
+        let name = case.attribute("name").unwrap();
+        assert!(name.starts_with("name\u{FFFD}"), "{name:?}");
+        assert!(!xml.contains(['\u{FFFE}', '\u{FFFF}', '\u{1}']));
     }
 }
