@@ -31,13 +31,19 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert!(names == ["bundle.tar.zst"] || names == ["bundle.tar.zst", "out"], "{names:?}");
+    assert!(
+        names == ["bundle.tar.zst"] || names == ["bundle.tar.zst", "out"],
+        "{names:?}"
+    );
     if names.len() == 2 {
         for e in std::fs::read_dir(root.path().join("out")).unwrap() {
             assert_eq!(e.unwrap().file_name(), "dest");
         }
     }
-    assert!(size_of(&dest) <= MAX_BYTES + 1, "the unpacked-size limit was passed");
+    assert!(
+        size_of(&dest) <= MAX_BYTES + 1,
+        "the unpacked-size limit was passed"
+    );
 });
 
 /// `data` as one zstd frame of stored (raw) blocks: no compressor needed in the fuzzer.

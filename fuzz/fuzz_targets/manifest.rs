@@ -5,6 +5,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = testfleet_model::manifest::Manifest::parse(text, std::path::Path::new("testfleet.toml"));
+        let _ = testfleet_model::manifest::Manifest::parse(
+            text,
+            std::path::Path::new("testfleet.toml"),
+        );
     }
 });

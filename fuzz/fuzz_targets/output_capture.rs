@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     let (kept, omitted) = c.finish();
     let omitted = omitted as usize;
     if omitted == 0 {
-        assert_eq!(kept, printed, "nothing dropped, so everything is kept as printed");
+        assert_eq!(
+            kept, printed,
+            "nothing dropped, so everything is kept as printed"
+        );
         return;
     }
     let marker = format!("\n[testfleet: {omitted} bytes of output omitted]\n");
@@ -32,5 +35,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(head + tail <= cap, "more kept than the cap");
     assert_eq!(&kept[..head], &printed[..head], "the start is kept");
     assert_eq!(&kept[head..head + marker.len()], marker.as_bytes());
-    assert_eq!(&kept[head + marker.len()..], &printed[total - tail..], "the end is kept");
+    assert_eq!(
+        &kept[head + marker.len()..],
+        &printed[total - tail..],
+        "the end is kept"
+    );
 });

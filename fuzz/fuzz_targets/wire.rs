@@ -11,7 +11,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(wire) = pb::RunSpec::decode(data)
         && let Ok(spec) = RunSpec::try_from(wire)
     {
-        let again = RunSpec::try_from(pb::RunSpec::from(&spec)).expect("a valid spec converts back");
+        let again =
+            RunSpec::try_from(pb::RunSpec::from(&spec)).expect("a valid spec converts back");
         assert_eq!(again, spec);
     }
     if let Ok(wire) = pb::RunEvent::decode(data)

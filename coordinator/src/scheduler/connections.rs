@@ -11,6 +11,9 @@ use tokio::time::Instant;
 use super::Scheduler;
 use super::agents::{Agent, AgentCommand, AgentHello, ConnId};
 
+/// Lost leases remembered for adoption (see `Scheduler::lost_leases`).
+const LOST_LEASES_KEPT: usize = 100_000;
+
 impl Scheduler {
     pub(super) fn on_connected(
         &mut self,
@@ -127,6 +130,12 @@ impl Scheduler {
         let Some(lease) = self.leases.remove(&lease_id) else {
             return;
         };
+        // Bounded: past this many, the oldest memory of lost leases goes (a result brought back
+        // that late only means its test runs again).
+        if self.lost_leases.len() >= LOST_LEASES_KEPT {
+            self.lost_leases.clear();
+        }
+        self.lost_leases.insert(lease_id, agent_id.clone());
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.busy = a.busy.saturating_sub(lease.outstanding.len() as u32);
         }

@@ -198,8 +198,11 @@ pub fn spawn(
         leases: HashMap::new(),
         // Lease ids must not repeat across coordinator restarts: agents may still hold old ones.
         next_lease: now_unix_ms() * 1000,
+        first_lease: 0,
+        lost_leases: HashMap::new(),
         unservable_since: None,
     };
+    s.first_lease = s.next_lease;
     let task = tokio::spawn(async move {
         tokio::pin!(shutdown);
         // Conditions that last (a grace period running out) are checked on a tick.
@@ -240,6 +243,11 @@ struct Scheduler {
     fleet: Option<Fleet>,
     leases: HashMap<LeaseId, Lease>,
     next_lease: u64,
+    /// The first lease id of this process: lower ids were issued before a restart.
+    first_lease: u64,
+    /// Leases this process took back from their agent (lost or timed out), by agent: a result the
+    /// agent brings back later may still be adopted.
+    lost_leases: HashMap<LeaseId, AgentId>,
     /// Since when tests that need services have had no connected agent able to run them (tokio's
     /// clock, so tests can pause it).
     unservable_since: Option<tokio::time::Instant>,
@@ -431,8 +439,13 @@ impl Scheduler {
                 else {
                     // A lease this coordinator no longer has (requeued after a long disconnect, or
                     // lost in a restart). The result still counts if its test waits, unleased, for
-                    // exactly this attempt; otherwise it is late and ignored.
-                    if let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running())
+                    // exactly this attempt; otherwise it is late and ignored. Only a lease that
+                    // existed and was this agent's can be adopted: an agent cannot settle tests
+                    // nobody gave it by inventing lease ids.
+                    let issued_to_it = lease_id.0 < self.first_lease
+                        || self.lost_leases.get(&lease_id) == Some(&agent_id);
+                    if issued_to_it
+                        && let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running())
                         && run.adopt(index, attempt, &agent_id, lease_id, result)
                     {
                         if !run.is_running() {

@@ -900,6 +900,40 @@ async fn leases_an_agent_holds_but_the_coordinator_does_not_know_are_cancelled()
     }
 }
 
+#[tokio::test]
+async fn a_result_for_a_lease_never_issued_settles_nothing() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut events = h.submit(1, spec(2, 0)).await;
+    // Before any lease: a "result" for test 1 under an invented lease id of this epoch.
+    h.from(
+        &a,
+        FromAgent::Finished {
+            run_id: RunId(1),
+            index: 1,
+            attempt: 1,
+            lease_id: LeaseId(u64::MAX - 1),
+            result: result(AttemptStatus::Passed),
+        },
+    );
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    let mut run = g.tests.clone();
+    h.from(&a, finished(&g, 0, AttemptStatus::Failed));
+    while run.len() < 2 {
+        h.from(&a, ask(1));
+        let g2 = lease(&mut a).await;
+        run.extend(g2.tests.iter().copied());
+        h.from(&a, finished(&g2, 0, AttemptStatus::Failed));
+    }
+    let all = until_finished(&mut events).await;
+    assert_eq!(finished_count(&all), 2);
+    assert!(
+        matches!(all.last().unwrap().kind, EventKind::RunFinished { ref summary, .. } if summary.failed == 2 && summary.passed == 0),
+        "the invented pass was not counted"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_resent_result_is_adopted_when_its_test_still_waits_for_it() {
     let h = Harness::new();
