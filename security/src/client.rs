@@ -119,7 +119,14 @@ pub fn explain_connect_error(e: &(dyn std::error::Error + 'static)) -> String {
         )
     } else if has(&["invalidcontenttype", "corruptmessage"]) {
         Some("the coordinator does not speak TLS at this address (use http://)")
-    } else if has(&["brokenpipe", "connectionreset", "streamclosed"]) {
+    } else if has(&[
+        "brokenpipe",
+        "connectionreset",
+        "connectionclosed",
+        "connectionwasnotready",
+        "streamclosed",
+        "unexpectedeof",
+    ]) {
         // With TLS 1.3 a refused client certificate is only seen as the connection closing.
         Some(
             "the coordinator closed the connection: if it requires mutual TLS, give a client certificate signed by its --tls-client-ca (--tls-cert and --tls-key); if it speaks TLS, use https://",
@@ -171,6 +178,14 @@ mod tests {
             explain("invalid peer certificate: certificate expired: ...").contains("has expired")
         );
         assert!(explain("received fatal alert: CertificateRequired").contains("--tls-cert"));
+        // However the closing shows, the hint is the same.
+        for closed in [
+            "broken pipe",
+            "connection closed",
+            "connection reset by peer",
+        ] {
+            assert!(explain(closed).contains("--tls-client-ca"), "{closed}");
+        }
         assert_eq!(explain("connection refused"), "connection refused");
     }
 

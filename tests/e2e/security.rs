@@ -53,20 +53,19 @@ fn assert_refused(out: &Output, code: i32, needle: &str) {
 }
 
 fn agent_with(dir: &Path, url: &str, id: &str, token: &str, extra: &[&str]) -> Proc {
-    let mut cmd = with_token(testfleet(), Some(token));
-    cmd.args([
-        "agent",
-        "--coordinator",
-        url,
-        "--agent-id",
-        id,
-        "--slots",
-        "2",
-    ])
-    .args(["--no-docker", "--work-dir"])
-    .arg(dir.join(id))
-    .args(extra);
+    let mut cmd = with_token(agent_command(dir, url, id, 2), Some(token));
+    cmd.arg("--no-docker").args(extra);
     Proc::spawn(cmd, dir.join(format!("{id}.log")))
+}
+
+/// A coordinator started with `args` that must refuse to start.
+fn coordinator_refusing(dir: &Path, args: &[&str]) -> Output {
+    run_output(
+        testfleet()
+            .args(["coordinator", "--data-dir"])
+            .arg(dir.join("refused"))
+            .args(args),
+    )
 }
 
 /// The fixture suite run on `url` with the client token; its outcomes must be the known ones.
@@ -164,13 +163,7 @@ fn tokens_decide_who_may_do_what_and_are_never_logged() {
 #[test]
 fn a_coordinator_on_a_network_address_needs_tokens_or_says_why_not() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_output(testfleet().args([
-        "coordinator",
-        "--listen",
-        "0.0.0.0:0",
-        "--data-dir",
-        dir.path().join("c").to_str().unwrap(),
-    ]));
+    let out = coordinator_refusing(dir.path(), &["--listen", "0.0.0.0:0"]);
     assert_refused(
         &out,
         exit_code::USAGE,
@@ -178,15 +171,15 @@ fn a_coordinator_on_a_network_address_needs_tokens_or_says_why_not() {
     );
     let bad = dir.path().join("bad-tokens");
     std::fs::write(&bad, "client ci short\n").unwrap();
-    let out = run_output(testfleet().args([
-        "coordinator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("c").to_str().unwrap(),
-        "--tokens-file",
-        bad.to_str().unwrap(),
-    ]));
+    let out = coordinator_refusing(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens-file",
+            bad.to_str().unwrap(),
+        ],
+    );
     assert_refused(
         &out,
         exit_code::USAGE,
@@ -411,17 +404,17 @@ fn tls_mistakes_fail_with_messages_that_say_what_is_wrong() {
     );
     assert_refused(&out, unreachable, "a certificate has expired");
     // A certificate file that is not there is named at start.
-    let out = run_output(testfleet().args([
-        "coordinator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("c").to_str().unwrap(),
-        "--tls-cert",
-        "/nonexistent/cert.pem",
-        "--tls-key",
-        &server.1,
-    ]));
+    let out = coordinator_refusing(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            &server.1,
+        ],
+    );
     assert_refused(
         &out,
         exit_code::SERVER_ERROR,

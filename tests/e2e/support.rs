@@ -138,6 +138,14 @@ pub fn coordinator_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> 
 }
 
 pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
+    Proc::spawn(
+        agent_command(dir, url, id, slots),
+        dir.join(format!("{id}.log")),
+    )
+}
+
+/// The command line of [`agent`], for tests that add to it.
+pub fn agent_command(dir: &Path, url: &str, id: &str, slots: u32) -> Command {
     let mut cmd = testfleet();
     cmd.args([
         "agent",
@@ -150,7 +158,7 @@ pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
         "--work-dir",
     ])
     .arg(dir.join(id));
-    Proc::spawn(cmd, dir.join(format!("{id}.log")))
+    cmd
 }
 
 /// Waits until the coordinator lists `n` agents.
