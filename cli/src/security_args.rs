@@ -131,7 +131,7 @@ pub struct LimitArgs {
     /// Largest gRPC message accepted or sent, in bytes (a run's spec is the largest).
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_message_bytes)]
     pub max_message_bytes: usize,
-    /// Most tests in one run.
+    /// Most tests in one run (a run spec never holds more than 1,000,000).
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_tests_per_run)]
     pub max_tests_per_run: usize,
     /// Most output a run may keep per test attempt, in bytes (`run --output-cap`).

@@ -86,7 +86,7 @@ pub async fn serve(
         scheduler::spawn(config.scheduler.clone(), history_tx.clone(), async move {
             let _ = stop_scheduler.wait_for(|s| *s).await;
         });
-    let run_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_runs));
+    let run_slots = Arc::new(permits(limits.max_concurrent_runs));
     resume_unfinished(store.clone(), &scheduler, &history_tx, &run_slots).await;
     let client = api::ClientApi {
         scheduler: scheduler.clone(),
@@ -99,7 +99,7 @@ pub async fn serve(
     let gateway = api::Gateway {
         scheduler,
         next_conn: AtomicU64::new(1),
-        sessions: Arc::default(),
+        sessions: Arc::new(permits(limits.max_agents)),
         limits: limits.clone(),
     };
     let mut server_stop = stop_rx;
@@ -158,6 +158,11 @@ pub async fn serve(
     // The writer thread ends once the last history sender (held by the dropped services) is gone.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(result?)
+}
+
+/// A semaphore for a counted limit (a limit beyond what tokio can count is as good as none).
+fn permits(limit: usize) -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(limit.min(tokio::sync::Semaphore::MAX_PERMITS))
 }
 
 /// Picks up the runs an earlier coordinator process left unfinished, before any client or agent

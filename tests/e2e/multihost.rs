@@ -69,7 +69,7 @@ impl Cluster {
             client_token,
         };
         c.compose(&["up", "-d"]);
-        wait_for_agents_with(&c.url, 3, Some(&c.client_token));
+        wait_for_agents_with(&c.url, 3, Some(&c.client_token), &[]);
         c
     }
 

@@ -146,7 +146,7 @@ fn tokens_decide_who_may_do_what_and_are_never_logged() {
     );
     // The right tokens: an agent connects and a run goes through.
     let _agent = agent_with(dir.path(), &url, "agent-1", AGENT, &[]);
-    wait_for_agents_with(&url, 1, Some(READER));
+    wait_for_agents_with(&url, 1, Some(READER), &[]);
     assert_fixture_runs(&url, &[]);
 
     let coordinator_log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
@@ -277,10 +277,7 @@ fn tls_and_mutual_tls_runs_go_end_to_end() {
     // TLS: the coordinator proves who it is; tokens say who the callers are.
     let (_coord, url) = tls_coordinator(dir.path(), "tls.log", &server, None);
     let _agent = agent_with(dir.path(), &url, "tls-agent", AGENT, &trust);
-    let mut ask = with_token(testfleet(), Some(CLIENT));
-    ask.args(["agents", "--json", "--coordinator", &url])
-        .args(trust);
-    wait_until_ok(&mut ask);
+    wait_for_agents_with(&url, 1, Some(CLIENT), &trust);
     assert_fixture_runs(&url, &trust);
 
     // Mutual TLS: callers prove who they are with certificates too.
@@ -308,11 +305,12 @@ fn tls_and_mutual_tls_runs_go_end_to_end() {
         AGENT,
         &[trust.as_slice(), agent_id.as_slice()].concat(),
     );
-    let mut ask = with_token(testfleet(), Some(CLIENT));
-    ask.args(["agents", "--json", "--coordinator", &url2])
-        .args(trust)
-        .args(cli_id);
-    wait_until_ok(&mut ask);
+    wait_for_agents_with(
+        &url2,
+        1,
+        Some(CLIENT),
+        &[trust.as_slice(), cli_id.as_slice()].concat(),
+    );
     assert_fixture_runs(&url2, &[trust.as_slice(), cli_id.as_slice()].concat());
 }
 
@@ -420,21 +418,4 @@ fn tls_mistakes_fail_with_messages_that_say_what_is_wrong() {
         exit_code::SERVER_ERROR,
         "cannot read TLS certificate `/nonexistent/cert.pem`",
     );
-}
-
-/// Runs `cmd` until it succeeds (agents connecting), within the guard time.
-fn wait_until_ok(cmd: &mut Command) {
-    let start = std::time::Instant::now();
-    loop {
-        let out = run_output(cmd);
-        if out.status.success() && !out.stdout.is_empty() {
-            return;
-        }
-        assert!(
-            start.elapsed() < GUARD,
-            "no agent within {GUARD:?}: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }

@@ -163,11 +163,12 @@ pub fn agent_command(dir: &Path, url: &str, id: &str, slots: u32) -> Command {
 
 /// Waits until the coordinator lists `n` agents.
 pub fn wait_for_agents(url: &str, n: usize) {
-    wait_for_agents_with(url, n, None)
+    wait_for_agents_with(url, n, None, &[])
 }
 
-/// Waits for `n` agents, asking with `token` (a client or reader token) if given.
-pub fn wait_for_agents_with(url: &str, n: usize, token: Option<&str>) {
+/// Waits for `n` agents, asking with `token` (a client or reader token) if given, and `extra`
+/// arguments (TLS settings).
+pub fn wait_for_agents_with(url: &str, n: usize, token: Option<&str>, extra: &[&str]) {
     let start = Instant::now();
     loop {
         let mut cmd = testfleet();
@@ -176,6 +177,7 @@ pub fn wait_for_agents_with(url: &str, n: usize, token: Option<&str>) {
         }
         let out = cmd
             .args(["agents", "--json", "--coordinator", url])
+            .args(extra)
             .output()
             .unwrap();
         if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() >= n {
@@ -183,7 +185,8 @@ pub fn wait_for_agents_with(url: &str, n: usize, token: Option<&str>) {
         }
         assert!(
             start.elapsed() < GUARD,
-            "{n} agents did not connect within {GUARD:?}"
+            "{n} agents did not connect within {GUARD:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use testfleet_model::AgentId;
@@ -23,33 +23,10 @@ pub const MAX_SLOTS: u32 = 4096;
 pub struct Gateway {
     pub(crate) scheduler: SchedulerHandle,
     pub(crate) next_conn: AtomicU64,
-    /// Open agent sessions (the agent-connections limit).
-    pub(crate) sessions: Arc<AtomicUsize>,
+    /// One permit per open agent session (the agent-connections limit), held as long as the
+    /// session lasts; the same mechanism as the concurrent-runs limit.
+    pub(crate) sessions: Arc<tokio::sync::Semaphore>,
     pub(crate) limits: Limits,
-}
-
-/// A place under the agent-connections limit, held for as long as the session lasts.
-struct SessionSlot(Arc<AtomicUsize>);
-
-impl SessionSlot {
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        let mut n = open.load(Ordering::Relaxed);
-        loop {
-            if n >= max {
-                return None;
-            }
-            match open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(SessionSlot(open.clone())),
-                Err(now) => n = now,
-            }
-        }
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -210,7 +187,7 @@ impl AgentGateway for Gateway {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<CommandStream>, Status> {
-        let Some(slot) = SessionSlot::take(&self.sessions, self.limits.max_agents) else {
+        let Ok(slot) = self.sessions.clone().try_acquire_owned() else {
             return Err(exceeded(
                 Limit::Agents,
                 format!(
@@ -269,5 +246,25 @@ impl AgentGateway for Gateway {
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|c| Ok(command_to_wire(c)));
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_s_output_is_cut_to_the_coordinator_s_limit_and_says_so() {
+        let mut r = testfleet_model::AttemptResult::infra_error("");
+        r.output = vec![b'x'; 5000];
+        let cut = bounded(r.clone(), 1024);
+        assert!(cut.output.starts_with(&[b'x'; 1024]));
+        assert_eq!(cut.output[1024], b'\n');
+        assert!(String::from_utf8_lossy(&cut.output).contains("--max-output-bytes"));
+        assert_eq!(
+            bounded(r.clone(), 5000).output,
+            r.output,
+            "within the limit: untouched"
+        );
     }
 }
