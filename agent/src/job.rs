@@ -14,6 +14,7 @@ use crate::AgentConfig;
 use crate::executor::{self, TestCommand};
 use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::{libtest, libtest_batch};
+use crate::trace::LeaseTrace;
 
 /// A test ready to start, or (in batch mode) several tests of one binary for one process.
 pub(crate) struct Job {
@@ -24,6 +25,9 @@ pub(crate) struct Job {
     pub cancel: watch::Receiver<bool>,
     pub services: Vec<ServiceSpec>,
     pub ctx: LeaseCtx,
+    /// The tests' binary, and the lease's trace, for the attempts' spans.
+    pub binary_id: String,
+    pub trace: Arc<LeaseTrace>,
 }
 
 impl Job {
@@ -36,6 +40,7 @@ impl Job {
 pub(crate) struct Ready {
     pub key: pb::AttemptKey,
     pub name: String,
+    pub binary_id: String,
     pub cmd: TestCommand,
     pub services: Vec<ServiceSpec>,
 }
@@ -49,6 +54,7 @@ pub(crate) fn jobs(
     slots: usize,
     cancel: &watch::Receiver<bool>,
     ctx: &LeaseCtx,
+    trace: &Arc<LeaseTrace>,
 ) -> Vec<Job> {
     let chunk = per_process.min(ready.len().div_ceil(slots.max(1))).max(1);
     let mut jobs: Vec<Job> = vec![];
@@ -62,6 +68,7 @@ pub(crate) fn jobs(
             // The process's environment names one attempt (`TESTFLEET_ATTEMPT`): retries
             // share a process only with retries.
             && last.tests[0].0.attempt == r.key.attempt
+            && last.binary_id == r.binary_id
         {
             last.tests.push((r.key, r.name));
             continue;
@@ -72,6 +79,8 @@ pub(crate) fn jobs(
             cancel: cancel.clone(),
             services: r.services,
             ctx: ctx.clone(),
+            binary_id: r.binary_id,
+            trace: trace.clone(),
         });
     }
     jobs
@@ -81,8 +90,21 @@ pub(crate) fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(kind) }
 }
 
-/// Provisions a job's services, runs its tests, and removes its test-scope containers.
+/// Runs a job and records its attempts' spans.
 pub(crate) async fn run_job(
+    job: Job,
+    pool: Option<Arc<ServicePool>>,
+    no_docker: String,
+    notes: mpsc::UnboundedSender<pb::AgentMessage>,
+) -> Vec<(pb::AttemptKey, AttemptResult)> {
+    let (trace, binary_id, tests) = (job.trace.clone(), job.binary_id.clone(), job.tests.clone());
+    let results = run_tests(job, pool, no_docker, notes).await;
+    crate::trace::record(&trace, &binary_id, &tests, &results);
+    results
+}
+
+/// Provisions a job's services, runs its tests, and removes its test-scope containers.
+async fn run_tests(
     job: Job,
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
@@ -220,6 +242,10 @@ pub(crate) fn command_for(
     env.insert(
         crate::orphans::AGENT_ENV.into(),
         config.agent_id.to_string(),
+    );
+    env.insert(
+        crate::orphans::AGENT_DIR_ENV.into(),
+        config.work_dir.display().to_string(),
     );
     Ok(TestCommand {
         program,

@@ -11,6 +11,7 @@ pub mod orphans;
 pub mod provision;
 pub mod runners;
 mod session;
+mod trace;
 mod worker;
 
 use std::collections::HashMap;
@@ -130,7 +131,7 @@ pub enum Stop {
 /// the end every container the agent started is removed. `provisioner` is `None` on agents that
 /// must not start services.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     provisioner: Option<Arc<dyn Provisioner>>,
     stop: watch::Receiver<Stop>,
 ) -> Result<(), AgentError> {
@@ -138,8 +139,13 @@ pub async fn run(
         path: config.work_dir.clone(),
         source,
     })?;
+    // One spelling of the work dir, however it was given: tests carry it, and a restart finds
+    // its leftovers by it.
+    if let Ok(dir) = config.work_dir.canonicalize() {
+        config.work_dir = dir;
+    }
     // Tests a killed earlier run of this agent left running go before new ones start.
-    let orphans = orphans::sweep(config.agent_id.as_str());
+    let orphans = orphans::sweep(config.agent_id.as_str(), &config.work_dir);
     if orphans > 0 {
         tracing::warn!(
             processes = orphans,

@@ -1,23 +1,27 @@
-//! Tests a killed agent left running. Every test process carries `TESTFLEET_AGENT_ID` in its
-//! environment (and its children inherit it), so an agent starting under the same identity finds
-//! them in `/proc` and kills their process groups before it takes new work.
+//! Tests a killed agent left running. Every test process carries `TESTFLEET_AGENT_ID` and
+//! `TESTFLEET_AGENT_DIR` (the agent's work dir) in its environment, and its children inherit them,
+//! so an agent starting again — same name, same work dir — finds them in `/proc` and kills their
+//! process groups before it takes new work. Both must match: another agent of the same name on
+//! this machine (another coordinator's, another work dir) keeps its tests.
 
 use std::path::Path;
 
-/// The environment variable every test process of an agent carries.
+/// The environment variables every test process of an agent carries: its name and work dir.
 pub const AGENT_ENV: &str = "TESTFLEET_AGENT_ID";
+pub const AGENT_DIR_ENV: &str = "TESTFLEET_AGENT_DIR";
 
-/// Kills the process groups of processes whose environment names `agent_id`; returns how many
-/// processes it found. Processes it may not read (other users') are skipped.
-pub fn sweep(agent_id: &str) -> usize {
-    sweep_in(Path::new("/proc"), agent_id)
+/// Kills the process groups of processes whose environment names `agent_id` and `work_dir`;
+/// returns how many processes it found. Processes it may not read (other users') are skipped.
+pub fn sweep(agent_id: &str, work_dir: &Path) -> usize {
+    sweep_in(Path::new("/proc"), agent_id, work_dir)
 }
 
-fn sweep_in(proc_dir: &Path, agent_id: &str) -> usize {
+fn sweep_in(proc_dir: &Path, agent_id: &str, work_dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(proc_dir) else {
         return 0;
     };
     let marker = format!("{AGENT_ENV}={agent_id}");
+    let dir_marker = format!("{AGENT_DIR_ENV}={}", work_dir.display());
     let me = std::process::id();
     let mut found = 0;
     for entry in entries.flatten() {
@@ -34,7 +38,8 @@ fn sweep_in(proc_dir: &Path, agent_id: &str) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+        let has = |m: &str| environ.split(|b| *b == 0).any(|v| v == m.as_bytes());
+        if !has(&marker) || !has(&dir_marker) {
             continue;
         }
         found += 1;
@@ -58,23 +63,29 @@ mod tests {
     #[test]
     fn processes_of_this_agent_are_killed_and_others_are_left_alone() {
         let id = format!("sweep-test-{}", std::process::id());
-        let spawn = |agent: &str| {
+        let (dir, other_dir) = (Path::new("/work/a"), Path::new("/work/b"));
+        let spawn = |agent: &str, work_dir: &Path| {
             std::process::Command::new("sleep")
                 .arg("600")
                 .env(AGENT_ENV, agent)
+                .env(AGENT_DIR_ENV, work_dir)
                 .process_group(0)
                 .spawn()
                 .unwrap()
         };
-        let mut ours = spawn(&id);
-        let mut theirs = spawn("some-other-agent");
-        assert_eq!(sweep(&id), 1);
+        let mut ours = spawn(&id, dir);
+        let mut theirs = spawn("some-other-agent", dir);
+        // Same name, another work dir: another agent (of another coordinator, say).
+        let mut namesake = spawn(&id, other_dir);
+        assert_eq!(sweep(&id, dir), 1);
         // The kill is synchronous: wait() returns once the kernel has reaped it.
         let status = ours.wait().unwrap();
         assert!(!status.success());
-        // The other agent's test is still there.
-        assert!(theirs.try_wait().unwrap().is_none());
-        theirs.kill().unwrap();
-        theirs.wait().unwrap();
+        // The other agents' tests are still there.
+        for p in [&mut theirs, &mut namesake] {
+            assert!(p.try_wait().unwrap().is_none());
+            p.kill().unwrap();
+            p.wait().unwrap();
+        }
     }
 }

@@ -240,7 +240,13 @@ pub(crate) async fn run(
                         .and_then(|root| job::command_for(config, &lease, t, root.as_deref()))
                         .and_then(|cmd| Ok((cmd, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
                     match prepared {
-                        Ok((cmd, services)) => ready.push(job::Ready { key, name: t.name.clone(), cmd, services }),
+                        Ok((cmd, services)) => ready.push(job::Ready {
+                            key,
+                            name: t.name.clone(),
+                            binary_id: t.binary.as_ref().map(|b| b.binary_id.clone()).unwrap_or_default(),
+                            cmd,
+                            services,
+                        }),
                         Err(reason) => {
                             let m = w.unstartable(key, &AttemptResult::infra_error(reason));
                             let _ = out.send(m).await;
@@ -248,7 +254,11 @@ pub(crate) async fn run(
                     }
                 }
                 let per_process = lease.tests_per_process.max(1) as usize;
-                w.pending.extend(job::jobs(ready, per_process, w.slots, &cancel, &ctx));
+                let trace = std::sync::Arc::new(crate::trace::LeaseTrace {
+                    traceparent: lease.traceparent.clone(),
+                    agent_id: config.agent_id.to_string(),
+                });
+                w.pending.extend(job::jobs(ready, per_process, w.slots, &cancel, &ctx, &trace));
                 if !given.is_empty() {
                     let _ = out.send(released(lease.lease_id.clone(), given)).await;
                 }

@@ -242,10 +242,13 @@ pub async fn submit(
     c: &mut CoordinatorClient<Channel>,
     spec: pb::RunSpec,
 ) -> anyhow::Result<String> {
-    Ok(c.submit_run(pb::SubmitRunRequest { spec: Some(spec) })
-        .await?
-        .into_inner()
-        .run_id)
+    Ok(c.submit_run(pb::SubmitRunRequest {
+        spec: Some(spec),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .run_id)
 }
 
 /// Watches a run to its end and returns its summary.

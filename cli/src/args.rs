@@ -40,6 +40,11 @@ pub enum Command {
     /// Build a Cargo workspace's tests and run them on local agents or a coordinator's fleet.
     #[command(after_help = EXIT_CODES)]
     Run(Box<RunArgs>),
+    /// One job of a parallel CI pipeline: every job joins the same run (by its key) and works on
+    /// it as an agent; tests are handed out across the jobs as they free up; each job exits with
+    /// the run's status.
+    #[command(after_help = CI_HELP)]
+    Ci(Box<CiArgs>),
     /// Serve the coordinator: accepts runs, schedules tests on agents, keeps history.
     Coordinator(CoordinatorArgs),
     /// Run an agent: connects to a coordinator and runs the tests it is given.
@@ -62,6 +67,47 @@ pub enum Command {
     Quarantine(QuarantineCommand),
     /// Print a new random token (256 bits, hex) for a coordinator's tokens file.
     Token,
+    /// Load results of other test tools into history.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// JUnit XML files (from pytest, Maven, Gradle, Jest, go-junit-report, testfleet itself...)
+    /// as one finished run: their durations, failures and flaky retries join the suite's history,
+    /// its flakiness verdicts and its schedules.
+    Junit(ImportJunitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportJunitArgs {
+    /// The JUnit XML files; a test named in several of them gathers all its attempts.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The revision the results are of (flaky verdicts compare attempts of one revision).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// The branch the results are of.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// The suite the run belongs to (flaky verdicts and timings are per suite).
+    #[arg(long, default_value = "junit")]
+    pub suite: String,
+    /// Import into this coordinator's history instead of the local data dir.
+    #[arg(long, env = "TESTFLEET_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The local data dir [default: `.testfleet` in the Cargo workspace around the current dir].
+    #[arg(long, env = "TESTFLEET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cargo.toml of the workspace whose local history to import into.
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Print the imported run as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Where history queries go: a coordinator, or the local data dir.
@@ -191,6 +237,10 @@ pub struct RunArgs {
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+    /// Append a Markdown summary of the run to PATH when it ends (for CI job summaries, e.g.
+    /// `--markdown-summary "$GITHUB_STEP_SUMMARY"`).
+    #[arg(long, value_name = "PATH")]
+    pub markdown_summary: Option<PathBuf>,
 
     /// Batch mode: run up to N tests of one test binary in one process, for suites whose tests
     /// do not need a fresh process each (much less start-up cost per test). Each test keeps its
@@ -258,6 +308,10 @@ pub struct CoordinatorArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7420", env = "TESTFLEET_LISTEN")]
     pub listen: SocketAddr,
+    /// Also serve HTTP here: the dashboard at `/`, Prometheus metrics at `/metrics` (both need a
+    /// reader or client token when tokens are set), and the probes `/healthz` and `/readyz`.
+    #[arg(long, value_name = "ADDR", env = "TESTFLEET_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Where history (sled) and uploaded bundles are kept.
     #[arg(long, env = "TESTFLEET_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -278,6 +332,42 @@ pub struct CoordinatorArgs {
     pub security: ServeSecurityArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+const CI_HELP: &str = "\
+Every job of the pipeline runs the same command with the same --run-key (the pipeline's id) and its
+own --node. A job that finds no run under the key builds the tests, uploads them and submits; the
+first submission creates the run and the others join it; a job that comes once the run exists
+joins without building. Each job then runs tests as an agent named after the key and its
+node until the run is over, and exits with the run's exit code. A job that dies loses nothing: its
+tests go back to the queue (at once when the job is retried, since it comes back under the same
+name); a job stopped by the CI system leaves the run to the others.
+
+  GitHub Actions:  testfleet ci --run-key \"$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT\" \\
+                       --node \"${{ strategy.job-index }}\" --nodes \"${{ strategy.job-total }}\" \\
+                       --markdown-summary \"$GITHUB_STEP_SUMMARY\"
+  GitLab CI:       testfleet ci --run-key \"$CI_PIPELINE_ID\" \\
+                       --node $((CI_NODE_INDEX - 1)) --nodes \"$CI_NODE_TOTAL\"
+
+A coordinator with tokens wants a token of role `ci` here (TESTFLEET_TOKEN or --token-file): the
+job both submits and runs tests. More, with GitHub Actions and GitLab CI examples: docs/ci.md.";
+
+#[derive(Args, Debug)]
+pub struct CiArgs {
+    /// The pipeline's run key: the same for every job of one pipeline run, new for the next.
+    #[arg(long, env = "TESTFLEET_RUN_KEY", value_name = "KEY")]
+    pub run_key: String,
+    /// This job's index, from 0.
+    #[arg(long, env = "TESTFLEET_NODE", value_name = "I")]
+    pub node: u32,
+    /// How many jobs the pipeline runs.
+    #[arg(long, env = "TESTFLEET_NODES", value_name = "N")]
+    pub nodes: u32,
+    /// This job's agent's scratch space (bundle cache, test working dirs).
+    #[arg(long, default_value = "target/testfleet/ci-agent", value_name = "DIR")]
+    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! Where history queries go: a coordinator over gRPC (`--coordinator`), or the local data dir that
 //! `testfleet run --local` writes, opened directly. Both answer with the same report types.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use testfleet_coordinator::history::query;
@@ -30,12 +30,15 @@ fn history_error(e: testfleet_coordinator::history::HistoryError) -> CliError {
 }
 
 /// The local data dir: `--data-dir`, or `.testfleet` in the Cargo workspace around us.
-fn local_data_dir(args: &QueryArgs) -> CliResult<PathBuf> {
-    if let Some(d) = &args.data_dir {
-        return Ok(d.clone());
+pub(crate) fn local_data_dir(
+    data_dir: Option<&Path>,
+    manifest_path: Option<&Path>,
+) -> CliResult<PathBuf> {
+    if let Some(d) = data_dir {
+        return Ok(d.to_path_buf());
     }
     let cargo = CargoArgs {
-        manifest_path: args.manifest_path.clone(),
+        manifest_path: manifest_path.map(Path::to_path_buf),
         ..CargoArgs::default()
     };
     let ws = crate::cargo::locate_workspace(&cargo).map_err(|e| {
@@ -54,7 +57,7 @@ impl Backend {
                 url: url.clone(),
             });
         }
-        let dir = local_data_dir(args)?;
+        let dir = local_data_dir(args.data_dir.as_deref(), args.manifest_path.as_deref())?;
         if !dir.join("history").exists() {
             return Err(CliError::Server(format!(
                 "no history in {}: run `testfleet run` there first, or give --coordinator",

@@ -20,12 +20,20 @@ fn local_agent_prefix(data_dir: &Path) -> String {
     let path = data_dir
         .canonicalize()
         .unwrap_or_else(|_| data_dir.to_path_buf());
+    format!(
+        "local-{:08x}",
+        short_hash(path.as_os_str().as_encoded_bytes())
+    )
+}
+
+/// FNV-1a: a short, stable hash for names made from paths and keys (not for security).
+pub(crate) fn short_hash(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in path.as_os_str().as_encoded_bytes() {
+    for b in bytes {
         h ^= u32::from(*b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    format!("local-{h:08x}")
+    h
 }
 
 /// A client token and an agent token, fresh for one local fleet, and the set that accepts them.

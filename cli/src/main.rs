@@ -6,6 +6,7 @@ mod cargo;
 mod commands;
 mod error;
 mod history_client;
+mod junit_import;
 mod local;
 mod remote;
 mod reporter;
@@ -24,7 +25,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = args::Cli::parse();
-    telemetry::init(&cli);
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -72,7 +72,7 @@ impl ConnectArgs {
 /// Who may talk to the coordinator, and over what.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeSecurityArgs {
-    /// File of accepted tokens, one `ROLE NAME TOKEN` per line (roles: client, reader, agent)
+    /// File of accepted tokens, one `ROLE NAME TOKEN` per line (roles: client, reader, agent, ci)
     /// [default: the TESTFLEET_TOKENS environment variable, same format]. Make tokens with
     /// `testfleet token`.
     #[arg(long, value_name = "PATH", env = "TESTFLEET_TOKENS_FILE")]

@@ -14,13 +14,14 @@ use crate::reporter::Report;
 const REATTACH_LIMIT: Duration = Duration::from_secs(60);
 
 /// `stop_signals` must have been made before the run was submitted: a Ctrl-C in between is then
-/// not fatal but waits in it, and cancels the run here.
+/// not fatal but waits in it, and cancels the run here. Without them (a CI node, whose run goes
+/// on without it) signals are the caller's business.
 pub async fn follow(
     client: &mut Client,
     url: &str,
     run_id: RunId,
     report: &mut Report,
-    mut stop_signals: StopSignals,
+    mut stop_signals: Option<StopSignals>,
 ) -> CliResult<(RunSummary, RunState)> {
     let mut next_seq = 0u64;
     let mut broken_since: Option<std::time::Instant> = None;
@@ -34,7 +35,14 @@ pub async fn follow(
             .await;
         let mut stream = match attach {
             Ok(s) => s.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            // A coordinator restarting under an attach shows as unavailable, or as a request
+            // cancelled (or unknown) when its connection closed mid-flight: all worth retrying.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ) =>
+            {
                 let since = *broken_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > REATTACH_LIMIT {
                     return Err(CliError::from_status(url, s));
@@ -47,7 +55,7 @@ pub async fn follow(
         loop {
             let next = tokio::select! {
                 m = stream.message() => m,
-                _ = stop_signals.recv(), if !cancel_sent => {
+                () = StopSignals::recv_some(&mut stop_signals), if !cancel_sent => {
                     cancel_sent = true;
                     report.note("interrupted: cancelling the run (press Ctrl-C again to leave at once)");
                     let mut c = client.clone();
@@ -109,10 +117,18 @@ impl StopSignals {
         }
     }
 
-    async fn recv(&mut self) {
+    pub async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+        }
+    }
+
+    /// The next signal, or never without signals to wait for.
+    async fn recv_some(signals: &mut Option<StopSignals>) {
+        match signals {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
         }
     }
 }

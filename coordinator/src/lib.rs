@@ -4,14 +4,18 @@
 
 pub mod api;
 pub mod bundles;
+mod dashboard;
 pub mod history;
+mod http;
 pub mod limits;
+pub mod metrics;
+pub mod run_trace;
 pub mod scheduler;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use testfleet_proto::pb;
@@ -57,12 +61,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Security(#[from] testfleet_security::SecurityError),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// Serves both gRPC services on `listener` until `shutdown` resolves, then stops the scheduler,
 /// ends every agent session and watch stream, and waits for history to be written.
 pub async fn serve(
     listener: TcpListener,
+    config: CoordinatorConfig,
+    store: Arc<dyn HistoryStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with_http(listener, None, config, store, shutdown).await
+}
+
+/// [`serve`], and with `http` the health probes, `/metrics` and the dashboard on that listener.
+pub async fn serve_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
     config: CoordinatorConfig,
     store: Arc<dyn HistoryStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -82,10 +99,30 @@ pub async fn serve(
     let (history_tx, writer) = history::spawn_writer(store.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_scheduler = stop_rx.clone();
-    let (scheduler, scheduler_task) =
-        scheduler::spawn(config.scheduler.clone(), history_tx.clone(), async move {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (scheduler, scheduler_task) = scheduler::spawn(
+        config.scheduler.clone(),
+        history_tx.clone(),
+        metrics.clone(),
+        async move {
             let _ = stop_scheduler.wait_for(|s| *s).await;
+        },
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    // Up before resuming, so probes can tell a coordinator that is starting from a dead one.
+    let http_task = http.map(|listener| {
+        let state = Arc::new(http::HttpState {
+            scheduler: scheduler.clone(),
+            store: store.clone(),
+            metrics,
+            tokens: config.tokens.clone().map(Arc::new),
+            ready: ready.clone(),
         });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(http::serve(listener, state, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     let run_slots = Arc::new(permits(limits.max_concurrent_runs));
     resume_unfinished(store.clone(), &scheduler, &history_tx, &run_slots).await;
     let client = api::ClientApi {
@@ -95,6 +132,7 @@ pub async fn serve(
         bundles,
         limits: limits.clone(),
         run_slots,
+        keyed_submits: tokio::sync::Mutex::default(),
     };
     let gateway = api::Gateway {
         scheduler,
@@ -140,9 +178,11 @@ pub async fn serve(
             },
         );
     let mut server = Box::pin(server);
+    ready.store(true, Ordering::Release);
     let result = tokio::select! {
         r = &mut server => r,
         () = shutdown => {
+            ready.store(false, Ordering::Release);
             let _ = stop_tx.send(true);
             // The scheduler's end drops every session and watch stream, so connections drain; a
             // client that keeps its connection open is not waited for beyond a grace period.
@@ -152,12 +192,18 @@ pub async fn serve(
             }
         }
     };
+    ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     drop(server);
     let _ = scheduler_task.await;
+    let http_result = match http_task {
+        Some(task) => task.await.unwrap_or(Ok(())),
+        None => Ok(()),
+    };
     // The writer thread ends once the last history sender (held by the dropped services) is gone.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    Ok(result?)
+    result?;
+    http_result.map_err(ServeError::Http)
 }
 
 /// A semaphore for a counted limit (a limit beyond what tokio can count is as good as none).

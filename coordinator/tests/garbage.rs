@@ -186,7 +186,10 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
     // Requests that make no sense are refused, each with a reason.
     let refused = [
         client
-            .submit_run(pb::SubmitRunRequest { spec: None })
+            .submit_run(pb::SubmitRunRequest {
+                spec: None,
+                ..Default::default()
+            })
             .await
             .unwrap_err(),
         client
@@ -199,6 +202,7 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
                     }],
                     ..spec(0)
                 }),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -245,6 +249,7 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
     let run_id = client
         .submit_run(pb::SubmitRunRequest {
             spec: Some(spec(20)),
+            ..Default::default()
         })
         .await
         .unwrap()

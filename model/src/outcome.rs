@@ -18,6 +18,23 @@ pub enum AttemptStatus {
 }
 
 impl AttemptStatus {
+    pub const ALL: [AttemptStatus; 4] = [
+        AttemptStatus::Passed,
+        AttemptStatus::Failed,
+        AttemptStatus::TimedOut,
+        AttemptStatus::InfraError,
+    ];
+
+    /// The status as JSON reports, metrics and spans spell it (`timed_out`).
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptStatus::Passed => "passed",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::TimedOut => "timed_out",
+            AttemptStatus::InfraError => "infra_error",
+        }
+    }
+
     /// Whether this attempt counts against the test (infrastructure errors never do).
     pub fn is_test_failure(self) -> bool {
         matches!(self, AttemptStatus::Failed | AttemptStatus::TimedOut)
@@ -42,6 +59,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Passed,
+        Outcome::Failed,
+        Outcome::Flaky,
+        Outcome::TimedOut,
+        Outcome::Skipped,
+        Outcome::InfraError,
+        Outcome::Cancelled,
+    ];
+
+    /// The outcome as JSON reports, metrics and the dashboard spell it (`timed_out`); people
+    /// read [`Outcome::as_str`] (`timed out`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Flaky => "flaky",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Skipped => "skipped",
+            Outcome::InfraError => "infra_error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether this outcome makes the run fail.
     pub fn fails_run(self) -> bool {
         matches!(self, Outcome::Failed | Outcome::TimedOut)
@@ -239,19 +280,18 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_the_json_names() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.label());
+        }
+        for s in AttemptStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.label());
+        }
+    }
+
+    #[test]
     fn only_failed_and_timed_out_fail_a_run() {
-        let failing: Vec<Outcome> = [
-            Outcome::Passed,
-            Outcome::Failed,
-            Outcome::Flaky,
-            Outcome::TimedOut,
-            Outcome::Skipped,
-            Outcome::InfraError,
-            Outcome::Cancelled,
-        ]
-        .into_iter()
-        .filter(|o| o.fails_run())
-        .collect();
+        let failing: Vec<Outcome> = Outcome::ALL.into_iter().filter(|o| o.fails_run()).collect();
         assert_eq!(failing, vec![Outcome::Failed, Outcome::TimedOut]);
     }
 }

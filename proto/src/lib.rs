@@ -10,6 +10,7 @@ mod chunks;
 mod convert;
 mod reports;
 mod services;
+pub mod trace;
 
 pub use chunks::file_chunks;
 

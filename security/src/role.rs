@@ -11,12 +11,17 @@ pub enum Role {
     Reader,
     /// Connects as an agent and downloads bundles; cannot submit or read history.
     Agent,
+    /// A CI job under `testfleet ci`: submits its pipeline's run and joins the fleet as an agent
+    /// (what a client and an agent may do, in one token for a CI secret).
+    Ci,
 }
 
 impl Role {
     /// Whether a caller with this role may call a method that needs `needed`.
     pub fn grants(self, needed: Role) -> bool {
-        self == needed || (self == Role::Client && needed == Role::Reader)
+        self == needed
+            || (self == Role::Client && needed == Role::Reader)
+            || (self == Role::Ci && needed != Role::Ci)
     }
 
     /// "a client", "a reader", "an agent": for messages.
@@ -25,6 +30,7 @@ impl Role {
             Role::Client => "a client",
             Role::Reader => "a reader",
             Role::Agent => "an agent",
+            Role::Ci => "a ci",
         }
     }
 
@@ -33,6 +39,7 @@ impl Role {
             Role::Client => "client",
             Role::Reader => "reader",
             Role::Agent => "agent",
+            Role::Ci => "ci",
         }
     }
 }
@@ -50,8 +57,9 @@ impl FromStr for Role {
             "client" => Ok(Role::Client),
             "reader" => Ok(Role::Reader),
             "agent" => Ok(Role::Agent),
+            "ci" => Ok(Role::Ci),
             other => Err(format!(
-                "unknown role `{other}` (roles are client, reader and agent)"
+                "unknown role `{other}` (roles are client, reader, agent and ci)"
             )),
         }
     }
@@ -70,5 +78,10 @@ mod tests {
         assert!(!Role::Agent.grants(Role::Client));
         assert!(!Role::Agent.grants(Role::Reader));
         assert!(Role::Agent.grants(Role::Agent));
+        // A CI job submits, reads and runs tests; nothing needs the ci role itself.
+        for r in [Role::Client, Role::Reader, Role::Agent] {
+            assert!(Role::Ci.grants(r));
+            assert!(!r.grants(Role::Ci));
+        }
     }
 }

@@ -76,6 +76,7 @@ async fn run_on_bundle(
     let run_id = client
         .submit_run(pb::SubmitRunRequest {
             spec: Some((&spec).into()),
+            ..Default::default()
         })
         .await
         .unwrap()

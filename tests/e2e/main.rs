@@ -4,12 +4,18 @@
 
 mod bad_input;
 mod bundles;
+mod ci_fanout;
 mod containers;
+mod dashboard;
+mod deploy;
 mod fixture;
 mod history;
+mod import;
 mod limits;
 mod local_run;
 mod multihost;
 mod remote_run;
 mod security;
 mod support;
+mod traces;
+mod web;

@@ -238,10 +238,11 @@ fn a_cluster_of_containers_survives_kills_partitions_and_restarts() {
     let (code, events) = after_first_start(&mut run, &lines, || {
         c.docker(&["restart", "-t", "0", &coordinator])
     });
+    // The CLI's own account first: when it gives up, its log says why.
+    check(&c, code, &events, &run.log());
     assert!(
         c.logs("coordinator").contains("resumed an unfinished run"),
         "{}",
         c.logs("coordinator")
     );
-    check(&c, code, &events, &run.log());
 }

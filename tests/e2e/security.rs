@@ -13,12 +13,12 @@ use testfleet_model::exit_code;
 use crate::fixture;
 use crate::support::*;
 
-const CLIENT: &str = "client-token-for-the-e2e-tests-0001";
-const READER: &str = "reader-token-for-the-e2e-tests-0002";
-const AGENT: &str = "agent-token-for-the-e2e-tests-00003";
+pub(crate) const CLIENT: &str = "client-token-for-the-e2e-tests-0001";
+pub(crate) const READER: &str = "reader-token-for-the-e2e-tests-0002";
+pub(crate) const AGENT: &str = "agent-token-for-the-e2e-tests-00003";
 
 /// A tokens file with one token per role, readable by its owner only.
-fn tokens_file(dir: &Path) -> PathBuf {
+pub(crate) fn tokens_file(dir: &Path) -> PathBuf {
     let path = dir.join("tokens");
     std::fs::write(
         &path,
@@ -46,7 +46,7 @@ fn agents(url: &str, token: Option<&str>, extra: &[&str]) -> Output {
     run_output(&mut cmd)
 }
 
-fn assert_refused(out: &Output, code: i32, needle: &str) {
+pub(crate) fn assert_refused(out: &Output, code: i32, needle: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(code), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
@@ -59,7 +59,7 @@ fn agent_with(dir: &Path, url: &str, id: &str, token: &str, extra: &[&str]) -> P
 }
 
 /// A coordinator started with `args` that must refuse to start.
-fn coordinator_refusing(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn coordinator_refusing(dir: &Path, args: &[&str]) -> Output {
     run_output(
         testfleet()
             .args(["coordinator", "--data-dir"])
@@ -70,20 +70,8 @@ fn coordinator_refusing(dir: &Path, args: &[&str]) -> Output {
 
 /// The fixture suite run on `url` with the client token; its outcomes must be the known ones.
 fn assert_fixture_runs(url: &str, extra: &[&str]) {
-    let mut cmd = with_token(testfleet(), Some(CLIENT));
-    cmd.args(["run", "--coordinator", url, "--retries", "1"])
-        .args(["--timeout", "5", "--kill-grace", "1", "--json"])
-        .args(extra)
-        .arg("--manifest-path")
-        .arg(fixture::manifest());
-    let out = run_output(&mut cmd);
-    let log = stderr(&out);
-    assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
-    assert_eq!(
-        final_outcomes(&events(&out)),
-        fixture::expected(true),
-        "{log}"
-    );
+    let events = fixture_run_on(with_token(testfleet(), Some(CLIENT)), url, extra);
+    assert_eq!(final_outcomes(&events), fixture::expected(true));
 }
 
 #[test]

@@ -104,6 +104,41 @@ pub fn coordinator_on(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
 
 /// Starts a coordinator with `extra` arguments; returns it with the address it listens on.
 pub fn coordinator_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> (Proc, String) {
+    let (p, addr, _) = coordinator_lines(dir, listen, log, extra, &[]);
+    (p, addr)
+}
+
+/// A coordinator on a free loopback port with `env` set; returns it with its URL.
+pub fn coordinator_with_env(dir: &Path, env: &[(&str, &str)]) -> (Proc, String) {
+    let (p, addr, _) = coordinator_lines(dir, "127.0.0.1:0", "coordinator.log", &[], env);
+    (p, format!("http://{addr}"))
+}
+
+/// Starts a coordinator that also serves HTTP on a free loopback port; returns it with its gRPC
+/// URL and its HTTP base URL (`http://127.0.0.1:PORT`).
+pub fn coordinator_with_http(dir: &Path, extra: &[&str]) -> (Proc, String, String) {
+    let args = [&["--http-listen", "127.0.0.1:0"], extra].concat();
+    let (p, addr, lines) = coordinator_lines(dir, "127.0.0.1:0", "coordinator.log", &args, &[]);
+    let line = lines
+        .recv_timeout(GUARD)
+        .expect("the coordinator prints its HTTP address");
+    let http = line
+        .trim()
+        .strip_prefix("testfleet dashboard and metrics on ")
+        .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (p, format!("http://{addr}"), http)
+}
+
+/// Starts a coordinator; returns it, the address of its first line, and its later stdout lines.
+fn coordinator_lines(
+    dir: &Path,
+    listen: &str,
+    log: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String, mpsc::Receiver<String>) {
     let mut cmd = testfleet();
     // Tests that need services fail at once when no agent can run them: these tests know no
     // other agent is coming.
@@ -117,14 +152,17 @@ pub fn coordinator_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> 
     ])
     .arg(dir.join("coordinator"))
     .args(extra)
+    .envs(env.iter().copied())
     .stdout(Stdio::piped());
     let mut p = Proc::spawn(cmd, dir.join(log));
     let stdout = p.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // Reads stdout to its end, so the coordinator never writes into a closed pipe.
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
     });
     let line = rx
         .recv_timeout(GUARD)
@@ -134,7 +172,7 @@ pub fn coordinator_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> 
         .strip_prefix("testfleet coordinator listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", p.log()))
         .to_owned();
-    (p, addr)
+    (p, addr, rx)
 }
 
 pub fn agent(dir: &Path, url: &str, id: &str, slots: u32) -> Proc {
@@ -301,6 +339,26 @@ pub fn leftovers(agent: &str) -> Vec<String> {
     out
 }
 
+/// Whether `tool` can be run (`probe` is its arguments for a harmless call). Where it is missing,
+/// a test skips the checks that need it, saying so, unless `TESTFLEET_REQUIRE_TOOLS=1` (set by
+/// `.ci/run`, which installs every tool) makes that a failure.
+pub fn tool_or_skip(tool: &str, probe: &[&str], install: &str, checks: &str) -> bool {
+    let present = Command::new(tool)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("TESTFLEET_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "TESTFLEET_REQUIRE_TOOLS=1 but `{tool}` cannot be run ({install})"
+        );
+        eprintln!("SKIPPED {checks}: `{tool}` is not installed ({install})");
+    }
+    present
+}
+
 /// A name unique to this test process, for agent ids whose containers a test inspects.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
@@ -317,6 +375,25 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The fixture suite on the coordinator at `url` with one retry and a 5 s timeout, as JSON events,
+/// run by `cmd` (a [`testfleet`] with whatever environment the test needs) with `extra`
+/// arguments. It must end as the fixture does, with failed tests; returns its events.
+pub fn fixture_run_on(mut cmd: Command, url: &str, extra: &[&str]) -> Vec<RunEvent> {
+    cmd.args(["run", "--coordinator", url, "--retries", "1"])
+        .args(["--timeout", "5", "--kill-grace", "1", "--json"])
+        .args(extra)
+        .arg("--manifest-path")
+        .arg(crate::fixture::manifest());
+    let out = run_output(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(testfleet_model::exit_code::TESTS_FAILED),
+        "{}",
+        stderr(&out)
+    );
+    events(&out)
 }
 
 /// `testfleet run --coordinator URL --json FILTERS... --manifest-path MANIFEST`.
@@ -369,6 +446,16 @@ impl Watched {
 /// The run's records in sled match the fixture model, and hold every result exactly once: no
 /// attempt number has two real (non-infrastructure) results, and real attempts count up from 1.
 pub fn assert_history_exact(data_dir: &Path, run_id: testfleet_model::RunId) {
+    assert_history_matches(data_dir, run_id, &crate::fixture::expected(true));
+}
+
+/// History holds the run's tests with exactly the `expected` outcomes, and no attempt number of
+/// a test holds two real results (none counted twice).
+pub fn assert_history_matches(
+    data_dir: &Path,
+    run_id: testfleet_model::RunId,
+    expected: &BTreeMap<Key, Outcome>,
+) {
     use testfleet_coordinator::HistoryStore;
     let store = testfleet_coordinator::SledStore::open(data_dir).unwrap();
     let records = store.run_tests(run_id).unwrap();
@@ -376,7 +463,7 @@ pub fn assert_history_exact(data_dir: &Path, run_id: testfleet_model::RunId) {
         .iter()
         .map(|r| ((r.binary_id.clone(), r.name.clone()), r.outcome.unwrap()))
         .collect();
-    assert_eq!(stored, crate::fixture::expected(true));
+    assert_eq!(&stored, expected);
     for r in &records {
         let real: Vec<u32> = r
             .attempts

@@ -36,6 +36,17 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
             args.listen
         )));
     }
+    if let Some(http) = args.http_listen
+        && tokens.is_none()
+        && !http.ip().is_loopback()
+        && !args.security.allow_unauthenticated
+    {
+        return Err(CliError::Config(format!(
+            "refusing to serve the dashboard and metrics on {http} without tokens: anyone who can \
+             connect could read every run's tests and history. Give --tokens-file, use a loopback \
+             address, or pass --allow-unauthenticated on a network you trust"
+        )));
+    }
     let store = SledStore::open(&args.data_dir)
         .map_err(|e| CliError::Server(e.to_string()))?
         .with_retention(args.keep_runs);
@@ -43,6 +54,17 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
         .map_err(|e| CliError::Server(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener
         .local_addr()
+        .map_err(|e| CliError::Internal(e.into()))?;
+    let http = match args.http_listen {
+        Some(a) => Some(
+            bind(a).map_err(|e| CliError::Server(format!("cannot listen on {a} (HTTP): {e}")))?,
+        ),
+        None => None,
+    };
+    let http_addr = http
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
         .map_err(|e| CliError::Internal(e.into()))?;
     let mut config = CoordinatorConfig::new(&args.data_dir);
     config.scheduler.default_retries = args.default_retries;
@@ -54,6 +76,7 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
             clients = t.count(Role::Client),
             readers = t.count(Role::Reader),
             agents = t.count(Role::Agent),
+            ci = t.count(Role::Ci),
             "tokens loaded: every request needs one"
         ),
         None => tracing::warn!(
@@ -66,12 +89,34 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
     }
     config.tokens = tokens;
     config.tls = tls;
-    // Scripts (and tests binding port 0) read the address from this first line of stdout.
-    println!("testfleet coordinator listening on {addr}");
+    // Scripts (and tests binding port 0) read the addresses from these first lines of stdout,
+    // written at once.
+    let mut banner = format!("testfleet coordinator listening on {addr}\n");
+    if let Some(h) = http_addr {
+        banner.push_str(&format!("testfleet dashboard and metrics on http://{h}/\n"));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+    }
+    if let Some(h) = http_addr
+        && config.tokens.is_some()
+        && !h.ip().is_loopback()
+    {
+        tracing::warn!(addr = %h, "the HTTP side is plain HTTP: tokens sent to it travel in clear text; put it behind a TLS proxy or keep it on a private network");
+    }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), tls = config.tls.is_some(), mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "coordinator started");
-    testfleet_coordinator::serve(listener, config, Arc::new(store), super::termination())
-        .await
-        .map_err(|e| CliError::Server(e.to_string()))?;
+    testfleet_coordinator::serve_with_http(
+        listener,
+        http,
+        config,
+        Arc::new(store),
+        super::termination(),
+    )
+    .await
+    .map_err(|e| CliError::Server(e.to_string()))?;
     tracing::info!("coordinator stopped");
     Ok(exit_code::SUCCESS)
 }

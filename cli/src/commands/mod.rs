@@ -2,7 +2,9 @@
 
 mod agent;
 mod agents;
+mod ci;
 mod coordinator;
+mod import;
 mod query;
 mod run;
 
@@ -20,8 +22,11 @@ pub fn run(cli: Cli) -> CliResult<i32> {
         .build()
         .map_err(|e| CliError::Internal(e.into()))?;
     runtime.block_on(async move {
-        match cli.command {
+        // Inside the runtime: the OTLP exporter's channel lives on it.
+        let telemetry = crate::telemetry::init(&cli);
+        let result = match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Ci(args) => ci::run(args).await,
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Agents(args) => agents::run(args).await,
@@ -36,8 +41,11 @@ pub fn run(cli: Cli) -> CliResult<i32> {
                 println!("{token}");
                 Ok(0)
             }
+            Command::Import(cmd) => import::run(cmd).await,
             Command::Guard => unreachable!("served above, without a runtime"),
-        }
+        };
+        telemetry.shutdown().await;
+        result
     })
 }
 

@@ -26,17 +26,66 @@ fn suite_manifest_ref(s: &SuiteManifest) -> SuiteManifest {
 }
 
 pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
+    // Fail fast on an unreachable coordinator, before spending minutes on a build.
+    let mut remote_client = match &args.coordinator {
+        Some(url) => Some(remote::connect(url, &args.connect.security()?).await?),
+        None => None,
+    };
+    let remote = args.coordinator.as_deref().zip(remote_client.as_mut());
+    let prepared = prepare(&args, remote).await?;
+    let mode;
+    let mut fleet = None;
+    let (url, mut client) = match (&args.coordinator, remote_client.take()) {
+        (Some(url), Some(client)) => {
+            mode = format!("on {url}");
+            (url.clone(), client)
+        }
+        _ => {
+            let agents = args.local.unwrap_or(2).max(1);
+            let slots = args
+                .slots
+                .unwrap_or_else(|| (super::default_slots() / agents).max(1));
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| prepared.workspace_root.join(".testfleet"));
+            let docker = prepared.needs_services && !args.no_docker;
+            let f = LocalFleet::start(&data_dir, agents, slots, docker).await?;
+            mode = format!("on {agents} local agent(s) × {slots} slot(s)");
+            let url = f.url.clone();
+            let client = remote::connect(&url, &f.security).await?;
+            fleet = Some(f);
+            (url, client)
+        }
+    };
+
+    let result = submit_and_follow(&mut client, &url, &prepared.spec, &args, mode).await;
+    if let Some(f) = fleet {
+        f.shutdown().await;
+    }
+    result
+}
+
+/// A run ready to submit.
+pub(crate) struct Prepared {
+    pub spec: RunSpec,
+    pub needs_services: bool,
+    pub workspace_root: PathBuf,
+}
+
+/// Builds the workspace's tests, lists them, runs the suite's prepare commands, and makes the
+/// run's spec; for a coordinator (`remote`), also packs the bundle and uploads it unless the
+/// coordinator has it.
+pub(crate) async fn prepare(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+) -> CliResult<Prepared> {
     let cargo_args = args.cargo.clone();
     let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
         .await
         .map_err(|e| CliError::Internal(e.into()))??;
     // A bad manifest is reported before anything is built.
     let suite = suite_manifest::load(args.manifest.as_deref(), &ws)?;
-    // Fail fast on an unreachable coordinator, before spending minutes on a build.
-    let mut remote_client = match &args.coordinator {
-        Some(url) => Some(remote::connect(url, &args.connect.security()?).await?),
-        None => None,
-    };
     let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
     let binaries = tokio::task::spawn_blocking(move || -> CliResult<_> {
         let binaries = cargo::build_tests(&cargo_args, &ws2)?;
@@ -50,8 +99,7 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     .await
     .map_err(|e| CliError::Internal(e.into()))??;
 
-    let bundled = args.coordinator.is_some();
-    let mut spec = build_spec(&args, &ws, &binaries, bundled, suite.as_ref())?;
+    let mut spec = build_spec(args, &ws, &binaries, remote.is_some(), suite.as_ref())?;
     let used: Vec<u32> = {
         let mut u: Vec<u32> = spec
             .binaries
@@ -69,57 +117,32 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
             .map_err(|e| CliError::Internal(e.into()))??;
     }
     let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
-
-    let mode;
-    let mut fleet = None;
-    let (url, mut client) = match (&args.coordinator, remote_client.take()) {
-        (Some(url), Some(mut client)) => {
-            // Files the manifest lists travel like `--include`d ones (its paths are relative to it).
-            let mut includes = args.includes.clone();
-            if let Some(s) = &suite {
-                let rel = s.dir.strip_prefix(&ws.root).unwrap_or(Path::new(""));
-                includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
+    if let Some((url, client)) = remote {
+        // Files the manifest lists travel like `--include`d ones (its paths are relative to it).
+        let mut includes = args.includes.clone();
+        if let Some(s) = &suite {
+            let rel = s.dir.strip_prefix(&ws.root).unwrap_or(Path::new(""));
+            includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
+        }
+        let packed = pack_bundle(&ws, &binaries, &includes, suite.as_ref()).await?;
+        let sent = remote::upload_bundle(client, url, &packed).await?;
+        eprintln!(
+            "bundle {} ({} bytes) {}",
+            &packed.digest[..12],
+            packed.size,
+            if sent {
+                "uploaded"
+            } else {
+                "already on the coordinator"
             }
-            let packed = pack_bundle(&ws, &binaries, &includes, suite.as_ref()).await?;
-            let sent = remote::upload_bundle(&mut client, url, &packed).await?;
-            eprintln!(
-                "bundle {} ({} bytes) {}",
-                &packed.digest[..12],
-                packed.size,
-                if sent {
-                    "uploaded"
-                } else {
-                    "already on the coordinator"
-                }
-            );
-            spec.bundle_digest = Some(packed.digest);
-            mode = format!("on {url}");
-            (url.clone(), client)
-        }
-        _ => {
-            let agents = args.local.unwrap_or(2).max(1);
-            let slots = args
-                .slots
-                .unwrap_or_else(|| (super::default_slots() / agents).max(1));
-            let data_dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| ws.root.join(".testfleet"));
-            let docker = needs_services && !args.no_docker;
-            let f = LocalFleet::start(&data_dir, agents, slots, docker).await?;
-            mode = format!("on {agents} local agent(s) × {slots} slot(s)");
-            let url = f.url.clone();
-            let client = remote::connect(&url, &f.security).await?;
-            fleet = Some(f);
-            (url, client)
-        }
-    };
-
-    let result = submit_and_follow(&mut client, &url, &spec, &args, mode).await;
-    if let Some(f) = fleet {
-        f.shutdown().await;
+        );
+        spec.bundle_digest = Some(packed.digest);
     }
-    result
+    Ok(Prepared {
+        spec,
+        needs_services,
+        workspace_root: ws.root.clone(),
+    })
 }
 
 async fn submit_and_follow(
@@ -130,10 +153,23 @@ async fn submit_and_follow(
     mode: String,
 ) -> CliResult<i32> {
     let signals = crate::watch::StopSignals::new();
+    // The root of the run's trace (when traces are on): the coordinator's run span continues it.
+    let span = tracing::info_span!(
+        target: testfleet_coordinator::run_trace::TRACE_TARGET,
+        "testfleet run",
+        otel.kind = "client",
+        testfleet.suite = %spec.suite,
+        testfleet.tests = spec.tests.len() as u64,
+        testfleet.run_id = tracing::field::Empty,
+    );
     let run_id: RunId = client
-        .submit_run(pb::SubmitRunRequest {
-            spec: Some(spec.into()),
-        })
+        .submit_run(traced(
+            &span,
+            pb::SubmitRunRequest {
+                spec: Some(spec.into()),
+                ..Default::default()
+            },
+        ))
         .await
         .map_err(|s| CliError::from_status(url, s))?
         .into_inner()
@@ -142,16 +178,27 @@ async fn submit_and_follow(
         .map_err(|e| {
             CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}"))
         })?;
+    span.record("testfleet.run_id", run_id.to_string());
     if args.detach {
         // Machine-readable: the id alone on stdout.
         println!("{run_id}");
         eprintln!("run {run_id} submitted to {url}; it goes on without this process");
         return Ok(testfleet_model::exit_code::SUCCESS);
     }
-    let mut report = Report::new(args.json, args.junit.clone(), mode);
-    let (summary, _state) = crate::watch::follow(client, url, run_id, &mut report, signals).await?;
+    let mut report = Report::new(args.json, args.junit.clone(), mode)
+        .with_markdown(args.markdown_summary.clone());
+    let (summary, _state) =
+        crate::watch::follow(client, url, run_id, &mut report, Some(signals)).await?;
     report.finish()?;
     Ok(summary.exit_code())
+}
+
+/// A request carrying `span`'s trace context.
+pub(crate) fn traced<T>(span: &tracing::Span, message: T) -> tonic::Request<T> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut request = tonic::Request::new(message);
+    testfleet_proto::trace::inject(&span.context(), request.metadata_mut());
+    request
 }
 
 /// Where a binary and its package dir go inside a bundle.

@@ -2,6 +2,7 @@
 //! JSON lines, and a JUnit file at the end. They see only events.
 
 mod human;
+mod markdown;
 
 use std::path::PathBuf;
 
@@ -9,12 +10,14 @@ use testfleet_model::RunEvent;
 
 use crate::error::{CliError, CliResult};
 pub use human::HumanReporter;
+pub use markdown::MarkdownReporter;
 pub use testfleet_model::junit::JunitReporter;
 
 pub struct Report {
     human: Option<HumanReporter>,
     json: bool,
     junit: Option<(JunitReporter, PathBuf)>,
+    markdown: Option<(MarkdownReporter, PathBuf)>,
 }
 
 impl Report {
@@ -23,7 +26,14 @@ impl Report {
             human: (!json).then(|| HumanReporter::new(mode)),
             json,
             junit: junit.map(|p| (JunitReporter::default(), p)),
+            markdown: None,
         }
+    }
+
+    /// Also appends a Markdown summary to `path` when the run ends.
+    pub fn with_markdown(mut self, path: Option<PathBuf>) -> Self {
+        self.markdown = path.map(|p| (MarkdownReporter::default(), p));
+        self
     }
 
     pub fn on_event(&mut self, e: &RunEvent) {
@@ -36,6 +46,9 @@ impl Report {
         if let Some((j, _)) = &mut self.junit {
             j.on_event(e);
         }
+        if let Some((m, _)) = &mut self.markdown {
+            m.on_event(e);
+        }
     }
 
     /// Prints a line for people (on stderr, so JSON on stdout stays clean).
@@ -47,6 +60,20 @@ impl Report {
     }
 
     pub fn finish(self) -> CliResult<()> {
+        if let Some((m, path)) = &self.markdown {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(m.to_markdown().as_bytes()))
+                .map_err(|e| {
+                    CliError::Internal(anyhow::anyhow!(
+                        "cannot write the Markdown summary to {}: {e}",
+                        path.display()
+                    ))
+                })?;
+        }
         if let Some((j, path)) = self.junit {
             let xml = j.to_xml().map_err(|e| {
                 CliError::Internal(anyhow::anyhow!("cannot write the JUnit report: {e}"))

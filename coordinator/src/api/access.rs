@@ -42,6 +42,7 @@ mod tests {
             ("Coordinator/HasBundle", Role::Client),
             ("Coordinator/UploadBundle", Role::Client),
             ("Coordinator/Quarantine", Role::Client),
+            ("Coordinator/ImportRun", Role::Client),
             ("Coordinator/WatchRun", Role::Reader),
             ("Coordinator/GetRun", Role::Reader),
             ("Coordinator/ListRuns", Role::Reader),

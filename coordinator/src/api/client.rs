@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::blocking;
 use crate::bundles::BundleStore;
-use crate::history::{HistoryStore, HistoryUpdate, Plan, RunRecord, plan, query};
+use crate::history::{HistoryStore, HistoryUpdate, Plan, RunRecord, import, plan, query};
 use crate::limits::{Limit, Limits, exceeded};
 use crate::scheduler::{Command, RunSnapshot, SchedulerHandle};
 
@@ -23,6 +23,21 @@ pub struct ClientApi {
     pub(crate) limits: Limits,
     /// One permit per running run (the concurrent-runs limit).
     pub(crate) run_slots: Arc<tokio::sync::Semaphore>,
+    /// Held while a submission with a run key looks the key up and creates its run, so that CI
+    /// jobs submitting at once get one run between them.
+    pub(crate) keyed_submits: tokio::sync::Mutex<()>,
+}
+
+/// Longest run key taken (CI systems' pipeline ids are far shorter).
+const RUN_KEY_MAX: usize = 256;
+
+fn check_run_key(key: &str) -> Result<(), Status> {
+    if key.len() > RUN_KEY_MAX || key.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "a run key is at most {RUN_KEY_MAX} bytes of printable text"
+        )));
+    }
+    Ok(())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -76,10 +91,33 @@ impl Coordinator for ClientApi {
             .extensions()
             .get::<testfleet_security::Caller>()
             .map(|c| c.name.clone());
-        let wire = req
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("invalid spec: missing"))?;
+        // The client's trace continues in the run's.
+        let parent = testfleet_proto::trace::extract(req.metadata());
+        let req = req.into_inner();
+        let key = req.run_key;
+        check_run_key(&key)?;
+        let _keyed = if key.is_empty() {
+            None
+        } else {
+            let guard = self.keyed_submits.lock().await;
+            let store = self.store.clone();
+            let k = key.clone();
+            if let Some(run_id) = blocking(move || store.run_for_key(&k)).await? {
+                tracing::info!(run = %run_id, key, by = caller.as_deref().unwrap_or("-"), "joined a run by its key");
+                return Ok(Response::new(pb::SubmitRunResponse {
+                    run_id: run_id.to_string(),
+                    joined: true,
+                }));
+            }
+            Some(guard)
+        };
+        let wire = req.spec.ok_or_else(|| {
+            if key.is_empty() {
+                Status::invalid_argument("invalid spec: missing")
+            } else {
+                Status::not_found(format!("no run has the key `{key}` yet"))
+            }
+        })?;
         let spec = RunSpec::try_from(wire)?;
         let limits = &self.limits;
         if spec.tests.len() > limits.max_tests_per_run {
@@ -143,6 +181,8 @@ impl Coordinator for ClientApi {
             estimates,
             quarantined,
         } = plan;
+        let trace =
+            crate::run_trace::RunTrace::start(run_id, &spec.suite, spec.tests.len(), parent);
         self.scheduler
             .ask(|reply| Command::Submit {
                 run_id,
@@ -150,12 +190,19 @@ impl Coordinator for ClientApi {
                 estimates,
                 quarantined,
                 slot: Some(slot),
+                trace,
                 reply,
             })
             .await?;
-        tracing::info!(run = %run_id, by = caller.as_deref().unwrap_or("-"), "run submitted");
+        if !key.is_empty() {
+            let store = self.store.clone();
+            let k = key.clone();
+            blocking(move || store.put_run_key(&k, run_id)).await?;
+        }
+        tracing::info!(run = %run_id, key, by = caller.as_deref().unwrap_or("-"), "run submitted");
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: run_id.to_string(),
+            joined: false,
         }))
     }
 
@@ -381,6 +428,64 @@ impl Coordinator for ClientApi {
         };
         Ok(Response::new(pb::QuarantineResponse {
             entries: entries.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn import_run(
+        &self,
+        req: Request<pb::ImportRunRequest>,
+    ) -> Result<Response<pb::ImportRunResponse>, Status> {
+        let r = req.into_inner();
+        if r.suite.is_empty() {
+            return Err(Status::invalid_argument(
+                "an imported run needs a suite name",
+            ));
+        }
+        if r.tests.len() > self.limits.max_tests_per_run {
+            return Err(exceeded(
+                Limit::TestsPerRun,
+                format!(
+                    "the import has {} tests; this coordinator takes at most {} per run",
+                    r.tests.len(),
+                    self.limits.max_tests_per_run
+                ),
+            ));
+        }
+        let tests = r
+            .tests
+            .into_iter()
+            .map(|t| {
+                Ok(import::ImportedTest {
+                    binary_id: t.binary_id,
+                    name: t.name,
+                    attempts: t
+                        .attempts
+                        .into_iter()
+                        .map(testfleet_model::AttemptResult::try_from)
+                        .collect::<Result<_, _>>()?,
+                    skipped: t.skipped,
+                })
+            })
+            .collect::<Result<Vec<_>, testfleet_proto::ConvertError>>()?;
+        let store = self.store.clone();
+        let run_id = blocking(move || store.next_run_id()).await?;
+        let rec = RunRecord {
+            run_id: run_id.0,
+            suite: r.suite,
+            total_tests: tests.len() as u32,
+            revision: r.revision,
+            branch: r.branch,
+            created_unix_ms: crate::scheduler::now_unix_ms(),
+            state: RunState::Running,
+            summary: None,
+            quarantine: Default::default(),
+            resumes: 0,
+        };
+        let summary = import::import(&self.history, rec, &tests);
+        tracing::info!(run = %run_id, tests = tests.len(), "imported a run");
+        Ok(Response::new(pb::ImportRunResponse {
+            run_id: run_id.to_string(),
+            summary: Some((&summary).into()),
         }))
     }
 

@@ -155,6 +155,7 @@ fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
         services: spec.services.iter().map(Into::into).collect(),
         workspace: spec.workspace.clone(),
         tests_per_process: spec.tests_per_process,
+        traceparent: g.traceparent.clone(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! precomputed per test when results are recorded, so queries only scan small summaries.
 
 mod estimate;
+pub mod import;
 mod plan;
 pub mod query;
 mod records;
@@ -139,5 +140,9 @@ pub trait HistoryStore: Send + Sync + 'static {
         entry: Option<&QuarantineEntry>,
     ) -> Result<bool, HistoryError>;
     fn quarantine_list(&self) -> Result<Vec<(String, TestId, QuarantineEntry)>, HistoryError>;
+    /// The run a CI fan-out key names, if a run was submitted with it (and is still kept).
+    fn run_for_key(&self, key: &str) -> Result<Option<RunId>, HistoryError>;
+    /// Names `run` by `key`, on disk before this returns.
+    fn put_run_key(&self, key: &str, run: RunId) -> Result<(), HistoryError>;
     fn flush(&self) -> Result<(), HistoryError>;
 }

@@ -6,9 +6,12 @@
 //! - `run_tests`: (run id, group) → [`RunEntry`]s, the attempts one group of writes recorded for
 //!   a run, folded into a [`TestRecord`] per test when read (stores written before grouping hold
 //!   (run id, test index) → [`TestRecord`], which still read)
-//! - `test_log`: test key → [`TestLog`], the test's last attempts across runs (bounded)
-//! - `tests`: test key → [`TestSummary`], small, precomputed: what queries scan
+//! - `tests`: test key → the test's [`TestSummary`] (small, precomputed: what queries read), then
+//!   its [`TestLog`] (its last attempts across runs, bounded), in one value so that a result costs
+//!   one read and one write (see [`encode_test`]). Schema 2 kept them in two trees, `tests` and
+//!   `test_log`.
 //! - `quarantine`: test key → [`QuarantineEntry`]
+//! - `run_keys`: CI fan-out key → run id (pruned with the run)
 
 use std::collections::VecDeque;
 
@@ -237,6 +240,58 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
+/// A test's value in `tests`: the summary first, then the log, each postcard behind one tag.
+/// Loading the summary index decodes only the summary ([`decode_test_summary`]); a change that
+/// does not touch the log writes its bytes back as they were.
+pub(crate) fn encode_test(summary: &TestSummary, log: TestLogPart<'_>) -> Vec<u8> {
+    let out = postcard::to_extend(summary, vec![FORMAT_POSTCARD_V1])
+        .expect("history records always serialize");
+    let mut out = match log {
+        TestLogPart::Encoded(bytes) => {
+            let mut out = out;
+            out.extend_from_slice(bytes);
+            out
+        }
+        TestLogPart::Decoded(log) => {
+            postcard::to_extend(log, out).expect("history records always serialize")
+        }
+    };
+    out.shrink_to_fit();
+    out
+}
+
+/// A test's log, as it is to be written: the bytes read (unchanged) or a log brought up to date.
+pub(crate) enum TestLogPart<'a> {
+    Encoded(&'a [u8]),
+    Decoded(&'a TestLog),
+}
+
+/// Reads the summary at the front of a test's value; returns it with the encoded log behind it.
+pub(crate) fn decode_test_summary<'b>(
+    key: &[u8],
+    bytes: &'b [u8],
+) -> Result<(TestSummary, &'b [u8]), HistoryError> {
+    match bytes.split_first() {
+        Some((&FORMAT_POSTCARD_V1, rest)) => {
+            postcard::take_from_bytes(rest).map_err(|e| corrupt(key, e.to_string()))
+        }
+        Some((v, _)) => Err(corrupt(key, format!("unknown test record format {v}"))),
+        None => Err(corrupt(key, "empty record".into())),
+    }
+}
+
+/// Reads the log part [`decode_test_summary`] left.
+pub(crate) fn decode_test_log(key: &[u8], log: &[u8]) -> Result<TestLog, HistoryError> {
+    postcard::from_bytes(log).map_err(|e| corrupt(key, e.to_string()))
+}
+
+fn corrupt(key: &[u8], reason: String) -> HistoryError {
+    HistoryError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    }
+}
+
 /// For rare, richly shaped records (a run's spec) whose types postcard cannot describe.
 pub(crate) fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_JSON_V1];
@@ -245,18 +300,14 @@ pub(crate) fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, HistoryError> {
-    let corrupt = |reason: String| HistoryError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason,
-    };
     match bytes.split_first() {
         Some((&FORMAT_POSTCARD_V1, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))
+            postcard::from_bytes(rest).map_err(|e| corrupt(key, e.to_string()))
         }
         Some((&FORMAT_JSON_V1, rest)) => {
-            serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))
+            serde_json::from_slice(rest).map_err(|e| corrupt(key, e.to_string()))
         }
-        Some((v, _)) => Err(corrupt(format!("unknown record format {v}"))),
-        None => Err(corrupt("empty record".into())),
+        Some((v, _)) => Err(corrupt(key, format!("unknown record format {v}"))),
+        None => Err(corrupt(key, "empty record".into())),
     }
 }

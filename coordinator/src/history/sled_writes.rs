@@ -10,9 +10,10 @@ use std::hash::{BuildHasher, RandomState};
 use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
 
 use super::records::{
-    AttemptRecord, LoggedAttempt, RunEntry, RunRecord, TestLog, TestSummary, decode, encode,
+    AttemptRecord, LoggedAttempt, RunEntry, RunRecord, TestLog, TestLogPart, TestSummary,
+    decode_test_log, decode_test_summary, encode, encode_test,
 };
-use super::sled_store::{OUTPUT_EXCERPT_BYTES, SledStore, run_group_key, test_key};
+use super::sled_store::{OUTPUT_EXCERPT_BYTES, SledStore, new_summary, run_group_key, test_key};
 use super::{HistoryError, HistoryWrites, verdict};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
@@ -114,26 +115,27 @@ fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)
     shards
 }
 
-/// Brings one shard's tests up to date and writes their summaries and logs, one batch per tree;
-/// returns the summaries for the in-memory index.
+/// Brings one shard's tests up to date and writes each one's summary and log (one value, one
+/// read and one write per test) in one batch; returns the summaries for the in-memory index.
 fn write_tests(
     store: &SledStore,
     tests: Vec<(Vec<u8>, TestChanges)>,
 ) -> Result<Vec<(Vec<u8>, TestSummary)>, HistoryError> {
-    let mut summaries = sled::Batch::default();
-    let mut logs = sled::Batch::default();
+    let mut batch = sled::Batch::default();
     let mut written = Vec::with_capacity(tests.len());
     for (key, changes) in tests {
-        let mut summary = store.summary_of(&key, &changes.suite, &changes.id)?;
-        let mut log: Option<TestLog> = None;
+        let stored = store.tests.get(&key)?;
+        let (mut summary, encoded_log) = match &stored {
+            Some(value) => decode_test_summary(&key, value)?,
+            None => (new_summary(&changes.suite, &changes.id), &[][..]),
+        };
+        // The log is decoded only if an attempt joins it; otherwise its bytes go back as read.
+        let mut log = stored.is_none().then(TestLog::default);
         for op in changes.ops {
             match op {
                 TestOp::Attempt(a) => {
                     if log.is_none() {
-                        log = Some(match store.test_log.get(&key)? {
-                            Some(b) => decode(&key, &b)?,
-                            None => TestLog::default(),
-                        });
+                        log = Some(decode_test_log(&key, encoded_log)?);
                     }
                     verdict::record(&mut summary, log.as_mut().expect("loaded above"), a);
                 }
@@ -144,14 +146,14 @@ fn write_tests(
                 }
             }
         }
-        if let Some(log) = log {
-            logs.insert(key.as_slice(), encode(&log));
-        }
-        summaries.insert(key.as_slice(), encode(&summary));
+        let log = match &log {
+            Some(log) => TestLogPart::Decoded(log),
+            None => TestLogPart::Encoded(encoded_log),
+        };
+        batch.insert(key.as_slice(), encode_test(&summary, log));
         written.push((key, summary));
     }
-    store.test_log.apply_batch(logs)?;
-    store.tests.apply_batch(summaries)?;
+    store.tests.apply_batch(batch)?;
     Ok(written)
 }
 

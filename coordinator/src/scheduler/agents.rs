@@ -24,6 +24,17 @@ pub struct AgentHello {
     pub held_leases: Vec<LeaseId>,
 }
 
+/// The label that pins an agent to one run: it is leased that run's tests only (a CI job's agent
+/// works on its pipeline's run and nothing else).
+pub const ONLY_RUN_LABEL: &str = "testfleet.run";
+
+impl AgentHello {
+    /// The run this agent is pinned to, if any.
+    pub fn only_run(&self) -> Option<testfleet_model::RunId> {
+        self.labels.get(ONLY_RUN_LABEL)?.parse().ok()
+    }
+}
+
 #[derive(Debug)]
 pub enum FromAgent {
     Heartbeat,
@@ -66,6 +77,8 @@ pub struct LeaseGrant {
     pub spec: Arc<RunSpec>,
     /// (test index, attempt) pairs.
     pub tests: Vec<(u32, u32)>,
+    /// The run's trace context, for the attempts' spans.
+    pub traceparent: String,
 }
 
 #[derive(Clone, Debug)]

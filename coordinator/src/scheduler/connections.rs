@@ -136,6 +136,7 @@ impl Scheduler {
             self.lost_leases.clear();
         }
         self.lost_leases.insert(lease_id, agent_id.clone());
+        self.metrics.lease_lost();
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.busy = a.busy.saturating_sub(lease.outstanding.len() as u32);
         }

@@ -9,7 +9,9 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-pub use agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant};
+pub use agents::{
+    AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant, ONLY_RUN_LABEL,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use testfleet_model::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::HistoryUpdate;
+use crate::metrics::{Gauges, Metrics};
 use agents::{Agent, Lease, WorkWanted};
 pub(crate) use run::LeaseTally;
 use run::Run;
@@ -93,6 +96,7 @@ pub enum Command {
         quarantined: Vec<bool>,
         /// Its place under the concurrent-runs limit, given back when it finishes.
         slot: Option<RunSlot>,
+        trace: crate::run_trace::RunTrace,
         reply: oneshot::Sender<()>,
     },
     /// A run a previous coordinator process did not finish, rebuilt from history.
@@ -122,6 +126,8 @@ pub enum Command {
     ListAgents {
         reply: oneshot::Sender<Vec<AgentSnapshot>>,
     },
+    /// What the scheduler holds now, for metrics and health checks.
+    Stats { reply: oneshot::Sender<Gauges> },
     AgentConnected {
         hello: AgentHello,
         conn: ConnId,
@@ -183,6 +189,7 @@ impl SchedulerHandle {
 pub fn spawn(
     config: SchedulerConfig,
     history: mpsc::UnboundedSender<HistoryUpdate>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -190,6 +197,7 @@ pub fn spawn(
     let mut s = Scheduler {
         config,
         history,
+        metrics,
         runs: BTreeMap::new(),
         finished: VecDeque::new(),
         agents: HashMap::new(),
@@ -232,6 +240,7 @@ pub fn spawn(
 struct Scheduler {
     config: SchedulerConfig,
     history: mpsc::UnboundedSender<HistoryUpdate>,
+    metrics: Arc<Metrics>,
     /// Ordered by id, so the oldest run is served first.
     runs: BTreeMap<RunId, Run>,
     finished: VecDeque<RunId>,
@@ -262,9 +271,14 @@ impl Scheduler {
                 estimates,
                 quarantined,
                 slot,
+                trace,
                 reply,
             } => {
-                self.add_run(run_id, spec, estimates, quarantined, &[], 0);
+                let plan = crate::history::Plan {
+                    estimates,
+                    quarantined,
+                };
+                self.add_run(run_id, spec, plan, &[], 0, trace);
                 self.hold_slot(run_id, slot);
                 let _ = reply.send(());
             }
@@ -278,7 +292,17 @@ impl Scheduler {
                 slot,
                 reply,
             } => {
-                self.add_run(run_id, spec, estimates, quarantined, &records, resumes);
+                let trace = crate::run_trace::RunTrace::start(
+                    run_id,
+                    &spec.suite,
+                    spec.tests.len(),
+                    opentelemetry::Context::new(),
+                );
+                let plan = crate::history::Plan {
+                    estimates,
+                    quarantined,
+                };
+                self.add_run(run_id, spec, plan, &records, resumes, trace);
                 self.hold_slot(run_id, slot);
                 let _ = reply.send(());
             }
@@ -325,6 +349,9 @@ impl Scheduler {
                 list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
                 let _ = reply.send(list);
             }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.gauges());
+            }
             Command::AgentConnected { hello, conn, tx } => self.on_connected(hello, conn, tx),
             Command::FromAgent { agent, conn, msg } => self.on_agent_message(agent, conn, msg),
             Command::AgentDisconnected { agent, conn, why } => {
@@ -346,20 +373,23 @@ impl Scheduler {
         &mut self,
         run_id: RunId,
         spec: Arc<RunSpec>,
-        estimates: Vec<(Duration, bool)>,
-        quarantined: Vec<bool>,
+        plan: crate::history::Plan,
         records: &[crate::history::TestRecord],
         resumes: u32,
+        trace: crate::run_trace::RunTrace,
     ) {
         let retries = spec.retries.unwrap_or(self.config.default_retries);
         let mut run = Run::new(
             run_id,
             spec,
-            estimates,
-            quarantined,
+            plan,
             retries,
-            self.history.clone(),
+            run::Sinks {
+                history: self.history.clone(),
+                metrics: self.metrics.clone(),
+            },
             resumes,
+            trace,
         );
         if resumes > 0 {
             run.restore(records);
@@ -622,7 +652,12 @@ impl Scheduler {
                 continue;
             };
             let slots = (wanted.free + wanted.queue) as usize;
-            for run in self.runs.values_mut().filter(|r| r.has_queued()) {
+            let only = agent.hello.only_run();
+            for run in self
+                .runs
+                .values_mut()
+                .filter(|r| r.has_queued() && only.is_none_or(|id| id == r.id))
+            {
                 let budget =
                     batch::lease_budget(run.queued_estimate(), agent.hello.slots, total_slots);
                 let lease_id = LeaseId(self.next_lease);
@@ -642,6 +677,7 @@ impl Scheduler {
                     continue;
                 }
                 run.note_slots(total_slots);
+                self.metrics.lease_granted();
                 self.next_lease += 1;
                 agent.pending_request = None;
                 served.push(agent_id.clone());
@@ -661,12 +697,31 @@ impl Scheduler {
                     run_id: run.id,
                     spec: run.spec.clone(),
                     tests,
+                    traceparent: run.traceparent().to_owned(),
                 }));
                 break;
             }
         }
         for id in served {
             self.waiting.remove(&id);
+        }
+    }
+
+    fn gauges(&mut self) -> Gauges {
+        let fleet = self.fleet();
+        let running = self.runs.values().filter(|r| r.is_running());
+        Gauges {
+            runs_running: running.clone().count() as u64,
+            tests_queued: running.map(|r| r.queued() as u64).sum(),
+            leases_active: self.leases.len() as u64,
+            agents_connected: fleet.connected as u64,
+            slots_total: u64::from(fleet.slots),
+            slots_busy: self
+                .agents
+                .values()
+                .filter(|a| a.is_connected())
+                .map(|a| u64::from(a.busy))
+                .sum(),
         }
     }
 

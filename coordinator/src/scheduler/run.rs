@@ -47,11 +47,20 @@ pub(super) struct Run {
     /// restarted coordinator is a new epoch above the last, so a watcher's position stays valid.
     seq_base: u64,
     watchers: Vec<UnboundedSender<RunEvent>>,
-    history: UnboundedSender<HistoryUpdate>,
+    sinks: Sinks,
+    /// Open until the run finishes.
+    trace: Option<crate::run_trace::RunTrace>,
     /// Per binary: whether its tests need services (and so an agent with Docker).
     needs_docker: Vec<bool>,
     /// Per binary: fingerprints of the agent-scope services its tests need.
     agent_profile: Vec<Vec<String>>,
+}
+
+/// Where a run's events go besides its watchers: the history writer and the metrics.
+#[derive(Clone)]
+pub(crate) struct Sinks {
+    pub history: UnboundedSender<HistoryUpdate>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A lease's results once all are in.
@@ -72,16 +81,20 @@ pub(crate) fn now_unix_ms() -> u64 {
 }
 
 impl Run {
-    /// `estimates[i]` is test i's estimate and whether it came from its own history.
+    /// `plan.estimates[i]` is test i's estimate and whether it came from its own history.
     pub fn new(
         id: RunId,
         spec: Arc<RunSpec>,
-        estimates: Vec<(Duration, bool)>,
-        quarantined: Vec<bool>,
+        plan: crate::history::Plan,
         retries: u32,
-        history: UnboundedSender<HistoryUpdate>,
+        sinks: Sinks,
         resumes: u32,
+        trace: crate::run_trace::RunTrace,
     ) -> Self {
+        let crate::history::Plan {
+            estimates,
+            quarantined,
+        } = plan;
         let tests: Vec<TestState> = estimates
             .iter()
             .enumerate()
@@ -120,7 +133,8 @@ impl Run {
             events: vec![],
             seq_base: u64::from(resumes) << 40,
             watchers: vec![],
-            history,
+            sinks,
+            trace: Some(trace),
             needs_docker: spec
                 .binaries
                 .iter()
@@ -186,6 +200,16 @@ impl Run {
         self.queued_estimate
     }
 
+    /// The run's trace context, for leases.
+    pub fn traceparent(&self) -> &str {
+        self.trace.as_ref().map_or("", |t| t.traceparent.as_str())
+    }
+
+    /// Tests waiting for an agent.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn emit(&mut self, kind: EventKind) {
         let event = RunEvent {
             seq: self.seq_base + self.events.len() as u64,
@@ -193,8 +217,14 @@ impl Run {
             at_unix_ms: now_unix_ms(),
             kind,
         };
+        self.sinks.metrics.observe(&event.kind);
+        if let EventKind::RunFinished { summary, .. } = &event.kind
+            && let Some(trace) = self.trace.take()
+        {
+            trace.finish(summary);
+        }
         self.watchers.retain(|w| w.send(event.clone()).is_ok());
-        let _ = self.history.send(HistoryUpdate::Event {
+        let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
             event: event.clone(),
         });

@@ -79,7 +79,8 @@ impl Harness {
     fn with(config: SchedulerConfig) -> Self {
         let (history_tx, history_rx) = mpsc::unbounded_channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (handle, _task) = spawn(config, history_tx, async move {
+        let metrics = Arc::default();
+        let (handle, _task) = spawn(config, history_tx, metrics, async move {
             let _ = stopped.await;
         });
         Harness {
@@ -106,6 +107,19 @@ impl Harness {
         docker: bool,
         held: Vec<LeaseId>,
     ) -> FakeAgent {
+        self.connect_labelled(name, slots, conn, docker, held, HashMap::new())
+            .await
+    }
+
+    async fn connect_labelled(
+        &self,
+        name: &str,
+        slots: u32,
+        conn: ConnId,
+        docker: bool,
+        held: Vec<LeaseId>,
+        labels: HashMap<String, String>,
+    ) -> FakeAgent {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id: AgentId = name.parse().unwrap();
         self.handle
@@ -113,7 +127,7 @@ impl Harness {
                 hello: AgentHello {
                     agent_id: id.clone(),
                     slots,
-                    labels: HashMap::new(),
+                    labels,
                     docker_available: docker,
                     version: "test".into(),
                     docker_status: if docker {
@@ -154,6 +168,7 @@ impl Harness {
                 estimates,
                 quarantined,
                 slot: None,
+                trace: crate::run_trace::RunTrace::none(),
                 reply,
             })
             .await
@@ -305,6 +320,27 @@ async fn a_parked_request_is_served_when_work_arrives_and_leases_are_sized_by_th
         },
     );
     assert_eq!(lease(&mut a).await.tests.len(), 14);
+}
+
+/// A CI job's agent works on its pipeline's run only; other agents serve every run, oldest first.
+#[tokio::test]
+async fn an_agent_pinned_to_a_run_is_leased_that_run_s_tests_only() {
+    let h = Harness::new();
+    let pin = HashMap::from([(ONLY_RUN_LABEL.to_owned(), "2".to_owned())]);
+    let mut pinned = h.connect_labelled("ci-2", 1, 1, false, vec![], pin).await;
+    let mut free = h.agent("free", 1, 2).await;
+    let _older = h.submit(1, spec(3, 0)).await;
+    h.from(&pinned, ask(1));
+    h.settle().await;
+    assert_no_lease(&mut pinned, "run 1 is not the pinned agent's run");
+    let _pinned_run = h.submit(2, spec(3, 0)).await;
+    assert_eq!(lease(&mut pinned).await.run_id, RunId(2));
+    h.from(&free, ask(1));
+    assert_eq!(
+        lease(&mut free).await.run_id,
+        RunId(1),
+        "the oldest run first"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,192 @@
+//! `testfleet ci`: one job of a parallel CI pipeline. All jobs share a run, found by the
+//! pipeline's key; each works on it as an agent pinned to that run and exits with its status.
+
+use std::sync::Arc;
+
+use testfleet_agent::provision::{DockerProvisioner, Provisioner};
+use testfleet_agent::{AgentConfig, Stop};
+use testfleet_coordinator::scheduler::ONLY_RUN_LABEL;
+use testfleet_model::{AgentId, RunId, RunSpec, exit_code};
+use testfleet_proto::pb;
+
+use crate::args::CiArgs;
+use crate::error::{CliError, CliResult};
+use crate::remote::{self, Client};
+use crate::reporter::Report;
+use crate::watch::StopSignals;
+
+pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
+    let CiArgs {
+        run_key,
+        node,
+        nodes,
+        work_dir,
+        run,
+    } = *args;
+    if node >= nodes {
+        return Err(CliError::Config(format!(
+            "--node {node} is not below --nodes {nodes} (nodes are counted from 0)"
+        )));
+    }
+    if run_key.trim().is_empty() {
+        return Err(CliError::Config(
+            "--run-key is empty: give the pipeline's id, the same for all its jobs".into(),
+        ));
+    }
+    if run.local.is_some() || run.detach || run.data_dir.is_some() {
+        return Err(CliError::Config(
+            "testfleet ci works on a coordinator's run: --local, --detach and --data-dir do not apply"
+                .into(),
+        ));
+    }
+    let url = run.coordinator.clone().ok_or_else(|| {
+        CliError::Config(
+            "testfleet ci needs --coordinator URL (or TESTFLEET_COORDINATOR): the coordinator every job of the pipeline shares".into(),
+        )
+    })?;
+    // Installed before anything is submitted: a job stopped meanwhile leaves cleanly.
+    let mut signals = StopSignals::new();
+    let security = run.connect.security()?;
+    let mut client = remote::connect(&url, &security).await?;
+    // A job that comes after the run exists joins it without building anything.
+    let (run_id, how) = match submit(&mut client, &url, &run_key, None).await? {
+        Some((id, _)) => (id, "joined"),
+        None => {
+            let prepared = super::run::prepare(&run, Some((&url, &mut client))).await?;
+            match submit(&mut client, &url, &run_key, Some(&prepared.spec)).await? {
+                Some((id, true)) => (id, "joined"),
+                Some((id, false)) => (id, "created"),
+                None => {
+                    return Err(CliError::Internal(anyhow::anyhow!(
+                        "the coordinator made no run of a submitted spec"
+                    )));
+                }
+            }
+        }
+    };
+    eprintln!("node {node} of {nodes}: {how} run {run_id} (key `{run_key}`) on {url}");
+
+    let agent_id = node_agent_id(&run_key, node)?;
+    let mut config = AgentConfig::new(
+        url.clone(),
+        agent_id,
+        run.slots.unwrap_or_else(super::default_slots).max(1),
+        work_dir,
+    );
+    config.guard = super::start_guard();
+    config.security = security;
+    config
+        .labels
+        .insert(ONLY_RUN_LABEL.to_owned(), run_id.0.to_string());
+    config.labels.insert("ci.node".into(), node.to_string());
+    let provisioner: Option<Arc<dyn Provisioner>> =
+        (!run.no_docker).then(|| Arc::new(DockerProvisioner::new()) as Arc<dyn Provisioner>);
+    let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
+    let agent = tokio::spawn(testfleet_agent::run(config, provisioner, stopped));
+
+    let mut report = Report::new(
+        run.json,
+        run.junit.clone(),
+        format!("as node {node} of {nodes} on {url}"),
+    )
+    .with_markdown(run.markdown_summary.clone());
+    let followed = tokio::select! {
+        r = crate::watch::follow(&mut client, &url, run_id, &mut report, None) => Some(r),
+        () = signals.recv() => None,
+    };
+    let Some(followed) = followed else {
+        // The CI system stopped this job: the run goes on with the other jobs, and this job's
+        // unfinished tests go back to them.
+        report.note(&format!(
+            "node {node} stopped: its unfinished tests go back to the other nodes of run {run_id}"
+        ));
+        let _ = stop.send(Stop::Now);
+        let _ = agent.await;
+        return Ok(exit_code::RUN_INCOMPLETE);
+    };
+    // Whatever the outcome, this job's agent leaves the fleet before the job ends.
+    let _ = stop.send(Stop::Drain);
+    let _ = agent.await;
+    let (summary, _state) = followed?;
+    report.finish()?;
+    Ok(summary.exit_code())
+}
+
+/// Submits with the run key: the run it names (joined) or, with a spec, a new one. `None`: no run
+/// has the key and no spec was given.
+async fn submit(
+    client: &mut Client,
+    url: &str,
+    key: &str,
+    spec: Option<&RunSpec>,
+) -> CliResult<Option<(RunId, bool)>> {
+    let span = tracing::info_span!(
+        target: testfleet_coordinator::run_trace::TRACE_TARGET,
+        "testfleet ci submit",
+        otel.kind = "client",
+        testfleet.run_key = key,
+    );
+    let reply = client
+        .submit_run(super::run::traced(
+            &span,
+            pb::SubmitRunRequest {
+                spec: spec.map(Into::into),
+                run_key: key.to_owned(),
+            },
+        ))
+        .await;
+    let reply = match reply {
+        Ok(r) => r.into_inner(),
+        Err(s) if spec.is_none() && s.code() == tonic::Code::NotFound => return Ok(None),
+        Err(s) => return Err(CliError::from_status(url, s)),
+    };
+    let id = reply.run_id.parse().map_err(|e| {
+        CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}"))
+    })?;
+    Ok(Some((id, reply.joined)))
+}
+
+/// The agent's name: the same for a job and its retries (so a retried job's lost tests go back to
+/// the queue at once), different across keys and nodes.
+fn node_agent_id(key: &str, node: u32) -> CliResult<AgentId> {
+    let plain: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    // Keys that read alike once made plain stay apart by a hash of the key itself.
+    let h = crate::local::short_hash(key.as_bytes());
+    format!("ci-{plain}-{h:08x}-node{node}")
+        .parse()
+        .map_err(|e| CliError::Internal(anyhow::anyhow!("{e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_agent_id;
+
+    #[test]
+    fn node_names_are_stable_plain_and_distinct() {
+        let a = node_agent_id("1234-1", 0).unwrap();
+        assert_eq!(
+            a,
+            node_agent_id("1234-1", 0).unwrap(),
+            "a retried job is the same agent"
+        );
+        assert_ne!(a, node_agent_id("1234-1", 1).unwrap());
+        assert_ne!(a, node_agent_id("1234-2", 0).unwrap());
+        // Keys that differ only in characters made plain still differ.
+        assert_ne!(
+            node_agent_id("a/b", 0).unwrap(),
+            node_agent_id("a:b", 0).unwrap()
+        );
+        let long = node_agent_id(&"x".repeat(500), 7).unwrap();
+        assert!(long.as_str().len() <= 128);
+    }
+}
