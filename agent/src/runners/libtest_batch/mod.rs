@@ -84,6 +84,9 @@ async fn once(
     while ended.is_none() || out_open || err_open {
         let deadline = current.as_ref().map(|c| c.since + cmd.timeout);
         tokio::select! {
+            // Stdout first: libtest flushes a test's start line before the test runs, so what is
+            // in stdout says which test any stderr that follows belongs to.
+            biased;
             n = stdout.read(&mut out_buf), if out_open => match n {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {

@@ -38,6 +38,10 @@ pub struct Parser {
     tail: Vec<u8>,
     in_tail: bool,
     outputs: Vec<Capture>,
+    /// Stray output that came while no test was running: the next test to start printed it (its
+    /// stderr can be read before the stdout line that says it started).
+    pending: Vec<u8>,
+    cap: usize,
 }
 
 fn verdict(text: &[u8]) -> Option<Verdict> {
@@ -61,6 +65,8 @@ impl Parser {
             verdict_from: 0,
             marker_seen: false,
             current: None,
+            pending: Vec::new(),
+            cap: output_cap,
             tail: Vec::new(),
             in_tail: false,
             outputs: names.iter().map(|_| Capture::new(output_cap)).collect(),
@@ -69,8 +75,13 @@ impl Parser {
 
     /// Output that is not libtest's (stderr) goes to the test running when it came.
     pub fn stray(&mut self, data: &[u8]) {
-        if let Some(i) = self.current {
-            self.outputs[i].push(data);
+        match self.current {
+            Some(i) => self.outputs[i].push(data),
+            None => {
+                let room = self.cap.saturating_sub(self.pending.len());
+                self.pending
+                    .extend_from_slice(&data[..data.len().min(room)]);
+            }
         }
     }
 
@@ -112,6 +123,8 @@ impl Parser {
         self.marker_seen = true;
         self.verdict_from = 5 + p + 5;
         self.current = Some(i);
+        let pending = std::mem::take(&mut self.pending);
+        self.outputs[i].push(&pending);
         events.push(Event::Started(i));
     }
 
@@ -273,5 +286,16 @@ mod tests {
     fn names_it_was_not_asked_for_are_ignored() {
         let (events, _) = parse(&["test other ... ok\n"], &["t1"]);
         assert!(events.is_empty());
+    }
+
+    #[test]
+    fn stderr_read_before_a_test_s_start_line_is_that_test_s() {
+        let mut p = Parser::new(&["a", "b"], 1024);
+        p.feed(b"\nrunning 2 tests\ntest a ... ok\n");
+        p.stray(b"about to abort\n");
+        assert_eq!(p.feed(b"test b ... "), vec![Event::Started(1)]);
+        let outputs = p.finish();
+        assert_eq!(outputs[1].0, b"about to abort\n");
+        assert_eq!(outputs[0].0, b"");
     }
 }
