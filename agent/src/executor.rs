@@ -1,5 +1,5 @@
 //! Runs one test process: its own process group, captured output, and a timeout that terminates
-//! the whole group (SIGTERM, a grace period, then SIGKILL).
+//! the whole group (SIGTERM or the runner's stop signal, a grace period, then SIGKILL).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -75,7 +75,17 @@ pub(crate) fn command(cmd: &TestCommand) -> Command {
 }
 
 /// Runs the command to its end, its timeout, or `cancel` turning true.
-pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finished {
+pub async fn run(cmd: &TestCommand, cancel: watch::Receiver<bool>) -> Finished {
+    run_stopping_with(cmd, cancel, libc::SIGTERM).await
+}
+
+/// [`run`], asking the process group to stop at the timeout with `stop` (SIGINT lets tools that
+/// treat it as Ctrl-C, like pytest, still write their report) before the grace period's SIGKILL.
+pub async fn run_stopping_with(
+    cmd: &TestCommand,
+    mut cancel: watch::Receiver<bool>,
+    stop: i32,
+) -> Finished {
     let started = Instant::now();
     let mut child = match command(cmd).spawn() {
         Ok(c) => c,
@@ -108,7 +118,7 @@ pub async fn run(cmd: &TestCommand, mut cancel: watch::Receiver<bool>) -> Finish
             Err(e) => Exit::SpawnFailed(e),
         },
         () = tokio::time::sleep(cmd.timeout) => {
-            signal_group(pgid, libc::SIGTERM);
+            signal_group(pgid, stop);
             let killed = tokio::time::timeout(cmd.kill_grace, child.wait()).await.is_err();
             Exit::TimedOut { killed }
         },

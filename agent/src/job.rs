@@ -6,14 +6,14 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptResult, Scope, ServiceSpec};
+use testfleet_model::{AttemptResult, Runner, Scope, ServiceSpec};
 use testfleet_proto::pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::AgentConfig;
 use crate::executor::{self, TestCommand};
 use crate::provision::{LeaseCtx, ServicePool};
-use crate::runners::{libtest, libtest_batch};
+use crate::runners::{junit, libtest, libtest_batch};
 use crate::trace::LeaseTrace;
 
 /// A test ready to start, or (in batch mode) several tests of one binary for one process.
@@ -22,6 +22,7 @@ pub(crate) struct Job {
     pub tests: Vec<(pb::AttemptKey, String)>,
     /// The command of the first test (one process per test), or of the binary (a batch).
     pub cmd: TestCommand,
+    pub runner: Runner,
     pub cancel: watch::Receiver<bool>,
     pub services: Vec<ServiceSpec>,
     pub ctx: LeaseCtx,
@@ -42,14 +43,17 @@ pub(crate) struct Ready {
     pub name: String,
     pub binary_id: String,
     pub cmd: TestCommand,
+    pub runner: Runner,
     pub services: Vec<ServiceSpec>,
 }
 
 /// Turns a lease's resolved tests into jobs. With `per_process` above 1, consecutive tests of the
 /// same binary share a process, at most `per_process` of them, and a lease's tests are spread so
-/// every slot gets some. Tests whose services are started per test always run alone.
+/// every slot gets some; the lease's tests are grouped by binary first, so a batch is as big as
+/// its binary allows (pytest's batches are per file). Tests whose services are started per test
+/// always run alone.
 pub(crate) fn jobs(
-    ready: Vec<Ready>,
+    mut ready: Vec<Ready>,
     per_process: usize,
     slots: usize,
     cancel: &watch::Receiver<bool>,
@@ -57,6 +61,10 @@ pub(crate) fn jobs(
     trace: &Arc<LeaseTrace>,
 ) -> Vec<Job> {
     let chunk = per_process.min(ready.len().div_ceil(slots.max(1))).max(1);
+    if chunk > 1 {
+        // Stable: within a binary, the scheduler's order (longest first) stays.
+        ready.sort_by(|a, b| a.binary_id.cmp(&b.binary_id));
+    }
     let mut jobs: Vec<Job> = vec![];
     for r in ready {
         let batchable = chunk > 1 && r.services.iter().all(|s| s.scope != Scope::Test);
@@ -76,6 +84,7 @@ pub(crate) fn jobs(
         jobs.push(Job {
             tests: vec![(r.key, r.name)],
             cmd: r.cmd,
+            runner: r.runner,
             cancel: cancel.clone(),
             services: r.services,
             ctx: ctx.clone(),
@@ -144,7 +153,15 @@ async fn run_tests(
         }
         cmd.env.extend(p.env.clone());
     }
-    let results = if let [(key, _)] = job.tests.as_slice() {
+    let results = if let Runner::Junit { args, ids } = &job.runner {
+        let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
+        let results = junit::run(&cmd, args, *ids, &names, job.cancel.clone()).await;
+        job.tests
+            .iter()
+            .map(|(k, _)| k.clone())
+            .zip(results)
+            .collect()
+    } else if let [(key, _)] = job.tests.as_slice() {
         let timeout_secs = cmd.timeout.as_secs_f64();
         let finished = executor::run(&cmd, job.cancel.clone()).await;
         vec![(key.clone(), libtest::interpret(finished, timeout_secs))]
@@ -205,15 +222,17 @@ pub(crate) fn finished_msg(key: pb::AttemptKey, result: &AttemptResult) -> pb::A
     }))
 }
 
-/// Resolves a leased test into a command. Bundle paths are resolved under the bundle root and must
-/// stay inside it: the agent does not trust the lease more than the coordinator trusted the spec.
+/// Resolves a leased test into a command and its runner. Bundle paths are resolved under the
+/// bundle root and must stay inside it: the agent does not trust the lease more than the
+/// coordinator trusted the spec. A tool's program named without a `/` is looked up on the PATH.
 pub(crate) fn command_for(
     config: &AgentConfig,
     lease: &pb::Lease,
     t: &pb::LeasedTest,
     root: Option<&Path>,
-) -> Result<TestCommand, String> {
+) -> Result<(TestCommand, Runner), String> {
     let binary = t.binary.as_ref().ok_or("lease without a binary")?;
+    let runner = Runner::from_kind(&binary.runner, binary.runner_args.clone())?;
     let resolve = |p: &str| -> Result<PathBuf, String> {
         match root {
             None => Ok(PathBuf::from(p)),
@@ -227,7 +246,11 @@ pub(crate) fn command_for(
             }
         }
     };
-    let program = resolve(&binary.path)?;
+    let program = if runner != Runner::Libtest && !binary.path.contains('/') {
+        PathBuf::from(&binary.path)
+    } else {
+        resolve(&binary.path)?
+    };
     let cwd = resolve(&binary.cwd)?;
     if root.is_some() {
         // Bundles carry only files; a package dir without included files exists only as a cwd.
@@ -247,14 +270,19 @@ pub(crate) fn command_for(
         crate::orphans::AGENT_DIR_ENV.into(),
         config.work_dir.display().to_string(),
     );
-    Ok(TestCommand {
+    let args = match runner {
+        Runner::Libtest => libtest::args(&t.name),
+        Runner::Junit { .. } => vec![], // filled in per process, with the job's tests
+    };
+    let cmd = TestCommand {
         program,
-        args: libtest::args(&t.name),
+        args,
         cwd,
         env,
         timeout: Duration::from_millis(lease.test_timeout_ms.max(1)),
         kill_grace: Duration::from_millis(lease.kill_grace_ms),
         output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
         guard: config.guard.clone(),
-    })
+    };
+    Ok((cmd, runner))
 }

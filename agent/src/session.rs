@@ -238,13 +238,14 @@ pub(crate) async fn run(
                     let prepared = root
                         .clone()
                         .and_then(|root| job::command_for(config, &lease, t, root.as_deref()))
-                        .and_then(|cmd| Ok((cmd, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
+                        .and_then(|(cmd, runner)| Ok((cmd, runner, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
                     match prepared {
-                        Ok((cmd, services)) => ready.push(job::Ready {
+                        Ok((cmd, runner, services)) => ready.push(job::Ready {
                             key,
                             name: t.name.clone(),
                             binary_id: t.binary.as_ref().map(|b| b.binary_id.clone()).unwrap_or_default(),
                             cmd,
+                            runner,
                             services,
                         }),
                         Err(reason) => {

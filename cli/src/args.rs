@@ -223,8 +223,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub output_cap: u64,
 
-    /// The suite manifest declaring the services tests need [default: `testfleet.toml` in the
-    /// workspace root, if there is one].
+    /// The suite manifest: the services tests need, and (`[runner]`) the tool that runs a suite
+    /// which is not a Cargo workspace's, such as pytest [default: `testfleet.toml` in the current
+    /// directory if it names a runner, else in the workspace root, if there is one].
     #[arg(long, value_name = "PATH")]
     pub manifest: Option<PathBuf>,
     /// Run local agents without Docker: tests that need services cannot run.
@@ -246,13 +247,15 @@ pub struct RunArgs {
     /// do not need a fresh process each (much less start-up cost per test). Each test keeps its
     /// own result, duration, output and timeout; a crash or timeout fails only the test that was
     /// running, and the rest run again in a new process.
+    ///
+    /// Default: 1 for Rust test binaries; 100 for a `[runner]` tool (pytest: a batch never mixes
+    /// files), whose start-up is paid once per batch.
     #[arg(
         long,
-        default_value_t = 1,
         value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..=testfleet_model::RunSpec::MAX_TESTS_PER_PROCESS as i64)
     )]
-    pub tests_per_process: u32,
+    pub tests_per_process: Option<u32>,
     /// Print events as JSON lines on stdout instead of the human report.
     #[arg(long)]
     pub json: bool,

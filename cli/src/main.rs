@@ -13,6 +13,7 @@ mod reporter;
 mod security_args;
 mod suite_manifest;
 mod telemetry;
+mod tool_suite;
 mod watch;
 
 use clap::Parser;

@@ -37,6 +37,28 @@ pub fn load(explicit: Option<&Path>, ws: &Workspace) -> CliResult<Option<SuiteMa
     Ok(Some(SuiteManifest { manifest, dir }))
 }
 
+/// The manifest given with `--manifest`, or `testfleet.toml` in the current directory, when it
+/// names a `[runner]`: a suite that is no Cargo workspace's tests.
+pub fn load_tool_suite(explicit: Option<&Path>) -> CliResult<Option<SuiteManifest>> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from(FILE_NAME),
+    };
+    if explicit.is_none() && !path.is_file() {
+        return Ok(None);
+    }
+    let manifest = Manifest::load(&path).map_err(|e| CliError::BadManifest(e.to_string()))?;
+    if manifest.runner.is_none() {
+        return Ok(None);
+    }
+    let dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .ok_or_else(|| CliError::BadManifest(format!("cannot resolve {}", path.display())))?;
+    Ok(Some(SuiteManifest { manifest, dir }))
+}
+
 impl SuiteManifest {
     /// Runs the `prepare` command of every service in `used`, in the manifest's directory, with
     /// its output shown.

@@ -8,6 +8,7 @@ pub mod junit;
 pub mod manifest;
 pub mod outcome;
 pub mod report;
+pub mod runner;
 pub mod service;
 pub mod spec;
 
@@ -15,5 +16,6 @@ pub use event::{EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceT
 pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
+pub use runner::{IdStyle, Runner};
 pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
 pub use spec::{Binary, QuarantinePolicy, RunSpec, SpecError, TestSpec};

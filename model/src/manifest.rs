@@ -47,7 +47,37 @@ pub struct Manifest {
     pub quarantine: QuarantinePolicy,
     /// Files and directories (relative to the manifest) that tests read: bundled with them.
     pub include: Vec<String>,
+    /// A suite run by a tool that writes JUnit (`[runner]`); `None`: the Cargo workspace's tests.
+    pub runner: Option<SuiteRunner>,
 }
+
+/// The `[runner]` of a suite that is not a Cargo workspace's tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuiteRunner {
+    pub tool: Tool,
+    /// Environment of the tests (and of collecting them).
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tool {
+    /// `python -m pytest`: tests collected from `paths`, `args` given to collecting and running.
+    Pytest {
+        python: String,
+        paths: Vec<String>,
+        args: Vec<String>,
+    },
+    /// Any tool: `list` prints one test id per line; `run` runs the ids given at `{tests}` and
+    /// writes JUnit to `{junit}`. Its tests form one binary named `binary`.
+    Command {
+        binary: String,
+        list: Vec<String>,
+        run: Vec<String>,
+    },
+}
+
+/// The interpreter a pytest suite runs with unless it says otherwise.
+pub const DEFAULT_PYTHON: &str = "python3";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +86,21 @@ struct RawManifest {
     service: Vec<RawService>,
     quarantine: Option<RawQuarantine>,
     bundle: Option<RawBundle>,
+    runner: Option<Spanned<RawRunner>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    kind: String,
+    python: Option<String>,
+    paths: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    binary: Option<String>,
+    list: Option<Vec<String>>,
+    run: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +184,11 @@ impl Manifest {
                 auto: q.auto.unwrap_or(d.auto),
                 release_after: q.release_after.unwrap_or(d.release_after),
             };
+        }
+        if let Some(r) = raw.runner {
+            let span = r.span().start;
+            manifest.runner =
+                Some(parse_runner(r.into_inner()).map_err(|m| at(span, format!("[runner]: {m}")))?);
         }
         for inc in raw.bundle.map(|b| b.include).unwrap_or_default() {
             let (span, path) = (inc.span().start, inc.into_inner());
@@ -318,6 +368,69 @@ impl Manifest {
             .map(|(i, _)| i as u32)
             .collect()
     }
+}
+
+/// `[runner]`: `kind` says which keys belong; any other is an error, as is a run command without
+/// its placeholders.
+fn parse_runner(r: RawRunner) -> Result<SuiteRunner, String> {
+    let given = |present: bool, key: &str| present.then(|| key.to_owned());
+    let (tool, foreign) = match r.kind.as_str() {
+        "pytest" => (
+            Tool::Pytest {
+                python: r.python.unwrap_or_else(|| DEFAULT_PYTHON.to_owned()),
+                paths: r.paths.unwrap_or_default(),
+                args: r.args.unwrap_or_default(),
+            },
+            [
+                given(r.binary.is_some(), "binary"),
+                given(r.list.is_some(), "list"),
+                given(r.run.is_some(), "run"),
+            ],
+        ),
+        "command" => {
+            let (Some(list), Some(run)) = (r.list, r.run) else {
+                return Err(
+                    "kind `command` needs `list` (prints the test ids) and `run` \
+                     (runs `{tests}`, writes JUnit to `{junit}`)"
+                        .into(),
+                );
+            };
+            if list.is_empty() || run.is_empty() {
+                return Err("`list` and `run` must name a program".into());
+            }
+            crate::Runner::Junit {
+                args: run.clone(),
+                ids: crate::IdStyle::Plain,
+            }
+            .validate()?;
+            (
+                Tool::Command {
+                    binary: r.binary.unwrap_or_else(|| "tests".to_owned()),
+                    list,
+                    run,
+                },
+                [
+                    given(r.python.is_some(), "python"),
+                    given(r.paths.is_some(), "paths"),
+                    given(r.args.is_some(), "args"),
+                ],
+            )
+        }
+        other => {
+            return Err(format!(
+                "kind `{other}` is not a runner: `pytest` or `command` (a Cargo workspace needs no [runner])"
+            ));
+        }
+    };
+    if let Some(key) = foreign.into_iter().flatten().next() {
+        return Err(format!("key `{key}` does not belong to kind `{}`", r.kind));
+    }
+    if let Tool::Pytest { python, .. } = &tool
+        && python.is_empty()
+    {
+        return Err("`python` must name an interpreter".into());
+    }
+    Ok(SuiteRunner { tool, env: r.env })
 }
 
 /// `build = "dir"` or `build = { context = "dir", dockerfile = "Dockerfile.x" }`.
@@ -582,5 +695,43 @@ prepare = ["make", "api"]
             assert!(e.contains(needle), "{text:?} gave {e}");
             assert!(e.starts_with("testfleet.toml:"), "{e}");
         }
+    }
+
+    #[test]
+    fn runners_parse_with_their_own_keys_only() {
+        let m = parse("[runner]\nkind = \"pytest\"\npaths = [\"tests\"]\nenv = { A = \"1\" }\n")
+            .unwrap();
+        let r = m.runner.unwrap();
+        assert_eq!(
+            r.tool,
+            Tool::Pytest {
+                python: DEFAULT_PYTHON.into(),
+                paths: vec!["tests".into()],
+                args: vec![]
+            }
+        );
+        assert_eq!(r.env["A"], "1");
+        let m = parse("[runner]\nkind = \"command\"\nlist = [\"./t\", \"--list\"]\nrun = [\"./t\", \"--junit\", \"{junit}\", \"{tests}\"]\n").unwrap();
+        assert!(
+            matches!(m.runner.unwrap().tool, Tool::Command { binary, .. } if binary == "tests")
+        );
+        assert!(parse("").unwrap().runner.is_none());
+
+        let e = err("\n[runner]\nkind = \"nose\"\n");
+        assert!(
+            e.starts_with("testfleet.toml:2:") && e.contains("`nose`"),
+            "{e}"
+        );
+        let e = err("[runner]\nkind = \"pytest\"\nlist = [\"x\"]\n");
+        assert!(
+            e.contains("key `list` does not belong to kind `pytest`"),
+            "{e}"
+        );
+        let e = err("[runner]\nkind = \"command\"\nlist = [\"x\"]\n");
+        assert!(e.contains("needs `list`"), "{e}");
+        let e = err("[runner]\nkind = \"command\"\nlist = [\"x\"]\nrun = [\"x\", \"{tests}\"]\n");
+        assert!(e.contains("{junit}"), "{e}");
+        let e = err("[runner]\nkind = \"pytest\"\npyhton = \"python3.12\"\n");
+        assert!(e.contains("pyhton"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ServiceSpec, TestId};
+use crate::{Runner, ServiceSpec, TestId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binary {
@@ -19,6 +19,9 @@ pub struct Binary {
     pub env: BTreeMap<String, String>,
     /// Services its tests need: indices into [`RunSpec::services`].
     pub services: Vec<u32>,
+    /// How its tests are started and read back.
+    #[serde(default)]
+    pub runner: Runner,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +123,8 @@ pub enum SpecError {
     },
     #[error("{0}")]
     BadService(String),
+    #[error("binary `{binary}`: {reason}")]
+    BadRunner { binary: String, reason: String },
     #[error("the run declares {0} services, more than the limit of {limit}", limit = RunSpec::MAX_SERVICES)]
     TooManyServices(usize),
 }
@@ -182,6 +187,7 @@ impl RunSpec {
                 cwd: String::new(),
                 env: BTreeMap::new(),
                 services: vec![],
+                runner: Runner::Libtest,
             };
             check_path(
                 "workspace",
@@ -210,7 +216,16 @@ impl RunSpec {
                 });
             }
             let bundled = self.bundle_digest.is_some();
-            check_path("path", b, &b.path, bundled)?;
+            b.runner.validate().map_err(|reason| SpecError::BadRunner {
+                binary: b.binary_id.clone(),
+                reason,
+            })?;
+            // A tool's program may be a bare name, looked up on each agent's PATH.
+            let on_path =
+                b.runner != Runner::Libtest && !b.path.contains('/') && !b.path.is_empty();
+            if !on_path {
+                check_path("path", b, &b.path, bundled)?;
+            }
             check_path("cwd", b, &b.cwd, bundled)?;
         }
         let mut seen = HashSet::new();
@@ -296,6 +311,7 @@ mod tests {
                 cwd: "/".into(),
                 env: BTreeMap::new(),
                 services: vec![],
+                runner: Runner::Libtest,
             }],
             tests: vec![TestSpec {
                 binary: 0,
@@ -363,5 +379,26 @@ mod tests {
             s.validate(),
             Err(SpecError::UnknownService { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_tool_s_program_may_be_on_the_path_and_its_command_must_be_whole() {
+        let mut s = spec();
+        s.binaries[0].path = "python3".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+        let args = |a: &[&str]| a.iter().map(|x| x.to_string()).collect();
+        s.binaries[0].runner = Runner::Junit {
+            args: args(&["-m", "pytest", "--junitxml={junit}", "{tests}"]),
+            ids: crate::IdStyle::Pytest,
+        };
+        assert_eq!(s.validate(), Ok(()));
+        s.binaries[0].path = "tools/run".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+        s.binaries[0].path = "python3".into();
+        s.binaries[0].runner = Runner::Junit {
+            args: args(&["{tests}"]),
+            ids: crate::IdStyle::Plain,
+        };
+        assert!(matches!(s.validate(), Err(SpecError::BadRunner { .. })));
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use testfleet_model::{
     AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome,
-    QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, ServiceSpec, ServiceTiming,
-    TestRef, TestSpec,
+    QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, Runner, ServiceSpec,
+    ServiceTiming, TestRef, TestSpec,
 };
 
 use crate::pb;
@@ -74,19 +74,28 @@ impl From<&Binary> for pb::Binary {
             cwd: b.cwd.clone(),
             env: b.env.clone().into_iter().collect(),
             services: b.services.clone(),
+            runner: b.runner.kind().to_owned(),
+            runner_args: match &b.runner {
+                Runner::Libtest => vec![],
+                Runner::Junit { args, .. } => args.clone(),
+            },
         }
     }
 }
 
-impl From<pb::Binary> for Binary {
-    fn from(b: pb::Binary) -> Self {
-        Binary {
+impl TryFrom<pb::Binary> for Binary {
+    type Error = ConvertError;
+    fn try_from(b: pb::Binary) -> Result<Self, ConvertError> {
+        let runner = Runner::from_kind(&b.runner, b.runner_args)
+            .map_err(|e| ConvertError::new("binary.runner", e))?;
+        Ok(Binary {
             binary_id: b.binary_id,
             path: b.path,
             cwd: b.cwd,
             env: b.env.into_iter().collect(),
             services: b.services,
-        }
+            runner,
+        })
     }
 }
 
@@ -128,7 +137,11 @@ impl TryFrom<pb::RunSpec> for RunSpec {
     fn try_from(s: pb::RunSpec) -> Result<Self, ConvertError> {
         let spec = RunSpec {
             suite: s.suite,
-            binaries: s.binaries.into_iter().map(Into::into).collect(),
+            binaries: s
+                .binaries
+                .into_iter()
+                .map(Binary::try_from)
+                .collect::<Result<_, _>>()?,
             tests: s
                 .tests
                 .into_iter()

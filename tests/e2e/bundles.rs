@@ -55,6 +55,7 @@ async fn run_on_bundle(
             cwd: "ws".into(),
             env: BTreeMap::new(),
             services: vec![],
+            runner: Default::default(),
         }],
         tests: vec![TestSpec {
             binary: 0,

@@ -15,6 +15,7 @@ mod limits;
 mod local_run;
 mod multihost;
 mod remote_run;
+mod runners;
 mod security;
 mod support;
 mod traces;

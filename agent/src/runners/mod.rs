@@ -1,5 +1,6 @@
-//! Runners: how a test of a given kind is started and how its process's end is read. Only libtest
-//! (Rust test binaries) exists so far; pytest and command runners slot in beside it.
+//! Runners: how a test of a given kind is started and how its process's end is read: libtest
+//! binaries (a test per process, or batches), and tools that write JUnit (pytest, a command).
 
+pub mod junit;
 pub mod libtest;
 pub mod libtest_batch;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use testfleet_bundle::BundleEntry;
-use testfleet_model::{Binary, ImageSource, RunId, RunSpec, TestSpec};
+use testfleet_model::{Binary, ImageSource, RunId, RunSpec, Runner, TestSpec};
 use testfleet_proto::pb;
 
 use crate::args::RunArgs;
@@ -16,6 +16,7 @@ use crate::local::LocalFleet;
 use crate::remote;
 use crate::reporter::Report;
 use crate::suite_manifest::{self, SuiteManifest};
+use crate::tool_suite;
 
 /// A cheap owned copy of what `prepare` needs, for the blocking task.
 fn suite_manifest_ref(s: &SuiteManifest) -> SuiteManifest {
@@ -80,12 +81,31 @@ pub(crate) async fn prepare(
     args: &RunArgs,
     remote: Option<(&str, &mut remote::Client)>,
 ) -> CliResult<Prepared> {
+    // A suite whose manifest names a runner is not a Cargo workspace's tests.
+    if args.cargo.manifest_path.is_none()
+        && let Some(suite) = suite_manifest::load_tool_suite(args.manifest.as_deref())?
+    {
+        return prepare_tool(args, remote, suite).await;
+    }
     let cargo_args = args.cargo.clone();
     let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
         .await
         .map_err(|e| CliError::Internal(e.into()))??;
     // A bad manifest is reported before anything is built.
     let suite = suite_manifest::load(args.manifest.as_deref(), &ws)?;
+    match suite {
+        Some(s) if s.manifest.runner.is_some() => prepare_tool(args, remote, s).await,
+        suite => prepare_cargo(args, remote, ws, suite).await,
+    }
+}
+
+/// Builds a Cargo workspace's tests and lists them.
+async fn prepare_cargo(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+    ws: Workspace,
+    suite: Option<SuiteManifest>,
+) -> CliResult<Prepared> {
     let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
     let binaries = tokio::task::spawn_blocking(move || -> CliResult<_> {
         let binaries = cargo::build_tests(&cargo_args, &ws2)?;
@@ -99,7 +119,96 @@ pub(crate) async fn prepare(
     .await
     .map_err(|e| CliError::Internal(e.into()))??;
 
-    let mut spec = build_spec(args, &ws, &binaries, remote.is_some(), suite.as_ref())?;
+    let bundled = remote.is_some();
+    let listed = binaries
+        .iter()
+        .map(|(b, tests)| (cargo_binary(&ws, b, bundled), tests.clone()))
+        .collect();
+    let spec = build_spec(args, &ws, listed, bundled, suite.as_ref(), 1)?;
+    let executables = binaries
+        .iter()
+        .map(|(b, _)| BundleEntry {
+            archive_path: bundle_paths(&ws, b).0,
+            source: b.executable.clone(),
+        })
+        .collect();
+    finish(args, remote, &ws, spec, suite, executables, None).await
+}
+
+/// Lists a tool suite's tests (pytest, a command) and makes its spec: the program runs from the
+/// manifest's directory (in a bundle, its copy), which holds the suite's files.
+async fn prepare_tool(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+    suite: SuiteManifest,
+) -> CliResult<Prepared> {
+    let runner = suite
+        .manifest
+        .runner
+        .clone()
+        .expect("a tool suite has a runner");
+    let dir = suite.dir.clone();
+    let listed = tokio::task::spawn_blocking(move || tool_suite::list(&runner, &dir))
+        .await
+        .map_err(|e| CliError::Internal(e.into()))??;
+    let ws = Workspace {
+        root: suite.dir.clone(),
+        target_dir: suite.dir.join(".testfleet").join("build"),
+        packages: Default::default(),
+    };
+    let bundled = remote.is_some();
+    let (cwd, program) = if bundled {
+        let program = match listed.program.contains('/') {
+            true => format!("ws/{}", listed.program.trim_start_matches("./")),
+            false => listed.program.clone(),
+        };
+        ("ws".to_owned(), program)
+    } else {
+        let program = match listed.program.contains('/') {
+            true => suite.dir.join(&listed.program).display().to_string(),
+            false => listed.program.clone(),
+        };
+        (suite.dir.display().to_string(), program)
+    };
+    let binaries = listed
+        .binaries
+        .into_iter()
+        .map(|(binary_id, tests)| {
+            let b = Binary {
+                binary_id,
+                path: program.clone(),
+                cwd: cwd.clone(),
+                env: listed.env.clone(),
+                services: vec![],
+                runner: listed.runner.clone(),
+            };
+            (b, tests)
+        })
+        .collect();
+    let spec = build_spec(
+        args,
+        &ws,
+        binaries,
+        bundled,
+        Some(&suite),
+        tool_suite::DEFAULT_BATCH,
+    )?;
+    // The suite's files are what its tests run from: all of them unless the manifest lists some.
+    let project = suite.manifest.include.is_empty().then(|| suite.dir.clone());
+    finish(args, remote, &ws, spec, Some(suite), vec![], project).await
+}
+
+/// Runs the suite's prepare commands; for a coordinator, packs the bundle (`executables`, the
+/// included files, or all of `project`) and uploads it unless the coordinator has it.
+async fn finish(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+    ws: &Workspace,
+    mut spec: RunSpec,
+    suite: Option<SuiteManifest>,
+    executables: Vec<BundleEntry>,
+    project: Option<PathBuf>,
+) -> CliResult<Prepared> {
     let used: Vec<u32> = {
         let mut u: Vec<u32> = spec
             .binaries
@@ -124,7 +233,7 @@ pub(crate) async fn prepare(
             let rel = s.dir.strip_prefix(&ws.root).unwrap_or(Path::new(""));
             includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
         }
-        let packed = pack_bundle(&ws, &binaries, &includes, suite.as_ref()).await?;
+        let packed = pack_bundle(ws, executables, &includes, project, suite.as_ref()).await?;
         let sent = remote::upload_bundle(client, url, &packed).await?;
         eprintln!(
             "bundle {} ({} bytes) {}",
@@ -216,16 +325,46 @@ fn bundle_paths(ws: &Workspace, b: &TestBinary) -> (String, String) {
     (format!("bin/{file}"), cwd)
 }
 
+/// A Cargo test binary as the spec names it: bundle paths for a coordinator, its own otherwise.
+fn cargo_binary(ws: &Workspace, b: &TestBinary, bundled: bool) -> Binary {
+    let (path, cwd) = if bundled {
+        bundle_paths(ws, b)
+    } else {
+        (
+            b.executable.display().to_string(),
+            b.package_dir.display().to_string(),
+        )
+    };
+    let mut env = BTreeMap::new();
+    env.insert("CARGO_PKG_NAME".to_owned(), b.package.clone());
+    env.insert("CARGO_PKG_VERSION".to_owned(), b.package_version.clone());
+    Binary {
+        binary_id: b.binary_id.clone(),
+        path,
+        cwd,
+        env,
+        services: vec![],
+        runner: Runner::Libtest,
+    }
+}
+
+/// The run's spec from its binaries and their listed tests (filtered); `batch` is the tests per
+/// process unless `--tests-per-process` says otherwise.
 fn build_spec(
     args: &RunArgs,
     ws: &Workspace,
-    binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
+    binaries: Vec<(Binary, Vec<cargo::ListedTest>)>,
     bundled: bool,
     suite: Option<&SuiteManifest>,
+    batch: u32,
 ) -> CliResult<RunSpec> {
+    let (binary_count, listed_count) = (
+        binaries.len(),
+        binaries.iter().map(|(_, t)| t.len()).sum::<usize>(),
+    );
     let mut spec_binaries = Vec::new();
     let mut tests = Vec::new();
-    for (b, listed) in binaries {
+    for (mut b, listed) in binaries {
         let selected: Vec<_> = listed
             .iter()
             .filter(|t| {
@@ -236,27 +375,10 @@ fn build_spec(
             continue;
         }
         let index = spec_binaries.len() as u32;
-        let (path, cwd) = if bundled {
-            bundle_paths(ws, b)
-        } else {
-            (
-                b.executable.display().to_string(),
-                b.package_dir.display().to_string(),
-            )
-        };
-        let mut env = BTreeMap::new();
-        env.insert("CARGO_PKG_NAME".to_owned(), b.package.clone());
-        env.insert("CARGO_PKG_VERSION".to_owned(), b.package_version.clone());
-        let services = suite
+        b.services = suite
             .map(|s| s.manifest.services_for(&b.binary_id))
             .unwrap_or_default();
-        spec_binaries.push(Binary {
-            binary_id: b.binary_id.clone(),
-            path,
-            cwd,
-            env,
-            services,
-        });
+        spec_binaries.push(b);
         tests.extend(selected.into_iter().map(|t| TestSpec {
             binary: index,
             name: t.name.clone(),
@@ -271,9 +393,7 @@ fn build_spec(
             format!(" matching {:?}", args.filters)
         };
         return Err(CliError::NoTests(format!(
-            "no test to run{filters}: {} test binaries hold {} tests, {} selected, all others ignored",
-            binaries.len(),
-            binaries.iter().map(|(_, t)| t.len()).sum::<usize>(),
+            "no test to run{filters}: {binary_count} test binaries hold {listed_count} tests, {} selected, all others ignored",
             tests.len()
         )));
     }
@@ -312,7 +432,7 @@ fn build_spec(
             _ => String::new(),
         },
         quarantine: suite.map(|s| s.manifest.quarantine).unwrap_or_default(),
-        tests_per_process: args.tests_per_process,
+        tests_per_process: args.tests_per_process.unwrap_or(batch),
     })
 }
 
@@ -340,14 +460,20 @@ fn git_revision(root: &Path) -> (String, String) {
     )
 }
 
-/// Packs the test binaries and the `--include`d files into a content-addressed bundle.
+/// Packs the test binaries, the `--include`d files and the `project`'s files into a
+/// content-addressed bundle.
 async fn pack_bundle(
     ws: &Workspace,
-    binaries: &[(TestBinary, Vec<cargo::ListedTest>)],
+    executables: Vec<BundleEntry>,
     includes: &[PathBuf],
+    project: Option<PathBuf>,
     suite: Option<&SuiteManifest>,
 ) -> CliResult<testfleet_bundle::PackedBundle> {
     let mut entries = Vec::new();
+    if let Some(dir) = project {
+        collect_project(&dir, Path::new(""), &mut entries)
+            .map_err(|e| CliError::Bundle(format!("cannot bundle {}: {e}", dir.display())))?;
+    }
     // Service build contexts travel with the tests: agents build their images from them.
     for s in suite
         .iter()
@@ -369,13 +495,10 @@ async fn pack_bundle(
             })?;
         }
     }
-    for (b, _) in binaries {
-        let (path, _) = bundle_paths(ws, b);
-        entries.push(BundleEntry {
-            archive_path: path,
-            source: b.executable.clone(),
-        });
-    }
+    entries.extend(executables);
+    // A build context inside a bundled project is listed twice: once is enough.
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert(e.archive_path.clone()));
     for inc in includes {
         let src = ws.root.join(inc);
         let rel = src
@@ -400,6 +523,31 @@ async fn pack_bundle(
         .await
         .map_err(|e| CliError::Internal(e.into()))?
         .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))
+}
+
+/// A tool suite's files: everything but hidden entries (`.git`, `.testfleet`, a `.venv`) and
+/// Python's bytecode caches, at any depth. Linked directories are not followed.
+fn collect_project(dir: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {
+    let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    children.sort_by_key(|e| e.file_name());
+    for c in children {
+        let name = c.file_name();
+        let text = name.to_string_lossy();
+        if text.starts_with('.') || text == "__pycache__" {
+            continue;
+        }
+        let found = match c.file_type() {
+            Ok(t) if t.is_dir() => collect_project(&c.path(), &rel.join(&name), out),
+            Ok(_) => collect_files(&c.path(), &rel.join(&name), out),
+            Err(e) => Err(e),
+        };
+        match found {
+            // Listed, then gone: a temporary file of some other process, not bundled.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 fn collect_files(src: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {

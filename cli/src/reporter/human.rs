@@ -26,6 +26,13 @@ fn secs(d: Duration) -> String {
 }
 
 fn label(t: &TestRef) -> String {
+    // A pytest node id already starts with its file, the binary: once is enough.
+    if t.name
+        .strip_prefix(t.binary_id.as_str())
+        .is_some_and(|rest| rest.starts_with("::"))
+    {
+        return style(&t.name).bold().to_string();
+    }
     format!("{} {}", style(&t.binary_id).dim(), style(&t.name).bold())
 }
 

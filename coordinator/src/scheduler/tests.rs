@@ -22,6 +22,7 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
             cwd: "/".into(),
             env: BTreeMap::new(),
             services: vec![],
+            runner: Default::default(),
         }],
         tests: (0..n)
             .map(|i| TestSpec {

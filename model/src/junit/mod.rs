@@ -1,6 +1,8 @@
 //! JUnit XML, as CI systems read it: one `testsuite` per test binary; flaky tests are successes with
 //! `flakyFailure` entries, failed tests carry their earlier attempts as `rerunFailure`. Pure (events
-//! in, XML out), so the CLI's reporter and the fuzzer share it.
+//! in, XML out), so the CLI's reporter and the fuzzer share it. [`read`] goes the other way.
+
+pub mod read;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,111 @@
+//! pytest: node ids from `pytest --collect-only -q`, a binary per test file, and the arguments that
+//! make it run the ids it is given and write a JUnit report that carries each test's output.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::cargo::ListedTest;
+use crate::error::{CliError, CliResult};
+
+/// Options for collecting and running alike: no cache written into the suite (or a bundle), and
+/// node ids relative to the working directory, so the ids collected here are the ids an agent
+/// passes back in its copy.
+const COMMON: [&str; 6] = ["-m", "pytest", "-p", "no:cacheprovider", "--rootdir", "."];
+
+/// The run command's arguments after the interpreter.
+pub fn run_args(user_args: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = COMMON.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        ["-q", "-o", "junit_logging=all", "--junitxml={junit}"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(user_args.iter().cloned());
+    args.push(testfleet_model::runner::TESTS.to_owned());
+    args
+}
+
+/// The suite's tests by file, in collection order.
+pub fn collect(
+    python: &str,
+    paths: &[String],
+    user_args: &[String],
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> CliResult<Vec<(String, Vec<ListedTest>)>> {
+    let mut argv = vec![python.to_owned()];
+    argv.extend(COMMON.iter().map(|s| s.to_string()));
+    argv.extend(["--collect-only", "-q"].iter().map(|s| s.to_string()));
+    argv.extend(user_args.iter().cloned());
+    argv.extend(paths.iter().cloned());
+    let (code, stdout) = super::run_listing(&argv, dir, env)?;
+    if code == 5 {
+        return Err(CliError::NoTests(format!(
+            "pytest collected no test in {} (`{}`)",
+            dir.display(),
+            argv.join(" ")
+        )));
+    }
+    Ok(by_file(&stdout))
+}
+
+/// `-q` prints the node ids first, one per line, up to the first blank line (a summary and any
+/// warnings follow, and those may quote node ids too).
+fn by_file(stdout: &str) -> Vec<(String, Vec<ListedTest>)> {
+    let mut files: Vec<(String, Vec<ListedTest>)> = Vec::new();
+    for id in stdout
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.contains("::"))
+    {
+        let file = id.split("::").next().unwrap_or(id);
+        let test = ListedTest {
+            name: id.to_owned(),
+            ignored: false,
+        };
+        match files.iter_mut().find(|(f, _)| f == file) {
+            Some((_, tests)) if !tests.iter().any(|t| t.name == id) => tests.push(test),
+            Some(_) => {}
+            None => files.push((file.to_owned(), vec![test])),
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_grouped_by_file_and_the_summary_is_not_read() {
+        let out = "tests/test_a.py::test_one\ntests/test_a.py::TestX::test_two[1-2]\n\
+                   tests/test_b.py::test_three\n\n3 tests collected in 0.01s\n\
+                   tests/test_a.py::test_one\n  warning text\n";
+        let files = by_file(out);
+        let names = |i: usize| {
+            files[i]
+                .1
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].0, "tests/test_a.py");
+        assert_eq!(
+            names(0),
+            [
+                "tests/test_a.py::test_one",
+                "tests/test_a.py::TestX::test_two[1-2]"
+            ]
+        );
+        assert_eq!(names(1), ["tests/test_b.py::test_three"]);
+    }
+
+    #[test]
+    fn the_run_command_passes_the_ids_and_the_report_path() {
+        let args = run_args(&["-m".into(), "not slow".into()]);
+        assert_eq!(args.last().unwrap(), "{tests}");
+        assert!(args.contains(&"--junitxml={junit}".to_owned()));
+        assert!(args.windows(2).any(|w| w == ["-m", "not slow"]));
+    }
+}
