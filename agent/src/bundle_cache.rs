@@ -1,5 +1,7 @@
 //! The agent's bundle cache: each digest is downloaded once, verified, and extracted into its own
-//! directory; concurrent leases for the same digest wait for the one download.
+//! directory; concurrent leases for the same digest wait for the one download. Agents may share a
+//! cache dir (CI jobs on one machine): each downloads and extracts under names of its own, and the
+//! first to finish puts the bundle in place.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -66,32 +68,41 @@ impl BundleCache {
             move |source| CacheError::Io { path, source }
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let archive = self.dir.join(format!(".download-{digest}"));
+        // Names of this process and this download: another agent on the same dir has its own.
+        let own = format!("{digest}-{}-{}", std::process::id(), unique());
+        let archive = self.dir.join(format!(".download-{own}"));
         let download_err = |status: String| CacheError::Download {
             digest: digest.to_owned(),
             status,
         };
-        let mut stream = client
-            .download_bundle(pb::BundleRef {
-                digest: digest.to_owned(),
-            })
-            .await
-            .map_err(|s| download_err(s.message().to_owned()))?
-            .into_inner();
-        let mut file = std::fs::File::create(&archive).map_err(io(&archive))?;
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| download_err(s.message().to_owned()))?
-        {
-            file.write_all(&chunk.data).map_err(io(&archive))?;
+        let downloaded = async {
+            let mut stream = client
+                .download_bundle(pb::BundleRef {
+                    digest: digest.to_owned(),
+                })
+                .await
+                .map_err(|s| download_err(s.message().to_owned()))?
+                .into_inner();
+            let mut file = std::fs::File::create(&archive).map_err(io(&archive))?;
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| download_err(s.message().to_owned()))?
+            {
+                file.write_all(&chunk.data).map_err(io(&archive))?;
+            }
+            file.sync_all().map_err(io(&archive))?;
+            drop(file);
+            Ok::<(), CacheError>(())
         }
-        file.sync_all().map_err(io(&archive))?;
-        drop(file);
+        .await;
+        if let Err(e) = downloaded {
+            let _ = std::fs::remove_file(&archive);
+            return Err(e);
+        }
         tracing::info!(%digest, "bundle downloaded");
 
-        let staging = self.dir.join(format!(".extract-{digest}"));
-        let _ = std::fs::remove_dir_all(&staging);
+        let staging = self.dir.join(format!(".extract-{own}"));
         let (d, a, s) = (digest.to_owned(), archive.clone(), staging.clone());
         let extracted = tokio::task::spawn_blocking(move || {
             testfleet_bundle::extract(&a, &d, &s, ExtractLimits::default())
@@ -106,8 +117,20 @@ impl BundleCache {
                 source,
             });
         }
-        std::fs::rename(&staging, &root).map_err(io(&root))?;
+        if let Err(e) = std::fs::rename(&staging, &root) {
+            let _ = std::fs::remove_dir_all(&staging);
+            // Another agent sharing this dir put the same (verified) bundle there first.
+            if !root.is_dir() {
+                return Err(io(&root)(e));
+            }
+        }
         tracing::info!(%digest, root = %root.display(), "bundle extracted");
         Ok(root)
     }
+}
+
+/// A number no other download of this process has.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

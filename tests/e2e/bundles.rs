@@ -1,5 +1,6 @@
 //! Bundles that must never be used: one whose bytes do not match its digest (on upload, and on disk
-//! behind the coordinator's back), and one whose entry would escape the extraction dir.
+//! behind the coordinator's back), and one whose entry would escape the extraction dir. And a
+//! bundle cache shared by several agents (CI jobs on one machine) serves them all.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -250,4 +251,37 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
+}
+
+#[test]
+fn agents_sharing_a_work_dir_share_its_bundle_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, url) = coordinator(dir.path());
+    let shared = dir.path().join("shared-work-dir");
+    // All four start downloading the run's bundle at once, into the same cache.
+    let _agents: Vec<Proc> = ["w", "x", "y", "z"]
+        .iter()
+        .map(|id| {
+            let mut cmd = testfleet();
+            cmd.args(["agent", "--coordinator", &url, "--agent-id", id])
+                .args(["--slots", "2", "--work-dir"])
+                .arg(&shared);
+            Proc::spawn(cmd, dir.path().join(format!("{id}.log")))
+        })
+        .collect();
+    wait_for_agents(&url, 4);
+    let events = fixture_run_on(testfleet(), &url, &[]);
+    assert_eq!(final_outcomes(&events), crate::fixture::expected(true));
+    let (_, messages) = infra_messages(&events);
+    assert!(
+        !messages.iter().any(|m| m.contains("bundle")),
+        "{messages:#?}"
+    );
+    // Nothing half-done is left behind in the cache.
+    let leftovers: Vec<_> = std::fs::read_dir(shared.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
