@@ -63,8 +63,9 @@ async fn once(
     {
         Ok(d) => d,
         Err(e) => {
+            let why = format!("cannot make a directory for its JUnit report: {e}");
             let f = Finished {
-                exit: Exit::SpawnFailed(e),
+                exit: Exit::SpawnFailed(std::io::Error::new(e.kind(), why)),
                 duration: Default::default(),
                 output: vec![],
                 omitted: 0,

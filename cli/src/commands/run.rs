@@ -142,6 +142,24 @@ async fn prepare_tool(
     remote: Option<(&str, &mut remote::Client)>,
     suite: SuiteManifest,
 ) -> CliResult<Prepared> {
+    let c = &args.cargo;
+    if !c.packages.is_empty()
+        || c.workspace
+        || !c.exclude.is_empty()
+        || !c.features.is_empty()
+        || c.all_features
+        || c.no_default_features
+        || c.release
+        || c.cargo_profile.is_some()
+    {
+        return Err(CliError::Config(format!(
+            "{} runs its tests with a [runner]: Cargo options do not apply to it",
+            suite
+                .dir
+                .join(testfleet_model::manifest::FILE_NAME)
+                .display()
+        )));
+    }
     let runner = suite
         .manifest
         .runner
