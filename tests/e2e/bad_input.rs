@@ -38,6 +38,8 @@ fn not_a_cargo_project() {
         exit_code::NOT_A_CARGO_PROJECT,
         "is not a Cargo project",
     );
+    // Someone with a Python suite learns what to write.
+    assert!(stderr(&out).contains("[runner]"), "{}", stderr(&out));
 }
 
 #[test]

@@ -46,7 +46,11 @@ pub fn locate_workspace(args: &CargoArgs) -> CliResult<Workspace> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "the current directory".to_owned());
-        CliError::NotACargoProject(format!("{place} is not a Cargo project: {detail}"))
+        CliError::NotACargoProject(format!(
+            "{place} is not a Cargo project: {detail}\n\
+             (a suite run by another tool, such as pytest, names it in testfleet.toml: \
+             `[runner]` with `kind = \"pytest\"` or `\"command\"`)"
+        ))
     })?;
     let members: Vec<String> = meta
         .workspace_packages()
