@@ -306,6 +306,21 @@ pub struct CargoArgs {
     pub cargo_profile: Option<String>,
 }
 
+impl CargoArgs {
+    /// Whether any option that selects or builds Cargo packages was given (a suite run by another
+    /// tool has none to apply them to).
+    pub fn any_build_option(&self) -> bool {
+        !self.packages.is_empty()
+            || self.workspace
+            || !self.exclude.is_empty()
+            || !self.features.is_empty()
+            || self.all_features
+            || self.no_default_features
+            || self.release
+            || self.cargo_profile.is_some()
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
     /// Address to listen on.

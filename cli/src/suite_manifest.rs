@@ -28,13 +28,7 @@ pub fn load(explicit: Option<&Path>, ws: &Workspace) -> CliResult<Option<SuiteMa
             default
         }
     };
-    let manifest = Manifest::load(&path).map_err(|e| CliError::BadManifest(e.to_string()))?;
-    let dir = path
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| ws.root.clone());
-    Ok(Some(SuiteManifest { manifest, dir }))
+    open(&path).map(Some)
 }
 
 /// The manifest given with `--manifest`, or `testfleet.toml` in the current directory, when it
@@ -47,16 +41,19 @@ pub fn load_tool_suite(explicit: Option<&Path>) -> CliResult<Option<SuiteManifes
     if explicit.is_none() && !path.is_file() {
         return Ok(None);
     }
-    let manifest = Manifest::load(&path).map_err(|e| CliError::BadManifest(e.to_string()))?;
-    if manifest.runner.is_none() {
-        return Ok(None);
-    }
+    let suite = open(&path)?;
+    Ok(suite.manifest.runner.is_some().then_some(suite))
+}
+
+/// Reads the manifest at `path`; its directory is where its relative paths start.
+fn open(path: &Path) -> CliResult<SuiteManifest> {
+    let manifest = Manifest::load(path).map_err(|e| CliError::BadManifest(e.to_string()))?;
     let dir = path
         .canonicalize()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .ok_or_else(|| CliError::BadManifest(format!("cannot resolve {}", path.display())))?;
-    Ok(Some(SuiteManifest { manifest, dir }))
+    Ok(SuiteManifest { manifest, dir })
 }
 
 impl SuiteManifest {

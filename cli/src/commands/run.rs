@@ -142,16 +142,7 @@ async fn prepare_tool(
     remote: Option<(&str, &mut remote::Client)>,
     suite: SuiteManifest,
 ) -> CliResult<Prepared> {
-    let c = &args.cargo;
-    if !c.packages.is_empty()
-        || c.workspace
-        || !c.exclude.is_empty()
-        || !c.features.is_empty()
-        || c.all_features
-        || c.no_default_features
-        || c.release
-        || c.cargo_profile.is_some()
-    {
+    if args.cargo.any_build_option() {
         return Err(CliError::Config(format!(
             "{} runs its tests with a [runner]: Cargo options do not apply to it",
             suite
@@ -175,18 +166,18 @@ async fn prepare_tool(
         packages: Default::default(),
     };
     let bundled = remote.is_some();
-    let (cwd, program) = if bundled {
-        let program = match listed.program.contains('/') {
-            true => format!("ws/{}", listed.program.trim_start_matches("./")),
-            false => listed.program.clone(),
-        };
-        ("ws".to_owned(), program)
-    } else {
-        let program = match listed.program.contains('/') {
-            true => suite.dir.join(&listed.program).display().to_string(),
-            false => listed.program.clone(),
-        };
-        (suite.dir.display().to_string(), program)
+    // The suite's directory: its copy in the bundle, or itself. A program named by a path is
+    // inside it; a bare name is looked up on each agent's PATH.
+    let cwd = match bundled {
+        true => "ws".to_owned(),
+        false => suite.dir.display().to_string(),
+    };
+    let program = match listed.program.contains('/') {
+        true => Path::new(&cwd)
+            .join(listed.program.trim_start_matches("./"))
+            .display()
+            .to_string(),
+        false => listed.program.clone(),
     };
     let binaries = listed
         .binaries

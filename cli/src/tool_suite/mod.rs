@@ -73,9 +73,11 @@ fn env_of(runner: &SuiteRunner) -> BTreeMap<String, String> {
     env
 }
 
-/// Runs a listing command in `dir`: its stdout, or an error that shows what it printed.
+/// Runs a listing command in `dir`: its exit code (one of `ok`) and stdout, or an error that shows
+/// what it printed.
 fn run_listing(
     argv: &[String],
+    ok: &[i32],
     dir: &Path,
     env: &BTreeMap<String, String>,
 ) -> CliResult<(i32, String)> {
@@ -93,7 +95,7 @@ fn run_listing(
         })?;
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if code != 0 && code != 5 {
+    if !ok.contains(&code) {
         return Err(listing_failed(
             argv,
             &out.status.to_string(),
