@@ -3,6 +3,11 @@
 //! results for the same tests (a result, then its statistics, then its settled outcome) costs one
 //! read and one write per record instead of three. Tests are independent of one another, so their
 //! records are brought up to date on several threads at once, each owning a shard of the tests.
+//!
+//! The writes are plain inserts, not `sled::Batch`es: applying a batch takes a lock that is global
+//! to the process, so the shards' batches ran one at a time and blocked every read meanwhile.
+//! Nothing needed a group to be atomic (its run records and its tests' records were separate
+//! batches already); each test's record is still one value, replaced whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -21,6 +26,12 @@ const PARALLEL_MIN_TESTS: usize = 512;
 /// Shards at most; never more than cores: with two writers per core, sled's lock-free nodes
 /// retried so often that ingest fell by a quarter (docs/benchmarks.md, ingest).
 const SHARDS_MAX: usize = 8;
+
+/// A run's records are written in values of at most this many entries (a few kilobytes). sled
+/// keeps small values inside its tree nodes, but a node with large ones is written to a file of
+/// its own each time it is rewritten, and a leaf holds a dozen values or more: whole groups as one
+/// value (up to 65,536 entries, megabytes) made every later insert into that leaf rewrite them.
+const RUN_ENTRIES_PER_VALUE: usize = 64;
 
 /// What a group does to one test, in order.
 enum TestOp {
@@ -74,13 +85,15 @@ impl<'a> WriteTx<'a> {
             let others: Vec<_> = shards
                 .map(|s| scope.spawn(move || write_tests(store, s)))
                 .collect();
-            let mut batch = sled::Batch::default();
             for (run, entries) in std::mem::take(&mut self.run_entries) {
-                // Increasing across restarts, so a run's groups read back in the order written.
-                let group = store.next_group_id()?;
-                batch.insert(&run_group_key(RunId(run), group), encode(&entries));
+                for chunk in entries.chunks(RUN_ENTRIES_PER_VALUE) {
+                    // Increasing across restarts, so a run's groups read back in the order written.
+                    let group = store.next_group_id()?;
+                    store
+                        .run_tests
+                        .insert(run_group_key(RunId(run), group), encode(&chunk))?;
+                }
             }
-            store.run_tests.apply_batch(batch)?;
             let mut written = match first {
                 Some(s) => write_tests(store, s)?,
                 None => Vec::new(),
@@ -116,12 +129,14 @@ fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)
 }
 
 /// Brings one shard's tests up to date and writes each one's summary and log (one value, one
-/// read and one write per test) in one batch; returns the summaries for the in-memory index.
+/// read and one write per test), in key order: neighbours share tree nodes, so the reads find
+/// them cached and the inserts split far fewer (the shard's map order is random). Returns the
+/// summaries for the in-memory index.
 fn write_tests(
     store: &SledStore,
-    tests: Vec<(Vec<u8>, TestChanges)>,
+    mut tests: Vec<(Vec<u8>, TestChanges)>,
 ) -> Result<Vec<(Vec<u8>, TestSummary)>, HistoryError> {
-    let mut batch = sled::Batch::default();
+    tests.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut written = Vec::with_capacity(tests.len());
     for (key, changes) in tests {
         let stored = store.tests.get(&key)?;
@@ -150,10 +165,11 @@ fn write_tests(
             Some(log) => TestLogPart::Decoded(log),
             None => TestLogPart::Encoded(encoded_log),
         };
-        batch.insert(key.as_slice(), encode_test(&summary, log));
+        store
+            .tests
+            .insert(key.as_slice(), encode_test(&summary, log))?;
         written.push((key, summary));
     }
-    store.tests.apply_batch(batch)?;
     Ok(written)
 }
 
@@ -329,6 +345,49 @@ mod tests {
             },
         );
         assert_eq!(shard(small).len(), 1);
+    }
+
+    /// A group's records for a run span many values, and two attempts of a test in different
+    /// groups: the run reads back every test once, with its attempts in order.
+    #[test]
+    fn a_runs_records_read_back_whole_across_values_and_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let n = RUN_ENTRIES_PER_VALUE * 5 + 7;
+        let result = |ms: u64| AttemptResult {
+            duration: std::time::Duration::from_millis(ms),
+            ..AttemptResult::infra_error("")
+        };
+        let test = |i: usize| TestRef {
+            index: i as u32,
+            binary_id: "bin".into(),
+            name: format!("t{i:05}"),
+        };
+        for attempt in 1..=2u32 {
+            store
+                .write(&mut |tx| {
+                    for i in 0..n {
+                        let outcome = (attempt == 2).then_some(Outcome::Flaky);
+                        let r = result(i as u64 * 10 + u64::from(attempt));
+                        tx.record_result(RunId(1), &test(i), attempt, "a", &r, outcome, false)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let records = store.run_tests(RunId(1)).unwrap();
+        assert_eq!(records.len(), n);
+        for (i, rec) in records.iter().enumerate() {
+            assert_eq!(rec.index as usize, i);
+            let ms: Vec<u64> = rec.attempts.iter().map(|a| a.duration_ms).collect();
+            assert_eq!(ms, vec![i as u64 * 10 + 1, i as u64 * 10 + 2], "test {i}");
+            assert_eq!(rec.outcome, Some(Outcome::Flaky));
+        }
+        assert!(
+            store.run_tests.len() > 5,
+            "{} values",
+            store.run_tests.len()
+        );
     }
 
     /// A group large enough to be written by several threads: every test's summary and log must
