@@ -22,6 +22,11 @@ const V2_LOG_TREE: &str = "test_log";
 pub(super) const OUTPUT_EXCERPT_BYTES: usize = 4096;
 /// Runs kept by default; older runs and their per-test records are pruned.
 pub const DEFAULT_KEEP_RUNS: u64 = 1000;
+/// A run's spec is stored in pieces of this size under (run, piece): sled keeps small values in
+/// its tree nodes, but writes a node holding large ones to a file of its own whenever it changes,
+/// so whole specs (megabytes for a suite of 100,000 tests) made every submission and every
+/// finished run rewrite the specs of all the runs in flight.
+const SPEC_PIECE_BYTES: usize = 4096;
 
 #[derive(Clone)]
 pub struct SledStore {
@@ -82,6 +87,13 @@ fn split_test_key(key: &[u8]) -> Option<(String, TestId)> {
     Some((suite, TestId { binary_id, name }))
 }
 
+/// How long opening waits for a data dir's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
+}
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, HistoryError> {
         let open_err = |reason: String| HistoryError::Open {
@@ -89,22 +101,26 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("history"))
             .cache_capacity(64 << 20)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    open_err(format!(
-                        "{io} (is another testfleet process using this data dir?)"
-                    ))
+            .flush_every_ms(Some(500));
+        // A store just closed may hold its lock a moment longer: sled's IO threads finish their
+        // last writes after the handle is dropped. A lock held past that is another process's.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(io)) if is_lock_error(&io) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(open_err(format!(
+                            "{io} (is another testfleet process using this data dir?)"
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => open_err(other.to_string()),
-            })?;
+                other => break other.map_err(|e| open_err(e.to_string()))?,
+            }
+        };
         let store = SledStore {
             meta: db.open_tree("meta")?,
             runs: db.open_tree("runs")?,
@@ -394,7 +410,9 @@ impl SledStore {
             self.settle_quarantine(&run)?;
         }
         // A finished run is never resumed: its spec can go.
-        self.run_specs.remove(id.0.to_be_bytes())?;
+        for key in self.run_specs.scan_prefix(id.0.to_be_bytes()).keys() {
+            self.run_specs.remove(key?)?;
+        }
         self.prune(id)?;
         self.db.flush()?;
         Ok(())
@@ -451,17 +469,26 @@ impl HistoryStore for SledStore {
     }
 
     fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError> {
-        self.run_specs
-            .insert(run.0.to_be_bytes(), encode_json(spec))?;
+        let encoded = encode_json(spec);
+        for (i, piece) in encoded.chunks(SPEC_PIECE_BYTES).enumerate() {
+            let key = [&run.0.to_be_bytes()[..], &(i as u32).to_be_bytes()].concat();
+            self.run_specs.insert(key, piece)?;
+        }
         Ok(())
     }
 
     fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError> {
         let key = run.0.to_be_bytes();
-        self.run_specs
-            .get(key)?
-            .map(|b| decode(&key, &b))
-            .transpose()
+        let mut encoded = Vec::new();
+        // Pieces in key order; a store written before specs were split holds one value under
+        // the run's id alone, which sorts first and is the whole spec.
+        for piece in self.run_specs.scan_prefix(key).values() {
+            encoded.extend_from_slice(&piece?);
+        }
+        if encoded.is_empty() {
+            return Ok(None);
+        }
+        decode(&key, &encoded).map(Some)
     }
 
     fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError> {
@@ -638,6 +665,78 @@ mod tests {
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.next_run_id().unwrap(), RunId(3));
+    }
+
+    fn big_spec(tests: usize) -> RunSpec {
+        RunSpec {
+            suite: "s".into(),
+            binaries: vec![testfleet_model::Binary {
+                binary_id: "b".into(),
+                path: "/bin/true".into(),
+                cwd: "/".into(),
+                env: Default::default(),
+                services: vec![],
+                runner: Default::default(),
+            }],
+            tests: (0..tests)
+                .map(|i| testfleet_model::TestSpec {
+                    binary: 0,
+                    name: format!("module_{:03}::test_{i:07}", i % 97),
+                    ignored: i % 11 == 0,
+                })
+                .collect(),
+            retries: Some(2),
+            test_timeout: std::time::Duration::from_secs(30),
+            kill_grace: std::time::Duration::from_secs(1),
+            output_cap_bytes: 4096,
+            bundle_digest: Some("digest".into()),
+            revision: "rev".into(),
+            branch: "main".into(),
+            services: vec![],
+            workspace: String::new(),
+            quarantine: Default::default(),
+            tests_per_process: 1,
+        }
+    }
+
+    /// A spec of many pieces reads back whole, next to others, across a reopen; closing its run
+    /// removes every piece and nothing of the others.
+    #[test]
+    fn a_spec_is_stored_in_pieces_and_removed_with_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (big_spec(5_000), big_spec(300));
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.put_spec(RunId(1), &one).unwrap();
+            s.put_spec(RunId(2), &two).unwrap();
+            assert!(s.run_specs.len() > 10, "{} pieces", s.run_specs.len());
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.spec(RunId(1)).unwrap().as_ref(), Some(&one));
+        assert_eq!(s.spec(RunId(2)).unwrap().as_ref(), Some(&two));
+        assert_eq!(s.spec(RunId(3)).unwrap(), None);
+        s.close_run(RunId(1), RunState::Finished, &RunSummary::default())
+            .unwrap();
+        assert_eq!(s.spec(RunId(1)).unwrap(), None);
+        assert_eq!(s.spec(RunId(2)).unwrap().as_ref(), Some(&two));
+        let left = s.run_specs.iter().keys().count();
+        assert_eq!(left, s.run_specs.scan_prefix(2u64.to_be_bytes()).count());
+    }
+
+    /// Stores written before specs were split hold each one whole under the run's id.
+    #[test]
+    fn a_spec_stored_whole_by_an_earlier_version_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = big_spec(50);
+        let s = SledStore::open(dir.path()).unwrap();
+        s.run_specs
+            .insert(7u64.to_be_bytes(), encode_json(&spec))
+            .unwrap();
+        assert_eq!(s.spec(RunId(7)).unwrap(), Some(spec));
+        s.close_run(RunId(7), RunState::Finished, &RunSummary::default())
+            .unwrap();
+        assert_eq!(s.spec(RunId(7)).unwrap(), None);
     }
 
     #[test]
