@@ -28,6 +28,19 @@ pub struct ClientApi {
     pub(crate) keyed_submits: tokio::sync::Mutex<()>,
 }
 
+/// How long a history query waits for the writer to catch up before answering from what is
+/// written: a query right after a run finished sees that run, and one made while a backlog of
+/// hundreds of thousands of results is being written still answers.
+const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ClientApi {
+    async fn history_written(&self) {
+        if !crate::history::written(&self.history, HISTORY_WAIT).await {
+            tracing::debug!("history query answered before the writer caught up");
+        }
+    }
+}
+
 /// Longest run key taken (CI systems' pipeline ids are far shorter).
 const RUN_KEY_MAX: usize = 256;
 
@@ -356,6 +369,7 @@ impl Coordinator for ClientApi {
         req: Request<pb::FlakyQuery>,
     ) -> Result<Response<pb::FlakyList>, Status> {
         let suite = Some(req.into_inner().suite).filter(|s| !s.is_empty());
+        self.history_written().await;
         let store = self.store.clone();
         let tests = blocking(move || query::flaky(store.as_ref(), suite.as_deref())).await?;
         Ok(Response::new(pb::FlakyList {
@@ -370,6 +384,7 @@ impl Coordinator for ClientApi {
         let q = req.into_inner();
         let suite = Some(q.suite).filter(|s| !s.is_empty());
         let top = if q.top == 0 { 20 } else { q.top as usize };
+        self.history_written().await;
         let store = self.store.clone();
         let t = blocking(move || {
             query::timings(store.as_ref(), suite.as_deref(), top, q.slowdowns_only)
@@ -388,6 +403,7 @@ impl Coordinator for ClientApi {
                 "name a test (a name, or `BINARY NAME`)",
             ));
         }
+        self.history_written().await;
         let store = self.store.clone();
         let tests = blocking(move || query::test_history(store.as_ref(), &pattern)).await?;
         Ok(Response::new(pb::TestHistoryList {
@@ -405,7 +421,10 @@ impl Coordinator for ClientApi {
         let store = self.store.clone();
         let suite = Some(r.suite).filter(|s| !s.is_empty());
         let entries = match action {
-            Action::List => blocking(move || query::quarantine_list(store.as_ref())).await?,
+            Action::List => {
+                self.history_written().await;
+                blocking(move || query::quarantine_list(store.as_ref())).await?
+            }
             Action::Add | Action::Remove => {
                 let add = action == Action::Add;
                 let (test, reason) = (r.test, r.reason);
