@@ -171,25 +171,32 @@ impl Coordinator for ClientApi {
         let spec = Arc::new(spec);
         let store = self.store.clone();
         let s = spec.clone();
-        // The spec is kept until the run finishes, so a restarted coordinator can resume it.
-        let (run_id, plan) = blocking(move || {
+        // The spec is kept until the run finishes, so a restarted coordinator can resume it. The
+        // run's record and its spec are on disk before the submission is answered: the history
+        // writer, which records everything after, may lag behind, and a coordinator killed
+        // meanwhile must still find the run to resume.
+        let (record, plan) = blocking(move || {
             let id = store.next_run_id()?;
+            let record = RunRecord {
+                run_id: id.0,
+                suite: s.suite.clone(),
+                total_tests: s.tests.len() as u32,
+                revision: s.revision.clone(),
+                branch: s.branch.clone(),
+                created_unix_ms: crate::scheduler::now_unix_ms(),
+                state: RunState::Running,
+                summary: None,
+                quarantine: s.quarantine,
+                resumes: 0,
+            };
             store.put_spec(id, &s)?;
-            Ok((id, plan(store.as_ref(), &s)?))
+            store.write(&mut |tx| tx.put_run(&record))?;
+            store.flush()?;
+            Ok((record, plan(store.as_ref(), &s)?))
         })
         .await?;
-        let _ = self.history.send(HistoryUpdate::RunCreated(RunRecord {
-            run_id: run_id.0,
-            suite: spec.suite.clone(),
-            total_tests: spec.tests.len() as u32,
-            revision: spec.revision.clone(),
-            branch: spec.branch.clone(),
-            created_unix_ms: crate::scheduler::now_unix_ms(),
-            state: RunState::Running,
-            summary: None,
-            quarantine: spec.quarantine,
-            resumes: 0,
-        }));
+        let run_id = RunId(record.run_id);
+        let _ = self.history.send(HistoryUpdate::RunCreated(record));
         let Plan {
             estimates,
             quarantined,

@@ -113,22 +113,15 @@ pub fn spawn_writer(
 }
 
 /// History is throughput work; dispatching leases is latency work. When the two compete for a
-/// core, the scheduler should win: the writer thread runs under `SCHED_IDLE`, the policy for
-/// work that yields to every other thread as soon as it wakes (nice 10 was not enough once the
-/// writer's shard threads ran in parallel: two of them on two cores delayed the scheduler's
-/// wake-ups). Threads the writer starts inherit the policy. It still gets a small share of a
-/// saturated machine, and all of an idle one; nothing it holds is lost meanwhile.
+/// core, the scheduler should win: the writer thread runs at a lower priority (nice 10), and the
+/// shard threads it starts inherit it. Linux applies `setpriority` to a single thread when given
+/// its thread id. (`SCHED_IDLE` gave dispatch more, but starves the writer on a machine kept busy:
+/// queries and resumes that wait for it would wait for seconds; docs/benchmarks.md, scale.)
 fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if set != 0 {
-        // Not every system allows it (a seccomp filter, say); a lower nice value is the fallback.
-        // SAFETY: gettid and setpriority take and return plain integers.
-        unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-        }
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 
