@@ -23,8 +23,8 @@ use super::{HistoryError, HistoryWrites, verdict};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
 const PARALLEL_MIN_TESTS: usize = 512;
-/// Shards at most; never more than cores: with two writers per core, sled's lock-free nodes
-/// retried so often that ingest fell by a quarter (docs/benchmarks.md, ingest).
+/// Shards at most; never more than cores: twice as many shards as cores ingested less, both
+/// under sled's batch lock and with plain inserts (docs/benchmarks.md, ingest).
 const SHARDS_MAX: usize = 8;
 
 /// A run's records are written in values of at most this many entries (a few kilobytes). sled
