@@ -71,6 +71,9 @@ pub(crate) fn command(cmd: &TestCommand) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(token) = cmd.guard.token() {
+        command.env(crate::guard::GUARD_ENV, token);
+    }
     command
 }
 

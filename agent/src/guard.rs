@@ -3,6 +3,12 @@
 //! over the guard's standard input; when the agent dies, the kernel closes that pipe, and the
 //! guard kills every group still listed, then exits.
 //!
+//! A test started just before the agent died may not be listed yet: the agent tells the guard
+//! after the spawn returns. So every test also carries the guard's token in its environment
+//! (`TESTFLEET_GUARD`), and at the end the guard kills whatever process carries it too. No test
+//! can be missed: a spawn in progress holds a copy of the pipe until its exec, and the exec sets
+//! the environment the guard looks for.
+//!
 //! Why not `PR_SET_PDEATHSIG` in each test: setting it needs a hook between fork and exec, and a
 //! hook makes the standard library fork the whole multi-threaded agent for every test instead of
 //! using posix_spawn; that cost milliseconds per test (see `docs/benchmarks.md`).
@@ -17,7 +23,11 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Default)]
 pub struct Guard {
     pipe: Option<Arc<Mutex<ChildStdin>>>,
+    token: Option<Arc<str>>,
 }
+
+/// The environment variable that names a test's guard (its token), inherited by its children.
+pub const GUARD_ENV: &str = "TESTFLEET_GUARD";
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,11 +40,17 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// Starts `program ARGS` as the guard (it must call [`serve`]). Its standard input is the
-    /// only pipe to it, so nothing but the agent's death (or drop) closes it.
-    pub fn start(program: &Path, args: &[&str]) -> std::io::Result<Self> {
+    /// Starts `program SUBCOMMAND TOKEN` as the guard (it must call [`serve`] with the token).
+    /// Its standard input is the only pipe to it, so nothing but the agent's death (or drop)
+    /// closes it.
+    pub fn start(program: &Path, subcommand: &str) -> std::io::Result<Self> {
+        // Unique on this machine: no two live agents share a pid, nor one pid a nanosecond.
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let token = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
         let mut child = Command::new(program)
-            .args(args)
+            .args([subcommand, token.as_str()])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
@@ -43,7 +59,13 @@ impl Guard {
         std::mem::forget(child);
         Ok(Guard {
             pipe: Some(Arc::new(Mutex::new(stdin))),
+            token: Some(token.into()),
         })
+    }
+
+    /// What every test process must carry as [`GUARD_ENV`]; `None` when there is no guard.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     fn tell(&self, line: String) {
@@ -79,8 +101,9 @@ pub fn ignore_stop_signals() {
 }
 
 /// The guard's side: reads `+PGID` and `-PGID` lines until its input ends, then kills every group
-/// still listed; returns how many.
-pub fn serve(input: impl BufRead) -> usize {
+/// still listed and every process whose environment carries `token` as [`GUARD_ENV`]; returns
+/// how many groups and processes it found.
+pub fn serve(input: impl BufRead, token: Option<&str>) -> usize {
     let mut groups: HashSet<i32> = HashSet::new();
     for line in input.lines() {
         let Ok(line) = line else { break };
@@ -104,7 +127,10 @@ pub fn serve(input: impl BufRead) -> usize {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
-    groups.len()
+    let marked = token.map_or(0, |token| {
+        crate::orphans::kill_marked(&[format!("{GUARD_ENV}={token}")])
+    });
+    groups.len() + marked
 }
 
 #[cfg(test)]
@@ -130,7 +156,7 @@ mod tests {
             released.id(),
             released.id()
         );
-        assert_eq!(serve(input.as_bytes()), 1);
+        assert_eq!(serve(input.as_bytes(), None), 1);
         assert!(!listed.wait().unwrap().success());
         assert!(
             released.try_wait().unwrap().is_none(),
@@ -138,5 +164,29 @@ mod tests {
         );
         released.kill().unwrap();
         released.wait().unwrap();
+    }
+
+    #[test]
+    fn tests_never_listed_but_carrying_the_token_are_killed() {
+        // The agent died between spawning a test and telling the guard of it.
+        let token = format!("guard-test-{}", std::process::id());
+        let carrying = |token: &str| {
+            Command::new("sleep")
+                .arg("600")
+                .env(GUARD_ENV, token)
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut unlisted = carrying(&token);
+        let mut anothers = carrying(&format!("{token}-another"));
+        assert_eq!(serve(&b""[..], Some(&token)), 1);
+        assert!(!unlisted.wait().unwrap().success());
+        assert!(
+            anothers.try_wait().unwrap().is_none(),
+            "another guard's test is left alone"
+        );
+        anothers.kill().unwrap();
+        anothers.wait().unwrap();
     }
 }

@@ -13,15 +13,21 @@ pub const AGENT_DIR_ENV: &str = "TESTFLEET_AGENT_DIR";
 /// Kills the process groups of processes whose environment names `agent_id` and `work_dir`;
 /// returns how many processes it found. Processes it may not read (other users') are skipped.
 pub fn sweep(agent_id: &str, work_dir: &Path) -> usize {
-    sweep_in(Path::new("/proc"), agent_id, work_dir)
+    kill_marked(&[
+        format!("{AGENT_ENV}={agent_id}"),
+        format!("{AGENT_DIR_ENV}={}", work_dir.display()),
+    ])
 }
 
-fn sweep_in(proc_dir: &Path, agent_id: &str, work_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(proc_dir) else {
+/// Kills every process (and its process group) whose environment holds all of `markers`
+/// (`NAME=value` entries), this process excepted; returns how many processes it found.
+pub fn kill_marked(markers: &[String]) -> usize {
+    if markers.is_empty() {
+        return 0; // no marker would match every process
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
-    let marker = format!("{AGENT_ENV}={agent_id}");
-    let dir_marker = format!("{AGENT_DIR_ENV}={}", work_dir.display());
     let me = std::process::id();
     let mut found = 0;
     for entry in entries.flatten() {
@@ -38,8 +44,8 @@ fn sweep_in(proc_dir: &Path, agent_id: &str, work_dir: &Path) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let has = |m: &str| environ.split(|b| *b == 0).any(|v| v == m.as_bytes());
-        if !has(&marker) || !has(&dir_marker) {
+        let has = |m: &String| environ.split(|b| *b == 0).any(|v| v == m.as_bytes());
+        if !markers.iter().all(has) {
             continue;
         }
         found += 1;

@@ -61,7 +61,10 @@ pub enum Command {
     Runs(RunsArgs),
     /// (Internal) the guard process of an agent: kills its tests if it dies.
     #[command(name = "__guard", hide = true)]
-    Guard,
+    Guard {
+        /// Processes whose environment carries this as `TESTFLEET_GUARD` die with the agent.
+        token: Option<String>,
+    },
     /// Keep flaky tests from failing runs while they keep running and being recorded.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),

@@ -220,6 +220,19 @@ fn a_killed_agent_takes_its_running_tests_with_it() {
     wait_until("the start of the hanging test", || {
         !processes_of_agent(&id).is_empty()
     });
+    // The token lets the guard find a test it was not yet told of (the agent killed between
+    // the spawn and telling it): the guard's unit tests show it kills what carries it.
+    for pid in processes_of_agent(&id) {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue; // gone already
+        };
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|v| v.starts_with(b"TESTFLEET_GUARD=") && v.len() > 16),
+            "test process {pid} does not carry its guard's token"
+        );
+    }
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     wait_until("the end of the killed agent's test", || {

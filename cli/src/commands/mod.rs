@@ -12,9 +12,9 @@ use crate::args::{Cli, Command};
 use crate::error::{CliError, CliResult};
 
 pub fn run(cli: Cli) -> CliResult<i32> {
-    if let Command::Guard = cli.command {
+    if let Command::Guard { token } = &cli.command {
         testfleet_agent::guard::ignore_stop_signals();
-        testfleet_agent::guard::serve(std::io::stdin().lock());
+        testfleet_agent::guard::serve(std::io::stdin().lock(), token.as_deref());
         return Ok(0);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> CliResult<i32> {
                 Ok(0)
             }
             Command::Import(cmd) => import::run(cmd).await,
-            Command::Guard => unreachable!("served above, without a runtime"),
+            Command::Guard { .. } => unreachable!("served above, without a runtime"),
         };
         telemetry.shutdown().await;
         result
@@ -53,7 +53,7 @@ pub fn run(cli: Cli) -> CliResult<i32> {
 /// without one, a killed agent's tests are only swept when it starts again.
 pub(crate) fn start_guard() -> testfleet_agent::guard::Guard {
     let started = std::env::current_exe()
-        .and_then(|exe| testfleet_agent::guard::Guard::start(&exe, &["__guard"]));
+        .and_then(|exe| testfleet_agent::guard::Guard::start(&exe, "__guard"));
     started.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not start the guard process: tests of a killed agent will run on until it restarts");
         Default::default()
