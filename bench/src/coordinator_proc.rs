@@ -1,9 +1,11 @@
 //! A real `testfleet coordinator` process for the benchmarks that measure it from outside: its
 //! address from its first line of output, its peak RSS from `/proc`, and a clean stop (SIGTERM,
-//! which flushes history) whose wait is part of what is measured.
+//! which flushes history) whose wait is part of what is measured. Its log goes to a file next to
+//! its data dir (a thousand agents connecting would bury the figures), and its end is quoted in
+//! any error.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
@@ -11,16 +13,28 @@ use anyhow::{Context, bail};
 pub struct CoordinatorProc {
     child: Child,
     pub url: String,
+    log: PathBuf,
+}
+
+/// The last lines of a log, for an error message.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(20);
+    format!("{}:\n{}", log.display(), lines[start..].join("\n"))
 }
 
 impl CoordinatorProc {
     pub fn start(testfleet: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let log = data_dir.with_extension("log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(testfleet)
             .args(["coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .context("starting the coordinator")?;
         let mut line = String::new();
@@ -30,10 +44,11 @@ impl CoordinatorProc {
             .strip_prefix("testfleet coordinator listening on ")
         else {
             let _ = child.kill();
-            bail!("the coordinator did not start: {line:?}");
+            let _ = child.wait();
+            bail!("the coordinator did not start: {line:?}; {}", tail(&log));
         };
         let url = format!("http://{addr}");
-        Ok(CoordinatorProc { child, url })
+        Ok(CoordinatorProc { child, url, log })
     }
 
     /// The most memory the process has held (VmHWM), in MiB.
@@ -54,6 +69,7 @@ impl CoordinatorProc {
     /// Returns the CPU time it used in all (user + system, in seconds).
     pub fn stop(self) -> anyhow::Result<f64> {
         let pid = self.child.id() as i32;
+        let log = self.log.clone();
         // The child is reaped here, by wait4 (which also reports its resource use).
         std::mem::forget(self);
         let mut status = 0;
@@ -71,7 +87,10 @@ impl CoordinatorProc {
             );
         }
         if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-            bail!("the coordinator exited with status {status:#x}");
+            bail!(
+                "the coordinator exited with status {status:#x}; {}",
+                tail(&log)
+            );
         }
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         Ok(secs(usage.ru_utime) + secs(usage.ru_stime))
