@@ -49,6 +49,25 @@ pub(crate) fn local_data_dir(
     Ok(ws.root.join(".testfleet"))
 }
 
+/// A history query's answer. When the coordinator answered before its history writer caught up
+/// (a large backlog of results), says so on stderr: the figures may miss the latest runs.
+fn answered<T>(url: &str, response: tonic::Response<T>) -> T {
+    if let Some(note) = behind_note(url, response.metadata()) {
+        eprintln!("{note}");
+    }
+    response.into_inner()
+}
+
+fn behind_note(url: &str, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .contains_key(testfleet_proto::HISTORY_BEHIND_HEADER)
+        .then(|| {
+            format!(
+                "note: {url} is still writing the history of recent results; this answer may not include the latest of them"
+            )
+        })
+}
+
 impl Backend {
     pub async fn open(args: &QueryArgs) -> CliResult<Self> {
         if let Some(url) = &args.coordinator {
@@ -95,8 +114,8 @@ impl Backend {
                     suite: suite.unwrap_or_default(),
                 })
                 .await
+                .map(|r| answered(url, r))
                 .map_err(|s| CliError::from_status(url, s))?
-                .into_inner()
                 .tests
                 .into_iter()
                 .map(Into::into)
@@ -124,8 +143,8 @@ impl Backend {
                     slowdowns_only: slowdowns,
                 })
                 .await
+                .map(|r| answered(url, r))
                 .map_err(|s| CliError::from_status(url, s))?
-                .into_inner()
                 .into()),
         }
     }
@@ -136,8 +155,8 @@ impl Backend {
             Backend::Remote { client, url } => client
                 .get_test_history(pb::TestHistoryQuery { pattern })
                 .await
+                .map(|r| answered(url, r))
                 .map_err(|s| CliError::from_status(url, s))?
-                .into_inner()
                 .tests
                 .into_iter()
                 .map(|t| TestHistory::try_from(t).map_err(|e| CliError::Internal(e.into())))
@@ -162,8 +181,8 @@ impl Backend {
                     limit: limit as u32,
                 })
                 .await
+                .map(|r| answered(url, r))
                 .map_err(|s| CliError::from_status(url, s))?
-                .into_inner()
                 .runs
                 .into_iter()
                 .map(|r| {
@@ -226,13 +245,33 @@ impl Backend {
                         reason: reason.to_owned(),
                     })
                     .await
+                    .map(|r| answered(url, r))
                     .map_err(|s| CliError::from_status(url, s))?
-                    .into_inner()
                     .entries
                     .into_iter()
                     .map(Into::into)
                     .collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marked_answer_gets_a_note_naming_the_coordinator() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(behind_note("http://c:7070", &metadata), None);
+        metadata.insert(
+            testfleet_proto::HISTORY_BEHIND_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let note = behind_note("http://c:7070", &metadata).unwrap();
+        assert!(
+            note.contains("http://c:7070") && note.contains("still writing"),
+            "{note}"
+        );
     }
 }

@@ -24,3 +24,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Bundle chunk size for uploads and downloads.
 pub const BUNDLE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Response metadata set on a history query answered before the coordinator's history writer
+/// caught up with everything sent before the query (a large backlog): the answer is what is on
+/// disk, and may miss the latest results.
+pub const HISTORY_BEHIND_HEADER: &str = "testfleet-history-behind";

@@ -34,11 +34,27 @@ pub struct ClientApi {
 const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ClientApi {
-    async fn history_written(&self) {
-        if !crate::history::written(&self.history, HISTORY_WAIT).await {
+    /// Waits (up to [`HISTORY_WAIT`]) until the writer has written everything sent before now;
+    /// false if it has not.
+    async fn history_written(&self) -> bool {
+        let written = crate::history::written(&self.history, HISTORY_WAIT).await;
+        if !written {
             tracing::debug!("history query answered before the writer caught up");
         }
+        written
     }
+}
+
+/// A history query's answer, marked if the writer was still behind (the client says so).
+fn history_answer<T>(message: T, written: bool) -> Response<T> {
+    let mut response = Response::new(message);
+    if !written {
+        response.metadata_mut().insert(
+            testfleet_proto::HISTORY_BEHIND_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    response
 }
 
 /// Longest run key taken (CI systems' pipeline ids are far shorter).
@@ -376,12 +392,13 @@ impl Coordinator for ClientApi {
         req: Request<pb::FlakyQuery>,
     ) -> Result<Response<pb::FlakyList>, Status> {
         let suite = Some(req.into_inner().suite).filter(|s| !s.is_empty());
-        self.history_written().await;
+        let written = self.history_written().await;
         let store = self.store.clone();
         let tests = blocking(move || query::flaky(store.as_ref(), suite.as_deref())).await?;
-        Ok(Response::new(pb::FlakyList {
+        let list = pb::FlakyList {
             tests: tests.iter().map(Into::into).collect(),
-        }))
+        };
+        Ok(history_answer(list, written))
     }
 
     async fn get_timings(
@@ -391,13 +408,13 @@ impl Coordinator for ClientApi {
         let q = req.into_inner();
         let suite = Some(q.suite).filter(|s| !s.is_empty());
         let top = if q.top == 0 { 20 } else { q.top as usize };
-        self.history_written().await;
+        let written = self.history_written().await;
         let store = self.store.clone();
         let t = blocking(move || {
             query::timings(store.as_ref(), suite.as_deref(), top, q.slowdowns_only)
         })
         .await?;
-        Ok(Response::new((&t).into()))
+        Ok(history_answer((&t).into(), written))
     }
 
     async fn get_test_history(
@@ -410,12 +427,13 @@ impl Coordinator for ClientApi {
                 "name a test (a name, or `BINARY NAME`)",
             ));
         }
-        self.history_written().await;
+        let written = self.history_written().await;
         let store = self.store.clone();
         let tests = blocking(move || query::test_history(store.as_ref(), &pattern)).await?;
-        Ok(Response::new(pb::TestHistoryList {
+        let list = pb::TestHistoryList {
             tests: tests.iter().map(Into::into).collect(),
-        }))
+        };
+        Ok(history_answer(list, written))
     }
 
     async fn quarantine(
@@ -427,9 +445,11 @@ impl Coordinator for ClientApi {
         let action = Action::try_from(r.action).unwrap_or(Action::Unspecified);
         let store = self.store.clone();
         let suite = Some(r.suite).filter(|s| !s.is_empty());
+        // A change is made to what is on disk; only a listing can be behind the writer.
+        let mut written = true;
         let entries = match action {
             Action::List => {
-                self.history_written().await;
+                written = self.history_written().await;
                 blocking(move || query::quarantine_list(store.as_ref())).await?
             }
             Action::Add | Action::Remove => {
@@ -452,9 +472,10 @@ impl Coordinator for ClientApi {
                 ));
             }
         };
-        Ok(Response::new(pb::QuarantineResponse {
+        let response = pb::QuarantineResponse {
             entries: entries.iter().map(Into::into).collect(),
-        }))
+        };
+        Ok(history_answer(response, written))
     }
 
     async fn import_run(
@@ -522,5 +543,19 @@ impl Coordinator for ClientApi {
         req: Request<pb::BundleRef>,
     ) -> Result<Response<ChunkStream>, Status> {
         super::bundles::send(&self.bundles, &req.into_inner().digest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_given_before_the_writer_caught_up_is_marked() {
+        let header = testfleet_proto::HISTORY_BEHIND_HEADER;
+        let behind = history_answer(pb::FlakyList::default(), false);
+        assert!(behind.metadata().contains_key(header));
+        let current = history_answer(pb::FlakyList::default(), true);
+        assert!(!current.metadata().contains_key(header));
     }
 }

@@ -285,4 +285,12 @@ mod tests {
         drop(tx);
         handle.join().unwrap();
     }
+
+    /// A writer that has not reached the sync by the limit (here: one that never reads) is
+    /// reported behind, so the query can say so.
+    #[tokio::test]
+    async fn a_sync_not_reached_within_the_limit_reports_the_writer_behind() {
+        let (tx, _never_read) = mpsc::unbounded_channel();
+        assert!(!written(&tx, Duration::from_millis(50)).await);
+    }
 }
