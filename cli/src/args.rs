@@ -336,6 +336,10 @@ pub struct CoordinatorArgs {
     /// Where history (sled) and uploaded bundles are kept.
     #[arg(long, env = "TESTFLEET_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Days an uploaded bundle is kept after its last use (its upload, or a run that named it);
+    /// bundles of unfinished runs are always kept. 0 keeps every bundle.
+    #[arg(long, value_name = "DAYS", default_value_t = testfleet_coordinator::DEFAULT_BUNDLE_RETENTION_DAYS)]
+    pub bundle_retention_days: u32,
     /// Retries for runs that do not set `--retries`.
     #[arg(long, default_value_t = 2)]
     pub default_retries: u32,

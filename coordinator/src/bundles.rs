@@ -1,6 +1,11 @@
-//! The coordinator's bundle store: verified bundles on disk, named by their digest.
+//! The coordinator's bundle store: verified bundles on disk, named by their digest. A bundle's
+//! modification time is its last use (its upload, or a submission that found it here); bundles
+//! unused for the retention period that no unfinished run names are removed (`collect`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -29,6 +34,17 @@ pub enum BundleStoreError {
 pub struct BundleStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// Held while a bundle is found and marked used, and while old ones are removed, so that a
+    /// bundle a submission has just found is never removed under it.
+    uses: Arc<Mutex<()>>,
+}
+
+/// What one [`BundleStore::collect`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub bundles: usize,
+    pub leftovers: usize,
+    pub bytes: u64,
 }
 
 impl BundleStore {
@@ -37,7 +53,43 @@ impl BundleStore {
         Ok(BundleStore {
             dir: dir.to_path_buf(),
             max_bytes,
+            uses: Arc::default(),
         })
+    }
+
+    /// Removes the bundles last used before `cutoff` whose digest is not in `keep` (the bundles
+    /// of unfinished runs), and uploads left unfinished before it (a coordinator stopped while
+    /// receiving).
+    pub fn collect(
+        &self,
+        cutoff: SystemTime,
+        keep: &HashSet<String>,
+    ) -> std::io::Result<Collected> {
+        let _held = self.uses.lock().expect("bundle use lock");
+        let mut collected = Collected::default();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let leftover = name.starts_with(".upload-");
+            let digest = name.strip_suffix(".tar.zst");
+            let kept = match digest {
+                Some(d) => keep.contains(d),
+                None => !leftover, // not ours: left alone
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if kept || !meta.is_file() || meta.modified()? >= cutoff {
+                continue;
+            }
+            std::fs::remove_file(entry.path())?;
+            collected.bytes += meta.len();
+            if leftover {
+                collected.leftovers += 1;
+            } else {
+                collected.bundles += 1;
+            }
+        }
+        Ok(collected)
     }
 
     pub fn path_of(&self, digest: &str) -> Result<PathBuf, BundleStoreError> {
@@ -49,8 +101,23 @@ impl BundleStore {
         Ok(self.dir.join(format!("{digest}.tar.zst")))
     }
 
+    /// Whether the bundle is here; if it is, it counts as used now (kept another retention
+    /// period): whoever asks is about to submit a run that names it.
     pub fn has(&self, digest: &str) -> Result<bool, BundleStoreError> {
-        Ok(self.path_of(digest)?.is_file())
+        let path = self.path_of(digest)?;
+        let _held = self.uses.lock().expect("bundle use lock");
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let used = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = used {
+            // Still usable; only its retention counts from its upload.
+            tracing::warn!(bundle = digest, error = %e, "could not mark a bundle as used");
+        }
+        Ok(true)
     }
 
     /// Starts receiving a bundle that declares `digest` and `size`.
@@ -75,6 +142,63 @@ impl BundleStore {
             tmp,
             final_path,
         })
+    }
+}
+
+/// How often old bundles are looked for, after the pass at start.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Every hour until `stop` turns true: [`collect_unused`].
+pub(crate) async fn collect_periodically(
+    bundles: BundleStore,
+    store: Arc<dyn crate::HistoryStore>,
+    retention: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let start = tokio::time::Instant::now() + COLLECT_EVERY;
+    let mut every = tokio::time::interval_at(start, COLLECT_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        collect_unused(&bundles, &store, retention).await;
+    }
+}
+
+/// Removes bundles unused for `retention` that no unfinished run names. Failures are logged: a
+/// full disk is better than a lost bundle.
+pub(crate) async fn collect_unused(
+    bundles: &BundleStore,
+    store: &Arc<dyn crate::HistoryStore>,
+    retention: std::time::Duration,
+) {
+    let (bundles, store) = (bundles.clone(), store.clone());
+    let pass = tokio::task::spawn_blocking(move || -> Result<Collected, String> {
+        let mut keep = HashSet::new();
+        for run in store.unfinished_runs().map_err(|e| e.to_string())? {
+            let spec = store
+                .spec(testfleet_model::RunId(run.run_id))
+                .map_err(|e| e.to_string())?;
+            keep.extend(spec.and_then(|s| s.bundle_digest));
+        }
+        let cutoff = SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        bundles.collect(cutoff, &keep).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match pass {
+        Ok(c) if c == Collected::default() => {}
+        Ok(c) => tracing::info!(
+            bundles = c.bundles,
+            unfinished_uploads = c.leftovers,
+            mib = c.bytes / (1 << 20),
+            retention_days = retention.as_secs() / 86_400,
+            "removed bundles no run has used within the retention period"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not remove old bundles"),
     }
 }
 
@@ -138,5 +262,54 @@ impl Drop for Upload {
     fn drop(&mut self) {
         // After a successful finish the temp file was renamed away and this is a no-op.
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn digest(n: u8) -> String {
+        hex::encode([n; 32])
+    }
+
+    /// A file in the store, last modified `age` ago.
+    fn aged(store: &BundleStore, name: &str, age: Duration) -> PathBuf {
+        let path = store.dir.join(name);
+        std::fs::write(&path, b"bundle bytes").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn bundles_unused_for_the_retention_and_not_kept_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BundleStore::open(dir.path(), 1 << 20).unwrap();
+        let day = Duration::from_secs(86_400);
+        let old = aged(&store, &format!("{}.tar.zst", digest(1)), 10 * day);
+        let old_kept = aged(&store, &format!("{}.tar.zst", digest(2)), 10 * day);
+        let old_used = aged(&store, &format!("{}.tar.zst", digest(3)), 10 * day);
+        let fresh = aged(&store, &format!("{}.tar.zst", digest(4)), day);
+        let leftover = aged(&store, &format!(".upload-{}-1-0", digest(5)), 10 * day);
+        let not_ours = aged(&store, "README", 10 * day);
+        // A submission finds this one: it is used again.
+        assert!(store.has(&digest(3)).unwrap());
+        let keep = HashSet::from([digest(2)]);
+        let collected = store.collect(SystemTime::now() - 7 * day, &keep).unwrap();
+        assert_eq!(
+            collected,
+            Collected {
+                bundles: 1,
+                leftovers: 1,
+                bytes: 2 * b"bundle bytes".len() as u64,
+            }
+        );
+        assert!(!old.exists() && !leftover.exists());
+        for p in [&old_kept, &old_used, &fresh, &not_ours] {
+            assert!(p.exists(), "{} was removed", p.display());
+        }
+        assert!(!store.has(&digest(1)).unwrap());
     }
 }

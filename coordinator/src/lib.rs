@@ -36,7 +36,13 @@ pub struct CoordinatorConfig {
     /// connect: the CLI refuses it on a non-loopback address unless told otherwise).
     pub tokens: Option<TokenSet>,
     pub tls: Option<ServerTls>,
+    /// Bundles no run has used for this long (and no unfinished run names) are removed;
+    /// `None` keeps them all.
+    pub bundle_retention: Option<Duration>,
 }
+
+/// How long an unused bundle is kept unless told otherwise.
+pub const DEFAULT_BUNDLE_RETENTION_DAYS: u32 = 7;
 
 impl CoordinatorConfig {
     pub fn new(data_dir: &std::path::Path) -> Self {
@@ -46,6 +52,9 @@ impl CoordinatorConfig {
             limits: Limits::default(),
             tokens: None,
             tls: None,
+            bundle_retention: Some(Duration::from_secs(
+                u64::from(DEFAULT_BUNDLE_RETENTION_DAYS) * 86_400,
+            )),
         }
     }
 }
@@ -125,6 +134,16 @@ pub async fn serve_with_http(
     });
     let run_slots = Arc::new(permits(limits.max_concurrent_runs));
     resume_unfinished(store.clone(), &scheduler, &history_tx, &run_slots).await;
+    // After resuming (the runs it resumed name bundles that must be kept), before serving.
+    if let Some(retention) = config.bundle_retention {
+        bundles::collect_unused(&bundles, &store, retention).await;
+        tokio::spawn(bundles::collect_periodically(
+            bundles.clone(),
+            store.clone(),
+            retention,
+            stop_rx.clone(),
+        ));
+    }
     let client = api::ClientApi {
         scheduler: scheduler.clone(),
         store,

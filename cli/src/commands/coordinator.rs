@@ -71,6 +71,8 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
     config.scheduler.service_grace = std::time::Duration::from_secs_f64(args.service_grace);
     config.scheduler.lease_timeout = std::time::Duration::from_secs_f64(args.lease_timeout);
     config.limits = limits;
+    config.bundle_retention = (args.bundle_retention_days > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(args.bundle_retention_days) * 86_400));
     match &tokens {
         Some(t) => tracing::info!(
             clients = t.count(Role::Client),

@@ -1,0 +1,108 @@
+//! Old bundles are removed when a coordinator starts, over its real bundle dir and sled store:
+//! those unused for the retention period go, unless an unfinished run names them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use testfleet_proto::pb;
+use testfleet_proto::pb::coordinator_client::CoordinatorClient;
+use tonic::transport::Channel;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A coordinator on a free loopback port over `dir`: its client, and what stops it.
+async fn start(
+    dir: &std::path::Path,
+) -> (
+    CoordinatorClient<Channel>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(SledStore::open(dir).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = CoordinatorConfig::new(dir);
+    let server = tokio::spawn(async move {
+        testfleet_coordinator::serve(listener, config, store, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    (CoordinatorClient::new(channel), stop, server)
+}
+
+fn bundle(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let bundles = dir.join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let path = bundles.join(name);
+    std::fs::write(&path, b"bundle bytes").unwrap();
+    path
+}
+
+fn age(path: &std::path::Path, by: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - by).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_bundles_go_at_start_unless_an_unfinished_run_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = "a".repeat(64);
+    let unnamed = "b".repeat(64);
+    let named_path = bundle(dir.path(), &format!("{named}.tar.zst"));
+    let unnamed_path = bundle(dir.path(), &format!("{unnamed}.tar.zst"));
+    let leftover = bundle(dir.path(), &format!(".upload-{unnamed}-1-0"));
+
+    // A run names one bundle; no agent ever runs it, so it stays unfinished.
+    let (mut client, stop, server) = start(dir.path()).await;
+    client
+        .submit_run(pb::SubmitRunRequest {
+            spec: Some(pb::RunSpec {
+                suite: "bundled".into(),
+                binaries: vec![pb::Binary {
+                    binary_id: "b".into(),
+                    path: "bin/test".into(),
+                    cwd: "ws".into(),
+                    ..Default::default()
+                }],
+                tests: vec![pb::TestSpec {
+                    binary: 0,
+                    name: "t".into(),
+                    ignored: false,
+                }],
+                test_timeout_ms: 10_000,
+                kill_grace_ms: 100,
+                output_cap_bytes: 4096,
+                bundle_digest: named.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    server.await.unwrap();
+
+    // Ten days later, past the default week.
+    for p in [&named_path, &unnamed_path, &leftover] {
+        age(p, 10 * DAY);
+    }
+    let (mut client, stop, server) = start(dir.path()).await;
+    // Answered only once it serves, which is after the removal (the listener accepted before).
+    client
+        .list_runs(pb::ListRunsRequest { limit: 1 })
+        .await
+        .unwrap();
+    assert!(
+        named_path.exists(),
+        "the unfinished run's bundle was removed"
+    );
+    assert!(!unnamed_path.exists(), "an unused bundle was kept");
+    assert!(!leftover.exists(), "an unfinished upload was kept");
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
