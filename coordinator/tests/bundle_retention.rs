@@ -1,39 +1,14 @@
 //! Old bundles are removed when a coordinator starts, over its real bundle dir and sled store:
 //! those unused for the retention period go, unless an unfinished run names them.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
-use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use common::start;
 use testfleet_proto::pb;
-use testfleet_proto::pb::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// A coordinator on a free loopback port over `dir`: its client, and what stops it.
-async fn start(
-    dir: &std::path::Path,
-) -> (
-    CoordinatorClient<Channel>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let store = Arc::new(SledStore::open(dir).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = CoordinatorConfig::new(dir);
-    let server = tokio::spawn(async move {
-        testfleet_coordinator::serve(listener, config, store, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    (CoordinatorClient::new(channel), stop, server)
-}
 
 fn bundle(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let bundles = dir.join("bundles");

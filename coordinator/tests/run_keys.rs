@@ -1,9 +1,9 @@
 //! Run keys (CI fan-out) over real gRPC: jobs submitting at once with one key get one run, later
 //! ones join it without a spec, and the key outlives a coordinator restart.
 
-use std::sync::Arc;
+mod common;
 
-use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use common::start;
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -27,30 +27,6 @@ fn spec() -> pb::RunSpec {
         output_cap_bytes: 4096,
         ..Default::default()
     }
-}
-
-/// A coordinator on a free loopback port over `dir`: its client, and what stops it.
-async fn start(
-    dir: &std::path::Path,
-) -> (
-    CoordinatorClient<Channel>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let store = Arc::new(SledStore::open(dir).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = CoordinatorConfig::new(dir);
-    let server = tokio::spawn(async move {
-        testfleet_coordinator::serve(listener, config, store, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    (CoordinatorClient::new(channel), stop, server)
 }
 
 fn keyed(key: &str, with_spec: bool) -> pb::SubmitRunRequest {
