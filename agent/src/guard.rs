@@ -139,8 +139,14 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     fn sleeper() -> std::process::Child {
+        sleeper_with(&[])
+    }
+
+    /// A long sleep in a process group of its own, with `env` added to its environment.
+    fn sleeper_with(env: &[(&str, &str)]) -> std::process::Child {
         Command::new("sleep")
             .arg("600")
+            .envs(env.iter().copied())
             .process_group(0)
             .spawn()
             .unwrap()
@@ -170,16 +176,9 @@ mod tests {
     fn tests_never_listed_but_carrying_the_token_are_killed() {
         // The agent died between spawning a test and telling the guard of it.
         let token = format!("guard-test-{}", std::process::id());
-        let carrying = |token: &str| {
-            Command::new("sleep")
-                .arg("600")
-                .env(GUARD_ENV, token)
-                .process_group(0)
-                .spawn()
-                .unwrap()
-        };
-        let mut unlisted = carrying(&token);
-        let mut anothers = carrying(&format!("{token}-another"));
+        let another = format!("{token}-another");
+        let mut unlisted = sleeper_with(&[(GUARD_ENV, &token)]);
+        let mut anothers = sleeper_with(&[(GUARD_ENV, &another)]);
         assert_eq!(serve(&b""[..], Some(&token)), 1);
         assert!(!unlisted.wait().unwrap().success());
         assert!(

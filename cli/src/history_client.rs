@@ -181,8 +181,8 @@ impl Backend {
                     limit: limit as u32,
                 })
                 .await
-                .map(|r| answered(url, r))
                 .map_err(|s| CliError::from_status(url, s))?
+                .into_inner()
                 .runs
                 .into_iter()
                 .map(|r| {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::start;
+use common::{spec, start};
 use testfleet_proto::pb;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -37,23 +37,14 @@ async fn old_bundles_go_at_start_unless_an_unfinished_run_names_them() {
     client
         .submit_run(pb::SubmitRunRequest {
             spec: Some(pb::RunSpec {
-                suite: "bundled".into(),
                 binaries: vec![pb::Binary {
                     binary_id: "b".into(),
                     path: "bin/test".into(),
                     cwd: "ws".into(),
                     ..Default::default()
                 }],
-                tests: vec![pb::TestSpec {
-                    binary: 0,
-                    name: "t".into(),
-                    ignored: false,
-                }],
-                test_timeout_ms: 10_000,
-                kill_grace_ms: 100,
-                output_cap_bytes: 4096,
                 bundle_digest: named.clone(),
-                ..Default::default()
+                ..spec()
             }),
             ..Default::default()
         })

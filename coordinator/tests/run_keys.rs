@@ -3,31 +3,10 @@
 
 mod common;
 
-use common::start;
+use common::{spec, start};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
-
-fn spec() -> pb::RunSpec {
-    pb::RunSpec {
-        suite: "keys".into(),
-        binaries: vec![pb::Binary {
-            binary_id: "b".into(),
-            path: "/bin/true".into(),
-            cwd: "/".into(),
-            ..Default::default()
-        }],
-        tests: vec![pb::TestSpec {
-            binary: 0,
-            name: "t".into(),
-            ignored: false,
-        }],
-        test_timeout_ms: 10_000,
-        kill_grace_ms: 100,
-        output_cap_bytes: 4096,
-        ..Default::default()
-    }
-}
 
 fn keyed(key: &str, with_spec: bool) -> pb::SubmitRunRequest {
     pb::SubmitRunRequest {

@@ -212,6 +212,8 @@ impl Coordinator for ClientApi {
         })
         .await?;
         let run_id = RunId(record.run_id);
+        // The writer still hears of it: it takes the run's revision for the attempts' log entries
+        // (and writes the same record again, which changes nothing).
         let _ = self.history.send(HistoryUpdate::RunCreated(record));
         let Plan {
             estimates,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 
@@ -28,4 +29,26 @@ pub async fn start(
     });
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     (CoordinatorClient::new(channel), stop, server)
+}
+
+/// A run of one test that no agent is there to run.
+pub fn spec() -> pb::RunSpec {
+    pb::RunSpec {
+        suite: "keys".into(),
+        binaries: vec![pb::Binary {
+            binary_id: "b".into(),
+            path: "/bin/true".into(),
+            cwd: "/".into(),
+            ..Default::default()
+        }],
+        tests: vec![pb::TestSpec {
+            binary: 0,
+            name: "t".into(),
+            ignored: false,
+        }],
+        test_timeout_ms: 10_000,
+        kill_grace_ms: 100,
+        output_cap_bytes: 4096,
+        ..Default::default()
+    }
 }
