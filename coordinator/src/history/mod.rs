@@ -99,7 +99,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError>;
 
     /// Applies the writes `f` makes as one group: each record is read once, changed in memory,
-    /// and written back with the group, so a burst of results costs one batch per tree.
+    /// and written back once with the group, so a burst of results for one test costs one write.
     fn write(
         &self,
         f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,

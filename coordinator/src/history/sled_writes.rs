@@ -1,5 +1,5 @@
 //! Grouped writes to the sled store. A [`WriteTx`] collects what a group of updates does to each
-//! test and to each run, and writes every tree back in batches when the group commits: a burst of
+//! test and to each run, and writes each record back once when the group commits: a burst of
 //! results for the same tests (a result, then its statistics, then its settled outcome) costs one
 //! read and one write per record instead of three. Tests are independent of one another, so their
 //! records are brought up to date on several threads at once, each owning a shard of the tests.

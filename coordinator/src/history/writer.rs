@@ -18,8 +18,8 @@ use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord}
 pub const MASS_FAILURE_MIN_TESTS: u32 = 4;
 pub const MASS_FAILURE_PERCENT: u32 = 80;
 
-/// Updates written as one group at most: large enough to amortise a batch per tree and the shard
-/// threads (65,536 ingested 8–14% faster than 16,384 in side-by-side runs), small enough that a
+/// Updates written as one group at most: large enough to amortise each record's read and write
+/// and the shard threads (65,536 ingested 8–14% faster than 16,384 in side-by-side runs), small enough that a
 /// group's records stay in the tens of megabytes.
 const GROUP_MAX: usize = 65536;
 
