@@ -6,6 +6,7 @@ mod containers;
 mod coordinator_proc;
 mod detection;
 mod figures;
+mod floor;
 mod ingest;
 mod makespan;
 mod overhead;
@@ -18,6 +19,11 @@ mod suite;
 use clap::{Parser, Subcommand};
 
 use figures::Figure;
+
+/// The coordinator's allocator, so that the transport floor (served from this process) allocates
+/// as the coordinator does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

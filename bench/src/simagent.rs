@@ -19,6 +19,10 @@ pub struct Shared {
     pub connected: AtomicUsize,
     pub connected_changed: Notify,
     pub results: AtomicU64,
+    pub leases: AtomicU64,
+    /// When non-zero, `all_reported` is notified once `results` reaches it.
+    pub expected: AtomicU64,
+    pub all_reported: Notify,
     /// Work request to lease, in microseconds, of every request made while the agent was busy
     /// (an agent's first request waits for a run to be submitted, and is not counted).
     pub latencies_us: std::sync::Mutex<Vec<u64>>,
@@ -132,7 +136,13 @@ pub async fn agent(
                         }
                         out.send(passed(&lease, t))?;
                     }
-                    shared.results.fetch_add(lease.tests.len() as u64, Ordering::Relaxed);
+                    let n = lease.tests.len() as u64;
+                    let total = shared.results.fetch_add(n, Ordering::Relaxed) + n;
+                    shared.leases.fetch_add(1, Ordering::Relaxed);
+                    let expected = shared.expected.load(Ordering::Relaxed);
+                    if expected > 0 && total >= expected && total - n < expected {
+                        shared.all_reported.notify_one();
+                    }
                     requested_at = Some(Instant::now());
                     out.send(work_request(slots))?;
                 }
