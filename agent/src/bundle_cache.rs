@@ -2,11 +2,19 @@
 //! directory; concurrent leases for the same digest wait for the one download. Agents may share a
 //! cache dir (CI jobs on one machine): each downloads and extracts under names of its own, and the
 //! first to finish puts the bundle in place.
+//!
+//! Bundles unused for the retention period are removed ([`BundleCache::collect`]): every run of a
+//! new revision brings a bundle, and an agent that lives for months would fill its disk. A bundle
+//! counts as used whenever a lease needs it (its directory's modification time), and the cache's
+//! lock file (`bundles.lock` beside it) keeps a removal from crossing a lease that just found the
+//! bundle, in this agent or another sharing the dir.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use testfleet_bundle::{BundleError, ExtractLimits};
 use testfleet_proto::pb;
@@ -14,8 +22,18 @@ use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_security::AuthChannel;
 use tokio::sync::Mutex;
 
+/// How long a bundle no lease has needed stays by default. Short: the coordinator keeps bundles
+/// for days, and downloading one again costs far less than a full disk.
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(DEFAULT_RETENTION_HOURS as u64 * 3600);
+
+/// How often old bundles are looked for, after the pass at start.
+const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    #[error("the coordinator named bundle `{0}`, which is not a SHA-256 digest")]
+    BadDigest(String),
     #[error("failed to download bundle {digest}: {status}")]
     Download { digest: String, status: String },
     #[error("bundle {digest} is unusable: {source}")]
@@ -51,6 +69,9 @@ impl BundleCache {
         digest: &str,
         client: &mut CoordinatorClient<AuthChannel>,
     ) -> Result<PathBuf, CacheError> {
+        if !testfleet_model::spec::is_sha256_hex(digest) {
+            return Err(CacheError::BadDigest(digest.chars().take(80).collect()));
+        }
         let root = self.dir.join(digest);
         let lock = self
             .locks
@@ -60,14 +81,14 @@ impl BundleCache {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        if root.is_dir() {
-            return Ok(root);
-        }
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        if self.find(&root).await.map_err(io(&self.lock_path()))? {
+            return Ok(root);
+        }
         // Names of this process and this download: another agent on the same dir has its own.
         let own = format!("{digest}-{}-{}", std::process::id(), unique());
         let archive = self.dir.join(format!(".download-{own}"));
@@ -117,20 +138,274 @@ impl BundleCache {
                 source,
             });
         }
-        if let Err(e) = std::fs::rename(&staging, &root) {
-            let _ = std::fs::remove_dir_all(&staging);
-            // Another agent sharing this dir put the same (verified) bundle there first.
-            if !root.is_dir() {
-                return Err(io(&root)(e));
+        let placed = root.clone();
+        self.under_lock(false, move || match std::fs::rename(&staging, &placed) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                // Another agent sharing this dir put the same (verified) bundle there first.
+                if placed.is_dir() {
+                    mark_used(&placed);
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
-        }
+        })
+        .await
+        .map_err(io(&root))?;
         tracing::info!(%digest, root = %root.display(), "bundle extracted");
         Ok(root)
     }
+
+    /// Whether the bundle at `root` is here; if it is, it is marked as used, under the lock, so
+    /// that no removal pass takes it from the lease about to use it.
+    async fn find(&self, root: &Path) -> std::io::Result<bool> {
+        let root = root.to_path_buf();
+        self.under_lock(false, move || {
+            let here = root.is_dir();
+            if here {
+                mark_used(&root);
+            }
+            Ok(here)
+        })
+        .await
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.with_extension("lock")
+    }
+
+    /// Runs `f` holding the cache's lock file, shared (a lease finding or placing a bundle) or
+    /// exclusive (a removal pass), on a blocking thread.
+    async fn under_lock<T: Send + 'static>(
+        &self,
+        exclusive: bool,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let path = self.lock_path();
+        tokio::task::spawn_blocking(move || {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            flock(
+                &file,
+                if exclusive {
+                    libc::LOCK_EX
+                } else {
+                    libc::LOCK_SH
+                },
+            )?;
+            // Unlocked when `file` is dropped, after `f`.
+            f()
+        })
+        .await
+        .expect("cache lock task does not panic")
+    }
+
+    /// Removes the bundles no lease has needed since `cutoff`, and downloads and extractions left
+    /// unfinished before it (an agent killed midway). Returns how many bundles went.
+    pub async fn collect(&self, cutoff: SystemTime) -> std::io::Result<usize> {
+        let dir = self.dir.clone();
+        let doomed = self
+            .under_lock(true, move || {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                let mut doomed = Vec::new();
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let bundle = testfleet_model::spec::is_sha256_hex(name);
+                    let trash = name.starts_with(".trash-");
+                    let leftover = name.starts_with(".download-") || name.starts_with(".extract-");
+                    if !(bundle || trash || leftover) {
+                        continue; // not ours: left alone
+                    }
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < cutoff);
+                    if !(old || trash) {
+                        continue;
+                    }
+                    if bundle {
+                        // Out of sight first, under the lock: a tree half removed must never
+                        // look like a bundle to a lease.
+                        let gone =
+                            dir.join(format!(".trash-{name}-{}-{}", std::process::id(), unique()));
+                        std::fs::rename(entry.path(), &gone)?;
+                        doomed.push((gone, true));
+                    } else {
+                        doomed.push((entry.path(), false));
+                    }
+                }
+                Ok(doomed)
+            })
+            .await?;
+        // The removal itself, which can take a while, holds no lock.
+        tokio::task::spawn_blocking(move || {
+            let mut bundles = 0;
+            for (path, bundle) in doomed {
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => bundles += usize::from(bundle),
+                    // Another agent sharing the dir removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(bundles)
+        })
+        .await
+        .expect("cache removal task does not panic")
+    }
+}
+
+/// Takes `op` (`LOCK_SH` or `LOCK_EX`) on `file`, waiting for it; released when the file is closed.
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Marks a bundle as used now, so that it is kept another retention period. A bundle whose mark
+/// fails is still used; its retention only counts from before.
+fn mark_used(root: &Path) {
+    if let Err(e) = File::open(root).and_then(|d| d.set_modified(SystemTime::now())) {
+        tracing::warn!(root = %root.display(), error = %e, "could not mark a bundle as used");
+    }
+}
+
+/// The periodic removal of old bundles; stopped when dropped.
+pub struct Collector(tokio::task::JoinHandle<()>);
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removes bundles unused for `retention` at once and then every hour, until the returned
+/// collector is dropped. Failures are logged: the cache still works with old bundles in it.
+pub fn collect_periodically(cache: BundleCache, retention: Duration) -> Collector {
+    Collector(tokio::spawn(async move {
+        let mut every = tokio::time::interval(COLLECT_EVERY);
+        loop {
+            every.tick().await;
+            let cutoff = SystemTime::now()
+                .checked_sub(retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            match cache.collect(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    bundles = n,
+                    retention_hours = retention.as_secs() / 3600,
+                    "removed cached bundles no lease has needed within the retention period"
+                ),
+                Err(e) => tracing::warn!(
+                    dir = %cache.dir.display(),
+                    error = %e,
+                    "could not remove old cached bundles"
+                ),
+            }
+        }
+    }))
 }
 
 /// A number no other download of this process has.
 fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn digest(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    /// A directory (or, with `file`, a file) in the cache last modified `age` ago.
+    fn entry(cache: &Path, name: &str, age: Duration, file: bool) -> PathBuf {
+        let path = cache.join(name);
+        if file {
+            std::fs::write(&path, b"x").unwrap();
+        } else {
+            std::fs::create_dir_all(path.join("bin")).unwrap();
+            std::fs::write(path.join("bin/test"), b"x").unwrap();
+        }
+        File::open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn bundles_unused_since_the_cutoff_and_old_leftovers_go_the_rest_stays() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("bundles");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = BundleCache::new(dir.clone());
+        let old = entry(&dir, &digest('a'), 3 * DAY, false);
+        let fresh = entry(&dir, &digest('b'), Duration::ZERO, false);
+        let used_again = entry(&dir, &digest('c'), 3 * DAY, false);
+        let old_download = entry(&dir, ".download-x-1-0", 3 * DAY, true);
+        let fresh_extract = entry(&dir, ".extract-y-1-1", Duration::ZERO, false);
+        let trash = entry(&dir, ".trash-z-1-2", Duration::ZERO, false);
+        let not_ours = entry(&dir, "notes", 3 * DAY, true);
+
+        // A lease finds the old bundle `c`: from then on it counts as used now.
+        assert!(cache.find(&used_again).await.unwrap());
+        assert!(!cache.find(&dir.join(digest('d'))).await.unwrap());
+
+        let removed = cache.collect(SystemTime::now() - DAY).await.unwrap();
+        assert_eq!(removed, 1, "one bundle removed");
+        for gone in [&old, &old_download, &trash] {
+            assert!(!gone.exists(), "{} should be gone", gone.display());
+        }
+        for kept in [&fresh, &used_again, &fresh_extract, &not_ours] {
+            assert!(kept.exists(), "{} should be kept", kept.display());
+        }
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with(".trash-")),
+            "nothing left half removed: {names:?}"
+        );
+        assert!(
+            work.path().join("bundles.lock").is_file(),
+            "the lock lives beside the cache, not in it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_cache_dir_has_nothing_to_collect() {
+        let work = tempfile::tempdir().unwrap();
+        let cache = BundleCache::new(work.path().join("bundles"));
+        assert_eq!(cache.collect(SystemTime::now()).await.unwrap(), 0);
+    }
 }

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Bundle cache and scratch space; one per agent.
     pub work_dir: PathBuf,
+    /// How long a cached bundle no lease needs is kept; `None` keeps every bundle.
+    pub bundle_retention: Option<Duration>,
     pub labels: HashMap<String, String>,
     pub connect_timeout: Duration,
     /// Longest wait between reconnection attempts.
@@ -53,6 +55,7 @@ impl AgentConfig {
             agent_id,
             slots,
             work_dir,
+            bundle_retention: Some(bundle_cache::DEFAULT_RETENTION),
             labels: HashMap::new(),
             connect_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
@@ -173,6 +176,9 @@ async fn run_sessions(
 ) -> Result<(), AgentError> {
     let endpoint = session::endpoint(config)?;
     let cache = bundle_cache::BundleCache::new(config.work_dir.join("bundles"));
+    let _collector = config
+        .bundle_retention
+        .map(|r| bundle_cache::collect_periodically(cache.clone(), r));
     let mut w = Worker::new(config.slots, services);
     let mut delay = Duration::from_millis(100);
     loop {

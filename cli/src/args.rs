@@ -406,6 +406,10 @@ pub struct AgentArgs {
     /// Bundle cache and scratch space for this agent (one per agent).
     #[arg(long, env = "TESTFLEET_WORK_DIR")]
     pub work_dir: PathBuf,
+    /// Hours a cached bundle is kept after the last lease that needed it (a bundle removed is
+    /// downloaded again when needed). 0 keeps every bundle.
+    #[arg(long, value_name = "HOURS", default_value_t = testfleet_agent::bundle_cache::DEFAULT_RETENTION_HOURS)]
+    pub bundle_cache_hours: u32,
     /// This agent's name [default: kept in the work dir, created on first start].
     #[arg(long, env = "TESTFLEET_AGENT_ID")]
     pub agent_id: Option<String>,

@@ -35,26 +35,40 @@ pub async fn connect(url: &str, security: &ClientSecurity) -> CliResult<Client> 
         .max_encoding_message_size(usize::MAX))
 }
 
-/// Uploads the bundle unless the coordinator has it already. Returns whether bytes were sent.
-pub async fn upload_bundle(
-    client: &mut Client,
-    url: &str,
-    bundle: &PackedBundle,
-) -> CliResult<bool> {
-    let present = client
+async fn has(client: &mut Client, url: &str, bundle: &PackedBundle) -> CliResult<bool> {
+    Ok(client
         .has_bundle(pb::BundleRef {
             digest: bundle.digest.clone(),
         })
         .await
         .map_err(|s| CliError::from_status(url, s))?
         .into_inner()
-        .present;
-    if present {
+        .present)
+}
+
+/// Uploads the bundle unless the coordinator has it already. Returns whether bytes were sent.
+pub async fn upload_bundle(
+    client: &mut Client,
+    url: &str,
+    bundle: &PackedBundle,
+) -> CliResult<bool> {
+    if has(client, url, bundle).await? {
         return Ok(false);
     }
-    let file = tokio::fs::File::open(&bundle.path).await.map_err(|e| {
-        CliError::Bundle(format!("cannot read bundle {}: {e}", bundle.path.display()))
-    })?;
+    let file = match tokio::fs::File::open(&bundle.path).await {
+        Ok(file) => file,
+        // Another run of the same workspace packed the same bundle, sent it, and removed the
+        // file in the meantime: the coordinator has it now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && has(client, url, bundle).await? => {
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(CliError::Bundle(format!(
+                "cannot read bundle {}: {e}",
+                bundle.path.display()
+            )));
+        }
+    };
     let read_error = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen = read_error.clone();
     // A read error ends the upload early; the coordinator then refuses the short bundle, and the

@@ -1,6 +1,7 @@
 //! Bundles that must never be used: one whose bytes do not match its digest (on upload, and on disk
 //! behind the coordinator's back), and one whose entry would escape the extraction dir. And a
-//! bundle cache shared by several agents (CI jobs on one machine) serves them all.
+//! bundle cache shared by several agents (CI jobs on one machine) serves them all, and loses the
+//! bundles no lease has needed for `--bundle-cache-hours`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -284,4 +285,52 @@ fn agents_sharing_a_work_dir_share_its_bundle_cache() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn an_agent_removes_cached_bundles_no_lease_needed_within_its_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, url) = coordinator(dir.path());
+    let work = dir.path().join("work");
+    // A bundle an earlier run left in the cache two days ago.
+    let stale = work.join("bundles").join("e".repeat(64));
+    std::fs::create_dir_all(stale.join("bin")).unwrap();
+    std::fs::write(stale.join("bin/test"), b"old").unwrap();
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
+        .unwrap();
+    let mut cmd = testfleet();
+    cmd.args(["agent", "--coordinator", &url, "--agent-id", "keeper"])
+        .args(["--slots", "2", "--bundle-cache-hours", "1", "--work-dir"])
+        .arg(&work);
+    let _agent = Proc::spawn(cmd, dir.path().join("agent.log"));
+    wait_until("the stale bundle's removal", || !stale.exists());
+    // The client's side: a packed bundle a killed run left a day ago goes when the next run
+    // packs, and that run's own archive once the coordinator has it. (A target dir of its own:
+    // other tests pack the same fixture at the same time.)
+    let target = dir.path().join("target");
+    let packed = target.join("testfleet").join("bundles");
+    std::fs::create_dir_all(&packed).unwrap();
+    let left = packed.join(format!("{}.tar.zst", "f".repeat(64)));
+    std::fs::write(&left, b"old").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&left)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
+        .unwrap();
+    let mut client = testfleet();
+    client.env("CARGO_TARGET_DIR", &target);
+    let events = fixture_run_on(client, &url, &[]);
+    assert_eq!(final_outcomes(&events), crate::fixture::expected(true));
+    let archives: Vec<_> = std::fs::read_dir(&packed).unwrap().collect();
+    assert!(archives.is_empty(), "{archives:?}");
+    // The run's own bundle, just used, stays in the agent's cache; nothing half removed is left.
+    let names: Vec<String> = std::fs::read_dir(work.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(testfleet_model::spec::is_sha256_hex(&names[0]), "{names:?}");
 }

@@ -50,6 +50,8 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
         args.work_dir.clone(),
     );
     config.guard = super::start_guard();
+    config.bundle_retention = (args.bundle_cache_hours > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(args.bundle_cache_hours) * 3600));
     config.security = args.connect.security()?;
     for l in &args.labels {
         let (k, v) = l

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use testfleet_bundle::BundleEntry;
 use testfleet_model::{Binary, ImageSource, RunId, RunSpec, Runner, TestSpec};
@@ -243,7 +243,10 @@ async fn finish(
             includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
         }
         let packed = pack_bundle(ws, executables, &includes, project, suite.as_ref()).await?;
-        let sent = remote::upload_bundle(client, url, &packed).await?;
+        let sent = remote::upload_bundle(client, url, &packed).await;
+        // The next run packs afresh: once sent (or refused), the archive is of no more use here.
+        remove_if_present(&packed.path);
+        let sent = sent?;
         eprintln!(
             "bundle {} ({} bytes) {}",
             &packed.digest[..12],
@@ -528,10 +531,44 @@ async fn pack_bundle(
             .map_err(|e| CliError::Bundle(format!("cannot include {}: {e}", src.display())))?;
     }
     let dir = ws.target_dir.join("testfleet").join("bundles");
-    tokio::task::spawn_blocking(move || testfleet_bundle::pack(&entries, &dir))
-        .await
-        .map_err(|e| CliError::Internal(e.into()))?
-        .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))
+    tokio::task::spawn_blocking(move || {
+        remove_stale_bundles(&dir, SystemTime::now() - STALE_BUNDLE_AGE);
+        testfleet_bundle::pack(&entries, &dir)
+    })
+    .await
+    .map_err(|e| CliError::Internal(e.into()))?
+    .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))
+}
+
+/// Packed bundles older than this in `target/testfleet/bundles` were left by a run that was killed
+/// before it could remove its own; a day is far longer than any run takes to upload.
+const STALE_BUNDLE_AGE: Duration = Duration::from_secs(86_400);
+
+/// Removes the packed bundles (and unfinished packings) last written before `cutoff`.
+fn remove_stale_bundles(dir: &Path, cutoff: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.ends_with(".tar.zst") || name.starts_with(".packing-");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if ours && old {
+            remove_if_present(&entry.path());
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a packed bundle");
+    }
 }
 
 /// A tool suite's files: everything but hidden entries (`.git`, `.testfleet`, a `.venv`) and
