@@ -168,6 +168,9 @@ pub struct RunsArgs {
     /// How many runs, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Only runs older than this one: the next page after a listing whose last run it is.
+    #[arg(long, value_name = "RUN")]
+    pub before: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -164,12 +164,17 @@ impl Backend {
         }
     }
 
-    pub async fn runs(&mut self, limit: usize) -> CliResult<Vec<RunOverview>> {
+    /// Newest first; with `before`, the runs older than it.
+    pub async fn runs(
+        &mut self,
+        before: Option<RunId>,
+        limit: usize,
+    ) -> CliResult<Vec<RunOverview>> {
         match self {
             Backend::Local(s) => {
                 Self::local(s, move |st| {
                     Ok(st
-                        .runs(limit)?
+                        .runs(before, limit)?
                         .into_iter()
                         .map(query::run_overview)
                         .collect())
@@ -179,6 +184,7 @@ impl Backend {
             Backend::Remote { client, url } => client
                 .list_runs(pb::ListRunsRequest {
                     limit: limit as u32,
+                    before_run_id: before.map(|b| b.to_string()).unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| CliError::from_status(url, s))?

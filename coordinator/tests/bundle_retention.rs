@@ -60,7 +60,10 @@ async fn old_bundles_go_at_start_unless_an_unfinished_run_names_them() {
     let (mut client, stop, server) = start(dir.path()).await;
     // Answered only once it serves, which is after the removal (the listener accepted before).
     client
-        .list_runs(pb::ListRunsRequest { limit: 1 })
+        .list_runs(pb::ListRunsRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(

@@ -290,3 +290,64 @@ fn the_dashboard_and_metrics_need_a_reader_token_and_the_probes_do_not() {
         "refusing to serve the dashboard and metrics on 0.0.0.0:0 without tokens",
     );
 }
+
+#[test]
+fn the_runs_page_and_testfleet_runs_page_through_older_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, url, http) = coordinator_with_http(dir.path(), &[]);
+    let junit = dir.path().join("one.xml");
+    std::fs::write(
+        &junit,
+        r#"<testsuite name="t"><testcase classname="a" name="b" time="0.001"/></testsuite>"#,
+    )
+    .unwrap();
+    // One run more than a page holds (50).
+    for _ in 0..51 {
+        let out = run_output(
+            testfleet()
+                .args(["import", "junit", "--coordinator", &url])
+                .arg(&junit),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let rows = |html: &str| html.matches("<tr class=\"run\">").count();
+
+    let first = web::get(&http, "/", None);
+    assert_eq!(first.status, 200);
+    assert_eq!(rows(&first.body), 50);
+    assert!(
+        first.body.contains(">51</a>"),
+        "the newest run is on the first page"
+    );
+    assert!(!first.body.contains("id=\"newest\""));
+    // Runs 51 down to 2 are shown: the next page is what came before run 2.
+    assert!(
+        first.body.contains("<a id=\"older\" href=\"/?before=2\">"),
+        "{}",
+        first.body
+    );
+
+    let second = web::get(&http, "/?before=2", None);
+    assert_eq!(second.status, 200);
+    assert_eq!(rows(&second.body), 1);
+    assert!(second.body.contains("<a href=\"/runs/1\">1</a>"));
+    assert!(second.body.contains("<a id=\"newest\" href=\"/\">"));
+    assert!(!second.body.contains("id=\"older\""), "run 1 is the last");
+
+    let beyond = web::get(&http, "/?before=1", None);
+    assert!(beyond.body.contains("No older runs."), "{}", beyond.body);
+
+    let page = |extra: &[&str]| -> Vec<u64> {
+        let out = run_output(
+            testfleet()
+                .args(["runs", "--coordinator", &url, "--json", "--limit", "3"])
+                .args(extra),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        runs.iter().map(|r| r["run_id"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(page(&[]), [51, 50, 49]);
+    assert_eq!(page(&["--before", "49"]), [48, 47, 46]);
+    assert_eq!(page(&["--before", "2"]), [1]);
+}

@@ -180,7 +180,7 @@ fn without_retries_a_flaky_test_fails_and_history_accumulates() {
         stderr(&second)
     );
     let store = SledStore::open(&data).unwrap();
-    let runs = store.runs(10).unwrap();
+    let runs = store.runs(None, 10).unwrap();
     assert_eq!(runs.len(), 2, "both runs are in the persistent data dir");
     assert!(runs[0].run_id > runs[1].run_id);
 }

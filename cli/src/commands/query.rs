@@ -1,8 +1,8 @@
 //! `testfleet flaky | timings | history | runs | quarantine`: history as tables or JSON.
 
 use serde::Serialize;
-use testfleet_model::exit_code;
 use testfleet_model::report::{FlakyTest, QuarantineInfo};
+use testfleet_model::{RunId, exit_code};
 
 use crate::args::{FlakyArgs, HistoryArgs, QuarantineCommand, QueryArgs, RunsArgs, TimingsArgs};
 use crate::error::{CliError, CliResult};
@@ -200,7 +200,7 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
 
 pub async fn runs(args: RunsArgs) -> CliResult<i32> {
     let mut b = Backend::open(&args.query).await?;
-    let runs = b.runs(args.limit).await?;
+    let runs = b.runs(args.before.map(RunId), args.limit).await?;
     if args.query.json {
         print_json(&runs);
         return Ok(exit_code::SUCCESS);

@@ -339,12 +339,17 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let limit = match req.into_inner().limit {
+        let req = req.into_inner();
+        let limit = match req.limit {
             0 => 20,
             n => n.min(1000) as usize,
         };
+        let before = match req.before_run_id.as_str() {
+            "" => None,
+            id => Some(parse_run_id(id)?),
+        };
         let store = self.store.clone();
-        let runs = blocking(move || store.runs(limit)).await?;
+        let runs = blocking(move || store.runs(before, limit)).await?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.into_iter().map(record_info).collect(),
         }))

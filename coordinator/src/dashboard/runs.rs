@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Html;
 use testfleet_model::{Outcome, RunId, RunState, RunSummary};
 
@@ -12,7 +12,7 @@ use crate::history::RunRecord;
 use crate::http::Shared;
 use crate::scheduler::Command;
 
-/// Runs on the first page.
+/// Runs on a page.
 const RUNS_SHOWN: usize = 50;
 /// A page showing a running run reloads itself this often (seconds).
 const LIVE_REFRESH: u32 = 3;
@@ -77,9 +77,24 @@ async fn live(state: &Shared, mut rec: RunRecord) -> RunRecord {
     rec
 }
 
-pub(super) async fn list(State(state): State<Shared>) -> Result<Html<String>, PageError> {
+#[derive(serde::Deserialize)]
+pub(super) struct ListQuery {
+    /// Show the runs older than this one (the next page).
+    before: Option<u64>,
+}
+
+pub(super) async fn list(
+    State(state): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, PageError> {
     let store = state.store.clone();
-    let records = blocking(move || store.runs(RUNS_SHOWN)).await?;
+    let before = q.before.map(RunId);
+    // One more than shown: whether there is an older page.
+    let mut records = blocking(move || store.runs(before, RUNS_SHOWN + 1)).await?;
+    let older = (records.len() > RUNS_SHOWN).then(|| {
+        records.truncate(RUNS_SHOWN);
+        records.last().map(|r| r.run_id)
+    });
     let agents = state
         .scheduler
         .ask(|reply| Command::ListAgents { reply })
@@ -100,12 +115,28 @@ pub(super) async fn list(State(state): State<Shared>) -> Result<Html<String>, Pa
     }
     let mut body = String::from("<h2>Runs</h2>");
     if rows.is_empty() {
-        body.push_str("<p class=\"muted\">No runs yet.</p>");
+        body.push_str(if before.is_some() {
+            "<p class=\"muted\">No older runs.</p>"
+        } else {
+            "<p class=\"muted\">No runs yet.</p>"
+        });
     } else {
         let _ = write!(
             body,
             "<table id=\"runs\"><tr><th>run</th>{RUN_HEADERS}<th>revision</th></tr>{rows}</table>"
         );
+    }
+    let mut pages = Vec::new();
+    if before.is_some() {
+        pages.push("<a id=\"newest\" href=\"/\">newest runs</a>".to_owned());
+    }
+    if let Some(Some(last)) = older {
+        pages.push(format!(
+            "<a id=\"older\" href=\"/?before={last}\">older runs</a>"
+        ));
+    }
+    if !pages.is_empty() {
+        let _ = write!(body, "<p class=\"pages\">{}</p>", pages.join(" · "));
     }
     let _ = write!(body, "<h2>Agents connected ({})</h2>", agents.len());
     if !agents.is_empty() {

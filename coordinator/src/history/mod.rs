@@ -106,8 +106,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     ) -> Result<(), HistoryError>;
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError>;
-    /// Newest first.
-    fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, HistoryError>;
+    /// Newest first; with `before`, only the runs older than it (the next page).
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<RunRecord>, HistoryError>;
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError>;
     /// Visits every test's summary, of one suite or all, in key order, without copying them.
     fn for_each_summary(

@@ -2,6 +2,7 @@
 //! so scans come out ordered; trees and shapes are described in `records.rs`.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -134,7 +135,50 @@ impl SledStore {
             db,
         };
         store.migrate()?;
+        let orphans = store.remove_orphan_specs()?;
+        if orphans > 0 {
+            tracing::info!(
+                runs = orphans,
+                "removed the stored specs of submissions that never became runs"
+            );
+        }
         Ok(store)
+    }
+
+    /// Removes the spec pieces of runs that are not running: a coordinator stopped between
+    /// storing a submission's spec and its run record leaves pieces no run will ever read (a
+    /// finished run's spec goes when it closes). Returns how many runs' pieces went.
+    fn remove_orphan_specs(&self) -> Result<usize, HistoryError> {
+        let mut removed = 0;
+        let mut current: Option<(u64, bool)> = None;
+        for key in self.run_specs.iter().keys() {
+            let key = key?;
+            let Some(id) = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let keep = match current {
+                Some((seen, keep)) if seen == id => keep,
+                _ => {
+                    let keep = self
+                        .run(RunId(id))?
+                        .is_some_and(|r| r.state == RunState::Running);
+                    removed += usize::from(!keep);
+                    current = Some((id, keep));
+                    keep
+                }
+            };
+            if !keep {
+                self.run_specs.remove(key)?;
+            }
+        }
+        if removed > 0 {
+            self.run_specs.flush()?;
+        }
+        Ok(removed)
     }
 
     /// How many runs to keep (at least 1).
@@ -517,9 +561,11 @@ impl HistoryStore for SledStore {
         self.runs.get(key)?.map(|b| decode(&key, &b)).transpose()
     }
 
-    fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, HistoryError> {
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<RunRecord>, HistoryError> {
+        // Keys are big-endian run ids: key order is run order.
+        let end = before.map_or(Bound::Unbounded, |b| Bound::Excluded(b.0.to_be_bytes()));
         self.runs
-            .iter()
+            .range((Bound::Unbounded, end))
             .rev()
             .take(limit)
             .map(|kv| {
@@ -699,6 +745,21 @@ mod tests {
         }
     }
 
+    fn running(id: u64) -> RunRecord {
+        RunRecord {
+            run_id: id,
+            suite: "s".into(),
+            total_tests: 1,
+            revision: String::new(),
+            branch: String::new(),
+            created_unix_ms: 0,
+            state: RunState::Running,
+            summary: None,
+            quarantine: Default::default(),
+            resumes: 0,
+        }
+    }
+
     /// A spec of many pieces reads back whole, next to others, across a reopen; closing its run
     /// removes every piece and nothing of the others.
     #[test]
@@ -709,6 +770,11 @@ mod tests {
             let s = SledStore::open(dir.path()).unwrap();
             s.put_spec(RunId(1), &one).unwrap();
             s.put_spec(RunId(2), &two).unwrap();
+            s.write(&mut |w| {
+                w.put_run(&running(1))?;
+                w.put_run(&running(2))
+            })
+            .unwrap();
             assert!(s.run_specs.len() > 10, "{} pieces", s.run_specs.len());
             s.flush().unwrap();
         }
@@ -737,6 +803,35 @@ mod tests {
         s.close_run(RunId(7), RunState::Finished, &RunSummary::default())
             .unwrap();
         assert_eq!(s.spec(RunId(7)).unwrap(), None);
+    }
+
+    /// The pieces of a submission whose run record was never written (a coordinator stopped in
+    /// between), and of a run that is no longer running, go when the store opens; a running
+    /// run's stay.
+    #[test]
+    fn specs_of_runs_that_are_not_running_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = big_spec(2_000);
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for id in [1, 2, 3] {
+                s.put_spec(RunId(id), &spec).unwrap();
+            }
+            let mut done = running(3);
+            done.state = RunState::Finished;
+            s.write(&mut |w| {
+                w.put_run(&running(2))?;
+                w.put_run(&done)
+            })
+            .unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.spec(RunId(1)).unwrap(), None, "never a run");
+        assert_eq!(s.spec(RunId(2)).unwrap().as_ref(), Some(&spec), "running");
+        assert_eq!(s.spec(RunId(3)).unwrap(), None, "finished");
+        let left = s.run_specs.iter().keys().count();
+        assert_eq!(left, s.run_specs.scan_prefix(2u64.to_be_bytes()).count());
     }
 
     #[test]
@@ -954,8 +1049,24 @@ mod tests {
                 })
                 .unwrap();
         }
-        let kept: Vec<u64> = store.runs(10).unwrap().iter().map(|r| r.run_id).collect();
+        let kept: Vec<u64> = store
+            .runs(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.run_id)
+            .collect();
         assert_eq!(kept, [4, 3]);
+        let ids = |before, limit| -> Vec<u64> {
+            let page = store.runs(Some(RunId(before)), limit).unwrap();
+            page.iter().map(|r| r.run_id).collect()
+        };
+        assert_eq!(ids(4, 10), [3], "the page before run 4");
+        assert_eq!(
+            ids(5, 1),
+            [4],
+            "a page of one, from a run that does not exist"
+        );
+        assert!(ids(3, 10).is_empty(), "nothing kept before run 3");
         assert!(store.run_tests(RunId(1)).unwrap().is_empty());
         assert_eq!(store.run_tests(RunId(4)).unwrap().len(), 1);
     }
