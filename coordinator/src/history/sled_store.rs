@@ -1029,18 +1029,7 @@ mod tests {
         };
         for _ in 0..4 {
             let id = store.next_run_id().unwrap();
-            let run = RunRecord {
-                run_id: id.0,
-                suite: "s".into(),
-                total_tests: 1,
-                revision: String::new(),
-                branch: String::new(),
-                created_unix_ms: 0,
-                state: RunState::Running,
-                summary: None,
-                quarantine: Default::default(),
-                resumes: 0,
-            };
+            let run = running(id.0);
             store
                 .write(&mut |w| {
                     w.put_run(&run)?;
