@@ -123,6 +123,7 @@ pub async fn serve_with_http(
         let state = Arc::new(http::HttpState {
             scheduler: scheduler.clone(),
             store: store.clone(),
+            history: history_tx.clone(),
             metrics,
             tokens: config.tokens.clone().map(Arc::new),
             ready: ready.clone(),

@@ -28,16 +28,11 @@ pub struct ClientApi {
     pub(crate) keyed_submits: tokio::sync::Mutex<()>,
 }
 
-/// How long a history query waits for the writer to catch up before answering from what is
-/// written: a query right after a run finished sees that run, and one made while a backlog of
-/// hundreds of thousands of results is being written still answers.
-const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl ClientApi {
-    /// Waits (up to [`HISTORY_WAIT`]) until the writer has written everything sent before now;
-    /// false if it has not.
+    /// Waits (up to [`crate::history::QUERY_WAIT`]) until the writer has written everything sent
+    /// before now; false if it has not.
     async fn history_written(&self) -> bool {
-        let written = crate::history::written(&self.history, HISTORY_WAIT).await;
+        let written = crate::history::written(&self.history, crate::history::QUERY_WAIT).await;
         if !written {
             tracing::debug!("history query answered before the writer caught up");
         }

@@ -29,7 +29,7 @@ nav a.on{font-weight:bold;text-decoration:underline}main{padding:1em 1.5em}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #d0d7de;padding:.3em .7em;text-align:left;vertical-align:top}\
 th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .passed{color:#1a7f37}.failed,.timed_out{color:#cf222e}.flaky{color:#9a6700}.skipped,.cancelled{color:#656d76}.infra_error{color:#8250df}\
-.running{color:#0969da}.muted{color:#656d76}code{font-size:.9em}svg{display:block;margin:.5em 0 1.5em}";
+.running{color:#0969da}.muted{color:#656d76}.note{background:#fff8c5;padding:.4em .6em}code{font-size:.9em}svg{display:block;margin:.5em 0 1.5em}";
 
 /// The whole page: `active` names the navigation entry to mark; `refresh` reloads a live page.
 pub(crate) fn page(title: &str, active: &str, refresh: Option<u32>, body: &str) -> Html<String> {

@@ -46,6 +46,27 @@ impl From<crate::scheduler::SchedulerGone> for PageError {
     }
 }
 
+/// Waits, as history queries do, until the history writer has written what was sent before the
+/// page was asked for (a run that just finished is then whole on its page). If it has not within
+/// the wait, the page says so at its top.
+async fn history_note(state: &Shared) -> &'static str {
+    note_after(&state.history, crate::history::QUERY_WAIT).await
+}
+
+async fn note_after(
+    history: &tokio::sync::mpsc::UnboundedSender<crate::history::HistoryUpdate>,
+    wait: std::time::Duration,
+) -> &'static str {
+    if crate::history::written(history, wait).await {
+        ""
+    } else {
+        BEHIND_NOTE
+    }
+}
+
+const BEHIND_NOTE: &str = "<p class=\"note\">History is still being written: this page may not \
+    show the latest results yet.</p>";
+
 /// Reads history off the async threads (sled calls block).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
@@ -54,4 +75,29 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[cfg(test)]
+mod note_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_page_says_so_only_when_the_writer_has_not_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::SledStore::open(dir.path()).unwrap());
+        let (writer, thread) = crate::history::spawn_writer(store);
+        assert_eq!(note_after(&writer, Duration::from_secs(60)).await, "");
+        drop(writer);
+        thread.join().unwrap();
+
+        // A queue nobody reads: the wait runs out.
+        let (stuck, _never_read) = tokio::sync::mpsc::unbounded_channel();
+        assert_eq!(
+            note_after(&stuck, Duration::from_millis(1)).await,
+            BEHIND_NOTE
+        );
+    }
 }

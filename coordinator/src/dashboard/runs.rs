@@ -190,12 +190,18 @@ pub(super) async fn one(
         .parse()
         .map_err(|_| PageError::not_found(format!("`{id}` is not a run id")))?;
     let store = state.store.clone();
-    let (rec, mut tests) =
-        blocking(move || Ok((store.run(run_id)?, store.run_tests(run_id)?))).await?;
-    let Some(rec) = rec else {
+    let Some(rec) = blocking(move || store.run(run_id)).await? else {
         return Err(PageError::not_found(format!("run {run_id} does not exist")));
     };
     let rec = live(&state, rec).await;
+    // A live page reloads itself every few seconds: it shows what is written and does not wait.
+    let note = if rec.state == RunState::Running {
+        ""
+    } else {
+        super::history_note(&state).await
+    };
+    let store = state.store.clone();
+    let mut tests = blocking(move || store.run_tests(run_id)).await?;
     let summary = rec.summary.clone().unwrap_or_default();
     tests.sort_by(|a, b| {
         severity(a.outcome)
@@ -203,7 +209,7 @@ pub(super) async fn one(
             .then_with(|| (&a.binary_id, &a.name).cmp(&(&b.binary_id, &b.name)))
     });
     let mut body = format!(
-        "<table id=\"summary\"><tr>{RUN_HEADERS}<th>revision</th><th>branch</th></tr>\
+        "{note}<table id=\"summary\"><tr>{RUN_HEADERS}<th>revision</th><th>branch</th></tr>\
          <tr>{}<td><code>{}</code></td><td>{}</td></tr></table>",
         run_cells(&rec, &summary),
         esc(&rec.revision),

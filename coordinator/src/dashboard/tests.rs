@@ -23,9 +23,11 @@ fn percent(p: f64) -> String {
 }
 
 pub(super) async fn flaky(State(state): State<Shared>) -> Result<Html<String>, PageError> {
+    let note = super::history_note(&state).await;
     let store = state.store.clone();
     let tests = blocking(move || query::flaky(store.as_ref(), None)).await?;
-    let mut body = String::from(
+    let mut body = String::from(note);
+    body.push_str(
         "<p>Tests that passed and failed on the same revision, the most flip-prone first. \
          The failure probability counts attempts on revisions where the test passed at least once, \
          with its 95% Wilson interval.</p>",
@@ -87,9 +89,10 @@ pub(super) async fn flaky(State(state): State<Shared>) -> Result<Html<String>, P
 }
 
 pub(super) async fn slowest(State(state): State<Shared>) -> Result<Html<String>, PageError> {
+    let note = super::history_note(&state).await;
     let store = state.store.clone();
     let t = blocking(move || query::timings(store.as_ref(), None, SLOWEST_SHOWN, false)).await?;
-    let mut body = String::new();
+    let mut body = String::from(note);
     if t.tests.is_empty() {
         body.push_str("<p class=\"muted\">No passing attempts recorded yet.</p>");
         return Ok(page("Slowest tests", "Slowest tests", None, &body));
@@ -158,6 +161,7 @@ pub(super) async fn one(
         binary_id: q.binary.clone(),
         name: q.name.clone(),
     };
+    let note = super::history_note(&state).await;
     let store = state.store.clone();
     let suite = q.suite.clone();
     let found = blocking(move || store.test_log(&suite, &id)).await?;
@@ -168,7 +172,7 @@ pub(super) async fn one(
         )));
     };
     let mut body = format!(
-        "<p>{} · suite {}</p><table id=\"test-summary\"><tr><th>runs</th><th>attempts</th><th>failures</th><th>last outcome</th>\
+        "{note}<p>{} · suite {}</p><table id=\"test-summary\"><tr><th>runs</th><th>attempts</th><th>failures</th><th>last outcome</th>\
          <th>p50</th><th>p95</th><th>p99</th><th>flaky revisions</th><th>first seen</th><th>last seen</th></tr>\
          <tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr></table>",
         esc(&q.binary),

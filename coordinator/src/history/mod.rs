@@ -22,7 +22,7 @@ pub use records::{
     TestSummary,
 };
 pub use sled_store::{DEFAULT_KEEP_RUNS, SledStore};
-pub use writer::{HistoryUpdate, spawn_writer, written};
+pub use writer::{HistoryUpdate, QUERY_WAIT, spawn_writer, written};
 
 use testfleet_model::{
     AttemptResult, Outcome, RunId, RunSpec, RunState, RunSummary, TestId, TestRef,

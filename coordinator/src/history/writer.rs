@@ -45,6 +45,11 @@ impl SyncAck {
     }
 }
 
+/// How long a history query (or a dashboard page) waits for the writer to catch up before
+/// answering from what is written: a query right after a run finished sees that run, and one made
+/// while a backlog of hundreds of thousands of results is being written still answers.
+pub const QUERY_WAIT: Duration = Duration::from_secs(10);
+
 /// Waits until the writer has written everything sent to it before this call, for at most
 /// `limit`; false if it has not by then (or has stopped). A query that follows a finished run
 /// then sees that run: the run's last events reach its watchers before they reach the disk.

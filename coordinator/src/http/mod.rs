@@ -22,6 +22,8 @@ use crate::scheduler::SchedulerHandle;
 pub(crate) struct HttpState {
     pub scheduler: SchedulerHandle,
     pub store: Arc<dyn HistoryStore>,
+    /// The history writer's queue: pages over history wait for it as queries do.
+    pub history: tokio::sync::mpsc::UnboundedSender<crate::history::HistoryUpdate>,
     pub metrics: Arc<Metrics>,
     pub tokens: Option<Arc<TokenSet>>,
     /// Set once unfinished runs are resumed and the gRPC server is up; cleared when stopping.
