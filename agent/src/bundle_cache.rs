@@ -5,9 +5,10 @@
 //!
 //! Bundles unused for the retention period are removed ([`BundleCache::collect`]): every run of a
 //! new revision brings a bundle, and an agent that lives for months would fill its disk. A bundle
-//! counts as used whenever a lease needs it (its directory's modification time), and the cache's
-//! lock file (`bundles.lock` beside it) keeps a removal from crossing a lease that just found the
-//! bundle, in this agent or another sharing the dir.
+//! counts as used (its directory's modification time) when a lease finds it and, for as long as a
+//! lease holds it, at every removal pass; a held bundle is never removed by its own agent. The
+//! cache's lock file (`bundles.lock` beside it) keeps a removal from crossing a lease that is
+//! finding a bundle, in this agent or another sharing the dir.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,8 +28,10 @@ use tokio::sync::Mutex;
 pub const DEFAULT_RETENTION_HOURS: u32 = 24;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(DEFAULT_RETENTION_HOURS as u64 * 3600);
 
-/// How often old bundles are looked for, after the pass at start.
-const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+/// How often old bundles are looked for, after the pass at start. Each pass also marks the
+/// bundles held by running leases as used: far more often than the shortest retention (an hour),
+/// so another agent sharing the dir never sees them as old.
+const COLLECT_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -53,6 +56,29 @@ pub enum CacheError {
 pub struct BundleCache {
     dir: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// The bundles this agent's leases hold, with how many hold each: never removed, and marked
+    /// as used at every removal pass, however long their leases last.
+    in_use: InUseCounts,
+}
+
+type InUseCounts = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+
+/// A lease's hold on a bundle, from before it is looked for until the lease ends (dropped).
+pub struct InUse {
+    counts: InUseCounts,
+    digest: String,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("in-use lock");
+        if let Some(n) = counts.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl BundleCache {
@@ -60,18 +86,44 @@ impl BundleCache {
         BundleCache {
             dir,
             locks: Arc::default(),
+            in_use: Arc::default(),
         }
     }
 
-    /// The extracted root of bundle `digest`, downloading it first if needed.
+    /// The extracted root of bundle `digest`, downloading it first if needed, and a hold on it
+    /// that the lease keeps until its last test is done.
     pub async fn ensure(
         &self,
         digest: &str,
         client: &mut CoordinatorClient<AuthChannel>,
-    ) -> Result<PathBuf, CacheError> {
+    ) -> Result<(PathBuf, InUse), CacheError> {
         if !testfleet_model::spec::is_sha256_hex(digest) {
             return Err(CacheError::BadDigest(digest.chars().take(80).collect()));
         }
+        // Held before the bundle is looked for: a removal pass of this agent either ran before
+        // (and the bundle is fetched again) or sees the hold.
+        let held = self.hold(digest);
+        Ok((self.fetch(digest, client).await?, held))
+    }
+
+    fn hold(&self, digest: &str) -> InUse {
+        *self
+            .in_use
+            .lock()
+            .expect("in-use lock")
+            .entry(digest.to_owned())
+            .or_default() += 1;
+        InUse {
+            counts: self.in_use.clone(),
+            digest: digest.to_owned(),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        digest: &str,
+        client: &mut CoordinatorClient<AuthChannel>,
+    ) -> Result<PathBuf, CacheError> {
         let root = self.dir.join(digest);
         let lock = self
             .locks
@@ -206,11 +258,26 @@ impl BundleCache {
     }
 
     /// Removes the bundles no lease has needed since `cutoff`, and downloads and extractions left
-    /// unfinished before it (an agent killed midway). Returns how many bundles went.
+    /// unfinished before it (an agent killed midway). The bundles this agent's leases hold are
+    /// marked as used instead, so that other agents sharing the dir keep them too. Returns how
+    /// many bundles went.
     pub async fn collect(&self, cutoff: SystemTime) -> std::io::Result<usize> {
         let dir = self.dir.clone();
+        let in_use = self.in_use.clone();
         let doomed = self
             .under_lock(true, move || {
+                let held: Vec<String> = in_use
+                    .lock()
+                    .expect("in-use lock")
+                    .keys()
+                    .cloned()
+                    .collect();
+                for digest in &held {
+                    let root = dir.join(digest);
+                    if root.is_dir() {
+                        mark_used(&root);
+                    }
+                }
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(entries) => entries,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -226,6 +293,9 @@ impl BundleCache {
                     let leftover = name.starts_with(".download-") || name.starts_with(".extract-");
                     if !(bundle || trash || leftover) {
                         continue; // not ours: left alone
+                    }
+                    if bundle && held.iter().any(|d| d == name) {
+                        continue;
                     }
                     let old = entry
                         .metadata()
@@ -248,7 +318,9 @@ impl BundleCache {
                 Ok(doomed)
             })
             .await?;
-        // The removal itself, which can take a while, holds no lock.
+        // The removal itself, which can take a while, holds no lock. Another agent sharing the
+        // dir may be removing the same trash: an entry that fails is left to a later pass, and
+        // the rest still go.
         tokio::task::spawn_blocking(move || {
             let mut bundles = 0;
             for (path, bundle) in doomed {
@@ -259,9 +331,12 @@ impl BundleCache {
                 };
                 match removed {
                     Ok(()) => bundles += usize::from(bundle),
-                    // Another agent sharing the dir removed it first.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "could not remove an old cached bundle; a later pass tries again"
+                    ),
                 }
             }
             Ok(bundles)
@@ -303,7 +378,7 @@ impl Drop for Collector {
     }
 }
 
-/// Removes bundles unused for `retention` at once and then every hour, until the returned
+/// Removes bundles unused for `retention` at once and then every 10 minutes, until the returned
 /// collector is dropped. Failures are logged: the cache still works with old bundles in it.
 pub fn collect_periodically(cache: BundleCache, retention: Duration) -> Collector {
     Collector(tokio::spawn(async move {
@@ -400,6 +475,37 @@ mod tests {
             work.path().join("bundles.lock").is_file(),
             "the lock lives beside the cache, not in it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bundle_a_lease_holds_is_kept_and_marked_used_until_the_lease_lets_go() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("bundles");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = BundleCache::new(dir.clone());
+        let held = entry(&dir, &digest('a'), 3 * DAY, false);
+        let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+
+        // A lease that has lasted longer than the retention still holds its bundle.
+        let lease = cache.hold(&digest('a'));
+        let second = cache.hold(&digest('a'));
+        assert_eq!(cache.collect(SystemTime::now() - DAY).await.unwrap(), 0);
+        assert!(held.exists());
+        assert!(
+            modified(&held) > SystemTime::now() - DAY,
+            "marked as used, for other agents sharing the dir"
+        );
+
+        drop(lease);
+        let future = SystemTime::now() + DAY;
+        assert_eq!(cache.collect(future).await.unwrap(), 0, "still held once");
+        drop(second);
+        assert_eq!(
+            cache.collect(future).await.unwrap(),
+            1,
+            "let go: old enough to go"
+        );
+        assert!(!held.exists());
     }
 
     #[tokio::test]

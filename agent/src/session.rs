@@ -14,7 +14,7 @@ use tonic::transport::Endpoint;
 use crate::bundle_cache::BundleCache;
 use crate::job::{self, msg};
 use crate::provision::LeaseCtx;
-use crate::worker::{Worker, ack_key};
+use crate::worker::{HeldLease, Worker, ack_key};
 use crate::{AgentConfig, AgentError, Stop};
 
 pub enum SessionEnd {
@@ -180,17 +180,23 @@ pub(crate) async fn run(
                         }
                         w.preparing += lease.tests.len();
                         let (cancel_tx, _) = watch::channel(false);
-                        w.leases.insert(lease.lease_id.clone(), (cancel_tx, lease.tests.len()));
+                        w.leases.insert(
+                            lease.lease_id.clone(),
+                            HeldLease { cancel: cancel_tx, left: lease.tests.len(), bundle: None },
+                        );
                         let ready = w.ready_tx.clone();
                         let cache = cache.clone();
                         let mut client = downloads.clone();
                         tokio::spawn(async move {
-                            let root = if lease.bundle_digest.is_empty() {
-                                Ok(None)
+                            let (root, held) = if lease.bundle_digest.is_empty() {
+                                (Ok(None), None)
                             } else {
-                                cache.ensure(&lease.bundle_digest, &mut client).await.map(Some).map_err(|e| e.to_string())
+                                match cache.ensure(&lease.bundle_digest, &mut client).await {
+                                    Ok((root, held)) => (Ok(Some(root)), Some(held)),
+                                    Err(e) => (Err(e.to_string()), None),
+                                }
                             };
-                            let _ = ready.send((lease, root));
+                            let _ = ready.send((lease, root, held));
                         });
                     }
                     Some(pb::coordinator_message::Kind::CancelLease(c)) => w.cancel_lease(&c.lease_id),
@@ -204,11 +210,13 @@ pub(crate) async fn run(
                 Ok(None) => return welcomed("the coordinator closed the session".into()),
                 Err(s) => return welcomed(format!("session broken: {}", s.message())),
             },
-            Some((lease, root)) = w.ready_rx.recv() => {
+            Some((lease, root, bundle)) = w.ready_rx.recv() => {
                 w.preparing = w.preparing.saturating_sub(lease.tests.len());
-                let Some(cancel) = w.leases.get(&lease.lease_id).map(|(c, _)| c.subscribe()) else {
-                    continue; // cancelled while its bundle was fetched
+                let Some(held) = w.leases.get_mut(&lease.lease_id) else {
+                    continue; // cancelled while its bundle was fetched (the hold goes with it)
                 };
+                held.bundle = bundle;
+                let cancel = held.cancel.subscribe();
                 let draining = *stop.borrow() != Stop::Running;
                 let ctx = LeaseCtx {
                     run_id: lease.run_id.clone(),

@@ -11,6 +11,7 @@ use testfleet_proto::pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::Services;
+use crate::bundle_cache::InUse;
 use crate::job::{self, Job};
 use crate::provision::ServicePool;
 
@@ -26,20 +27,33 @@ pub(crate) fn ack_key(k: &pb::AttemptKey) -> AckKey {
     )
 }
 
+/// A lease the agent holds.
+pub(crate) struct HeldLease {
+    /// Cancels its running tests.
+    pub cancel: watch::Sender<bool>,
+    /// Its tests that have not finished.
+    pub left: usize,
+    /// Its bundle, kept from removal while the lease lasts (once fetched).
+    pub bundle: Option<InUse>,
+}
+
+/// A lease whose bundle was fetched (or failed to be): its root, and the hold on it.
+pub(crate) type Ready = (pb::Lease, Result<Option<PathBuf>, String>, Option<InUse>);
+
 pub(crate) struct Worker {
     pub slots: usize,
     pub running: usize,
     /// Tests of leases whose bundle is still being fetched.
     pub preparing: usize,
     pub pending: VecDeque<Job>,
-    /// Per lease: what cancels its running tests, and how many of its tests have not finished.
-    pub leases: HashMap<String, (watch::Sender<bool>, usize)>,
+    /// The leases this agent holds, until their last test is done or they are cancelled.
+    pub leases: HashMap<String, HeldLease>,
     /// Results sent (or to be sent) and not yet acknowledged, oldest first.
     pub unacked: BTreeMap<AckKey, pb::AgentMessage>,
     pub done_tx: mpsc::UnboundedSender<Vec<(pb::AttemptKey, AttemptResult)>>,
     pub done_rx: mpsc::UnboundedReceiver<Vec<(pb::AttemptKey, AttemptResult)>>,
-    pub ready_tx: mpsc::UnboundedSender<(pb::Lease, Result<Option<PathBuf>, String>)>,
-    pub ready_rx: mpsc::UnboundedReceiver<(pb::Lease, Result<Option<PathBuf>, String>)>,
+    pub ready_tx: mpsc::UnboundedSender<Ready>,
+    pub ready_rx: mpsc::UnboundedReceiver<Ready>,
     /// Messages from test tasks (service starts) for whichever session is up.
     pub notes_tx: mpsc::UnboundedSender<pb::AgentMessage>,
     pub notes_rx: mpsc::UnboundedReceiver<pb::AgentMessage>,
@@ -125,8 +139,8 @@ impl Worker {
 
     /// Stops a lease's tests and removes its containers (cancelled, or unknown to the coordinator).
     pub fn cancel_lease(&mut self, lease: &str) {
-        if let Some((cancel, _)) = self.leases.remove(lease) {
-            let _ = cancel.send(true);
+        if let Some(held) = self.leases.remove(lease) {
+            let _ = held.cancel.send(true);
             self.release(lease.to_owned());
         }
         self.pending.retain(|j| j.lease_id() != lease);
@@ -142,9 +156,9 @@ impl Worker {
 
     /// Notes that one test of `lease` is done; after its last one the lease and its containers go.
     pub fn test_done(&mut self, lease: &str) {
-        if let Some((_, left)) = self.leases.get_mut(lease) {
-            *left -= 1;
-            if *left == 0 {
+        if let Some(held) = self.leases.get_mut(lease) {
+            held.left -= 1;
+            if held.left == 0 {
                 self.leases.remove(lease);
                 self.release(lease.to_owned());
             }

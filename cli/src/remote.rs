@@ -55,20 +55,9 @@ pub async fn upload_bundle(
     if has(client, url, bundle).await? {
         return Ok(false);
     }
-    let file = match tokio::fs::File::open(&bundle.path).await {
-        Ok(file) => file,
-        // Another run of the same workspace packed the same bundle, sent it, and removed the
-        // file in the meantime: the coordinator has it now.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && has(client, url, bundle).await? => {
-            return Ok(false);
-        }
-        Err(e) => {
-            return Err(CliError::Bundle(format!(
-                "cannot read bundle {}: {e}",
-                bundle.path.display()
-            )));
-        }
-    };
+    let file = tokio::fs::File::open(&bundle.path).await.map_err(|e| {
+        CliError::Bundle(format!("cannot read bundle {}: {e}", bundle.path.display()))
+    })?;
     let read_error = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen = read_error.clone();
     // A read error ends the upload early; the coordinator then refuses the short bundle, and the

@@ -245,7 +245,9 @@ async fn finish(
         let packed = pack_bundle(ws, executables, &includes, project, suite.as_ref()).await?;
         let sent = remote::upload_bundle(client, url, &packed).await;
         // The next run packs afresh: once sent (or refused), the archive is of no more use here.
-        remove_if_present(&packed.path);
+        if let Some(own) = packed.path.parent() {
+            remove_packed(own);
+        }
         let sent = sent?;
         eprintln!(
             "bundle {} ({} bytes) {}",
@@ -531,9 +533,20 @@ async fn pack_bundle(
             .map_err(|e| CliError::Bundle(format!("cannot include {}: {e}", src.display())))?;
     }
     let dir = ws.target_dir.join("testfleet").join("bundles");
+    // A directory of this run's own: runs of the same workspace at once (against one coordinator
+    // or several) each pack, send and remove their own archive, whatever the others do.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let own = dir.join(format!("run-{}-{nanos}", std::process::id()));
     tokio::task::spawn_blocking(move || {
         remove_stale_bundles(&dir, SystemTime::now() - STALE_BUNDLE_AGE);
-        testfleet_bundle::pack(&entries, &dir)
+        let packed = testfleet_bundle::pack(&entries, &own);
+        if packed.is_err() {
+            remove_packed(&own);
+        }
+        packed
     })
     .await
     .map_err(|e| CliError::Internal(e.into()))?
@@ -544,7 +557,8 @@ async fn pack_bundle(
 /// before it could remove its own; a day is far longer than any run takes to upload.
 const STALE_BUNDLE_AGE: Duration = Duration::from_secs(86_400);
 
-/// Removes the packed bundles (and unfinished packings) last written before `cutoff`.
+/// Removes what runs left in `dir` before `cutoff`: their own directories (`run-*`), and archives
+/// and unfinished packings of versions that packed into `dir` itself.
 fn remove_stale_bundles(dir: &Path, cutoff: SystemTime) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -552,19 +566,26 @@ fn remove_stale_bundles(dir: &Path, cutoff: SystemTime) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name.ends_with(".tar.zst") || name.starts_with(".packing-");
+        let ours =
+            name.starts_with("run-") || name.ends_with(".tar.zst") || name.starts_with(".packing-");
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
         if ours && old {
-            remove_if_present(&entry.path());
+            remove_packed(&entry.path());
         }
     }
 }
 
-fn remove_if_present(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path)
+/// Removes a run's packing directory (or a lone archive), saying so if it cannot.
+fn remove_packed(path: &Path) {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "could not remove a packed bundle");
