@@ -189,19 +189,25 @@ pub(super) async fn one(
     let run_id: RunId = id
         .parse()
         .map_err(|_| PageError::not_found(format!("`{id}` is not a run id")))?;
-    let store = state.store.clone();
-    let Some(rec) = blocking(move || store.run(run_id)).await? else {
-        return Err(PageError::not_found(format!("run {run_id} does not exist")));
-    };
-    let rec = live(&state, rec).await;
     // A live page reloads itself every few seconds: it shows what is written and does not wait.
-    let note = if rec.state == RunState::Running {
+    // Only the scheduler can say a run is live: a stored record says "running" until the writer
+    // has closed the run.
+    let running = matches!(
+        state.scheduler.ask(|reply| Command::GetRun { run_id, reply }).await,
+        Ok(Some(s)) if s.state == RunState::Running
+    );
+    let note = if running {
         ""
     } else {
         super::history_note(&state).await
     };
     let store = state.store.clone();
-    let mut tests = blocking(move || store.run_tests(run_id)).await?;
+    let (rec, mut tests) =
+        blocking(move || Ok((store.run(run_id)?, store.run_tests(run_id)?))).await?;
+    let Some(rec) = rec else {
+        return Err(PageError::not_found(format!("run {run_id} does not exist")));
+    };
+    let rec = live(&state, rec).await;
     let summary = rec.summary.clone().unwrap_or_default();
     tests.sort_by(|a, b| {
         severity(a.outcome)

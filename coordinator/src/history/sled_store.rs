@@ -135,12 +135,11 @@ impl SledStore {
             db,
         };
         store.migrate()?;
-        let orphans = store.remove_orphan_specs()?;
-        if orphans > 0 {
-            tracing::info!(
-                runs = orphans,
-                "removed the stored specs of submissions that never became runs"
-            );
+        // Housekeeping: a store it fails on still opens.
+        match store.remove_orphan_specs() {
+            Ok(0) => {}
+            Ok(runs) => tracing::info!(runs, "removed the stored specs of runs not running"),
+            Err(e) => tracing::warn!(error = %e, "could not look for specs of runs not running"),
         }
         Ok(store)
     }
@@ -163,9 +162,11 @@ impl SledStore {
             let keep = match current {
                 Some((seen, keep)) if seen == id => keep,
                 _ => {
-                    let keep = self
-                        .run(RunId(id))?
-                        .is_some_and(|r| r.state == RunState::Running);
+                    // A record that cannot be read keeps its spec: only a known state decides.
+                    let keep = match self.run(RunId(id)) {
+                        Ok(run) => run.is_some_and(|r| r.state == RunState::Running),
+                        Err(_) => true,
+                    };
                     removed += usize::from(!keep);
                     current = Some((id, keep));
                     keep
