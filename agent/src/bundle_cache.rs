@@ -319,19 +319,13 @@ impl BundleCache {
             })
             .await?;
         // The removal itself, which can take a while, holds no lock. Another agent sharing the
-        // dir may be removing the same trash: an entry that fails is left to a later pass, and
-        // the rest still go.
+        // dir may be removing the same trash (one it removed first counts as removed here too):
+        // an entry that fails is left to a later pass, and the rest still go.
         tokio::task::spawn_blocking(move || {
             let mut bundles = 0;
             for (path, bundle) in doomed {
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                match removed {
+                match testfleet_bundle::remove(&path) {
                     Ok(()) => bundles += usize::from(bundle),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => tracing::warn!(
                         path = %path.display(),
                         error = %e,

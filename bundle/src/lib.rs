@@ -10,7 +10,21 @@ pub use digest::{Sha256Writer, digest_file};
 pub use extract::{ExtractLimits, extract};
 pub use pack::{BundleEntry, PackedBundle, pack};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Removes a bundle left on disk, extracted (a directory) or packed (a file); one already gone
+/// counts as removed. The agent's cache and the client's packing directory clean up with it.
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

@@ -1,10 +1,10 @@
 //! The coordinator survives whatever a client or agent sends: raw bytes on its port, requests that
 //! make no sense, agent sessions full of invented keys. Afterwards it still runs a run to the end.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use testfleet_coordinator::{CoordinatorConfig, SledStore};
 use testfleet_proto::pb;
 use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
@@ -39,12 +39,6 @@ fn key(run: &str, index: u32, attempt: u32, lease: &str) -> Option<pb::AttemptKe
 fn spec(tests: usize) -> pb::RunSpec {
     pb::RunSpec {
         suite: "garbage".into(),
-        binaries: vec![pb::Binary {
-            binary_id: "b".into(),
-            path: "/bin/true".into(),
-            cwd: "/".into(),
-            ..Default::default()
-        }],
         tests: (0..tests)
             .map(|i| pb::TestSpec {
                 binary: 0,
@@ -53,10 +47,7 @@ fn spec(tests: usize) -> pb::RunSpec {
             })
             .collect(),
         retries: Some(0),
-        test_timeout_ms: 10_000,
-        kill_grace_ms: 100,
-        output_cap_bytes: 4096,
-        ..Default::default()
+        ..common::spec()
     }
 }
 
@@ -146,19 +137,12 @@ async fn honest_agent(channel: Channel) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(testfleet_coordinator::serve(
-        listener,
-        CoordinatorConfig::new(dir.path()),
-        store,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let url = format!("http://{addr}");
+    let common::Served {
+        addr,
+        channel,
+        stop,
+        server,
+    } = common::serve(dir.path()).await;
 
     // Raw bytes, and an HTTP/2 preface followed by rubbish.
     for prefix in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
@@ -177,11 +161,6 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
         .await;
     }
 
-    let channel = Channel::from_shared(url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut client = CoordinatorClient::new(channel.clone());
     // Requests that make no sense are refused, each with a reason.
     let refused = [
@@ -296,10 +275,6 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
     assert_eq!(summary.failed + summary.infra_errors, 0, "{summary:?}");
 
     let _ = stop.send(());
-    tokio::time::timeout(GUARD, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(GUARD, server).await.unwrap().unwrap();
     agent.abort();
 }

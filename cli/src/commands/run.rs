@@ -580,14 +580,7 @@ fn remove_stale_bundles(dir: &Path, cutoff: SystemTime) {
 
 /// Removes a run's packing directory (or a lone archive), saying so if it cannot.
 fn remove_packed(path: &Path) {
-    let removed = if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    if let Err(e) = removed
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
+    if let Err(e) = testfleet_bundle::remove(path) {
         tracing::warn!(path = %path.display(), error = %e, "could not remove a packed bundle");
     }
 }

@@ -1,4 +1,6 @@
 //! What the coordinator's integration tests share: a real coordinator on a loopback port.
+// Each test file compiles this module on its own and uses some of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -7,17 +9,20 @@ use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 
-/// A coordinator on a free loopback port over `dir`: its client, and what stops it.
-pub async fn start(
-    dir: &std::path::Path,
-) -> (
-    CoordinatorClient<Channel>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
+/// A coordinator serving on a free loopback port: where, a connection to it, and what stops it
+/// (its task fails if serving did).
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    pub channel: Channel,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+/// A coordinator over `dir` on a free loopback port.
+pub async fn serve(dir: &std::path::Path) -> Served {
     let store = Arc::new(SledStore::open(dir).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = CoordinatorConfig::new(dir);
     let server = tokio::spawn(async move {
@@ -27,8 +32,29 @@ pub async fn start(
         .await
         .unwrap();
     });
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    (CoordinatorClient::new(channel), stop, server)
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Served {
+        addr,
+        channel,
+        stop,
+        server,
+    }
+}
+
+/// A coordinator over `dir` on a free loopback port: its client, and what stops it.
+pub async fn start(
+    dir: &std::path::Path,
+) -> (
+    CoordinatorClient<Channel>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let s = serve(dir).await;
+    (CoordinatorClient::new(s.channel), s.stop, s.server)
 }
 
 /// A run of one test that no agent is there to run.
