@@ -18,4 +18,4 @@ pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
 pub use runner::{IdStyle, Runner};
 pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
-pub use spec::{Binary, QuarantinePolicy, RunSpec, SpecError, TestSpec};
+pub use spec::{Binary, OriginTree, QuarantinePolicy, RunSpec, SpecError, TestSpec};

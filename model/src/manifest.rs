@@ -45,8 +45,13 @@ pub struct Manifest {
     /// Test binaries each service is for (empty: every binary), per service name.
     pub binaries: BTreeMap<String, Vec<String>>,
     pub quarantine: QuarantinePolicy,
-    /// Files and directories (relative to the manifest) that tests read: bundled with them.
+    /// Files and directories (relative to the manifest) bundled with the tests even where git
+    /// ignores them.
     pub include: Vec<String>,
+    /// Globs (relative to the manifest, `**` for any depth) of files left out of the bundle.
+    pub exclude: Vec<String>,
+    /// Variables of an agent's environment its tests may see (`NAME`, or `PREFIX*`).
+    pub pass_env: Vec<String>,
     /// A suite run by a tool that writes JUnit (`[runner]`); `None`: the Cargo workspace's tests.
     pub runner: Option<SuiteRunner>,
 }
@@ -87,6 +92,8 @@ struct RawManifest {
     quarantine: Option<RawQuarantine>,
     bundle: Option<RawBundle>,
     runner: Option<Spanned<RawRunner>>,
+    #[serde(default)]
+    pass_env: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +122,8 @@ struct RawQuarantine {
 struct RawBundle {
     #[serde(default)]
     include: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -190,7 +199,29 @@ impl Manifest {
             manifest.runner =
                 Some(parse_runner(r.into_inner()).map_err(|m| at(span, format!("[runner]: {m}")))?);
         }
-        for inc in raw.bundle.map(|b| b.include).unwrap_or_default() {
+        for v in raw.pass_env {
+            let (span, name) = (v.span().start, v.into_inner());
+            crate::spec::check_pass_env(&name)
+                .map_err(|why| at(span, format!("key `pass_env`: `{name}`: {why}")))?;
+            manifest.pass_env.push(name);
+        }
+        let (include, exclude) = raw
+            .bundle
+            .map(|b| (b.include, b.exclude))
+            .unwrap_or_default();
+        for ex in exclude {
+            let (span, glob) = (ex.span().start, ex.into_inner());
+            if glob.is_empty() || glob.starts_with('/') || glob.split('/').any(|c| c == "..") {
+                return Err(at(
+                    span,
+                    format!(
+                        "key `bundle.exclude`: `{glob}` must be a relative glob inside the workspace"
+                    ),
+                ));
+            }
+            manifest.exclude.push(glob);
+        }
+        for inc in include {
             let (span, path) = (inc.span().start, inc.into_inner());
             if !is_relative_inside(&path) {
                 return Err(at(
@@ -613,6 +644,25 @@ prepare = ["make", "api"]
         );
         let e = err("[quarantine]\nautomatic = true\n");
         assert!(e.contains("unknown field `automatic`"), "{e}");
+    }
+
+    #[test]
+    fn passed_variables_and_bundle_exclusions_parse_and_are_checked() {
+        let m =
+            parse("pass_env = [\"DATABASE_URL\", \"AWS_*\"]\n[bundle]\nexclude = [\"docs/**\"]\n")
+                .unwrap();
+        assert_eq!(m.pass_env, ["DATABASE_URL", "AWS_*"]);
+        assert_eq!(m.exclude, ["docs/**"]);
+        let e = err("pass_env = [\"TESTFLEET_TOKEN\"]\n");
+        assert!(
+            e.starts_with("testfleet.toml:1: ") && e.contains("never passed"),
+            "{e}"
+        );
+        let e = err("\n[bundle]\nexclude = [\"../x\"]\n");
+        assert!(
+            e.starts_with("testfleet.toml:3: ") && e.contains("bundle.exclude"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -22,6 +22,25 @@ pub struct Binary {
     /// How its tests are started and read back.
     #[serde(default)]
     pub runner: Runner,
+    /// Variables whose values are files of the run (`OUT_DIR`, `CARGO_BIN_EXE_<name>`,
+    /// `CARGO_TARGET_TMPDIR`): paths under the same rule as `path`, which each agent turns into
+    /// the paths its tests see.
+    #[serde(default)]
+    pub path_env: BTreeMap<String, String>,
+    /// Directories the binary loads shared libraries from (its tests' `LD_LIBRARY_PATH`), under
+    /// the same rule as `path`.
+    #[serde(default)]
+    pub library_path: Vec<String>,
+}
+
+/// A tree of the bundle and where it was on the submitting machine: an agent that can shows it to
+/// the tests at that path, so paths compiled into them (`env!("CARGO_MANIFEST_DIR")`) still hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginTree {
+    /// The bundle's top directory (`ws`, `target`).
+    pub bundle_dir: String,
+    /// Absolute path on the submitting machine.
+    pub path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +73,13 @@ pub struct RunSpec {
     /// Batch mode: up to this many tests of one binary share a process (1: a process per test).
     #[serde(default = "one")]
     pub tests_per_process: u32,
+    /// Where the bundle's trees came from; empty without a bundle.
+    #[serde(default)]
+    pub origin: Vec<OriginTree>,
+    /// Variables of each agent's environment its tests may see besides the standard ones (the
+    /// manifest's `pass_env`); a trailing `*` matches a prefix.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -127,6 +153,14 @@ pub enum SpecError {
     BadRunner { binary: String, reason: String },
     #[error("the run declares {0} services, more than the limit of {limit}", limit = RunSpec::MAX_SERVICES)]
     TooManyServices(usize),
+    #[error("origin of bundle tree `{bundle_dir}` is `{path}`: {reason}")]
+    BadOrigin {
+        bundle_dir: String,
+        path: String,
+        reason: &'static str,
+    },
+    #[error("pass_env `{0}`: {1}")]
+    BadPassEnv(String, &'static str),
 }
 
 impl RunSpec {
@@ -180,6 +214,10 @@ impl RunSpec {
                 )));
             }
         }
+        self.validate_origin()?;
+        for name in &self.pass_env {
+            check_pass_env(name).map_err(|why| SpecError::BadPassEnv(name.clone(), why))?;
+        }
         if !self.workspace.is_empty() {
             let ws = Binary {
                 binary_id: "(workspace)".into(),
@@ -188,6 +226,8 @@ impl RunSpec {
                 env: BTreeMap::new(),
                 services: vec![],
                 runner: Runner::Libtest,
+                path_env: BTreeMap::new(),
+                library_path: vec![],
             };
             check_path(
                 "workspace",
@@ -227,6 +267,12 @@ impl RunSpec {
                 check_path("path", b, &b.path, bundled)?;
             }
             check_path("cwd", b, &b.cwd, bundled)?;
+            for p in b.path_env.values() {
+                check_path("a path variable", b, p, bundled)?;
+            }
+            for p in &b.library_path {
+                check_path("a library directory", b, p, bundled)?;
+            }
         }
         let mut seen = HashSet::new();
         for t in &self.tests {
@@ -251,6 +297,56 @@ impl RunSpec {
         Ok(())
     }
 
+    /// Origins name distinct top directories of the bundle, at distinct absolute paths other than
+    /// `/`, and only runs with a bundle have them.
+    fn validate_origin(&self) -> Result<(), SpecError> {
+        let mut dirs = HashSet::new();
+        let mut paths = HashSet::new();
+        for o in &self.origin {
+            let bad = |reason| {
+                Err(SpecError::BadOrigin {
+                    bundle_dir: o.bundle_dir.clone(),
+                    path: o.path.clone(),
+                    reason,
+                })
+            };
+            if self.bundle_digest.is_none() {
+                return bad("only a run with a bundle has origins");
+            }
+            let top = Path::new(&o.bundle_dir);
+            if o.bundle_dir.is_empty()
+                || top.components().count() != 1
+                || !matches!(
+                    top.components().next(),
+                    Some(std::path::Component::Normal(_))
+                )
+            {
+                return bad("the bundle directory must be one plain name");
+            }
+            let p = Path::new(&o.path);
+            if !p.is_absolute()
+                || p.components().any(|c| {
+                    !matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                })
+            {
+                return bad("must be an absolute path without `.` or `..`");
+            }
+            if p.parent().is_none() {
+                return bad("must not be the root directory");
+            }
+            if !dirs.insert(o.bundle_dir.as_str()) {
+                return bad("the bundle directory appears twice");
+            }
+            if !paths.insert(p) {
+                return bad("two bundle trees share this path");
+            }
+        }
+        Ok(())
+    }
+
     pub fn test_id(&self, index: usize) -> TestId {
         let t = &self.tests[index];
         TestId {
@@ -264,6 +360,23 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A variable name, or a prefix ending in `*`; never one of testfleet's own variables, which
+/// carry its secrets.
+pub fn check_pass_env(name: &str) -> Result<(), &'static str> {
+    let stem = name.strip_suffix('*').unwrap_or(name);
+    let valid = stem
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    if stem.is_empty() && name.is_empty() || !valid {
+        return Err("must be a variable name (letters, digits, `_`), or a prefix ending in `*`");
+    }
+    if "TESTFLEET_".starts_with(stem) || stem.starts_with("TESTFLEET_") {
+        return Err("testfleet's own variables (TESTFLEET_*) are never passed to tests");
+    }
+    Ok(())
 }
 
 fn check_path(what: &'static str, b: &Binary, path: &str, bundled: bool) -> Result<(), SpecError> {
@@ -312,6 +425,8 @@ mod tests {
                 env: BTreeMap::new(),
                 services: vec![],
                 runner: Runner::Libtest,
+                path_env: BTreeMap::new(),
+                library_path: vec![],
             }],
             tests: vec![TestSpec {
                 binary: 0,
@@ -329,6 +444,8 @@ mod tests {
             workspace: String::new(),
             quarantine: QuarantinePolicy::default(),
             tests_per_process: 1,
+            origin: vec![],
+            pass_env: vec![],
         }
     }
 
@@ -379,6 +496,66 @@ mod tests {
             s.validate(),
             Err(SpecError::UnknownService { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn origins_and_passed_variables_are_checked() {
+        let mut s = spec();
+        s.bundle_digest = Some("a".repeat(64));
+        s.binaries[0].path = "target/debug/deps/t".into();
+        s.binaries[0].cwd = "ws".into();
+        let tree = |d: &str, p: &str| OriginTree {
+            bundle_dir: d.into(),
+            path: p.into(),
+        };
+        s.origin = vec![
+            tree("ws", "/home/me/p"),
+            tree("target", "/home/me/p/target"),
+        ];
+        assert_eq!(s.validate(), Ok(()));
+        for bad in [
+            vec![tree("ws", "home/me")],
+            vec![tree("ws", "/")],
+            vec![tree("ws", "/a/../etc")],
+            vec![tree("../ws", "/a")],
+            vec![tree("ws/x", "/a")],
+            vec![tree("ws", "/a"), tree("ws", "/b")],
+            vec![tree("ws", "/a"), tree("target", "/a")],
+        ] {
+            s.origin = bad.clone();
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadOrigin { .. })),
+                "{bad:?}"
+            );
+        }
+        s.origin.clear();
+        s.binaries[0]
+            .path_env
+            .insert("OUT_DIR".into(), "/abs".into());
+        assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+        s.binaries[0]
+            .path_env
+            .insert("OUT_DIR".into(), "target/out".into());
+        s.binaries[0].library_path = vec!["../lib".into()];
+        assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+        s.binaries[0].library_path.clear();
+        s.pass_env = vec!["DATABASE_URL".into(), "AWS_*".into()];
+        assert_eq!(s.validate(), Ok(()));
+        for bad in [
+            "TESTFLEET_TOKEN",
+            "TESTFLEET_*",
+            "TEST*",
+            "*",
+            "1X",
+            "A-B",
+            "",
+        ] {
+            s.pass_env = vec![bad.into()];
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadPassEnv(..))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use testfleet_model::{
-    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, Outcome,
+    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, OriginTree, Outcome,
     QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, Runner, ServiceSpec,
     ServiceTiming, TestRef, TestSpec,
 };
@@ -79,6 +79,26 @@ impl From<&Binary> for pb::Binary {
                 Runner::Libtest => vec![],
                 Runner::Junit { args, .. } => args.clone(),
             },
+            path_env: b.path_env.clone().into_iter().collect(),
+            library_path: b.library_path.clone(),
+        }
+    }
+}
+
+impl From<&OriginTree> for pb::OriginTree {
+    fn from(o: &OriginTree) -> Self {
+        pb::OriginTree {
+            bundle_dir: o.bundle_dir.clone(),
+            path: o.path.clone(),
+        }
+    }
+}
+
+impl From<pb::OriginTree> for OriginTree {
+    fn from(o: pb::OriginTree) -> Self {
+        OriginTree {
+            bundle_dir: o.bundle_dir,
+            path: o.path,
         }
     }
 }
@@ -95,6 +115,8 @@ impl TryFrom<pb::Binary> for Binary {
             env: b.env.into_iter().collect(),
             services: b.services,
             runner,
+            path_env: b.path_env.into_iter().collect(),
+            library_path: b.library_path,
         })
     }
 }
@@ -127,6 +149,8 @@ impl From<&RunSpec> for pb::RunSpec {
                 release_after: s.quarantine.release_after,
             }),
             tests_per_process: s.tests_per_process,
+            origin: s.origin.iter().map(Into::into).collect(),
+            pass_env: s.pass_env.clone(),
         }
     }
 }
@@ -173,6 +197,8 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                 .unwrap_or_default(),
             // Older clients do not send it: a process per test.
             tests_per_process: s.tests_per_process.max(1),
+            origin: s.origin.into_iter().map(Into::into).collect(),
+            pass_env: s.pass_env,
         };
         spec.validate()
             .map_err(|e| ConvertError::new("run spec", e.to_string()))?;

@@ -58,6 +58,8 @@ async fn run_on_bundle(
             env: BTreeMap::new(),
             services: vec![],
             runner: Default::default(),
+            path_env: BTreeMap::new(),
+            library_path: vec![],
         }],
         tests: vec![TestSpec {
             binary: 0,
@@ -75,6 +77,8 @@ async fn run_on_bundle(
         workspace: String::new(),
         quarantine: Default::default(),
         tests_per_process: 1,
+        origin: vec![],
+        pass_env: vec![],
     };
     let run_id = client
         .submit_run(pb::SubmitRunRequest {

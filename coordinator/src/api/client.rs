@@ -369,6 +369,7 @@ impl Coordinator for ClientApi {
                     docker_available: a.docker_available,
                     version: a.version,
                     docker_status: a.docker_status,
+                    sandbox_status: a.sandbox_status,
                 })
                 .collect(),
         }))

@@ -49,6 +49,7 @@ fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
         docker_available: h.docker_available,
         version: h.version,
         docker_status: h.docker_status,
+        sandbox_status: h.sandbox_status,
         // A lease id it cannot parse is one this coordinator never handed out: ignored.
         held_leases: h
             .held_leases
@@ -156,6 +157,8 @@ fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
         workspace: spec.workspace.clone(),
         tests_per_process: spec.tests_per_process,
         traceparent: g.traceparent.clone(),
+        origin: spec.origin.iter().map(Into::into).collect(),
+        pass_env: spec.pass_env.clone(),
     }
 }
 

@@ -724,6 +724,8 @@ mod tests {
                 env: Default::default(),
                 services: vec![],
                 runner: Default::default(),
+                path_env: Default::default(),
+                library_path: vec![],
             }],
             tests: (0..tests)
                 .map(|i| testfleet_model::TestSpec {
@@ -743,6 +745,8 @@ mod tests {
             workspace: String::new(),
             quarantine: Default::default(),
             tests_per_process: 1,
+            origin: vec![],
+            pass_env: vec![],
         }
     }
 

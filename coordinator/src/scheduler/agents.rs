@@ -20,6 +20,8 @@ pub struct AgentHello {
     pub version: String,
     /// Why Docker is unavailable (empty when it is available).
     pub docker_status: String,
+    /// Why its tests do not run in a private namespace (empty when they do).
+    pub sandbox_status: String,
     /// Leases the agent still works on, when it reconnects.
     pub held_leases: Vec<LeaseId>,
 }
@@ -101,6 +103,7 @@ pub struct AgentSnapshot {
     pub labels: HashMap<String, String>,
     pub docker_available: bool,
     pub docker_status: String,
+    pub sandbox_status: String,
     pub version: String,
     /// Time since the agent's last message.
     pub idle: Duration,
@@ -162,6 +165,7 @@ impl Agent {
             labels: self.hello.labels.clone(),
             docker_available: self.hello.docker_available,
             docker_status: self.hello.docker_status.clone(),
+            sandbox_status: self.hello.sandbox_status.clone(),
             version: self.hello.version.clone(),
             idle: self.last_seen.elapsed(),
         }

@@ -677,6 +677,7 @@ impl Scheduler {
                     continue;
                 }
                 run.note_slots(total_slots);
+                run.warn_if_unsandboxed(agent_id, &agent.hello.sandbox_status);
                 self.metrics.lease_granted();
                 self.next_lease += 1;
                 agent.pending_request = None;

@@ -54,6 +54,8 @@ pub(super) struct Run {
     needs_docker: Vec<bool>,
     /// Per binary: fingerprints of the agent-scope services its tests need.
     agent_profile: Vec<Vec<String>>,
+    /// Whether the run was told that an agent runs its tests without a sandbox (said once).
+    warned_unsandboxed: bool,
 }
 
 /// Where a run's events go besides its watchers: the history writer and the metrics.
@@ -135,6 +137,7 @@ impl Run {
             watchers: vec![],
             sinks,
             trace: Some(trace),
+            warned_unsandboxed: false,
             needs_docker: spec
                 .binaries
                 .iter()
@@ -233,6 +236,21 @@ impl Run {
 
     pub fn notice(&mut self, level: NoticeLevel, message: String) {
         self.emit(EventKind::Notice { level, message });
+    }
+
+    /// Warns, once per run, that a bundled run's tests go to an agent without a sandbox
+    /// (`why`: the agent's reason), where its paths do not hold and its files are not hidden.
+    pub fn warn_if_unsandboxed(&mut self, agent: &AgentId, why: &str) {
+        if why.is_empty() || self.spec.origin.is_empty() || self.warned_unsandboxed {
+            return;
+        }
+        self.warned_unsandboxed = true;
+        self.notice(
+            NoticeLevel::Warning,
+            format!(
+                "agent {agent} runs tests without a sandbox ({why}): paths compiled into them                  (env!(\"CARGO_MANIFEST_DIR\"), env!(\"CARGO_BIN_EXE_…\")) do not hold there,                  and they can see the agent's files"
+            ),
+        );
     }
 
     pub fn subscribe(&mut self, from_seq: u64) -> Subscription {

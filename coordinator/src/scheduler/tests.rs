@@ -23,6 +23,8 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
             env: BTreeMap::new(),
             services: vec![],
             runner: Default::default(),
+            path_env: Default::default(),
+            library_path: vec![],
         }],
         tests: (0..n)
             .map(|i| TestSpec {
@@ -42,6 +44,8 @@ fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
         workspace: String::new(),
         quarantine: Default::default(),
         tests_per_process: 1,
+        origin: vec![],
+        pass_env: vec![],
     })
 }
 
@@ -136,6 +140,7 @@ impl Harness {
                     } else {
                         format!("{name} has no Docker")
                     },
+                    sandbox_status: String::new(),
                     held_leases: held,
                 },
                 conn,
