@@ -25,6 +25,81 @@ pub struct TestCommand {
     pub output_cap: usize,
     /// Told of the test's process group, so the group dies with the agent.
     pub guard: crate::guard::Guard,
+    /// The run's namespace on this agent, which starts the process when there is one.
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+}
+
+/// A started test process, wherever it runs.
+pub(crate) enum Process {
+    /// A child of the agent, its process group id being its pid.
+    Local {
+        child: tokio::process::Child,
+        pgid: u32,
+    },
+    /// Started by the run's sandbox helper.
+    Sandboxed(crate::sandbox::SandboxChild),
+}
+
+/// A started process and its output pipes.
+pub(crate) struct Started {
+    pub process: Process,
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+    pub stderr: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl Process {
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Process::Local { child, .. } => child.wait().await,
+            Process::Sandboxed(c) => c.wait().await,
+        }
+    }
+
+    /// Signals the process's whole group.
+    pub fn signal_group(&self, signal: i32) {
+        match self {
+            Process::Local { pgid, .. } => signal_group(*pgid, signal),
+            Process::Sandboxed(c) => c.signal_group(signal),
+        }
+    }
+
+    /// The guard no longer needs to kill its group (a sandboxed group dies with its helper).
+    pub fn release(&self, guard: &crate::guard::Guard) {
+        if let Process::Local { pgid, .. } = self {
+            guard.release(*pgid);
+        }
+    }
+}
+
+/// Starts `cmd`: in its run's sandbox when it has one, else as a child of the agent in a process
+/// group of its own (told to the guard).
+pub(crate) async fn start(cmd: &TestCommand) -> std::io::Result<Started> {
+    if let Some(sandbox) = &cmd.sandbox {
+        let mut env: Vec<(String, String)> = cmd.env.clone().into_iter().collect();
+        if let Some(token) = cmd.guard.token() {
+            env.push((crate::guard::GUARD_ENV.into(), token.to_owned()));
+        }
+        let mut c = sandbox
+            .spawn(&cmd.program, &cmd.args, &cmd.cwd, &env, false)
+            .await?;
+        let stdout = Box::new(c.stdout.take().expect("stdout is piped"));
+        let stderr = Box::new(c.stderr.take().expect("stderr is piped"));
+        return Ok(Started {
+            process: Process::Sandboxed(c),
+            stdout,
+            stderr,
+        });
+    }
+    let mut child = command(cmd).spawn()?;
+    let pgid = child.id().expect("a just-spawned child has a pid");
+    cmd.guard.watch(pgid);
+    let stdout = Box::new(child.stdout.take().expect("stdout is piped"));
+    let stderr = Box::new(child.stderr.take().expect("stderr is piped"));
+    Ok(Started {
+        process: Process::Local { child, pgid },
+        stdout,
+        stderr,
+    })
 }
 
 /// How the process ended, before a runner interprets it.
@@ -62,9 +137,11 @@ pub(crate) fn command(cmd: &TestCommand) -> Command {
     // (vfork semantics), which costs the same however much memory the agent holds; a fork of a
     // local fleet's process cost milliseconds per test. Tests an agent leaves behind when it is
     // killed die with it by the guard (`guard`), or are swept when it starts again (`orphans`).
+    // The environment is exactly the one the agent chose (`job::test_env`), never all of its own.
     command
         .args(&cmd.args)
         .current_dir(&cmd.cwd)
+        .env_clear()
         .envs(&cmd.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,8 +167,12 @@ pub async fn run_stopping_with(
     stop: i32,
 ) -> Finished {
     let started = Instant::now();
-    let mut child = match command(cmd).spawn() {
-        Ok(c) => c,
+    let Started {
+        mut process,
+        stdout,
+        stderr,
+    } = match start(cmd).await {
+        Ok(s) => s,
         Err(e) => {
             return Finished {
                 exit: Exit::SpawnFailed(e),
@@ -101,37 +182,29 @@ pub async fn run_stopping_with(
             };
         }
     };
-    let pgid = child.id().expect("a just-spawned child has a pid");
-    cmd.guard.watch(pgid);
     let capture = Arc::new(Mutex::new(Capture::new(cmd.output_cap)));
     let readers = [
-        tokio::spawn(pump(
-            child.stdout.take().expect("stdout is piped"),
-            capture.clone(),
-        )),
-        tokio::spawn(pump(
-            child.stderr.take().expect("stderr is piped"),
-            capture.clone(),
-        )),
+        tokio::spawn(pump(stdout, capture.clone())),
+        tokio::spawn(pump(stderr, capture.clone())),
     ];
 
     let exit = tokio::select! {
-        status = child.wait() => match status {
+        status = process.wait() => match status {
             Ok(s) => Exit::Status(s),
             Err(e) => Exit::SpawnFailed(e),
         },
         () = tokio::time::sleep(cmd.timeout) => {
-            signal_group(pgid, stop);
-            let killed = tokio::time::timeout(cmd.kill_grace, child.wait()).await.is_err();
+            process.signal_group(stop);
+            let killed = tokio::time::timeout(cmd.kill_grace, process.wait()).await.is_err();
             Exit::TimedOut { killed }
         },
         () = cancelled(&mut cancel) => Exit::Cancelled,
     };
     let duration = started.elapsed();
     // Whatever is left of the group (the test's own children, or the test after a timeout) goes now.
-    signal_group(pgid, libc::SIGKILL);
-    let _ = child.wait().await;
-    cmd.guard.release(pgid);
+    process.signal_group(libc::SIGKILL);
+    let _ = process.wait().await;
+    process.release(&cmd.guard);
     for r in readers {
         let _ = tokio::time::timeout(PIPE_DRAIN_LIMIT, r).await;
     }
@@ -152,7 +225,7 @@ pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn pump(mut pipe: impl AsyncRead + Unpin, capture: Arc<Mutex<Capture>>) {
+async fn pump(mut pipe: Box<dyn AsyncRead + Send + Unpin>, capture: Arc<Mutex<Capture>>) {
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = pipe.read(&mut buf).await {
         if n == 0 {
@@ -177,6 +250,7 @@ mod tests {
             kill_grace: Duration::from_millis(200),
             output_cap: 1024,
             guard: Default::default(),
+            sandbox: None,
         }
     }
 

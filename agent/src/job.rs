@@ -1,7 +1,6 @@
 //! One leased test, from lease to result: resolving its command (paths inside the bundle, its
 //! environment), starting its services, running it, and removing its test-scope containers.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use crate::AgentConfig;
 use crate::executor::{self, TestCommand};
 use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::{junit, libtest, libtest_batch};
+use crate::sandbox::Sandbox;
 use crate::trace::LeaseTrace;
 
 /// A test ready to start, or (in batch mode) several tests of one binary for one process.
@@ -222,43 +222,101 @@ pub(crate) fn finished_msg(key: pb::AttemptKey, result: &AttemptResult) -> pb::A
     }))
 }
 
-/// Resolves a leased test into a command and its runner. Bundle paths are resolved under the
-/// bundle root and must stay inside it: the agent does not trust the lease more than the
-/// coordinator trusted the spec. A tool's program named without a `/` is looked up on the PATH.
+/// Where a lease's bundle paths lead: under the bundle root, or (in the run's sandbox) at the
+/// origin of their top directory, which is where tests see them.
+pub(crate) struct Layout<'a> {
+    pub root: Option<&'a Path>,
+    pub origin: &'a [pb::OriginTree],
+    pub sandboxed: bool,
+}
+
+impl Layout<'_> {
+    /// A bundle path must stay inside the bundle: the agent does not trust the lease more than
+    /// the coordinator trusted the spec.
+    fn resolve(&self, p: &str) -> Result<PathBuf, String> {
+        let Some(root) = self.root else {
+            return Ok(PathBuf::from(p));
+        };
+        let rel = Path::new(p);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(format!("path `{p}` would leave the bundle"));
+        }
+        if !self.sandboxed {
+            return Ok(root.join(rel));
+        }
+        let mut parts = rel.components();
+        let top = parts
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        match self
+            .origin
+            .iter()
+            .find(|o| Some(&o.bundle_dir) == top.as_ref())
+        {
+            Some(o) => Ok(Path::new(&o.path).join(parts.as_path())),
+            None => Err(format!("path `{p}` is in no tree of the bundle")),
+        }
+    }
+}
+
+/// Resolves a leased test into a command and its runner: paths as its tests see them, and the
+/// environment `cargo test` would give it (`CARGO_MANIFEST_DIR`, `OUT_DIR`, `CARGO_BIN_EXE_*`, the
+/// library path), on top of what the agent passes on (`test_env`). A tool's program named without
+/// a `/` is looked up on the PATH.
 pub(crate) fn command_for(
     config: &AgentConfig,
     lease: &pb::Lease,
     t: &pb::LeasedTest,
     root: Option<&Path>,
+    sandbox: Option<&Arc<Sandbox>>,
 ) -> Result<(TestCommand, Runner), String> {
     let binary = t.binary.as_ref().ok_or("lease without a binary")?;
     let runner = Runner::from_kind(&binary.runner, binary.runner_args.clone())?;
-    let resolve = |p: &str| -> Result<PathBuf, String> {
-        match root {
-            None => Ok(PathBuf::from(p)),
-            Some(root) => {
-                let rel = Path::new(p);
-                if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir))
-                {
-                    return Err(format!("path `{p}` would leave the bundle"));
-                }
-                Ok(root.join(rel))
-            }
-        }
+    let layout = Layout {
+        root,
+        origin: &lease.origin,
+        sandboxed: sandbox.is_some(),
     };
     let program = if runner != Runner::Libtest && !binary.path.contains('/') {
         PathBuf::from(&binary.path)
     } else {
-        resolve(&binary.path)?
+        layout.resolve(&binary.path)?
     };
-    let cwd = resolve(&binary.cwd)?;
-    if root.is_some() {
+    let cwd = layout.resolve(&binary.cwd)?;
+    if root.is_some() && sandbox.is_none() {
         // Bundles carry only files; a package dir without included files exists only as a cwd.
+        // (In a sandbox, the overlay's upper layer takes it when the helper makes it.)
         std::fs::create_dir_all(&cwd)
             .map_err(|e| format!("cannot create `{}`: {e}", cwd.display()))?;
     }
-    let mut env: BTreeMap<String, String> = binary.env.clone().into_iter().collect();
+    let remote = root.is_some();
+    let mut env = crate::test_env::inherited(remote, &lease.pass_env);
+    env.extend(binary.env.clone());
+    for (k, v) in &binary.path_env {
+        env.insert(k.clone(), layout.resolve(v)?.display().to_string());
+    }
+    if !binary.library_path.is_empty() {
+        let mut dirs = binary
+            .library_path
+            .iter()
+            .map(|d| layout.resolve(d).map(|p| p.display().to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        dirs.extend(env.get("LD_LIBRARY_PATH").cloned());
+        env.insert("LD_LIBRARY_PATH".into(), dirs.join(":"));
+    }
     env.insert("CARGO_MANIFEST_DIR".into(), cwd.display().to_string());
+    if let Some(s) = sandbox {
+        // The lease's own temporary directory, inside the run's private /tmp.
+        let (host, seen) = s.tmp();
+        let name = format!("lease-{}", lease.lease_id);
+        match std::fs::create_dir(host.join(&name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(format!("cannot make the lease's temporary directory: {e}"));
+            }
+            _ => {}
+        }
+        env.insert("TMPDIR".into(), seen.join(name).display().to_string());
+    }
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
     env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.clone());
     env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.clone());
@@ -283,6 +341,7 @@ pub(crate) fn command_for(
         kill_grace: Duration::from_millis(lease.kill_grace_ms),
         output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
         guard: config.guard.clone(),
+        sandbox: sandbox.cloned(),
     };
     Ok((cmd, runner))
 }

@@ -10,7 +10,9 @@ mod job;
 pub mod orphans;
 pub mod provision;
 pub mod runners;
+pub mod sandbox;
 mod session;
+mod test_env;
 mod trace;
 mod worker;
 
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub guard: guard::Guard,
     /// The agent token and TLS settings it connects with.
     pub security: testfleet_security::ClientSecurity,
+    /// How remote runs' tests get their private namespace (see [`sandbox`]); off by default.
+    pub sandbox: sandbox::Launcher,
 }
 
 impl AgentConfig {
@@ -61,6 +65,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(5),
             guard: guard::Guard::default(),
             security: Default::default(),
+            sandbox: sandbox::Launcher::off("this agent was not given a sandbox helper"),
         }
     }
 }
@@ -179,10 +184,17 @@ async fn run_sessions(
     let _collector = config
         .bundle_retention
         .map(|r| bundle_cache::collect_periodically(cache.clone(), r));
+    let sandboxes = sandbox::RunSandboxes::new(
+        config.sandbox.clone(),
+        config
+            .work_dir
+            .join("sandboxes")
+            .join(config.agent_id.as_str()),
+    );
     let mut w = Worker::new(config.slots, services);
     let mut delay = Duration::from_millis(100);
     loop {
-        match session::run(config, &endpoint, &cache, &mut w, &mut stop).await {
+        match session::run(config, &endpoint, &cache, &sandboxes, &mut w, &mut stop).await {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Refused(reason) => {
                 return Err(AgentError::Refused {

@@ -14,6 +14,7 @@ use tonic::transport::Endpoint;
 use crate::bundle_cache::BundleCache;
 use crate::job::{self, msg};
 use crate::provision::LeaseCtx;
+use crate::sandbox::RunSandboxes;
 use crate::worker::{HeldLease, Worker, ack_key};
 use crate::{AgentConfig, AgentError, Stop};
 
@@ -53,6 +54,7 @@ pub(crate) async fn run(
     config: &AgentConfig,
     endpoint: &Endpoint,
     cache: &BundleCache,
+    sandboxes: &RunSandboxes,
     w: &mut Worker,
     stop: &mut watch::Receiver<Stop>,
 ) -> SessionEnd {
@@ -84,6 +86,7 @@ pub(crate) async fn run(
         docker_available: w.pool.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         docker_status: w.no_docker.clone(),
+        sandbox_status: config.sandbox.status().to_owned(),
         held_leases: w.held_leases(),
     }));
     let _ = out.send(hello).await;
@@ -186,6 +189,7 @@ pub(crate) async fn run(
                         );
                         let ready = w.ready_tx.clone();
                         let cache = cache.clone();
+                        let sandboxes = sandboxes.clone();
                         let mut client = downloads.clone();
                         tokio::spawn(async move {
                             let (root, held) = if lease.bundle_digest.is_empty() {
@@ -196,7 +200,22 @@ pub(crate) async fn run(
                                     Err(e) => (Err(e.to_string()), None),
                                 }
                             };
-                            let _ = ready.send((lease, root, held));
+                            // The run's namespace, made once per run on this agent.
+                            let (root, sandbox) = match root {
+                                Ok(Some(r)) => {
+                                    let origin: Vec<(String, String)> = lease
+                                        .origin
+                                        .iter()
+                                        .map(|o| (o.bundle_dir.clone(), o.path.clone()))
+                                        .collect();
+                                    match sandboxes.for_lease(&lease.run_id, &r, &origin).await {
+                                        Ok(s) => (Ok(Some(r)), s),
+                                        Err(e) => (Err(e), None),
+                                    }
+                                }
+                                other => (other, None),
+                            };
+                            let _ = ready.send((lease, root, held, sandbox));
                         });
                     }
                     Some(pb::coordinator_message::Kind::CancelLease(c)) => w.cancel_lease(&c.lease_id),
@@ -210,7 +229,7 @@ pub(crate) async fn run(
                 Ok(None) => return welcomed("the coordinator closed the session".into()),
                 Err(s) => return welcomed(format!("session broken: {}", s.message())),
             },
-            Some((lease, root, bundle)) = w.ready_rx.recv() => {
+            Some((lease, root, bundle, sandbox)) = w.ready_rx.recv() => {
                 w.preparing = w.preparing.saturating_sub(lease.tests.len());
                 let Some(held) = w.leases.get_mut(&lease.lease_id) else {
                     continue; // cancelled while its bundle was fetched (the hold goes with it)
@@ -245,7 +264,7 @@ pub(crate) async fn run(
                     }
                     let prepared = root
                         .clone()
-                        .and_then(|root| job::command_for(config, &lease, t, root.as_deref()))
+                        .and_then(|root| job::command_for(config, &lease, t, root.as_deref(), sandbox.as_ref()))
                         .and_then(|(cmd, runner)| Ok((cmd, runner, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
                     match prepared {
                         Ok((cmd, runner, services)) => ready.push(job::Ready {

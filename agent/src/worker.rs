@@ -37,8 +37,14 @@ pub(crate) struct HeldLease {
     pub bundle: Option<InUse>,
 }
 
-/// A lease whose bundle was fetched (or failed to be): its root, and the hold on it.
-pub(crate) type Ready = (pb::Lease, Result<Option<PathBuf>, String>, Option<InUse>);
+/// A lease whose bundle was fetched (or failed to be): its root, the hold on it, and the run's
+/// sandbox on this agent.
+pub(crate) type Ready = (
+    pb::Lease,
+    Result<Option<PathBuf>, String>,
+    Option<InUse>,
+    Option<Arc<crate::sandbox::Sandbox>>,
+);
 
 pub(crate) struct Worker {
     pub slots: usize,

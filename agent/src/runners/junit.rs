@@ -57,9 +57,15 @@ async fn once(
     names: &[String],
     cancel: watch::Receiver<bool>,
 ) -> (Vec<Option<AttemptResult>>, Finished) {
+    // In a sandbox the report is written to the run's private /tmp, which the agent reaches
+    // under the sandbox's scratch space.
+    let (base, seen) = match &cmd.sandbox {
+        Some(s) => s.tmp(),
+        None => (std::env::temp_dir(), std::env::temp_dir()),
+    };
     let dir = match tempfile::Builder::new()
         .prefix("testfleet-junit-")
-        .tempdir()
+        .tempdir_in(&base)
     {
         Ok(d) => d,
         Err(e) => {
@@ -74,8 +80,11 @@ async fn once(
         }
     };
     let report = dir.path().join("junit.xml");
+    let report_seen = seen
+        .join(dir.path().strip_prefix(&base).unwrap_or(dir.path()))
+        .join("junit.xml");
     let mut this = cmd.clone();
-    this.args = Runner::expand(args, names, &report.display().to_string());
+    this.args = Runner::expand(args, names, &report_seen.display().to_string());
     this.timeout = cmd
         .timeout
         .saturating_mul(names.len().min(u32::MAX as usize) as u32);

@@ -53,6 +53,7 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
     config.bundle_retention = (args.bundle_cache_hours > 0)
         .then(|| std::time::Duration::from_secs(u64::from(args.bundle_cache_hours) * 3600));
     config.security = args.connect.security()?;
+    config.sandbox = super::sandbox_launcher(args.no_sandbox, &args.work_dir, &args.connect).await;
     for l in &args.labels {
         let (k, v) = l
             .split_once('=')

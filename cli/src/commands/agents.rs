@@ -22,6 +22,7 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
                 "busy": a.busy,
                 "docker_available": a.docker_available,
                 "docker_status": a.docker_status,
+                "sandbox_status": a.sandbox_status,
                 "version": a.version,
                 "labels": a.labels,
             });
@@ -29,18 +30,31 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
         }
     } else {
         println!(
-            "{:<32} {:>5} {:>5}  {:<8} VERSION",
-            "AGENT", "SLOTS", "BUSY", "DOCKER"
+            "{:<32} {:>5} {:>5}  {:<8} {:<8} VERSION",
+            "AGENT", "SLOTS", "BUSY", "DOCKER", "SANDBOX"
         );
+        let mut unsandboxed = vec![];
         for a in &agents {
             println!(
-                "{:<32} {:>5} {:>5}  {:<8} {}",
+                "{:<32} {:>5} {:>5}  {:<8} {:<8} {}",
                 a.agent_id,
                 a.slots,
                 a.busy,
                 if a.docker_available { "yes" } else { "no" },
+                if a.sandbox_status.is_empty() {
+                    "yes"
+                } else {
+                    "no"
+                },
                 a.version
             );
+            if !a.sandbox_status.is_empty() {
+                unsandboxed.push(a);
+            }
+        }
+        // Why an agent runs tests without a private namespace matters to whoever reads this list.
+        for a in unsandboxed {
+            println!("{}: no sandbox: {}", a.agent_id, a.sandbox_status);
         }
     }
     Ok(exit_code::SUCCESS)

@@ -21,6 +21,7 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
         node,
         nodes,
         work_dir,
+        no_sandbox,
         run,
     } = *args;
     if node >= nodes {
@@ -75,6 +76,7 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     );
     config.guard = super::start_guard();
     config.security = security;
+    config.sandbox = super::sandbox_launcher(no_sandbox, &config.work_dir, &run.connect).await;
     config
         .labels
         .insert(ONLY_RUN_LABEL.to_owned(), run_id.0.to_string());

@@ -60,6 +60,42 @@ pub(crate) fn start_guard() -> testfleet_agent::guard::Guard {
     })
 }
 
+/// Tests of remote runs start in a namespace of their own that hides the agent's work dir, token
+/// file and TLS key (see `testfleet_agent::sandbox`); where this machine does not allow one, the
+/// agent says so and runs without.
+pub(crate) async fn sandbox_launcher(
+    off: bool,
+    work_dir: &std::path::Path,
+    connect: &crate::security_args::ConnectArgs,
+) -> testfleet_agent::sandbox::Launcher {
+    use testfleet_agent::sandbox::Launcher;
+    if off {
+        return Launcher::off("turned off with --no-sandbox");
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Launcher::off(&format!("cannot find the testfleet binary: {e}")),
+    };
+    let _ = std::fs::create_dir_all(work_dir);
+    let work_dir = work_dir.canonicalize().unwrap_or(work_dir.to_path_buf());
+    let hide = std::iter::once(work_dir.clone())
+        .chain(connect.token_file.iter().cloned())
+        .chain(connect.tls_key.iter().cloned())
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .collect();
+    let scratch = work_dir.join("sandboxes").join(".probe");
+    let launcher = Launcher::probe(&exe, crate::SANDBOX_HELPER, &scratch, hide).await;
+    if launcher.available() {
+        tracing::info!("tests of remote runs run in a private mount and PID namespace");
+    } else {
+        tracing::warn!(
+            reason = launcher.status(),
+            "no sandbox: tests of remote runs see the agent's files, and paths compiled into them do not hold"
+        );
+    }
+    launcher
+}
+
 /// Resolves on SIGTERM or SIGINT: how servers learn to stop. The handlers are installed now, not
 /// when the future is first polled, so a signal during start-up (a sweep, a bind) is not fatal.
 pub(crate) fn termination() -> impl std::future::Future<Output = ()> + Send {

@@ -67,13 +67,13 @@ async fn once(
         .map(String::from)
         .chain(batch.iter().map(|n| (*n).to_owned()))
         .collect();
-    let mut child = executor::command(&this)
-        .spawn()
+    let executor::Started {
+        process: mut child,
+        mut stdout,
+        mut stderr,
+    } = executor::start(&this)
+        .await
         .map_err(|e| format!("failed to start the test binary: {e}"))?;
-    let pgid = child.id().expect("a just-spawned child has a pid");
-    cmd.guard.watch(pgid);
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
     let mut parser = Parser::new(&batch, cmd.output_cap);
     let mut current: Option<Current> = None;
     // Verdicts as they come: (position in `batch`, status, duration).
@@ -105,7 +105,7 @@ async fn once(
                     Err(e) => Ending::Lost(e.to_string()),
                 });
                 // Pipes held by the test's own children must not keep the batch waiting.
-                executor::signal_group(pgid, libc::SIGKILL);
+                child.signal_group(libc::SIGKILL);
                 drain(&mut stdout, &mut out_open, |b| {
                     for e in parser.feed(b) {
                         on_event(e, &mut current, &mut settled);
@@ -115,22 +115,22 @@ async fn once(
                 drain(&mut stderr, &mut err_open, |b| parser.stray(b)).await;
             },
             () = sleep_until(deadline), if ended.is_none() => {
-                executor::signal_group(pgid, libc::SIGTERM);
+                child.signal_group(libc::SIGTERM);
                 let killed = tokio::time::timeout(cmd.kill_grace, child.wait()).await.is_err();
                 ended = Some(Ending::TimedOut { killed });
-                executor::signal_group(pgid, libc::SIGKILL);
+                child.signal_group(libc::SIGKILL);
                 let _ = child.wait().await;
             },
             () = executor::cancelled(cancel), if ended.is_none() => {
-                executor::signal_group(pgid, libc::SIGKILL);
+                child.signal_group(libc::SIGKILL);
                 let _ = child.wait().await;
                 ended = Some(Ending::Cancelled);
             },
         }
     }
     let ending = ended.expect("the loop ends with an ending");
-    executor::signal_group(pgid, libc::SIGKILL);
-    cmd.guard.release(pgid);
+    child.signal_group(libc::SIGKILL);
+    child.release(&cmd.guard);
     let crashed = current.is_some();
     // The test running when the process ended is blamed for it; tests after it run again.
     let mut crash_signal = None;

@@ -1,0 +1,113 @@
+//! A process started in a sandbox, as the agent holds it: its pipes, its exit, and its group's
+//! signals (sent through the helper, which knows the process by the namespace's pids).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use super::Sandbox;
+
+/// The pipes of a process about to start: the agent's ends, and the ends sent to the helper.
+pub(super) struct Pipes {
+    out: (OwnedFd, OwnedFd),
+    err: (OwnedFd, OwnedFd),
+    input: Option<(OwnedFd, OwnedFd)>,
+}
+
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = std::io::pipe()?;
+    Ok((r.into(), w.into()))
+}
+
+impl Pipes {
+    pub fn new(stdin: bool) -> std::io::Result<Self> {
+        Ok(Pipes {
+            out: pipe_pair()?,
+            err: pipe_pair()?,
+            input: stdin.then(pipe_pair).transpose()?,
+        })
+    }
+
+    /// The descriptors the helper gets: stdout's and stderr's write ends, stdin's read end.
+    pub fn theirs(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.out.1.as_raw_fd(), self.err.1.as_raw_fd()];
+        if let Some((r, _)) = &self.input {
+            fds.push(r.as_raw_fd());
+        }
+        fds
+    }
+
+    /// The agent's side as a child; the helper's ends are returned to be dropped once sent.
+    pub fn split(
+        self,
+        id: u64,
+        sandbox: Arc<Sandbox>,
+        exited: oneshot::Receiver<i32>,
+    ) -> std::io::Result<(SandboxChild, Vec<OwnedFd>)> {
+        let mut theirs = vec![self.out.1, self.err.1];
+        let stdin = match self.input {
+            Some((r, w)) => {
+                theirs.push(r);
+                Some(pipe::Sender::from_owned_fd(w)?)
+            }
+            None => None,
+        };
+        Ok((
+            SandboxChild {
+                id,
+                sandbox,
+                stdout: Some(pipe::Receiver::from_owned_fd(self.out.0)?),
+                stderr: Some(pipe::Receiver::from_owned_fd(self.err.0)?),
+                stdin,
+                exited: Some(exited),
+                status: None,
+            },
+            theirs,
+        ))
+    }
+}
+
+pub struct SandboxChild {
+    id: u64,
+    sandbox: Arc<Sandbox>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    pub stdin: Option<pipe::Sender>,
+    exited: Option<oneshot::Receiver<i32>>,
+    status: Option<ExitStatus>,
+}
+
+impl SandboxChild {
+    /// Waits for the process to exit; cancel-safe, and returns the same status when called again.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let rx = self.exited.as_mut().expect("waited before its exit");
+        let status = match rx.await {
+            Ok(raw) => ExitStatus::from_raw(raw),
+            Err(_) => return Err(std::io::Error::other("the sandbox helper is gone")),
+        };
+        self.exited = None;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// Signals the process's whole group.
+    pub fn signal_group(&self, signal: i32) {
+        self.sandbox.signal(self.id, signal);
+    }
+}
+
+impl Drop for SandboxChild {
+    /// As `kill_on_drop`: a test whose runner was dropped does not run on.
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.signal_group(libc::SIGKILL);
+        }
+    }
+}
