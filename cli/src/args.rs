@@ -238,9 +238,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_docker: bool,
 
-    /// Also put these files or directories (relative to the workspace root) into the bundle.
+    /// Also put these files or directories (relative to the workspace root) into the bundle, even
+    /// where git ignores them (every file git would not ignore is bundled anyway).
     #[arg(long = "include", value_name = "PATH")]
     pub includes: Vec<PathBuf>,
+    /// Refuse to upload a bundle larger than this (bytes before compression); the error names
+    /// its largest directories.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 30)]
+    pub max_bundle_bytes: u64,
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
@@ -394,6 +399,9 @@ pub struct CiArgs {
     /// This job's agent's scratch space (bundle cache, test working dirs).
     #[arg(long, default_value = "target/testfleet/ci-agent", value_name = "DIR")]
     pub work_dir: PathBuf,
+    /// Run this job's tests without a private namespace (see `testfleet agent --no-sandbox`).
+    #[arg(long)]
+    pub no_sandbox: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -416,6 +424,10 @@ pub struct AgentArgs {
     /// This agent's name [default: kept in the work dir, created on first start].
     #[arg(long, env = "TESTFLEET_AGENT_ID")]
     pub agent_id: Option<String>,
+    /// Run remote runs' tests without a private namespace (their bundle at its origin paths, the
+    /// agent's files hidden): only for machines where namespaces are forbidden.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Labels reported to the coordinator, as KEY=VALUE.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,

@@ -19,6 +19,19 @@ pub struct Workspace {
     pub packages: HashMap<String, (String, String)>,
 }
 
+/// What building the tests produced besides the test binaries: what the tests run or load at run
+/// time, and so what a remote agent needs of the target dir.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOutputs {
+    /// Binary targets of workspace packages: (package, target name, executable), what
+    /// `CARGO_BIN_EXE_<name>` names.
+    pub bins: Vec<(String, String, PathBuf)>,
+    /// Each workspace package's build script output dir (`OUT_DIR`), by package.
+    pub out_dirs: HashMap<String, PathBuf>,
+    /// Dynamic libraries built for workspace packages (dylib and cdylib targets).
+    pub dylibs: Vec<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TestBinary {
     /// `package` for a library's unit tests, `package::target` for integration tests, `package::bin/name`
@@ -127,7 +140,7 @@ fn cargo_command(args: &CargoArgs) -> Command {
 }
 
 /// Builds the test binaries; cargo's own diagnostics go straight to the user's stderr.
-pub fn build_tests(args: &CargoArgs, ws: &Workspace) -> CliResult<Vec<TestBinary>> {
+pub fn build_tests(args: &CargoArgs, ws: &Workspace) -> CliResult<(Vec<TestBinary>, BuildOutputs)> {
     let mut child = cargo_command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -135,10 +148,46 @@ pub fn build_tests(args: &CargoArgs, ws: &Workspace) -> CliResult<Vec<TestBinary
         .map_err(|e| CliError::BuildFailed(Some(format!("cannot start cargo: {e}"))))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut binaries = Vec::new();
+    let mut outputs = BuildOutputs::default();
     for message in Message::parse_stream(BufReader::new(stdout)) {
-        let Ok(Message::CompilerArtifact(a)) = message else {
-            continue;
+        let a = match message {
+            Ok(Message::CompilerArtifact(a)) => a,
+            Ok(Message::BuildScriptExecuted(b)) => {
+                if let Some((name, _)) = ws.packages.get(&b.package_id.repr) {
+                    outputs
+                        .out_dirs
+                        .insert(name.clone(), b.out_dir.into_std_path_buf());
+                }
+                continue;
+            }
+            _ => continue,
         };
+        let member = ws.packages.get(&a.package_id.repr).map(|(n, _)| n.clone());
+        if let Some(package) = &member
+            && !a.profile.test
+        {
+            if let Some(exe) = &a.executable
+                && a.target.kind.contains(&TargetKind::Bin)
+            {
+                outputs.bins.push((
+                    package.clone(),
+                    a.target.name.clone(),
+                    exe.clone().into_std_path_buf(),
+                ));
+            }
+            if a.target
+                .kind
+                .iter()
+                .any(|k| matches!(k, TargetKind::DyLib | TargetKind::CDyLib))
+            {
+                outputs.dylibs.extend(
+                    a.filenames
+                        .iter()
+                        .filter(|f| f.extension() == Some("so"))
+                        .map(|f| f.clone().into_std_path_buf()),
+                );
+            }
+        }
         let Some(exe) = a.executable.filter(|_| a.profile.test) else {
             continue;
         };
@@ -182,5 +231,9 @@ pub fn build_tests(args: &CargoArgs, ws: &Workspace) -> CliResult<Vec<TestBinary
     }
     binaries.sort_by(|a, b| a.binary_id.cmp(&b.binary_id));
     binaries.dedup_by(|a, b| a.binary_id == b.binary_id);
-    Ok(binaries)
+    outputs.bins.sort();
+    outputs.bins.dedup();
+    outputs.dylibs.sort();
+    outputs.dylibs.dedup();
+    Ok((binaries, outputs))
 }

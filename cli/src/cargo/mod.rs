@@ -4,5 +4,5 @@
 mod build;
 mod list;
 
-pub use build::{TestBinary, Workspace, build_tests, locate_workspace};
+pub use build::{BuildOutputs, TestBinary, Workspace, build_tests, locate_workspace};
 pub use list::{ListedTest, list_tests};

@@ -1,18 +1,18 @@
 //! `testfleet run`: build the workspace's tests, list them, submit the run (to an embedded fleet or
 //! a coordinator), follow it live, and end with the run's exit code.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use testfleet_bundle::BundleEntry;
-use testfleet_model::{Binary, ImageSource, RunId, RunSpec, Runner, TestSpec};
+use testfleet_model::{Binary, ImageSource, RunId, RunSpec, TestSpec};
 use testfleet_proto::pb;
 
 use crate::args::RunArgs;
 use crate::cargo::{self, TestBinary, Workspace};
 use crate::error::{CliError, CliResult};
 use crate::local::LocalFleet;
+use crate::prepare::cargo_layout::{self, CargoLayout};
+use crate::prepare::{pack, workspace_files};
 use crate::remote;
 use crate::reporter::Report;
 use crate::suite_manifest::{self, SuiteManifest};
@@ -99,7 +99,8 @@ pub(crate) async fn prepare(
     }
 }
 
-/// Builds a Cargo workspace's tests and lists them.
+/// Builds a Cargo workspace's tests and lists them; for a coordinator, gathers the bundle's
+/// contents (the workspace's files and what the tests need of the target dir).
 async fn prepare_cargo(
     args: &RunArgs,
     remote: Option<(&str, &mut remote::Client)>,
@@ -107,32 +108,86 @@ async fn prepare_cargo(
     suite: Option<SuiteManifest>,
 ) -> CliResult<Prepared> {
     let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
-    let binaries = tokio::task::spawn_blocking(move || -> CliResult<_> {
-        let binaries = cargo::build_tests(&cargo_args, &ws2)?;
+    let (binaries, outputs) = tokio::task::spawn_blocking(move || -> CliResult<_> {
+        let (binaries, outputs) = cargo::build_tests(&cargo_args, &ws2)?;
         let mut listed = Vec::new();
         for b in binaries {
             let tests = cargo::list_tests(&b)?;
             listed.push((b, tests));
         }
-        Ok(listed)
+        Ok((listed, outputs))
     })
     .await
     .map_err(|e| CliError::Internal(e.into()))??;
 
     let bundled = remote.is_some();
+    let layout = CargoLayout {
+        ws: &ws,
+        outputs: &outputs,
+        bundled,
+    };
     let listed = binaries
         .iter()
-        .map(|(b, tests)| (cargo_binary(&ws, b, bundled), tests.clone()))
+        .map(|(b, tests)| (layout.binary(b), tests.clone()))
         .collect();
-    let spec = build_spec(args, &ws, listed, bundled, suite.as_ref(), 1)?;
-    let executables = binaries
-        .iter()
-        .map(|(b, _)| BundleEntry {
-            archive_path: bundle_paths(&ws, b).0,
-            source: b.executable.clone(),
-        })
-        .collect();
-    finish(args, remote, &ws, spec, suite, executables, None).await
+    let mut spec = build_spec(args, &ws, listed, bundled, suite.as_ref(), 1)?;
+    let mut content = vec![];
+    if bundled {
+        spec.origin = layout.origin();
+        let tests: Vec<TestBinary> = binaries.iter().map(|(b, _)| b.clone()).collect();
+        content = layout
+            .target_entries(&tests)
+            .map_err(|e| CliError::Bundle(format!("cannot bundle the build's outputs: {e}")))?;
+        content.extend(suite_files(
+            args,
+            &ws.root,
+            vec![ws.target_dir.clone()],
+            suite.as_ref(),
+        )?);
+    }
+    finish(args, remote, &ws, spec, suite, content).await
+}
+
+/// The suite's own files for its bundle: what git would not ignore under `root`, as the manifest
+/// and `--include` adjust it (their paths are relative to the manifest and to `root`).
+fn suite_files(
+    args: &RunArgs,
+    root: &Path,
+    skip: Vec<PathBuf>,
+    suite: Option<&SuiteManifest>,
+) -> CliResult<Vec<testfleet_bundle::BundleEntry>> {
+    let mut include = args.includes.clone();
+    let mut exclude = vec![];
+    if let Some(s) = suite {
+        let rel = s.dir.strip_prefix(root).unwrap_or(Path::new(""));
+        include.extend(s.manifest.include.iter().map(|p| rel.join(p)));
+        exclude.extend(
+            s.manifest
+                .exclude
+                .iter()
+                .map(|g| rel.join(g).display().to_string()),
+        );
+    }
+    for inc in &include {
+        if inc.is_absolute()
+            || inc
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(CliError::Bundle(format!(
+                "--include {} is not inside the workspace",
+                inc.display()
+            )));
+        }
+    }
+    let sel = workspace_files::Selection {
+        root,
+        top: cargo_layout::WS,
+        skip,
+        exclude: &exclude,
+        include: &include,
+    };
+    workspace_files::collect(&sel).map_err(CliError::Bundle)
 }
 
 /// Lists a tool suite's tests (pytest, a command) and makes its spec: the program runs from the
@@ -190,6 +245,8 @@ async fn prepare_tool(
                 env: listed.env.clone(),
                 services: vec![],
                 runner: listed.runner.clone(),
+                path_env: Default::default(),
+                library_path: vec![],
             };
             (b, tests)
         })
@@ -202,21 +259,28 @@ async fn prepare_tool(
         Some(&suite),
         tool_suite::DEFAULT_BATCH,
     )?;
-    // The suite's files are what its tests run from: all of them unless the manifest lists some.
-    let project = suite.manifest.include.is_empty().then(|| suite.dir.clone());
-    finish(args, remote, &ws, spec, Some(suite), vec![], project).await
+    let mut spec = spec;
+    let mut content = vec![];
+    if bundled {
+        // The suite's directory is shown to its tests where it is here.
+        spec.origin = vec![testfleet_model::OriginTree {
+            bundle_dir: cargo_layout::WS.into(),
+            path: cargo_layout::lexical(&suite.dir),
+        }];
+        content = suite_files(args, &suite.dir, vec![ws.target_dir.clone()], Some(&suite))?;
+    }
+    finish(args, remote, &ws, spec, Some(suite), content).await
 }
 
-/// Runs the suite's prepare commands; for a coordinator, packs the bundle (`executables`, the
-/// included files, or all of `project`) and uploads it unless the coordinator has it.
+/// Runs the suite's prepare commands; for a coordinator, packs the bundle (`content` and the
+/// services' build contexts) and uploads it unless the coordinator has it.
 async fn finish(
     args: &RunArgs,
     remote: Option<(&str, &mut remote::Client)>,
     ws: &Workspace,
     mut spec: RunSpec,
     suite: Option<SuiteManifest>,
-    executables: Vec<BundleEntry>,
-    project: Option<PathBuf>,
+    content: Vec<testfleet_bundle::BundleEntry>,
 ) -> CliResult<Prepared> {
     let used: Vec<u32> = {
         let mut u: Vec<u32> = spec
@@ -236,17 +300,11 @@ async fn finish(
     }
     let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
     if let Some((url, client)) = remote {
-        // Files the manifest lists travel like `--include`d ones (its paths are relative to it).
-        let mut includes = args.includes.clone();
-        if let Some(s) = &suite {
-            let rel = s.dir.strip_prefix(&ws.root).unwrap_or(Path::new(""));
-            includes.extend(s.manifest.include.iter().map(|p| rel.join(p)));
-        }
-        let packed = pack_bundle(ws, executables, &includes, project, suite.as_ref()).await?;
+        let packed = pack_bundle(args, ws, content, suite.as_ref()).await?;
         let sent = remote::upload_bundle(client, url, &packed).await;
         // The next run packs afresh: once sent (or refused), the archive is of no more use here.
         if let Some(own) = packed.path.parent() {
-            remove_packed(own);
+            pack::remove_packed(own);
         }
         let sent = sent?;
         eprintln!(
@@ -322,44 +380,6 @@ pub(crate) fn traced<T>(span: &tracing::Span, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     testfleet_proto::trace::inject(&span.context(), request.metadata_mut());
     request
-}
-
-/// Where a binary and its package dir go inside a bundle.
-fn bundle_paths(ws: &Workspace, b: &TestBinary) -> (String, String) {
-    let file = b
-        .executable
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| b.binary_id.replace([':', '/'], "_"));
-    let cwd = match b.package_dir.strip_prefix(&ws.root) {
-        Ok(rel) if rel.as_os_str().is_empty() => "ws".to_owned(),
-        Ok(rel) => format!("ws/{}", rel.display()),
-        Err(_) => format!("ws/.packages/{}", b.package),
-    };
-    (format!("bin/{file}"), cwd)
-}
-
-/// A Cargo test binary as the spec names it: bundle paths for a coordinator, its own otherwise.
-fn cargo_binary(ws: &Workspace, b: &TestBinary, bundled: bool) -> Binary {
-    let (path, cwd) = if bundled {
-        bundle_paths(ws, b)
-    } else {
-        (
-            b.executable.display().to_string(),
-            b.package_dir.display().to_string(),
-        )
-    };
-    let mut env = BTreeMap::new();
-    env.insert("CARGO_PKG_NAME".to_owned(), b.package.clone());
-    env.insert("CARGO_PKG_VERSION".to_owned(), b.package_version.clone());
-    Binary {
-        binary_id: b.binary_id.clone(),
-        path,
-        cwd,
-        env,
-        services: vec![],
-        runner: Runner::Libtest,
-    }
 }
 
 /// The run's spec from its binaries and their listed tests (filtered); `batch` is the tests per
@@ -447,6 +467,10 @@ fn build_spec(
         },
         quarantine: suite.map(|s| s.manifest.quarantine).unwrap_or_default(),
         tests_per_process: args.tests_per_process.unwrap_or(batch),
+        origin: vec![],
+        pass_env: suite
+            .map(|s| s.manifest.pass_env.clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -474,33 +498,22 @@ fn git_revision(root: &Path) -> (String, String) {
     )
 }
 
-/// Packs the test binaries, the `--include`d files and the `project`'s files into a
-/// content-addressed bundle.
+/// Packs `content` and the services' build contexts (agents build their images from them) into
+/// a content-addressed bundle.
 async fn pack_bundle(
+    args: &RunArgs,
     ws: &Workspace,
-    executables: Vec<BundleEntry>,
-    includes: &[PathBuf],
-    project: Option<PathBuf>,
+    mut entries: Vec<testfleet_bundle::BundleEntry>,
     suite: Option<&SuiteManifest>,
 ) -> CliResult<testfleet_bundle::PackedBundle> {
-    let mut entries = Vec::new();
-    if let Some(dir) = project {
-        collect_project(&dir, Path::new(""), &mut entries)
-            .map_err(|e| CliError::Bundle(format!("cannot bundle {}: {e}", dir.display())))?;
-    }
-    // Service build contexts travel with the tests: agents build their images from them.
     for s in suite
         .iter()
         .flat_map(|s| s.manifest.services.iter().map(move |svc| (s, svc)))
     {
         if let (suite, ImageSource::Build { context, .. }) = (s.0, &s.1.source) {
-            let rel = suite
-                .bundle_dir(ws)
-                .trim_start_matches("ws")
-                .trim_start_matches('/')
-                .to_owned();
             let src = suite.dir.join(context);
-            collect_files(&src, &Path::new(&rel).join(context), &mut entries).map_err(|e| {
+            let rel = Path::new(&suite.bundle_dir(ws)).join(context);
+            pack::collect_files(&src, &rel, &mut entries).map_err(|e| {
                 CliError::Bundle(format!(
                     "cannot bundle the build context of service `{}` ({}): {e}",
                     s.1.name,
@@ -509,130 +522,9 @@ async fn pack_bundle(
             })?;
         }
     }
-    entries.extend(executables);
-    // A build context inside a bundled project is listed twice: once is enough.
+    // A build context inside the bundled workspace is listed twice: once is enough.
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| seen.insert(e.archive_path.clone()));
-    for inc in includes {
-        let src = ws.root.join(inc);
-        let rel = src
-            .strip_prefix(&ws.root)
-            .ok()
-            .filter(|r| {
-                !r.components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            })
-            .ok_or_else(|| {
-                CliError::Bundle(format!(
-                    "--include {} is not inside the workspace",
-                    inc.display()
-                ))
-            })?
-            .to_path_buf();
-        collect_files(&src, &rel, &mut entries)
-            .map_err(|e| CliError::Bundle(format!("cannot include {}: {e}", src.display())))?;
-    }
     let dir = ws.target_dir.join("testfleet").join("bundles");
-    // A directory of this run's own: runs of the same workspace at once (against one coordinator
-    // or several) each pack, send and remove their own archive, whatever the others do.
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let own = dir.join(format!("run-{}-{nanos}", std::process::id()));
-    tokio::task::spawn_blocking(move || {
-        remove_stale_bundles(&dir, SystemTime::now() - STALE_BUNDLE_AGE);
-        let packed = testfleet_bundle::pack(&entries, &own);
-        if packed.is_err() {
-            remove_packed(&own);
-        }
-        packed
-    })
-    .await
-    .map_err(|e| CliError::Internal(e.into()))?
-    .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))
-}
-
-/// Packed bundles older than this in `target/testfleet/bundles` were left by a run that was killed
-/// before it could remove its own; a day is far longer than any run takes to upload.
-const STALE_BUNDLE_AGE: Duration = Duration::from_secs(86_400);
-
-/// Removes what runs left in `dir` before `cutoff`: their own directories (`run-*`), and archives
-/// and unfinished packings of versions that packed into `dir` itself.
-fn remove_stale_bundles(dir: &Path, cutoff: SystemTime) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let ours =
-            name.starts_with("run-") || name.ends_with(".tar.zst") || name.starts_with(".packing-");
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        if ours && old {
-            remove_packed(&entry.path());
-        }
-    }
-}
-
-/// Removes a run's packing directory (or a lone archive), saying so if it cannot.
-fn remove_packed(path: &Path) {
-    if let Err(e) = testfleet_bundle::remove(path) {
-        tracing::warn!(path = %path.display(), error = %e, "could not remove a packed bundle");
-    }
-}
-
-/// A tool suite's files: everything but hidden entries (`.git`, `.testfleet`, a `.venv`) and
-/// Python's bytecode caches, at any depth. Linked directories are not followed.
-fn collect_project(dir: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {
-    let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    children.sort_by_key(|e| e.file_name());
-    for c in children {
-        let name = c.file_name();
-        let text = name.to_string_lossy();
-        if text.starts_with('.') || text == "__pycache__" {
-            continue;
-        }
-        let found = match c.file_type() {
-            Ok(t) if t.is_dir() => collect_project(&c.path(), &rel.join(&name), out),
-            Ok(_) => collect_files(&c.path(), &rel.join(&name), out),
-            Err(e) => Err(e),
-        };
-        match found {
-            // Listed, then gone: a temporary file of some other process, not bundled.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other?,
-        }
-    }
-    Ok(())
-}
-
-fn collect_files(src: &Path, rel: &Path, out: &mut Vec<BundleEntry>) -> std::io::Result<()> {
-    // Linked directories are not followed (a link loop would never end); linked files are.
-    if std::fs::symlink_metadata(src)?.file_type().is_symlink() && std::fs::metadata(src)?.is_dir()
-    {
-        tracing::warn!(path = %src.display(), "not bundling a symlinked directory");
-        return Ok(());
-    }
-    let meta = std::fs::metadata(src)?;
-    if meta.is_dir() {
-        let mut children: Vec<_> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;
-        children.sort_by_key(|e| e.file_name());
-        for c in children {
-            match collect_files(&c.path(), &rel.join(c.file_name()), out) {
-                // Listed, then gone: a temporary file of some other process, not bundled.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                other => other?,
-            }
-        }
-    } else if meta.is_file() {
-        out.push(BundleEntry {
-            archive_path: format!("ws/{}", rel.display()),
-            source: src.to_path_buf(),
-        });
-    }
-    Ok(())
+    pack::pack(entries, &dir, args.max_bundle_bytes).await
 }
