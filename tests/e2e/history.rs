@@ -226,7 +226,8 @@ fn queries_without_history_say_where_they_looked() {
 fn the_same_queries_answer_from_a_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let (_coord, url) = coordinator(dir.path());
-    // Tests inherit the agent's environment (not the submitter's): the pattern goes there.
+    // Tests see the agent's variables the suite passes (`pass_env = ["FIXTURE_*"]`), not the
+    // submitter's: the pattern goes to the agent.
     let mut cmd = testfleet();
     cmd.env("FIXTURE_FAIL_RUNS", "1")
         .args([

@@ -9,6 +9,7 @@ mod containers;
 mod dashboard;
 mod deploy;
 mod fixture;
+mod hermetic;
 mod history;
 mod import;
 mod limits;

@@ -167,9 +167,12 @@ fn after_first_start(
 ) -> (Option<i32>, Vec<RunEvent>) {
     let mut seen = Vec::new();
     loop {
-        let line = lines
-            .recv_timeout(GUARD)
-            .expect("the run reports a started test");
+        let line = lines.recv_timeout(GUARD).unwrap_or_else(|e| {
+            panic!(
+                "the run reports no started test ({e}); its log:\n{}",
+                run.log()
+            )
+        });
         let started = line.contains("\"type\":\"test_started\"");
         seen.push(line);
         if started {
