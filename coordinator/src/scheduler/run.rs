@@ -248,7 +248,9 @@ impl Run {
         self.notice(
             NoticeLevel::Warning,
             format!(
-                "agent {agent} runs tests without a sandbox ({why}): paths compiled into them                  (env!(\"CARGO_MANIFEST_DIR\"), env!(\"CARGO_BIN_EXE_…\")) do not hold there,                  and they can see the agent's files"
+                "agent {agent} runs tests without a sandbox ({why}): paths compiled into them \
+                 (env!(\"CARGO_MANIFEST_DIR\"), env!(\"CARGO_BIN_EXE_…\")) do not hold there, \
+                 and they can see the agent's files"
             ),
         );
     }
