@@ -11,6 +11,7 @@ mod ingest;
 mod makespan;
 mod overhead;
 mod queries;
+mod sandbox;
 mod scale;
 mod simagent;
 mod simhistory;
@@ -65,6 +66,9 @@ enum Bench {
     /// Many runs while agents are SIGKILLed and the coordinator restarts: nothing may be lost
     /// or counted twice.
     Chaos(chaos::Args),
+    /// What hermetic remote runs cost: per test with the agent's sandbox against without it, and
+    /// each bundle's size and time to pack, upload, download and extract.
+    Sandbox(sandbox::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Scale(a) => scale::run(a)?,
         Bench::Queries(a) => queries::run(a)?,
         Bench::Containers(a) => containers::run(a)?,
+        Bench::Sandbox(a) => sandbox::run(a)?,
         Bench::Detection(a) => return detection::run(a),
         Bench::Chaos(a) => return chaos::run(a),
     };
@@ -131,6 +136,13 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         seed: 3,
         testfleet: tf(),
     })?);
+    step(sandbox::run(sandbox::Args {
+        tests: 2000,
+        jobs: None,
+        rounds: if quick { 1 } else { 3 },
+        own_workspace: !quick,
+        testfleet: tf(),
+    })?);
     step(containers::run(containers::Args {
         tests: if quick { 20 } else { 100 },
         jobs: None,
@@ -140,6 +152,14 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
 }
 
 /// The testfleet binary a benchmark drives: given, or next to this one.
+/// The repository this benchmark was built from (its fixtures, its own workspace).
+pub(crate) fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ is inside the repository")
+        .to_path_buf()
+}
+
 pub(crate) fn testfleet_path(
     given: Option<std::path::PathBuf>,
 ) -> anyhow::Result<std::path::PathBuf> {

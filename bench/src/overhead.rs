@@ -53,7 +53,7 @@ impl Contender {
     }
 }
 
-fn lib_rs(tests: usize) -> String {
+pub(crate) fn lib_rs(tests: usize) -> String {
     let mut src = String::from("//! Generated: trivial tests, to measure per-test overhead.\n");
     for i in 0..tests {
         src.push_str(&format!(

@@ -46,7 +46,7 @@ impl Pipes {
         self,
         id: u64,
         sandbox: Arc<Sandbox>,
-        exited: oneshot::Receiver<i32>,
+        exited: oneshot::Receiver<Result<i32, String>>,
     ) -> std::io::Result<(SandboxChild, Vec<OwnedFd>)> {
         let mut theirs = vec![self.out.1, self.err.1];
         let stdin = match self.input {
@@ -77,7 +77,7 @@ pub struct SandboxChild {
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
     pub stdin: Option<pipe::Sender>,
-    exited: Option<oneshot::Receiver<i32>>,
+    exited: Option<oneshot::Receiver<Result<i32, String>>>,
     status: Option<ExitStatus>,
 }
 
@@ -89,7 +89,13 @@ impl SandboxChild {
         }
         let rx = self.exited.as_mut().expect("waited before its exit");
         let status = match rx.await {
-            Ok(raw) => ExitStatus::from_raw(raw),
+            Ok(Ok(raw)) => ExitStatus::from_raw(raw),
+            Ok(Err(reason)) => {
+                // It never started: nothing to signal when dropped.
+                self.exited = None;
+                self.status = Some(ExitStatus::from_raw(127 << 8));
+                return Err(std::io::Error::other(reason));
+            }
             Err(_) => return Err(std::io::Error::other("the sandbox helper is gone")),
         };
         self.exited = None;

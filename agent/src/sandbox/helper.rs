@@ -135,7 +135,6 @@ fn init(setup: &Setup, buf: &mut [u8]) -> i32 {
                     Ok(pid) => {
                         started.insert(pid, id);
                         groups.insert(id, pid);
-                        reply(&Reply::Spawned { id });
                     }
                     Err(reason) => reply(&Reply::SpawnFailed { id, reason }),
                 },
@@ -217,56 +216,55 @@ fn spawn(
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_p.push(std::ptr::null());
-    let mut report = [0; 2];
-    // SAFETY: a close-on-exec pipe whose descriptors we own until closed below.
-    if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
     let (out, err) = (fds[0].as_raw_fd(), fds[1].as_raw_fd());
     let input = fds.get(2).map(|f| f.as_raw_fd());
-    // SAFETY: this process is single-threaded; the child only makes system calls on values
-    // prepared above, then execs or exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::setpgid(0, 0);
-            let stdin_fd = match input {
-                Some(fd) => fd,
-                None => libc::open(null.as_ptr(), libc::O_RDONLY),
-            };
-            libc::dup2(stdin_fd, 0);
-            libc::dup2(out, 1);
-            libc::dup2(err, 2);
-            let errno = if libc::chdir(dir.as_ptr()) != 0 {
-                *libc::__errno_location()
-            } else {
-                libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
-                *libc::__errno_location()
-            };
-            libc::write(report[1], (&errno as *const i32).cast(), 4);
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: our copy of the write end; the child holds its own until exec closes it.
-    unsafe { libc::close(report[1]) };
+    // posix_spawn, as the agent itself starts tests: glibc clones without copying this process's
+    // memory, and reports a failed exec (or chdir) as its result.
+    // SAFETY: the actions and attributes are initialised before use and destroyed after; every
+    // pointer handed over lives until posix_spawn returns.
+    let (spawned, pid) = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut actions);
+        libc::posix_spawnattr_init(&mut attr);
+        match input {
+            Some(fd) => libc::posix_spawn_file_actions_adddup2(&mut actions, fd, 0),
+            None => libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                null.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ),
+        };
+        libc::posix_spawn_file_actions_adddup2(&mut actions, out, 1);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, err, 2);
+        libc::posix_spawn_file_actions_addchdir_np(&mut actions, dir.as_ptr());
+        // Its own process group, and none of process 1's blocked signals (SIGCHLD).
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::posix_spawnattr_setsigmask(&mut attr, &none);
+        libc::posix_spawnattr_setpgroup(&mut attr, 0);
+        libc::posix_spawnattr_setflags(
+            &mut attr,
+            (libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
+        );
+        let mut pid: libc::pid_t = 0;
+        let r = libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            &actions,
+            &attr,
+            argv_p.as_ptr() as *const *mut libc::c_char,
+            envp_p.as_ptr() as *const *mut libc::c_char,
+        );
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        (r, pid)
+    };
     drop(fds);
-    let mut errno = 0i32;
-    // SAFETY: reads at most 4 bytes into `errno`; 0 bytes means the exec closed the pipe.
-    let n = unsafe { libc::read(report[0], (&mut errno as *mut i32).cast(), 4) };
-    // SAFETY: our read end, no longer needed.
-    unsafe { libc::close(report[0]) };
-    if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
-    }
-    if n == 4 {
-        let mut status = 0;
-        // SAFETY: reaps the child that failed to exec.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        let why = std::io::Error::from_raw_os_error(errno);
+    if spawned != 0 {
+        let why = std::io::Error::from_raw_os_error(spawned);
         return Err(format!(
             "cannot start `{}` in {}: {why}",
             program.display(),

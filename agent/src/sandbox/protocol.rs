@@ -53,9 +53,6 @@ pub enum Reply {
     SetupFailed {
         reason: String,
     },
-    Spawned {
-        id: u64,
-    },
     SpawnFailed {
         id: u64,
         reason: String,
