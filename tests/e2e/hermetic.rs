@@ -314,4 +314,18 @@ fn an_agent_without_a_sandbox_says_so_and_the_run_warns_once() {
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("agent plain"), "{}", warnings[0]);
+
+    // A bundle over the limit is refused before anything is sent, naming where its bytes are.
+    let out = run_output(
+        testfleet()
+            .args(["run", "--coordinator", &url, "--max-bundle-bytes", "1000"])
+            .arg("--manifest-path")
+            .arg(ws.join("Cargo.toml")),
+    );
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("more than --max-bundle-bytes") && err.contains("target/debug"),
+        "{err}"
+    );
 }
