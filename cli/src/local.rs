@@ -22,18 +22,8 @@ fn local_agent_prefix(data_dir: &Path) -> String {
         .unwrap_or_else(|_| data_dir.to_path_buf());
     format!(
         "local-{:08x}",
-        short_hash(path.as_os_str().as_encoded_bytes())
+        crate::process::short_hash(path.as_os_str().as_encoded_bytes())
     )
-}
-
-/// FNV-1a: a short, stable hash for names made from paths and keys (not for security).
-pub(crate) fn short_hash(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }
 
 /// A client token and an agent token, fresh for one local fleet, and the set that accepts them.
@@ -113,7 +103,7 @@ impl LocalFleet {
         let mut handles = Vec::new();
         let prefix = local_agent_prefix(data_dir);
         // One guard for all local agents: if this process is killed, their tests go with it.
-        let guard = crate::commands::start_guard();
+        let guard = crate::process::start_guard();
         for i in 1..=agents {
             let name = format!("{prefix}-{i}");
             let id = name.parse().expect("a valid agent id");

@@ -10,6 +10,7 @@ mod history_client;
 mod junit_import;
 mod local;
 mod prepare;
+mod process;
 mod remote;
 mod reporter;
 mod security_args;
@@ -26,16 +27,13 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The hidden subcommand an agent starts as its sandbox helper.
-pub(crate) const SANDBOX_HELPER: &str = "__sandbox";
-
 fn main() {
     // SAFETY: first thing in main, before any thread is started.
     unsafe { environ::scrub() };
     // The sandbox helper is a small single-threaded process: it starts before anything else.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == SANDBOX_HELPER)
+        .is_some_and(|a| a == process::SANDBOX_HELPER)
     {
         std::process::exit(testfleet_agent::sandbox::serve_helper());
     }

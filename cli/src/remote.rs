@@ -85,3 +85,11 @@ pub async fn upload_bundle(
         Err(s) => Err(CliError::from_status(url, s)),
     }
 }
+
+/// A request carrying `span`'s trace context.
+pub(crate) fn traced<T>(span: &tracing::Span, message: T) -> tonic::Request<T> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut request = tonic::Request::new(message);
+    testfleet_proto::trace::inject(&span.context(), request.metadata_mut());
+    request
+}

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod junit;
 pub mod manifest;
 pub mod outcome;
+mod relative_path;
 pub mod report;
 pub mod runner;
 pub mod service;

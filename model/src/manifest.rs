@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::QuarantinePolicy;
+use crate::relative_path::is_relative_inside;
 use crate::service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
 
 pub const FILE_NAME: &str = "testfleet.toml";
@@ -211,7 +212,7 @@ impl Manifest {
             .unwrap_or_default();
         for ex in exclude {
             let (span, glob) = (ex.span().start, ex.into_inner());
-            if glob.is_empty() || glob.starts_with('/') || glob.split('/').any(|c| c == "..") {
+            if !is_relative_inside(&glob) {
                 return Err(at(
                     span,
                     format!(
@@ -541,18 +542,6 @@ fn parse_wait(w: RawWait, ports: &[u16]) -> Result<WaitStrategy, String> {
     } else {
         return Err("`healthcheck = false` waits for nothing; leave `wait` out instead".into());
     })
-}
-
-pub(crate) fn is_relative_inside(p: &str) -> bool {
-    let path = Path::new(p);
-    !p.is_empty()
-        && !path.is_absolute()
-        && path.components().all(|c| {
-            matches!(
-                c,
-                std::path::Component::Normal(_) | std::path::Component::CurDir
-            )
-        })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

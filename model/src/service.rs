@@ -290,7 +290,7 @@ impl ServiceSpec {
         } = &self.source
         {
             for (what, p) in [("build context", context), ("dockerfile", dockerfile)] {
-                if !crate::manifest::is_relative_inside(p) {
+                if !crate::relative_path::is_relative_inside(p) {
                     return Err(format!(
                         "service `{name}`: {what} `{p}` must be a relative path inside the workspace"
                     ));

@@ -39,7 +39,7 @@ fn agent_id(given: Option<&str>, work_dir: &Path) -> CliResult<AgentId> {
 
 pub async fn run(args: AgentArgs) -> CliResult<i32> {
     let id = agent_id(args.agent_id.as_deref(), &args.work_dir)?;
-    let slots = args.slots.unwrap_or_else(super::default_slots);
+    let slots = args.slots.unwrap_or_else(crate::process::default_slots);
     if slots == 0 {
         return Err(CliError::Server("--slots must be at least 1".into()));
     }
@@ -49,11 +49,12 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
         slots,
         args.work_dir.clone(),
     );
-    config.guard = super::start_guard();
+    config.guard = crate::process::start_guard();
     config.bundle_retention = (args.bundle_cache_hours > 0)
         .then(|| std::time::Duration::from_secs(u64::from(args.bundle_cache_hours) * 3600));
     config.security = args.connect.security()?;
-    config.sandbox = super::sandbox_launcher(args.no_sandbox, &args.work_dir, &args.connect).await;
+    config.sandbox =
+        crate::process::sandbox_launcher(args.no_sandbox, &args.work_dir, &args.connect).await;
     for l in &args.labels {
         let (k, v) = l
             .split_once('=')
@@ -72,14 +73,14 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
     // The first SIGTERM or Ctrl-C drains (running tests finish, the rest goes back); a second one
     // stops the running tests too.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Running);
-    let first = super::termination();
+    let first = crate::process::termination();
     tokio::spawn(async move {
         first.await;
         tracing::info!(
             "draining: finishing running tests, giving back the rest (signal again to stop now)"
         );
         let _ = stop_tx.send(Stop::Drain);
-        super::termination().await;
+        crate::process::termination().await;
         let _ = stop_tx.send(Stop::Now);
     });
     testfleet_agent::run(config, provisioner, stop_rx)

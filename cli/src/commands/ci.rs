@@ -53,7 +53,7 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     let (run_id, how) = match submit(&mut client, &url, &run_key, None).await? {
         Some((id, _)) => (id, "joined"),
         None => {
-            let prepared = super::run::prepare(&run, Some((&url, &mut client))).await?;
+            let prepared = crate::prepare::prepare(&run, Some((&url, &mut client))).await?;
             match submit(&mut client, &url, &run_key, Some(&prepared.spec)).await? {
                 Some((id, true)) => (id, "joined"),
                 Some((id, false)) => (id, "created"),
@@ -71,12 +71,15 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     let mut config = AgentConfig::new(
         url.clone(),
         agent_id,
-        run.slots.unwrap_or_else(super::default_slots).max(1),
+        run.slots
+            .unwrap_or_else(crate::process::default_slots)
+            .max(1),
         work_dir,
     );
-    config.guard = super::start_guard();
+    config.guard = crate::process::start_guard();
     config.security = security;
-    config.sandbox = super::sandbox_launcher(no_sandbox, &config.work_dir, &run.connect).await;
+    config.sandbox =
+        crate::process::sandbox_launcher(no_sandbox, &config.work_dir, &run.connect).await;
     config
         .labels
         .insert(ONLY_RUN_LABEL.to_owned(), run_id.0.to_string());
@@ -129,7 +132,7 @@ async fn submit(
         testfleet.run_key = key,
     );
     let reply = client
-        .submit_run(super::run::traced(
+        .submit_run(crate::remote::traced(
             &span,
             pb::SubmitRunRequest {
                 spec: spec.map(Into::into),
@@ -163,7 +166,7 @@ fn node_agent_id(key: &str, node: u32) -> CliResult<AgentId> {
         .take(64)
         .collect();
     // Keys that read alike once made plain stay apart by a hash of the key itself.
-    let h = crate::local::short_hash(key.as_bytes());
+    let h = crate::process::short_hash(key.as_bytes());
     format!("ci-{plain}-{h:08x}-node{node}")
         .parse()
         .map_err(|e| CliError::Internal(anyhow::anyhow!("{e}")))

@@ -115,7 +115,7 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
         http,
         config,
         Arc::new(store),
-        super::termination(),
+        crate::process::termination(),
     )
     .await
     .map_err(|e| CliError::Server(e.to_string()))?;

@@ -1,6 +1,187 @@
-//! What a remote run ships: the bundle's contents (the workspace's files, and the build outputs
-//! its tests run or load), where each part came from on this machine, and packing it.
+//! Preparing a run before it is submitted: building and listing the suite's tests (`cargo`,
+//! `tool`), its spec (`spec`), and for a coordinator the bundle: what it holds (the workspace's
+//! files, the Cargo layout) and packing it.
 
 pub mod cargo_layout;
+mod cargo_suite;
 pub mod pack;
+mod spec;
+mod tool;
 pub mod workspace_files;
+
+use std::path::{Path, PathBuf};
+
+use testfleet_model::{ImageSource, RunSpec};
+
+use crate::args::RunArgs;
+use crate::cargo::{self, Workspace};
+use crate::error::{CliError, CliResult};
+use crate::remote;
+use crate::suite_manifest::{self, SuiteManifest};
+
+/// A cheap owned copy of what `prepare` needs, for the blocking task.
+fn suite_manifest_ref(s: &SuiteManifest) -> SuiteManifest {
+    SuiteManifest {
+        manifest: s.manifest.clone(),
+        dir: s.dir.clone(),
+    }
+}
+
+/// A run ready to submit.
+pub(crate) struct Prepared {
+    pub spec: RunSpec,
+    pub needs_services: bool,
+    pub workspace_root: PathBuf,
+}
+
+/// Builds the workspace's tests, lists them, runs the suite's prepare commands, and makes the
+/// run's spec; for a coordinator (`remote`), also packs the bundle and uploads it unless the
+/// coordinator has it.
+pub(crate) async fn prepare(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+) -> CliResult<Prepared> {
+    // A suite whose manifest names a runner is not a Cargo workspace's tests.
+    if args.cargo.manifest_path.is_none()
+        && let Some(suite) = suite_manifest::load_tool_suite(args.manifest.as_deref())?
+    {
+        return tool::prepare(args, remote, suite).await;
+    }
+    let cargo_args = args.cargo.clone();
+    let ws = tokio::task::spawn_blocking(move || cargo::locate_workspace(&cargo_args))
+        .await
+        .map_err(|e| CliError::Internal(e.into()))??;
+    // A bad manifest is reported before anything is built.
+    let suite = suite_manifest::load(args.manifest.as_deref(), &ws)?;
+    match suite {
+        Some(s) if s.manifest.runner.is_some() => tool::prepare(args, remote, s).await,
+        suite => cargo_suite::prepare(args, remote, ws, suite).await,
+    }
+}
+
+/// The suite's own files for its bundle: what git would not ignore under `root`, as the manifest
+/// and `--include` adjust it (their paths are relative to the manifest and to `root`).
+pub(crate) fn suite_files(
+    args: &RunArgs,
+    root: &Path,
+    skip: Vec<PathBuf>,
+    suite: Option<&SuiteManifest>,
+) -> CliResult<Vec<testfleet_bundle::BundleEntry>> {
+    let mut include = args.includes.clone();
+    let mut exclude = vec![];
+    if let Some(s) = suite {
+        let rel = s.dir.strip_prefix(root).unwrap_or(Path::new(""));
+        include.extend(s.manifest.include.iter().map(|p| rel.join(p)));
+        exclude.extend(
+            s.manifest
+                .exclude
+                .iter()
+                .map(|g| rel.join(g).display().to_string()),
+        );
+    }
+    for inc in &include {
+        if inc.is_absolute()
+            || inc
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(CliError::Bundle(format!(
+                "--include {} is not inside the workspace",
+                inc.display()
+            )));
+        }
+    }
+    let sel = workspace_files::Selection {
+        root,
+        top: cargo_layout::WS,
+        skip,
+        exclude: &exclude,
+        include: &include,
+    };
+    workspace_files::collect(&sel).map_err(CliError::Bundle)
+}
+
+/// Runs the suite's prepare commands; for a coordinator, packs the bundle (`content` and the
+/// services' build contexts) and uploads it unless the coordinator has it.
+pub(crate) async fn finish(
+    args: &RunArgs,
+    remote: Option<(&str, &mut remote::Client)>,
+    ws: &Workspace,
+    mut spec: RunSpec,
+    suite: Option<SuiteManifest>,
+    content: Vec<testfleet_bundle::BundleEntry>,
+) -> CliResult<Prepared> {
+    let used: Vec<u32> = {
+        let mut u: Vec<u32> = spec
+            .binaries
+            .iter()
+            .flat_map(|b| b.services.clone())
+            .collect();
+        u.sort_unstable();
+        u.dedup();
+        u
+    };
+    if let Some(suite) = &suite {
+        let s = suite_manifest_ref(suite);
+        tokio::task::spawn_blocking(move || s.prepare(&used))
+            .await
+            .map_err(|e| CliError::Internal(e.into()))??;
+    }
+    let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
+    if let Some((url, client)) = remote {
+        let packed = pack_bundle(args, ws, content, suite.as_ref()).await?;
+        let sent = remote::upload_bundle(client, url, &packed).await;
+        // The next run packs afresh: once sent (or refused), the archive is of no more use here.
+        if let Some(own) = packed.path.parent() {
+            pack::remove_packed(own);
+        }
+        let sent = sent?;
+        eprintln!(
+            "bundle {} ({} bytes) {}",
+            &packed.digest[..12],
+            packed.size,
+            if sent {
+                "uploaded"
+            } else {
+                "already on the coordinator"
+            }
+        );
+        spec.bundle_digest = Some(packed.digest);
+    }
+    Ok(Prepared {
+        spec,
+        needs_services,
+        workspace_root: ws.root.clone(),
+    })
+}
+
+/// Packs `content` and the services' build contexts (agents build their images from them) into
+/// a content-addressed bundle.
+async fn pack_bundle(
+    args: &RunArgs,
+    ws: &Workspace,
+    mut entries: Vec<testfleet_bundle::BundleEntry>,
+    suite: Option<&SuiteManifest>,
+) -> CliResult<testfleet_bundle::PackedBundle> {
+    for s in suite
+        .iter()
+        .flat_map(|s| s.manifest.services.iter().map(move |svc| (s, svc)))
+    {
+        if let (suite, ImageSource::Build { context, .. }) = (s.0, &s.1.source) {
+            let src = suite.dir.join(context);
+            let rel = Path::new(&suite.bundle_dir(ws)).join(context);
+            pack::collect_files(&src, &rel, &mut entries).map_err(|e| {
+                CliError::Bundle(format!(
+                    "cannot bundle the build context of service `{}` ({}): {e}",
+                    s.1.name,
+                    src.display()
+                ))
+            })?;
+        }
+    }
+    // A build context inside the bundled workspace is listed twice: once is enough.
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert(e.archive_path.clone()));
+    let dir = ws.target_dir.join("testfleet").join("bundles");
+    pack::pack(entries, &dir, args.max_bundle_bytes).await
+}
