@@ -5,10 +5,10 @@
 mod estimate;
 pub mod import;
 mod plan;
+pub mod policy;
 pub mod query;
 mod records;
-mod sled_store;
-mod sled_writes;
+mod sled;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -21,7 +21,7 @@ pub use records::{
     AttemptRecord, Evidence, LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord,
     TestSummary,
 };
-pub use sled_store::{DEFAULT_KEEP_RUNS, SledStore};
+pub use sled::{DEFAULT_KEEP_RUNS, SledStore};
 pub use writer::{HistoryUpdate, QUERY_WAIT, spawn_writer, written};
 
 use testfleet_model::{
@@ -31,7 +31,7 @@ use testfleet_model::{
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] ::sled::Error),
     #[error("history record `{key}` is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(

@@ -14,10 +14,6 @@ use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
 
-/// A lease at least this large, with at least this share of failures, is excluded.
-pub const MASS_FAILURE_MIN_TESTS: u32 = 4;
-pub const MASS_FAILURE_PERCENT: u32 = 80;
-
 /// Updates written as one group at most: large enough to amortise each record's read and write
 /// and the shard threads (65,536 ingested 8–14% faster than 16,384 in side-by-side runs), small enough that a
 /// group's records stay in the tens of megabytes.
@@ -217,8 +213,7 @@ impl Writer {
                 ..
             } => {
                 let attempts = self.pending.remove(&(run, *lease_id)).unwrap_or_default();
-                if *tests >= MASS_FAILURE_MIN_TESTS && failed * 100 >= tests * MASS_FAILURE_PERCENT
-                {
+                if super::policy::is_mass_failure(*tests, *failed) {
                     tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
                     let ids: Vec<TestId> = attempts.into_iter().map(|(id, _)| id).collect();
                     store.record_excluded(&suite, &ids)?;

@@ -14,12 +14,14 @@ use std::hash::{BuildHasher, RandomState};
 
 use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
 
-use super::records::{
+use super::super::records::{
     AttemptRecord, LoggedAttempt, RunEntry, RunRecord, TestLog, TestLogPart, TestSummary,
     decode_test_log, decode_test_summary, encode, encode_test,
 };
-use super::sled_store::{OUTPUT_EXCERPT_BYTES, SledStore, new_summary, run_group_key, test_key};
-use super::{HistoryError, HistoryWrites, verdict};
+use super::super::{HistoryError, HistoryWrites, verdict};
+use super::keys::{run_group_key, test_key};
+use super::summary_index::new_summary;
+use super::{OUTPUT_EXCERPT_BYTES, SledStore};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
 const PARALLEL_MIN_TESTS: usize = 512;
@@ -51,6 +53,13 @@ pub(super) struct WriteTx<'a> {
     tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
+}
+
+impl SledStore {
+    /// A fresh id for a group of run records, increasing across restarts.
+    fn next_group_id(&self) -> Result<u64, HistoryError> {
+        Ok(self.db.generate_id()?)
+    }
 }
 
 impl<'a> WriteTx<'a> {

@@ -1,0 +1,304 @@
+//! The sled-backed [`HistoryStore`]. Keys are fixed-width big-endian integers or `\0`-joined names,
+//! so scans come out ordered; trees and shapes are described in `records.rs`. Each concern of the
+//! store is a child: its keys, its migrations, the run specs' pieces, the in-memory summary
+//! index, closing a run (quarantine, retention), and grouped writes.
+
+mod close;
+mod keys;
+mod migrate;
+mod specs;
+mod summary_index;
+#[cfg(test)]
+mod tests;
+mod writes;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use testfleet_model::{RunId, RunSpec, RunState, TestId};
+
+use super::records::{
+    QuarantineEntry, RunRecord, TestLog, TestRecord, TestSummary, decode, decode_test_log,
+    decode_test_summary, encode, fold_entries,
+};
+use super::{HistoryError, HistoryStore, HistoryWrites};
+use keys::{UNGROUPED_KEY_LEN, split_test_key, test_key};
+use summary_index::SummaryIndex;
+use writes::WriteTx;
+
+pub(crate) const OUTPUT_EXCERPT_BYTES: usize = 4096;
+/// Runs kept by default; older runs and their per-test records are pruned.
+pub const DEFAULT_KEEP_RUNS: u64 = 1000;
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    pub(super) runs: sled::Tree,
+    pub(super) run_tests: sled::Tree,
+    pub(super) tests: sled::Tree,
+    quarantine: sled::Tree,
+    run_specs: sled::Tree,
+    /// CI fan-out keys: key → run id.
+    run_keys: sled::Tree,
+    keep_runs: u64,
+    /// Every test's summary, in memory once first asked for: queries and plans read here, and
+    /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
+    /// take tens of MiB, and a scan of them takes milliseconds instead of a sled scan's hundreds.)
+    summaries: Arc<RwLock<Option<SummaryIndex>>>,
+}
+
+/// How long opening waits for a data dir's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        let open_err = |reason: String| HistoryError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let config = sled::Config::new()
+            .path(dir.join("history"))
+            .cache_capacity(64 << 20)
+            .flush_every_ms(Some(500));
+        // A store just closed may hold its lock a moment longer: sled's IO threads finish their
+        // last writes after the handle is dropped. A lock held past that is another process's.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(io)) if is_lock_error(&io) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(open_err(format!(
+                            "{io} (is another testfleet process using this data dir?)"
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.map_err(|e| open_err(e.to_string()))?,
+            }
+        };
+        let store = SledStore {
+            meta: db.open_tree("meta")?,
+            runs: db.open_tree("runs")?,
+            run_tests: db.open_tree("run_tests")?,
+            tests: db.open_tree("tests")?,
+            quarantine: db.open_tree("quarantine")?,
+            run_specs: db.open_tree("run_specs")?,
+            run_keys: db.open_tree("run_keys")?,
+            keep_runs: DEFAULT_KEEP_RUNS,
+            summaries: Arc::default(),
+            db,
+        };
+        store.migrate()?;
+        // Housekeeping: a store it fails on still opens.
+        match store.remove_orphan_specs() {
+            Ok(0) => {}
+            Ok(runs) => tracing::info!(runs, "removed the stored specs of runs not running"),
+            Err(e) => tracing::warn!(error = %e, "could not look for specs of runs not running"),
+        }
+        Ok(store)
+    }
+
+    /// How many runs to keep (at least 1).
+    pub fn with_retention(mut self, keep_runs: u64) -> Self {
+        self.keep_runs = keep_runs.max(1);
+        self
+    }
+}
+
+impl HistoryStore for SledStore {
+    fn next_run_id(&self) -> Result<RunId, HistoryError> {
+        // A dense counter (sled's generate_id skips ahead by a million after every restart).
+        let next = self.meta.update_and_fetch("last_run_id", |old| {
+            let last = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((last + 1).to_be_bytes().to_vec())
+        })?;
+        let bytes: [u8; 8] = next
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| HistoryError::Corrupt {
+                key: "meta/last_run_id".into(),
+                reason: "not a u64".into(),
+            })?;
+        self.meta.flush()?;
+        Ok(RunId(u64::from_be_bytes(bytes)))
+    }
+
+    fn put_spec(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError> {
+        self.put_spec_pieces(run, spec)
+    }
+
+    fn spec(&self, run: RunId) -> Result<Option<RunSpec>, HistoryError> {
+        self.read_spec(run)
+    }
+
+    fn unfinished_runs(&self) -> Result<Vec<RunRecord>, HistoryError> {
+        let mut out = Vec::new();
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            let rec: RunRecord = decode(&k, &v)?;
+            if rec.state == RunState::Running {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(
+        &self,
+        f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
+        let mut tx = WriteTx::new(self);
+        f(&mut tx)?;
+        tx.commit()
+    }
+
+    fn run(&self, id: RunId) -> Result<Option<RunRecord>, HistoryError> {
+        let key = id.0.to_be_bytes();
+        self.runs.get(key)?.map(|b| decode(&key, &b)).transpose()
+    }
+
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<RunRecord>, HistoryError> {
+        // Keys are big-endian run ids: key order is run order.
+        let end = before.map_or(Bound::Unbounded, |b| Bound::Excluded(b.0.to_be_bytes()));
+        self.runs
+            .range((Bound::Unbounded, end))
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError> {
+        let mut records = BTreeMap::new();
+        for kv in self.run_tests.scan_prefix(id.0.to_be_bytes()) {
+            let (k, v) = kv?;
+            if k.len() == UNGROUPED_KEY_LEN {
+                let rec: TestRecord = decode(&k, &v)?;
+                records.insert(rec.index, rec);
+            } else {
+                fold_entries(&mut records, decode(&k, &v)?);
+            }
+        }
+        Ok(records.into_values().collect())
+    }
+
+    fn for_each_summary(
+        &self,
+        suite: Option<&str>,
+        f: &mut dyn FnMut(&TestSummary),
+    ) -> Result<(), HistoryError> {
+        let prefix = suite
+            .map(|s| [s.as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
+        self.with_summaries(|all| {
+            for (_, s) in all
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+            {
+                f(s);
+            }
+        })
+    }
+
+    fn summaries_of(
+        &self,
+        suite: &str,
+        tests: &[TestId],
+    ) -> Result<Vec<Option<TestSummary>>, HistoryError> {
+        self.with_summaries(|all| {
+            tests
+                .iter()
+                .map(|t| all.get(&test_key(suite, t)).cloned())
+                .collect()
+        })
+    }
+
+    fn test_log(
+        &self,
+        suite: &str,
+        test: &TestId,
+    ) -> Result<Option<(TestSummary, TestLog)>, HistoryError> {
+        let key = test_key(suite, test);
+        let Some(value) = self.tests.get(&key)? else {
+            return Ok(None);
+        };
+        let (summary, log) = decode_test_summary(&key, &value)?;
+        Ok(Some((summary, decode_test_log(&key, log)?)))
+    }
+
+    fn quarantined(&self, suite: &str, tests: &[TestId]) -> Result<Vec<bool>, HistoryError> {
+        tests
+            .iter()
+            .map(|t| Ok(self.quarantine.contains_key(test_key(suite, t))?))
+            .collect()
+    }
+
+    fn set_quarantine(
+        &self,
+        suite: &str,
+        test: &TestId,
+        entry: Option<&QuarantineEntry>,
+    ) -> Result<bool, HistoryError> {
+        let key = test_key(suite, test);
+        let existed = match entry {
+            Some(e) => self.quarantine.insert(&key, encode(e))?.is_some(),
+            None => self.quarantine.remove(&key)?.is_some(),
+        };
+        self.quarantine.flush()?;
+        Ok(existed)
+    }
+
+    fn quarantine_list(&self) -> Result<Vec<(String, TestId, QuarantineEntry)>, HistoryError> {
+        self.quarantine
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let (suite, id) = split_test_key(&k).ok_or_else(|| HistoryError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a test key".into(),
+                })?;
+                Ok((suite, id, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn run_for_key(&self, key: &str) -> Result<Option<RunId>, HistoryError> {
+        self.run_keys
+            .get(key)?
+            .map(|v| {
+                v.as_ref()
+                    .try_into()
+                    .map(|b| RunId(u64::from_be_bytes(b)))
+                    .map_err(|_| HistoryError::Corrupt {
+                        key: format!("run_keys/{key}"),
+                        reason: "not a run id".into(),
+                    })
+            })
+            .transpose()
+    }
+
+    fn put_run_key(&self, key: &str, run: RunId) -> Result<(), HistoryError> {
+        self.run_keys.insert(key, &run.0.to_be_bytes())?;
+        self.run_keys.flush()?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), HistoryError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! Every test's summary, in memory once first asked for: queries and plans read it, and the writer
+//! brings it up to date as it commits.
+
+use std::collections::BTreeMap;
+
+use testfleet_model::TestId;
+
+use super::super::HistoryError;
+use super::super::records::{TestSummary, decode_test_summary};
+use super::SledStore;
+
+pub(crate) type SummaryIndex = BTreeMap<Vec<u8>, TestSummary>;
+
+/// The summary of a test history has not seen yet.
+pub(crate) fn new_summary(suite: &str, id: &TestId) -> TestSummary {
+    TestSummary {
+        suite: suite.to_owned(),
+        binary_id: id.binary_id.clone(),
+        name: id.name.clone(),
+        ..TestSummary::default()
+    }
+}
+
+impl SledStore {
+    pub(crate) fn summary_of(
+        &self,
+        key: &[u8],
+        suite: &str,
+        id: &TestId,
+    ) -> Result<TestSummary, HistoryError> {
+        // Once loaded, the index holds every summary there is.
+        let cached = self
+            .summaries
+            .read()
+            .expect("summary index lock")
+            .as_ref()
+            .map(|index| index.get(key).cloned());
+        let stored = match cached {
+            Some(s) => s,
+            None => self
+                .tests
+                .get(key)?
+                .map(|b| decode_test_summary(key, &b).map(|(s, _)| s))
+                .transpose()?,
+        };
+        Ok(stored.unwrap_or_else(|| new_summary(suite, id)))
+    }
+
+    /// Runs `f` over the summary index, loading it from sled the first time.
+    pub(crate) fn with_summaries<T>(
+        &self,
+        f: impl FnOnce(&SummaryIndex) -> T,
+    ) -> Result<T, HistoryError> {
+        {
+            let guard = self.summaries.read().expect("summary index lock");
+            if let Some(index) = guard.as_ref() {
+                return Ok(f(index));
+            }
+        }
+        let mut guard = self.summaries.write().expect("summary index lock");
+        if guard.is_none() {
+            let mut index = SummaryIndex::new();
+            for kv in self.tests.iter() {
+                let (k, v) = kv?;
+                index.insert(k.to_vec(), decode_test_summary(&k, &v)?.0);
+            }
+            *guard = Some(index);
+        }
+        Ok(f(guard.as_ref().expect("loaded above")))
+    }
+
+    /// Brings the summary index (if loaded) up to date with summaries just written.
+    pub(crate) fn summaries_written(&self, written: Vec<(Vec<u8>, TestSummary)>) {
+        if let Some(index) = self.summaries.write().expect("summary index lock").as_mut() {
+            index.extend(written);
+        }
+    }
+}
