@@ -12,6 +12,7 @@ use testfleet_model::{
 use tokio::sync::mpsc;
 
 use super::*;
+use testfleet_model::RunState;
 
 fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
     Arc::new(RunSpec {

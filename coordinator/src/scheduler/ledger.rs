@@ -1,0 +1,216 @@
+//! The lease ledger: what agents say about their leases (work wanted, tests started and finished,
+//! services started, tests given back), checked against the leases this coordinator handed out
+//! before any of it reaches a run.
+
+use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, Scope};
+
+use super::agents::{AgentCommand, ConnId, FromAgent, WorkWanted};
+use super::{LeaseTally, Scheduler};
+
+impl Scheduler {
+    pub(super) fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: FromAgent) {
+        let Some(agent) = self
+            .agents
+            .get_mut(&agent_id)
+            .filter(|a| a.conn == conn && a.is_connected())
+        else {
+            return; // a stale connection's last words
+        };
+        agent.last_seen = tokio::time::Instant::now();
+        match msg {
+            FromAgent::Heartbeat => {}
+            FromAgent::WorkRequest {
+                free_slots,
+                queue_slots,
+            } => self.on_work_request(agent_id, free_slots, queue_slots),
+            FromAgent::Started {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+            } => self.on_started(&agent_id, run_id, index, attempt, lease_id),
+            FromAgent::Finished {
+                run_id,
+                index,
+                attempt,
+                lease_id,
+                result,
+            } => self.on_finished(&agent_id, run_id, index, attempt, lease_id, result),
+            FromAgent::ServiceStarted {
+                run_id,
+                service,
+                scope,
+                duration_ms,
+                container_id,
+                fingerprint,
+            } => {
+                if scope == Scope::Agent
+                    && let Some(agent) = self.agents.get_mut(&agent_id)
+                {
+                    agent.warm.insert(fingerprint);
+                }
+                if let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) {
+                    run.on_service_started(&agent_id, service, scope, duration_ms, container_id);
+                }
+            }
+            FromAgent::LeaseReleased { lease_id, indices } => {
+                self.on_released(&agent_id, lease_id, &indices)
+            }
+        }
+    }
+
+    /// Parks (or withdraws) an agent's request for work, then serves what is parked.
+    fn on_work_request(&mut self, agent_id: AgentId, free_slots: u32, queue_slots: u32) {
+        let Some(agent) = self.agents.get_mut(&agent_id) else {
+            return;
+        };
+        let slots = agent.hello.slots;
+        let wanted = WorkWanted {
+            free: free_slots.min(slots),
+            queue: queue_slots.min(slots),
+        };
+        agent.pending_request = (wanted.free + wanted.queue > 0).then_some(wanted);
+        if agent.pending_request.is_some() {
+            self.waiting.insert(agent_id);
+        } else {
+            self.waiting.remove(&agent_id);
+        }
+        self.dispatch();
+    }
+
+    fn on_started(
+        &mut self,
+        agent_id: &AgentId,
+        run_id: RunId,
+        index: u32,
+        attempt: u32,
+        lease_id: LeaseId,
+    ) {
+        let Some(lease) = self
+            .leases
+            .get_mut(&lease_id)
+            .filter(|l| l.agent == *agent_id)
+        else {
+            return;
+        };
+        let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+            return;
+        };
+        if run.is_current(index, attempt, lease_id)
+            && let Some(started) = lease.outstanding.get_mut(&index)
+        {
+            *started = true;
+            run.on_started(index, attempt, agent_id);
+        }
+    }
+
+    /// A result: acknowledged in any case, counted once if its lease and attempt are current (or
+    /// adopted, for a lease this coordinator took back), the lease closed with its tally once its
+    /// last test is in.
+    fn on_finished(
+        &mut self,
+        agent_id: &AgentId,
+        run_id: RunId,
+        index: u32,
+        attempt: u32,
+        lease_id: LeaseId,
+        result: AttemptResult,
+    ) {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        // Whatever becomes of it, the agent can stop resending it.
+        agent.send(AgentCommand::Ack(run_id, index, attempt, lease_id));
+        let Some(lease) = self
+            .leases
+            .get_mut(&lease_id)
+            .filter(|l| l.agent == *agent_id && l.run == run_id)
+        else {
+            self.on_unleased_result(agent_id, run_id, index, attempt, lease_id, result);
+            return;
+        };
+        if lease.outstanding.remove(&index).is_none() {
+            tracing::debug!(%lease_id, index, "ignoring a duplicate result");
+            return;
+        }
+        lease.failed += u32::from(result.status.is_test_failure());
+        let tally = lease.outstanding.is_empty().then_some(LeaseTally {
+            tests: lease.tests,
+            failed: lease.failed,
+        });
+        if tally.is_some() {
+            self.leases.remove(&lease_id);
+        }
+        agent.busy = agent.busy.saturating_sub(1);
+        let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+            return;
+        };
+        if !run.is_current(index, attempt, lease_id) {
+            return;
+        }
+        run.on_finished(index, attempt, agent_id, lease_id, result, tally);
+        if !run.is_running() {
+            self.on_run_closed(run_id);
+        }
+        self.dispatch();
+    }
+
+    /// A result for a lease this coordinator no longer has (requeued after a long disconnect, or
+    /// lost in a restart). It still counts if its test waits, unleased, for exactly this attempt;
+    /// otherwise it is late and ignored. Only a lease that existed and was this agent's can be
+    /// adopted: an agent cannot settle tests nobody gave it by inventing lease ids.
+    fn on_unleased_result(
+        &mut self,
+        agent_id: &AgentId,
+        run_id: RunId,
+        index: u32,
+        attempt: u32,
+        lease_id: LeaseId,
+        result: AttemptResult,
+    ) {
+        let issued_to_it =
+            lease_id.0 < self.first_lease || self.lost_leases.get(&lease_id) == Some(agent_id);
+        if issued_to_it
+            && let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running())
+            && run.adopt(index, attempt, agent_id, lease_id, result)
+        {
+            if !run.is_running() {
+                self.on_run_closed(run_id);
+            }
+            self.dispatch();
+        }
+    }
+
+    /// The agent gives back what it has not started (it is draining).
+    fn on_released(&mut self, agent_id: &AgentId, lease_id: LeaseId, indices: &[u32]) {
+        let Some(lease) = self
+            .leases
+            .get_mut(&lease_id)
+            .filter(|l| l.agent == *agent_id)
+        else {
+            return;
+        };
+        let given: Vec<(u32, bool)> = lease
+            .outstanding
+            .iter()
+            .filter(|(i, _)| indices.is_empty() || indices.contains(i))
+            .map(|(i, s)| (*i, *s))
+            .collect();
+        for (i, _) in &given {
+            lease.outstanding.remove(i);
+        }
+        let (run_id, empty) = (lease.run, lease.outstanding.is_empty());
+        if empty {
+            self.leases.remove(&lease_id);
+        }
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.busy = agent.busy.saturating_sub(given.len() as u32);
+        }
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            for (index, started) in given {
+                run.on_lost(index, started, agent_id, "given back by a draining agent");
+            }
+        }
+        self.dispatch();
+    }
+}
