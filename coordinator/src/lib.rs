@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod bundles;
-mod dashboard;
 pub mod history;
 mod http;
 pub mod limits;

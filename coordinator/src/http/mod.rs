@@ -3,6 +3,7 @@
 //! special; everything but the probes asks for a reader's token when the coordinator has tokens.
 
 mod auth;
+mod dashboard;
 mod probes;
 
 use std::future::Future;
@@ -35,7 +36,7 @@ pub(crate) type Shared = Arc<HttpState>;
 pub(crate) fn router(state: Shared) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(probes::metrics))
-        .merge(crate::dashboard::routes())
+        .merge(dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_reader,

@@ -5,7 +5,7 @@
 mod html;
 mod runs;
 mod svg;
-mod tests;
+mod test_pages;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -19,9 +19,9 @@ pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/", get(runs::list))
         .route("/runs/{id}", get(runs::one))
-        .route("/flaky", get(tests::flaky))
-        .route("/slowest", get(tests::slowest))
-        .route("/test", get(tests::one))
+        .route("/flaky", get(test_pages::flaky))
+        .route("/slowest", get(test_pages::slowest))
+        .route("/test", get(test_pages::one))
 }
 
 /// A page's failure: a status and a sentence.
