@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod run_trace;
 pub mod scheduler;
+mod store_call;
 
 use std::future::Future;
 use std::path::PathBuf;

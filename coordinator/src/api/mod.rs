@@ -1,7 +1,9 @@
 //! Thin gRPC handlers: decode, convert and validate at the edge, ask the scheduler or the stores,
-//! map the answer back. No run or agent state lives here.
+//! map the answer back. No run or agent state lives here; what a submission must pass before it
+//! becomes a run is `admission`, and every domain error becomes a `Status` here, in one place.
 
 pub mod access;
+mod admission;
 mod bundles;
 mod client;
 mod gateway;
@@ -40,12 +42,15 @@ impl From<crate::bundles::BundleStoreError> for Status {
     }
 }
 
+impl From<crate::store_call::StoreCallError> for Status {
+    fn from(e: crate::store_call::StoreCallError) -> Self {
+        Status::internal(e.to_string())
+    }
+}
+
 /// Runs blocking store work off the async runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("history task failed: {e}")))?
-        .map_err(Status::from)
+    Ok(crate::store_call::blocking(f).await?)
 }

@@ -57,7 +57,7 @@ async fn note_after(
     history: &tokio::sync::mpsc::UnboundedSender<crate::history::HistoryUpdate>,
     wait: std::time::Duration,
 ) -> &'static str {
-    if crate::history::written(history, wait).await {
+    if crate::store_call::caught_up(history, wait).await {
         ""
     } else {
         BEHIND_NOTE
@@ -71,9 +71,8 @@ const BEHIND_NOTE: &str = "<p class=\"note\">History is still being written: thi
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, PageError> {
-    tokio::task::spawn_blocking(f)
+    crate::store_call::blocking(f)
         .await
-        .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
