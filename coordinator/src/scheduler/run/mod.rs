@@ -1,4 +1,9 @@
 //! One run's state inside the scheduler: its queue, each test's attempts, its summary and event log.
+//! Cutting leases from its queue is `leasing`; rebuilding it after a restart, and adopting results
+//! whose lease is gone, is `resume`.
+
+mod leasing;
+mod resume;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -272,125 +277,6 @@ impl Run {
         Subscription { backlog, live }
     }
 
-    fn binary_of(&self, index: u32) -> usize {
-        self.spec.tests[index as usize].binary as usize
-    }
-
-    /// Whether test `index` needs services.
-    fn needs_docker(&self, index: u32) -> bool {
-        self.needs_docker[self.binary_of(index)]
-    }
-
-    /// Whether any queued test needs services.
-    pub fn queued_need_docker(&self) -> bool {
-        // Asked on every dispatch: a run without services answers without a scan of its queue.
-        self.is_running()
-            && self.needs_docker.contains(&true)
-            && self.queue.iter().any(|i| self.needs_docker(*i))
-    }
-
-    /// Takes the next batch for `agent` out of the queue, marking each test as leased. Tests that
-    /// need services go only to an agent with Docker, and tests whose agent-scope services are
-    /// already running on this agent (`warm`) come first.
-    pub fn take_batch(
-        &mut self,
-        agent: &Candidate<'_>,
-        max_tests: usize,
-        budget: Duration,
-        at_least_one: bool,
-        lease: LeaseId,
-    ) -> Vec<(u32, u32)> {
-        // A retry avoids the agent that failed it only when another agent could run it: without
-        // that, a test needing services whose only other agent lacks Docker would wait forever.
-        let eligible = |i: u32| {
-            let needs_docker = self.needs_docker(i);
-            let others = if needs_docker {
-                agent.others_with_docker
-            } else {
-                agent.others_connected
-            };
-            (!others || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
-                && (agent.docker || !needs_docker)
-        };
-        let warm = |i: u32| {
-            let profile = &self.agent_profile[self.binary_of(i)];
-            !profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f))
-        };
-        let affinity = !agent.warm.is_empty();
-        let window = if affinity { AFFINITY_WINDOW } else { max_tests };
-        let mut chosen: Vec<usize> = self
-            .queue
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| eligible(**i))
-            .map(|(pos, _)| pos)
-            .take(window.max(max_tests))
-            .collect();
-        if affinity {
-            // Stable: queue order is kept within the warm tests and within the rest.
-            chosen.sort_by_key(|p| !warm(self.queue[*p]));
-        }
-        chosen.truncate(max_tests);
-        let n = take_count(
-            chosen
-                .iter()
-                .map(|p| self.tests[self.queue[*p] as usize].estimate),
-            budget,
-            max_tests,
-            at_least_one,
-        );
-        chosen.truncate(n);
-        let batch: Vec<(u32, u32)> = chosen
-            .iter()
-            .map(|p| {
-                let index = self.queue[*p];
-                (index, self.tests[index as usize].attempt)
-            })
-            .collect();
-        chosen.sort_unstable_by(|a, b| b.cmp(a));
-        for pos in chosen {
-            let index = self
-                .queue
-                .remove(pos)
-                .expect("position came from the queue");
-            let t = &mut self.tests[index as usize];
-            t.leased = Some(lease);
-            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
-        }
-        batch
-    }
-
-    /// Settles every queued test that needs services as an infrastructure error: no connected
-    /// agent can start them.
-    pub fn fail_unservable(&mut self, why: &str) {
-        let needs = self.needs_docker.clone();
-        let spec = self.spec.clone();
-        let (unservable, rest): (Vec<u32>, Vec<u32>) = self
-            .queue
-            .drain(..)
-            .partition(|i| needs[spec.tests[*i as usize].binary as usize]);
-        self.queue = rest.into();
-        let message = format!("{} test(s) cannot run: {why}", unservable.len());
-        self.notice(NoticeLevel::Error, message);
-        for index in unservable {
-            let t = &mut self.tests[index as usize];
-            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
-            t.outcome = Some(Outcome::InfraError);
-            let (attempt, quarantined) = (t.attempt, t.quarantined);
-            let test = self.test_ref(index);
-            self.emit(EventKind::TestFinished {
-                test,
-                attempt,
-                agent_id: String::new(),
-                result: AttemptResult::infra_error(why),
-                final_outcome: Some(Outcome::InfraError),
-                lease_id: None,
-                quarantined,
-            });
-            self.settle(index, Outcome::InfraError);
-        }
-    }
-
     pub fn on_service_started(
         &mut self,
         agent: &AgentId,
@@ -411,96 +297,6 @@ impl Run {
             duration_ms,
             container_id,
         });
-    }
-
-    /// Brings a resumed run to where its records say it was: settled tests stay settled, tests
-    /// that failed and await a retry keep their attempt count, everything else (including what
-    /// was running when the coordinator stopped) is queued again.
-    pub fn restore(&mut self, records: &[crate::history::TestRecord]) {
-        let (mut settled, mut retried) = (0, 0);
-        for r in records {
-            let index = r.index;
-            let Some(t) = self.tests.get(index as usize) else {
-                continue;
-            };
-            if t.outcome.is_some() || r.attempts.is_empty() && r.outcome.is_none() {
-                continue;
-            }
-            for a in &r.attempts {
-                *self
-                    .summary
-                    .attempts_per_agent
-                    .entry(a.agent_id.clone())
-                    .or_default() += 1;
-                if a.status != AttemptStatus::InfraError {
-                    self.summary.busy_ms += a.duration_ms;
-                    self.summary.longest_ms = self.summary.longest_ms.max(a.duration_ms);
-                }
-            }
-            let statuses: Vec<AttemptStatus> = r.attempts.iter().map(|a| a.status).collect();
-            let decision = match r.outcome {
-                Some(o) => RetryDecision::Settle(o),
-                None => decide_after_attempt(&statuses, self.retries),
-            };
-            if let Some(pos) = self.queue.iter().position(|i| *i == index) {
-                self.queue.remove(pos);
-                self.queued_estimate = self
-                    .queued_estimate
-                    .saturating_sub(self.tests[index as usize].estimate);
-            }
-            let t = &mut self.tests[index as usize];
-            t.statuses = statuses;
-            match decision {
-                RetryDecision::Settle(o) => {
-                    t.outcome = Some(o);
-                    settled += 1;
-                    self.settle(index, o);
-                }
-                RetryDecision::Retry { counts_as_attempt } => {
-                    let last = r.attempts.last().expect("retries follow attempts");
-                    t.attempt = last.attempt + u32::from(counts_as_attempt);
-                    t.avoid = last.agent_id.parse().ok();
-                    retried += 1;
-                    self.requeue_front(index);
-                }
-            }
-        }
-        if self.is_running() {
-            self.notice(
-                NoticeLevel::Warning,
-                format!(
-                    "resumed after a coordinator restart: {settled} test(s) had settled, {retried} await a retry, {} queued",
-                    self.queue.len()
-                ),
-            );
-        }
-    }
-
-    /// Takes a result whose lease is gone, if its test is still queued (not leased anew) for
-    /// exactly this attempt: work done before a disconnect or a coordinator restart is not thrown
-    /// away. Returns whether it was taken.
-    pub fn adopt(
-        &mut self,
-        index: u32,
-        attempt: u32,
-        agent: &AgentId,
-        lease: LeaseId,
-        result: AttemptResult,
-    ) -> bool {
-        let Some(t) = self.tests.get(index as usize) else {
-            return false;
-        };
-        if t.outcome.is_some() || t.leased.is_some() || t.attempt != attempt {
-            return false;
-        }
-        let Some(pos) = self.queue.iter().position(|i| *i == index) else {
-            return false;
-        };
-        self.queue.remove(pos);
-        self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
-        self.tests[index as usize].leased = Some(lease);
-        self.on_finished(index, attempt, agent, lease, result, None);
-        true
     }
 
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.

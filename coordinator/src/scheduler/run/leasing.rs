@@ -1,0 +1,125 @@
+//! Cutting a lease from a run's queue for one agent: which tests (affinity, services, warm
+//! containers), how many, and settling the tests no connected agent can serve.
+
+use super::*;
+
+impl Run {
+    fn binary_of(&self, index: u32) -> usize {
+        self.spec.tests[index as usize].binary as usize
+    }
+
+    /// Whether test `index` needs services.
+    fn needs_docker(&self, index: u32) -> bool {
+        self.needs_docker[self.binary_of(index)]
+    }
+
+    /// Whether any queued test needs services.
+    pub fn queued_need_docker(&self) -> bool {
+        // Asked on every dispatch: a run without services answers without a scan of its queue.
+        self.is_running()
+            && self.needs_docker.contains(&true)
+            && self.queue.iter().any(|i| self.needs_docker(*i))
+    }
+
+    /// Takes the next batch for `agent` out of the queue, marking each test as leased. Tests that
+    /// need services go only to an agent with Docker, and tests whose agent-scope services are
+    /// already running on this agent (`warm`) come first.
+    pub fn take_batch(
+        &mut self,
+        agent: &Candidate<'_>,
+        max_tests: usize,
+        budget: Duration,
+        at_least_one: bool,
+        lease: LeaseId,
+    ) -> Vec<(u32, u32)> {
+        // A retry avoids the agent that failed it only when another agent could run it: without
+        // that, a test needing services whose only other agent lacks Docker would wait forever.
+        let eligible = |i: u32| {
+            let needs_docker = self.needs_docker(i);
+            let others = if needs_docker {
+                agent.others_with_docker
+            } else {
+                agent.others_connected
+            };
+            (!others || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
+                && (agent.docker || !needs_docker)
+        };
+        let warm = |i: u32| {
+            let profile = &self.agent_profile[self.binary_of(i)];
+            !profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f))
+        };
+        let affinity = !agent.warm.is_empty();
+        let window = if affinity { AFFINITY_WINDOW } else { max_tests };
+        let mut chosen: Vec<usize> = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| eligible(**i))
+            .map(|(pos, _)| pos)
+            .take(window.max(max_tests))
+            .collect();
+        if affinity {
+            // Stable: queue order is kept within the warm tests and within the rest.
+            chosen.sort_by_key(|p| !warm(self.queue[*p]));
+        }
+        chosen.truncate(max_tests);
+        let n = take_count(
+            chosen
+                .iter()
+                .map(|p| self.tests[self.queue[*p] as usize].estimate),
+            budget,
+            max_tests,
+            at_least_one,
+        );
+        chosen.truncate(n);
+        let batch: Vec<(u32, u32)> = chosen
+            .iter()
+            .map(|p| {
+                let index = self.queue[*p];
+                (index, self.tests[index as usize].attempt)
+            })
+            .collect();
+        chosen.sort_unstable_by(|a, b| b.cmp(a));
+        for pos in chosen {
+            let index = self
+                .queue
+                .remove(pos)
+                .expect("position came from the queue");
+            let t = &mut self.tests[index as usize];
+            t.leased = Some(lease);
+            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+        }
+        batch
+    }
+
+    /// Settles every queued test that needs services as an infrastructure error: no connected
+    /// agent can start them.
+    pub fn fail_unservable(&mut self, why: &str) {
+        let needs = self.needs_docker.clone();
+        let spec = self.spec.clone();
+        let (unservable, rest): (Vec<u32>, Vec<u32>) = self
+            .queue
+            .drain(..)
+            .partition(|i| needs[spec.tests[*i as usize].binary as usize]);
+        self.queue = rest.into();
+        let message = format!("{} test(s) cannot run: {why}", unservable.len());
+        self.notice(NoticeLevel::Error, message);
+        for index in unservable {
+            let t = &mut self.tests[index as usize];
+            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+            t.outcome = Some(Outcome::InfraError);
+            let (attempt, quarantined) = (t.attempt, t.quarantined);
+            let test = self.test_ref(index);
+            self.emit(EventKind::TestFinished {
+                test,
+                attempt,
+                agent_id: String::new(),
+                result: AttemptResult::infra_error(why),
+                final_outcome: Some(Outcome::InfraError),
+                lease_id: None,
+                quarantined,
+            });
+            self.settle(index, Outcome::InfraError);
+        }
+    }
+}
