@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 
@@ -149,34 +148,25 @@ fn testfleet_run(
     filter: &str,
     jobs: usize,
 ) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let out = Command::new(testfleet)
-        .args([
-            "run",
-            "--local",
-            "1",
-            "--slots",
-            &jobs.to_string(),
-            "--manifest-path",
-        ])
-        .arg(dir.join("Cargo.toml"))
-        .arg("--manifest")
-        .arg(dir.join(manifest))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg(filter)
-        .env("KV_IMAGE", IMAGE)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    let secs = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "testfleet run ({manifest}, {filter}) failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(secs)
+    suite::timed(
+        Command::new(testfleet)
+            .args([
+                "run",
+                "--local",
+                "1",
+                "--slots",
+                &jobs.to_string(),
+                "--manifest-path",
+            ])
+            .arg(dir.join("Cargo.toml"))
+            .arg("--manifest")
+            .arg(dir.join(manifest))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg(filter)
+            .env("KV_IMAGE", IMAGE),
+        &format!("testfleet run ({manifest}, {filter})"),
+    )
 }
 
 pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {

@@ -5,10 +5,9 @@
 //! nextest's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::figures::{Figure, Target};
 use crate::suite;
@@ -103,21 +102,7 @@ fn command(c: Contender, s: &Setup<'_>) -> Command {
 }
 
 fn time(c: Contender, s: &Setup<'_>) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let out = command(c, s)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("starting {c:?}"))?;
-    let secs = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "{c:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(secs)
+    suite::timed(&mut command(c, s), &format!("{c:?}"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

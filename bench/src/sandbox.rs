@@ -92,27 +92,18 @@ impl Fleet {
 
     /// One remote run of `manifest` (tests matching `filter`), its wall time in seconds.
     fn run(&self, testfleet: &Path, manifest: &Path, filter: Option<&str>) -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let out = Command::new(testfleet)
-            .args([
-                "run",
-                "--coordinator",
-                &self.coordinator.url,
-                "--manifest-path",
-            ])
-            .arg(manifest)
-            .args(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()?;
-        let secs = started.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "remote run failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(secs)
+        suite::timed(
+            Command::new(testfleet)
+                .args([
+                    "run",
+                    "--coordinator",
+                    &self.coordinator.url,
+                    "--manifest-path",
+                ])
+                .arg(manifest)
+                .args(filter),
+            "remote run",
+        )
     }
 }
 

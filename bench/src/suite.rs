@@ -60,3 +60,19 @@ pub fn have_nextest() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Runs `cmd` to its end, its output discarded, and returns its wall time in seconds; a failure
+/// is an error quoting its stderr, `what` saying which command it was.
+pub fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let out = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {what}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(secs)
+}
