@@ -12,6 +12,8 @@ pub mod report;
 pub mod runner;
 pub mod service;
 pub mod spec;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use event::{EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceTiming, TestRef};
 pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};

@@ -416,37 +416,11 @@ mod tests {
     use super::*;
 
     fn spec() -> RunSpec {
-        RunSpec {
-            suite: "s".into(),
-            binaries: vec![Binary {
-                binary_id: "crate".into(),
-                path: "/bin/true".into(),
-                cwd: "/".into(),
-                env: BTreeMap::new(),
-                services: vec![],
-                runner: Runner::Libtest,
-                path_env: BTreeMap::new(),
-                library_path: vec![],
-            }],
-            tests: vec![TestSpec {
-                binary: 0,
-                name: "a".into(),
-                ignored: false,
-            }],
-            retries: None,
-            test_timeout: Duration::from_secs(1),
-            kill_grace: Duration::from_secs(1),
-            output_cap_bytes: 4096,
-            bundle_digest: None,
-            revision: String::new(),
-            branch: String::new(),
-            services: vec![],
-            workspace: String::new(),
-            quarantine: QuarantinePolicy::default(),
-            tests_per_process: 1,
-            origin: vec![],
-            pass_env: vec![],
-        }
+        let mut s = crate::test_support::spec(1);
+        s.binaries[0].binary_id = "crate".into();
+        s.tests[0].name = "a".into();
+        s.retries = None;
+        s
     }
 
     #[test]

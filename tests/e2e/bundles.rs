@@ -3,12 +3,11 @@
 //! bundle cache shared by several agents (CI jobs on one machine) serves them all, and loses the
 //! bundles no lease has needed for `--bundle-cache-hours`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use testfleet_model::{Binary, EventKind, Outcome, RunEvent, RunSpec, TestSpec};
+use testfleet_model::{EventKind, Outcome, RunEvent, RunSpec, test_support};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 
@@ -51,34 +50,10 @@ async fn run_on_bundle(
 ) -> Vec<RunEvent> {
     let spec = RunSpec {
         suite: "hostile".into(),
-        binaries: vec![Binary {
-            binary_id: "b".into(),
-            path: "bin/test".into(),
-            cwd: "ws".into(),
-            env: BTreeMap::new(),
-            services: vec![],
-            runner: Default::default(),
-            path_env: BTreeMap::new(),
-            library_path: vec![],
-        }],
-        tests: vec![TestSpec {
-            binary: 0,
-            name: "t".into(),
-            ignored: false,
-        }],
-        retries: Some(0),
+        binaries: vec![test_support::binary("b", "bin/test", "ws")],
         test_timeout: Duration::from_secs(30),
-        kill_grace: Duration::from_secs(1),
-        output_cap_bytes: 4096,
         bundle_digest: Some(digest.to_owned()),
-        revision: String::new(),
-        branch: String::new(),
-        services: vec![],
-        workspace: String::new(),
-        quarantine: Default::default(),
-        tests_per_process: 1,
-        origin: vec![],
-        pass_env: vec![],
+        ..test_support::spec(1)
     };
     let run_id = client
         .submit_run(pb::SubmitRunRequest {

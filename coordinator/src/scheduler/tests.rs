@@ -1,13 +1,12 @@
 //! The scheduler driven directly through its command channel, with agents as plain channels: every
 //! behaviour here is deterministic because the scheduler handles one command at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use testfleet_model::{
-    AgentId, AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, Outcome, RunEvent, RunId,
-    RunSpec, TestSpec,
+    AgentId, AttemptResult, AttemptStatus, EventKind, LeaseId, Outcome, RunEvent, RunId, RunSpec,
 };
 use tokio::sync::mpsc;
 
@@ -16,37 +15,8 @@ use testfleet_model::RunState;
 
 fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
     Arc::new(RunSpec {
-        suite: "s".into(),
-        binaries: vec![Binary {
-            binary_id: "b".into(),
-            path: "/bin/true".into(),
-            cwd: "/".into(),
-            env: BTreeMap::new(),
-            services: vec![],
-            runner: Default::default(),
-            path_env: Default::default(),
-            library_path: vec![],
-        }],
-        tests: (0..n)
-            .map(|i| TestSpec {
-                binary: 0,
-                name: format!("t{i}"),
-                ignored: false,
-            })
-            .collect(),
         retries: Some(retries),
-        test_timeout: Duration::from_secs(1),
-        kill_grace: Duration::from_secs(1),
-        output_cap_bytes: 4096,
-        bundle_digest: None,
-        revision: String::new(),
-        branch: String::new(),
-        services: vec![],
-        workspace: String::new(),
-        quarantine: Default::default(),
-        tests_per_process: 1,
-        origin: vec![],
-        pass_env: vec![],
+        ..testfleet_model::test_support::spec(n)
     })
 }
 

@@ -20,39 +20,19 @@ fn run_ids_are_dense_across_reopens() {
 }
 
 fn big_spec(tests: usize) -> RunSpec {
-    RunSpec {
-        suite: "s".into(),
-        binaries: vec![testfleet_model::Binary {
-            binary_id: "b".into(),
-            path: "/bin/true".into(),
-            cwd: "/".into(),
-            env: Default::default(),
-            services: vec![],
-            runner: Default::default(),
-            path_env: Default::default(),
-            library_path: vec![],
-        }],
-        tests: (0..tests)
-            .map(|i| testfleet_model::TestSpec {
-                binary: 0,
-                name: format!("module_{:03}::test_{i:07}", i % 97),
-                ignored: i % 11 == 0,
-            })
-            .collect(),
+    let mut spec = RunSpec {
         retries: Some(2),
         test_timeout: std::time::Duration::from_secs(30),
-        kill_grace: std::time::Duration::from_secs(1),
-        output_cap_bytes: 4096,
         bundle_digest: Some("digest".into()),
         revision: "rev".into(),
         branch: "main".into(),
-        services: vec![],
-        workspace: String::new(),
-        quarantine: Default::default(),
-        tests_per_process: 1,
-        origin: vec![],
-        pass_env: vec![],
+        ..testfleet_model::test_support::spec(tests)
+    };
+    for (i, t) in spec.tests.iter_mut().enumerate() {
+        t.name = format!("module_{:03}::test_{i:07}", i % 97);
+        t.ignored = i % 11 == 0;
     }
+    spec
 }
 
 fn running(id: u64) -> RunRecord {
