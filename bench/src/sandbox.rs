@@ -174,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     let mut workspaces = vec![("hermetic fixture", fixture.join("Cargo.toml"))];
     if args.own_workspace {
         workspaces.push((
-            "testfleet's workspace",
+            "testfleet workspace",
             crate::repo_root().join("Cargo.toml"),
         ));
     }
