@@ -173,10 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     )?;
     let mut workspaces = vec![("hermetic fixture", fixture.join("Cargo.toml"))];
     if args.own_workspace {
-        workspaces.push((
-            "testfleet workspace",
-            crate::repo_root().join("Cargo.toml"),
-        ));
+        workspaces.push(("testfleet workspace", crate::repo_root().join("Cargo.toml")));
     }
     for (name, manifest) in workspaces {
         figures.extend(bundle_figures(&testfleet, work.path(), name, &manifest)?);
