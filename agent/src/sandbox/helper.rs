@@ -139,7 +139,11 @@ fn init(setup: &Setup, buf: &mut [u8]) -> i32 {
                     Err(reason) => reply(&Reply::SpawnFailed { id, reason }),
                 },
                 Ok(Request::Signal { id, signal }) => {
-                    if let Some(pid) = groups.get(&id) {
+                    // A group's number is free for reuse once the group is empty: if a newer
+                    // test now owns it, the old group is gone and the signal is not for it.
+                    if let Some(pid) = groups.get(&id)
+                        && started.get(pid).is_none_or(|owner| *owner == id)
+                    {
                         // SAFETY: signals a process group of this namespace.
                         unsafe { libc::kill(-pid, signal) };
                     }
