@@ -114,11 +114,12 @@ fn ran(events: &[testfleet_model::RunEvent]) -> BTreeMap<Key, Outcome> {
     outcomes
 }
 
-fn run_json(cmd: &mut Command, ws: &Path) -> Vec<testfleet_model::RunEvent> {
-    let out = run_output(
-        cmd.args(["--retries", "0", "--json", "--manifest-path"])
-            .arg(ws.join("Cargo.toml")),
-    );
+fn run_json(line: RunLine, ws: &Path) -> Vec<testfleet_model::RunEvent> {
+    let out = line
+        .retries(0)
+        .json()
+        .manifest(&ws.join("Cargo.toml"))
+        .output();
     assert_eq!(
         out.status.code(),
         Some(exit_code::TESTS_FAILED),
@@ -197,7 +198,7 @@ fn a_crate_that_reads_its_files_and_runs_its_binary_passes_remotely_as_under_nex
         "the fixture fails one test on purpose: {reference:?}"
     );
 
-    let local = run_json(testfleet().args(["run", "--local", "2"]), &ws);
+    let local = run_json(RunLine::local(2), &ws);
     assert_eq!(ran(&local), reference, "local mode against nextest");
 
     let tokens = dir.path().join("tokens");
@@ -215,12 +216,7 @@ fn a_crate_that_reads_its_files_and_runs_its_binary_passes_remotely_as_under_nex
         &["--tokens-file", tokens.to_str().unwrap()],
     );
     let url = format!("http://{addr}");
-    let remote = || {
-        let mut cmd = testfleet();
-        cmd.env("TESTFLEET_TOKEN", CLIENT)
-            .args(["run", "--coordinator", &url]);
-        run_json(&mut cmd, &ws)
-    };
+    let remote = || run_json(RunLine::on(&url).token(CLIENT), &ws);
 
     // Both agents, then each alone: every secret test runs on an agent given its token each way.
     let mut by_env = hidden_agent(dir.path(), &url, "by-env", &ws, None);
@@ -301,7 +297,7 @@ fn an_agent_without_a_sandbox_says_so_and_the_run_warns_once() {
         text.contains("plain: no sandbox: turned off with --no-sandbox"),
         "{text}"
     );
-    let events = run_json(testfleet().args(["run", "--coordinator", &url]), &ws);
+    let events = run_json(RunLine::on(&url), &ws);
     let warnings: Vec<&String> = events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -316,12 +312,11 @@ fn an_agent_without_a_sandbox_says_so_and_the_run_warns_once() {
     assert!(warnings[0].contains("agent plain"), "{}", warnings[0]);
 
     // A bundle over the limit is refused before anything is sent, naming where its bytes are.
-    let out = run_output(
-        testfleet()
-            .args(["run", "--coordinator", &url, "--max-bundle-bytes", "1000"])
-            .arg("--manifest-path")
-            .arg(ws.join("Cargo.toml")),
-    );
+    let out = RunLine::on(&url)
+        .arg("--max-bundle-bytes")
+        .arg("1000")
+        .manifest(&ws.join("Cargo.toml"))
+        .output();
     assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(

@@ -15,22 +15,12 @@ fn remote_run_on_two_agent_processes() {
     wait_for_agents(&url, 2);
 
     let run = || {
-        run_output(
-            testfleet()
-                .args([
-                    "run",
-                    "--coordinator",
-                    &url,
-                    "--retries",
-                    "1",
-                    "--timeout",
-                    "5",
-                    "--kill-grace",
-                    "1",
-                ])
-                .args(["--json", "--manifest-path"])
-                .arg(fixture::manifest()),
-        )
+        RunLine::on(&url)
+            .retries(1)
+            .timeout(5, 1)
+            .json()
+            .manifest(&fixture::manifest())
+            .output()
     };
     let out = run();
     let log = stderr(&out);
@@ -161,18 +151,11 @@ fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
 
 /// Runs the fixture's two `adds` tests on `url` and returns the run's events.
 fn run_adds(url: &str) -> Vec<testfleet_model::RunEvent> {
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                url,
-                "--json",
-                "adds",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::on(url)
+        .json()
+        .filters(&["adds"])
+        .manifest(&fixture::manifest())
+        .output();
     assert_eq!(
         out.status.code(),
         Some(exit_code::SUCCESS),
@@ -204,18 +187,13 @@ fn a_killed_agent_takes_its_running_tests_with_it() {
     let id = unique("doomed");
     let mut doomed = agent(dir.path(), &url, &id, 1);
     wait_for_agents(&url, 1);
-    let mut cmd = testfleet();
-    cmd.args([
-        "run",
-        "--coordinator",
-        &url,
-        "--timeout",
-        "600",
-        "hangs",
-        "--manifest-path",
-    ])
-    .arg(fixture::manifest())
-    .stdout(std::process::Stdio::null());
+    let mut cmd = RunLine::on(&url)
+        .arg("--timeout")
+        .arg("600")
+        .filters(&["hangs"])
+        .manifest(&fixture::manifest())
+        .command();
+    cmd.stdout(std::process::Stdio::null());
     let _run = Proc::spawn(cmd, dir.path().join("run.log"));
     wait_until("the start of the hanging test", || {
         !processes_of_agent(&id).is_empty()
@@ -248,19 +226,12 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
     let mut drainer = agent(dir.path(), &url, &id, 1);
     wait_for_agents(&url, 1);
     // `hangs` never ends on its own: the timeout makes it a long test the drain must wait for.
-    let mut cmd = testfleet();
-    cmd.args([
-        "run",
-        "--coordinator",
-        &url,
-        "--json",
-        "--timeout",
-        "3",
-        "--kill-grace",
-        "1",
-    ])
-    .args(["hangs", "adds", "--manifest-path"])
-    .arg(fixture::manifest());
+    let cmd = RunLine::on(&url)
+        .json()
+        .timeout(3, 1)
+        .filters(&["hangs", "adds"])
+        .manifest(&fixture::manifest())
+        .command();
     let run = Watched::spawn(cmd, dir.path().join("run.log"));
     wait_until("the start of a test on the draining agent", || {
         !processes_of_agent(&id).is_empty()
@@ -306,21 +277,12 @@ fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
             .stdout
             .starts_with(b"{")
     });
-    let mut cmd = testfleet();
-    cmd.args([
-        "run",
-        "--coordinator",
-        &url,
-        "--json",
-        "--retries",
-        "1",
-        "--timeout",
-        "3",
-        "--kill-grace",
-        "1",
-    ])
-    .arg("--manifest-path")
-    .arg(fixture::manifest());
+    let cmd = RunLine::on(&url)
+        .json()
+        .retries(1)
+        .timeout(3, 1)
+        .manifest(&fixture::manifest())
+        .command();
     let run = Watched::spawn(cmd, dir.path().join("run.log"));
     // Mid-run, the coordinator dies without a chance to say anything.
     wait_until("a test running on the agent", || {
@@ -361,18 +323,11 @@ fn a_detached_run_goes_on_without_its_submitter() {
     let dir = tempfile::tempdir().unwrap();
     let (_coord, url) = coordinator(dir.path());
     let _agent = agent(dir.path(), &url, "patient", 1);
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--coordinator",
-                &url,
-                "--detach",
-                "adds",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::on(&url)
+        .arg("--detach")
+        .filters(&["adds"])
+        .manifest(&fixture::manifest())
+        .output();
     assert_eq!(
         out.status.code(),
         Some(exit_code::SUCCESS),

@@ -398,13 +398,11 @@ pub fn fixture_run_on(mut cmd: Command, url: &str, extra: &[&str]) -> Vec<RunEve
 
 /// `testfleet run --coordinator URL --json FILTERS... --manifest-path MANIFEST`.
 pub fn run_remote(url: &str, manifest: &Path, filters: &[&str]) -> Output {
-    run_output(
-        testfleet()
-            .args(["run", "--coordinator", url, "--json"])
-            .args(filters)
-            .arg("--manifest-path")
-            .arg(manifest),
-    )
+    RunLine::on(url)
+        .json()
+        .filters(filters)
+        .manifest(manifest)
+        .output()
 }
 
 /// A process whose stdout is collected in the background, for runs a test interferes with while
@@ -478,5 +476,75 @@ pub fn assert_history_matches(
             r.name,
             r.attempts
         );
+    }
+}
+
+/// A `testfleet run` command line said by what it asks for, instead of argv spelled out in each
+/// test: `RunLine::on(&url).json().retries(1).manifest(&path).command()`.
+pub struct RunLine(Command);
+
+impl RunLine {
+    /// A run on the coordinator at `url`.
+    pub fn on(url: &str) -> Self {
+        let mut cmd = testfleet();
+        cmd.args(["run", "--coordinator", url]);
+        RunLine(cmd)
+    }
+
+    /// A run on `agents` local agents.
+    pub fn local(agents: u32) -> Self {
+        let mut cmd = testfleet();
+        cmd.args(["run", "--local", &agents.to_string()]);
+        RunLine(cmd)
+    }
+
+    /// Events as JSON lines on stdout.
+    pub fn json(self) -> Self {
+        self.arg("--json")
+    }
+
+    pub fn retries(self, n: u32) -> Self {
+        self.arg("--retries").arg(&n.to_string())
+    }
+
+    /// The per-test timeout and the grace before SIGKILL, in seconds.
+    pub fn timeout(self, secs: u32, kill_grace: u32) -> Self {
+        self.arg("--timeout")
+            .arg(&secs.to_string())
+            .arg("--kill-grace")
+            .arg(&kill_grace.to_string())
+    }
+
+    /// Only tests whose names contain one of these.
+    pub fn filters(mut self, filters: &[&str]) -> Self {
+        self.0.args(filters);
+        self
+    }
+
+    /// The suite's `Cargo.toml`.
+    pub fn manifest(mut self, path: &Path) -> Self {
+        self.0.arg("--manifest-path").arg(path);
+        self
+    }
+
+    /// Anything else, as given.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.0.arg(arg);
+        self
+    }
+
+    /// The client's token.
+    pub fn token(mut self, token: &str) -> Self {
+        self.0.env("TESTFLEET_TOKEN", token);
+        self
+    }
+
+    pub fn command(self) -> Command {
+        self.0
+    }
+
+    /// Runs it to its end.
+    pub fn output(self) -> Output {
+        run_output(&mut self.command())
     }
 }
