@@ -28,11 +28,7 @@ fn write_project(dir: &Path, lib: &str) {
 #[test]
 fn not_a_cargo_project() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_output(
-        testfleet()
-            .args(["run", "--local", "1"])
-            .current_dir(dir.path()),
-    );
+    let out = RunLine::local(1).in_dir(dir.path()).output();
     assert_clean_error(
         &out,
         exit_code::NOT_A_CARGO_PROJECT,
@@ -44,18 +40,11 @@ fn not_a_cargo_project() {
 
 #[test]
 fn unknown_package() {
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--local",
-                "1",
-                "-p",
-                "no-such-package",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::local(1)
+        .arg("-p")
+        .arg("no-such-package")
+        .manifest(&fixture::manifest())
+        .output();
     assert_clean_error(
         &out,
         exit_code::UNKNOWN_PACKAGE,
@@ -71,11 +60,7 @@ fn unknown_package() {
 fn build_failure_shows_cargos_errors() {
     let dir = tempfile::tempdir().unwrap();
     write_project(dir.path(), "pub fn broken() -> u32 { \"not a number\" }\n");
-    let out = run_output(
-        testfleet()
-            .args(["run", "--local", "1"])
-            .current_dir(dir.path()),
-    );
+    let out = RunLine::local(1).in_dir(dir.path()).output();
     assert_clean_error(&out, exit_code::BUILD_FAILED, "building the tests failed");
     assert!(
         stderr(&out).contains("mismatched types"),
@@ -94,11 +79,7 @@ fn unreachable_coordinator_fails_fast_and_names_the_address() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
-    let out = run_output(
-        testfleet()
-            .args(["run", "--coordinator", &url, "--manifest-path"])
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::on(&url).manifest(&fixture::manifest()).output();
     assert_clean_error(
         &out,
         exit_code::COORDINATOR_UNREACHABLE,
@@ -110,22 +91,18 @@ fn unreachable_coordinator_fails_fast_and_names_the_address() {
 
 #[test]
 fn zero_tests_selected() {
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--local",
-                "1",
-                "no_test_has_this_name",
-                "--manifest-path",
-            ])
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::local(1)
+        .filters(&["no_test_has_this_name"])
+        .manifest(&fixture::manifest())
+        .output();
     assert_clean_error(&out, exit_code::NO_TESTS, "no test to run matching");
 }
 
 #[test]
 fn usage_errors_use_clap_code() {
-    let out = run_output(testfleet().args(["run", "--local", "1", "--coordinator", "http://x:1"]));
+    let out = RunLine::local(1)
+        .arg("--coordinator")
+        .arg("http://x:1")
+        .output();
     assert_eq!(out.status.code(), Some(exit_code::USAGE));
 }

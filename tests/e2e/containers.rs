@@ -93,11 +93,10 @@ fn scopes_share_and_separate_containers_and_nothing_is_left_behind() {
     let mut b = agent(dir.path(), &url, &b_id, 2);
     wait_for_agents(&url, 2);
     let run = || {
-        let out = run_output(
-            testfleet()
-                .args(["run", "--coordinator", &url, "--json", "--manifest-path"])
-                .arg(fixture::services_manifest()),
-        );
+        let out = RunLine::on(&url)
+            .json()
+            .manifest(&fixture::services_manifest())
+            .output();
         assert_eq!(
             out.status.code(),
             Some(exit_code::SUCCESS),
@@ -291,14 +290,13 @@ fn infra_messages(events: &[RunEvent]) -> Vec<String> {
 
 /// `testfleet run --local 1 --json adds` on the basic fixture, with `manifest` instead of its own.
 fn local_run_with(dir: &std::path::Path, manifest: &std::path::Path) -> std::process::Command {
-    let mut cmd = testfleet();
-    cmd.args(["run", "--local", "1", "--json", "adds", "--manifest"])
-        .arg(manifest)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--manifest-path")
-        .arg(fixture::manifest());
-    cmd
+    RunLine::local(1)
+        .json()
+        .filters(&["adds"])
+        .suite_manifest(manifest)
+        .data_dir(&dir.join("data"))
+        .manifest(&fixture::manifest())
+        .command()
 }
 
 fn write_manifest(dir: &std::path::Path, image: &str) -> std::path::PathBuf {
@@ -416,13 +414,10 @@ fn manifest_errors_name_the_file_the_line_and_the_key() {
         "[[service]]\nname = \"db\"\nimage = \"x:1\"\nportz = [1]\n",
     )
     .unwrap();
-    let out = run_output(
-        testfleet()
-            .args(["run", "--local", "1", "--manifest"])
-            .arg(&manifest)
-            .arg("--manifest-path")
-            .arg(fixture::manifest()),
-    );
+    let out = RunLine::local(1)
+        .suite_manifest(&manifest)
+        .manifest(&fixture::manifest())
+        .output();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(exit_code::BAD_MANIFEST), "{err}");
     assert!(err.contains(&format!("{}:4:", manifest.display())), "{err}");

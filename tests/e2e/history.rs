@@ -14,26 +14,19 @@ use crate::support::*;
 
 /// Runs the fixture's `adds`, `fails`, `slow` and `pattern_flaky` tests once with one retry.
 fn run(data: &Path, junit: Option<&Path>) -> (Option<i32>, Vec<RunEvent>) {
-    let mut cmd = testfleet();
-    cmd.env("FIXTURE_FAIL_RUNS", "1,3")
-        .args([
-            "run",
-            "--local",
-            "1",
-            "--retries",
-            "1",
-            "--revision",
-            "rev-1",
-            "--json",
-        ])
-        .args(["adds", "fails", "slow", "pattern_flaky", "--data-dir"])
-        .arg(data)
-        .arg("--manifest-path")
-        .arg(fixture::manifest());
+    let mut line = RunLine::local(1)
+        .env("FIXTURE_FAIL_RUNS", "1,3")
+        .retries(1)
+        .arg("--revision")
+        .arg("rev-1")
+        .json()
+        .filters(&["adds", "fails", "slow", "pattern_flaky"])
+        .data_dir(data)
+        .manifest(&fixture::manifest());
     if let Some(j) = junit {
-        cmd.arg("--junit").arg(j);
+        line = line.junit(j);
     }
-    let out = run_output(&mut cmd);
+    let out = line.output();
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     (out.status.code(), events(&out))
 }
@@ -244,21 +237,14 @@ fn the_same_queries_answer_from_a_coordinator() {
     let _agent = Proc::spawn(cmd, dir.path().join("historian.log"));
     wait_for_agents(&url, 1);
     for _ in 0..2 {
-        let out = run_output(
-            testfleet()
-                .args([
-                    "run",
-                    "--coordinator",
-                    &url,
-                    "--retries",
-                    "1",
-                    "--revision",
-                    "r9",
-                    "--json",
-                ])
-                .args(["pattern_flaky", "adds", "--manifest-path"])
-                .arg(fixture::manifest()),
-        );
+        let out = RunLine::on(&url)
+            .retries(1)
+            .arg("--revision")
+            .arg("r9")
+            .json()
+            .filters(&["pattern_flaky", "adds"])
+            .manifest(&fixture::manifest())
+            .output();
         assert_eq!(
             out.status.code(),
             Some(exit_code::SUCCESS),

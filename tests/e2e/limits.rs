@@ -10,13 +10,11 @@ use crate::support::*;
 
 /// `testfleet run` of the fixture (only tests matching `filter`, if given) on `url`.
 fn run_fixture(url: &str, filter: Option<&str>, extra: &[&str]) -> Output {
-    let mut cmd = testfleet();
-    cmd.args(["run", "--coordinator", url, "--timeout", "5"])
-        .args(filter)
-        .args(extra)
-        .arg("--manifest-path")
-        .arg(fixture::manifest());
-    run_output(&mut cmd)
+    let mut line = RunLine::on(url).arg("--timeout").arg("5");
+    if let Some(f) = filter {
+        line = line.filters(&[f]);
+    }
+    line.args(extra).manifest(&fixture::manifest()).output()
 }
 
 fn assert_limit(out: &Output, flag: &str) {

@@ -14,26 +14,16 @@ fn local_run_matches_the_fixture_model_and_reaches_sled() {
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
     let data = dir.path().join("data");
-    let out = run_output(
-        testfleet()
-            .args([
-                "run",
-                "--local",
-                "2",
-                "--retries",
-                "1",
-                "--timeout",
-                "5",
-                "--kill-grace",
-                "1",
-            ])
-            .args(["--output-cap", "8192", "--json", "--manifest-path"])
-            .arg(fixture::manifest())
-            .arg("--junit")
-            .arg(&junit)
-            .arg("--data-dir")
-            .arg(&data),
-    );
+    let out = RunLine::local(2)
+        .retries(1)
+        .timeout(5, 1)
+        .arg("--output-cap")
+        .arg("8192")
+        .json()
+        .manifest(&fixture::manifest())
+        .junit(&junit)
+        .data_dir(&data)
+        .output();
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
     let events = events(&out);
@@ -150,13 +140,12 @@ fn without_retries_a_flaky_test_fails_and_history_accumulates() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let run = |filter: &str| {
-        run_output(
-            testfleet()
-                .args(["run", "--local", "1", "--json", filter, "--manifest-path"])
-                .arg(fixture::manifest())
-                .arg("--data-dir")
-                .arg(&data),
-        )
+        RunLine::local(1)
+            .json()
+            .filters(&[filter])
+            .manifest(&fixture::manifest())
+            .data_dir(&data)
+            .output()
     };
     let first = run("flaky_first_attempt");
     assert_eq!(
@@ -208,20 +197,14 @@ fn test_processes(marker: &str) -> usize {
 fn ctrl_c_cancels_the_run_and_its_tests_stop() {
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("FIXTURE_CTRL_C_MARK={}", std::process::id());
-    let mut cmd = testfleet();
-    cmd.env("FIXTURE_CTRL_C_MARK", std::process::id().to_string())
-        .args([
-            "run",
-            "--local",
-            "1",
-            "--timeout",
-            "600",
-            "hangs",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .arg("--manifest-path")
-        .arg(fixture::manifest());
+    let cmd = RunLine::local(1)
+        .env("FIXTURE_CTRL_C_MARK", std::process::id().to_string())
+        .arg("--timeout")
+        .arg("600")
+        .filters(&["hangs"])
+        .data_dir(&dir.path().join("data"))
+        .manifest(&fixture::manifest())
+        .command();
     let mut run = Proc::spawn(cmd, dir.path().join("run.log"));
     wait_until("the hanging test's start", || test_processes(&marker) > 0);
     // SAFETY: kill(2) on our own child.
@@ -242,22 +225,19 @@ fn ctrl_c_cancels_the_run_and_its_tests_stop() {
 #[test]
 fn batch_mode_keeps_every_tests_own_outcome_output_and_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_output(
-        testfleet()
-            .args(["run", "--local", "1", "--slots", "2", "--retries", "1"])
-            .args([
-                "--timeout",
-                "5",
-                "--kill-grace",
-                "1",
-                "--tests-per-process",
-                "20",
-            ])
-            .args(["--output-cap", "8192", "--json", "--manifest-path"])
-            .arg(fixture::manifest())
-            .arg("--data-dir")
-            .arg(dir.path().join("data")),
-    );
+    let out = RunLine::local(1)
+        .arg("--slots")
+        .arg("2")
+        .retries(1)
+        .timeout(5, 1)
+        .arg("--tests-per-process")
+        .arg("20")
+        .arg("--output-cap")
+        .arg("8192")
+        .json()
+        .manifest(&fixture::manifest())
+        .data_dir(&dir.path().join("data"))
+        .output();
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(exit_code::TESTS_FAILED), "{log}");
     let events = events(&out);

@@ -115,23 +115,16 @@ impl Cluster {
     /// Starts a run of the fixture suite, built static so it runs in the agents' FROM-scratch
     /// containers. Returns the process and a channel of its JSON event lines.
     fn start_run(&self, dir: &Path) -> (Proc, mpsc::Receiver<String>) {
-        let mut cmd = testfleet();
-        cmd.env("TESTFLEET_TOKEN", &self.client_token)
+        let mut cmd = RunLine::on(&self.url)
+            .token(&self.client_token)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", repo().join("target/multihost-fixture"))
-            .args([
-                "run",
-                "--coordinator",
-                &self.url,
-                "--json",
-                "--retries",
-                "1",
-                "--timeout",
-                "3",
-            ])
-            .args(["--kill-grace", "1", "--manifest-path"])
-            .arg(fixture::manifest())
-            .stdout(Stdio::piped());
+            .json()
+            .retries(1)
+            .timeout(3, 1)
+            .manifest(&fixture::manifest())
+            .command();
+        cmd.stdout(Stdio::piped());
         let mut p = Proc::spawn(cmd, dir.join("run.log"));
         let stdout = p.child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -105,16 +105,16 @@ fn a_pytest_suite_with_a_service_container_runs_distributed() {
         agent(dir.path(), &url, &b, 2),
     ];
     wait_for_agents(&url, 2);
-    let out = run_output(
-        testfleet()
-            .current_dir(&suite)
-            .env(
-                "KVSTORE_MANIFEST",
-                repo().join("examples/kvstore/Cargo.toml"),
-            )
-            .args(["run", "--coordinator", &url, "--json", "--retries", "1"])
-            .args(["--timeout", "5", "--kill-grace", "1"]),
-    );
+    let out = RunLine::on(&url)
+        .in_dir(&suite)
+        .env(
+            "KVSTORE_MANIFEST",
+            repo().join("examples/kvstore/Cargo.toml"),
+        )
+        .json()
+        .retries(1)
+        .timeout(5, 1)
+        .output();
     let events = tests_failed(&out);
 
     let collected = std::process::Command::new("python3")
@@ -241,12 +241,13 @@ fn the_command_runner_runs_any_tool_that_writes_junit() {
     )
     .unwrap();
     let report = dir.path().join("report.xml");
-    let out = run_output(
-        testfleet()
-            .current_dir(dir.path())
-            .args(["run", "--local", "1", "--slots", "1", "--json", "--junit"])
-            .arg(&report),
-    );
+    let out = RunLine::local(1)
+        .in_dir(dir.path())
+        .arg("--slots")
+        .arg("1")
+        .json()
+        .junit(&report)
+        .output();
     let events = tests_failed(&out);
     let key = |n: &str| ("shell".to_owned(), n.to_owned());
     assert_eq!(

@@ -123,12 +123,11 @@ fn tokens_decide_who_may_do_what_and_are_never_logged() {
         impostor.log()
     );
     // An agent token cannot submit: the CLI is refused at the bundle upload, before any run.
-    let mut submit = with_token(testfleet(), Some(AGENT));
-    submit
-        .args(["run", "--coordinator", &url, "--manifest-path"])
-        .arg(fixture::manifest());
+    let submit = RunLine::on(&url)
+        .token(AGENT)
+        .manifest(&fixture::manifest());
     assert_refused(
-        &run_output(&mut submit),
+        &submit.output(),
         exit_code::REQUEST_REJECTED,
         "token `fleet` has role agent; HasBundle needs role client",
     );

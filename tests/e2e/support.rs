@@ -380,13 +380,14 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// The fixture suite on the coordinator at `url` with one retry and a 5 s timeout, as JSON events,
 /// run by `cmd` (a [`testfleet`] with whatever environment the test needs) with `extra`
 /// arguments. It must end as the fixture does, with failed tests; returns its events.
-pub fn fixture_run_on(mut cmd: Command, url: &str, extra: &[&str]) -> Vec<RunEvent> {
-    cmd.args(["run", "--coordinator", url, "--retries", "1"])
-        .args(["--timeout", "5", "--kill-grace", "1", "--json"])
+pub fn fixture_run_on(cmd: Command, url: &str, extra: &[&str]) -> Vec<RunEvent> {
+    let out = RunLine::on_with(cmd, url)
+        .retries(1)
+        .timeout(5, 1)
+        .json()
         .args(extra)
-        .arg("--manifest-path")
-        .arg(crate::fixture::manifest());
-    let out = run_output(&mut cmd);
+        .manifest(&crate::fixture::manifest())
+        .output();
     assert_eq!(
         out.status.code(),
         Some(testfleet_model::exit_code::TESTS_FAILED),
@@ -486,7 +487,12 @@ pub struct RunLine(Command);
 impl RunLine {
     /// A run on the coordinator at `url`.
     pub fn on(url: &str) -> Self {
-        let mut cmd = testfleet();
+        Self::on_with(testfleet(), url)
+    }
+
+    /// A run on the coordinator at `url` by `cmd`, a [`testfleet`] with whatever environment the
+    /// test gives it (a token, a tracing endpoint).
+    pub fn on_with(mut cmd: Command, url: &str) -> Self {
         cmd.args(["run", "--coordinator", url]);
         RunLine(cmd)
     }
@@ -533,9 +539,44 @@ impl RunLine {
         self
     }
 
+    /// More of anything else, as given.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.0.args(args);
+        self
+    }
+
     /// The client's token.
-    pub fn token(mut self, token: &str) -> Self {
-        self.0.env("TESTFLEET_TOKEN", token);
+    pub fn token(self, token: &str) -> Self {
+        self.env("TESTFLEET_TOKEN", token)
+    }
+
+    /// A variable of the run's environment (a local run's tests inherit it).
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.env(key, value);
+        self
+    }
+
+    /// The suite manifest (`testfleet.toml`) to use instead of the suite's own.
+    pub fn suite_manifest(mut self, path: &Path) -> Self {
+        self.0.arg("--manifest").arg(path);
+        self
+    }
+
+    /// Where a local run keeps its history.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.0.arg("--data-dir").arg(dir);
+        self
+    }
+
+    /// Where the run writes its JUnit report.
+    pub fn junit(mut self, path: &Path) -> Self {
+        self.0.arg("--junit").arg(path);
+        self
+    }
+
+    /// Started in `dir` (no `--manifest-path`: the suite is found from there).
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        self.0.current_dir(dir);
         self
     }
 
