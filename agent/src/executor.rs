@@ -80,7 +80,7 @@ pub(crate) async fn start(cmd: &TestCommand) -> std::io::Result<Started> {
             env.push((crate::guard::GUARD_ENV.into(), token.to_owned()));
         }
         let mut c = sandbox
-            .spawn(&cmd.program, &cmd.args, &cmd.cwd, &env, false)
+            .spawn(&cmd.program, &cmd.args, &cmd.cwd, &env)
             .await?;
         let stdout = Box::new(c.stdout.take().expect("stdout is piped"));
         let stderr = Box::new(c.stderr.take().expect("stderr is piped"));

@@ -15,7 +15,6 @@ use super::Sandbox;
 pub(super) struct Pipes {
     out: (OwnedFd, OwnedFd),
     err: (OwnedFd, OwnedFd),
-    input: Option<(OwnedFd, OwnedFd)>,
 }
 
 fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -24,21 +23,16 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Pipes {
-    pub fn new(stdin: bool) -> std::io::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         Ok(Pipes {
             out: pipe_pair()?,
             err: pipe_pair()?,
-            input: stdin.then(pipe_pair).transpose()?,
         })
     }
 
-    /// The descriptors the helper gets: stdout's and stderr's write ends, stdin's read end.
-    pub fn theirs(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.out.1.as_raw_fd(), self.err.1.as_raw_fd()];
-        if let Some((r, _)) = &self.input {
-            fds.push(r.as_raw_fd());
-        }
-        fds
+    /// The descriptors the helper gets: stdout's and stderr's write ends.
+    pub fn theirs(&self) -> [RawFd; 2] {
+        [self.out.1.as_raw_fd(), self.err.1.as_raw_fd()]
     }
 
     /// The agent's side as a child; the helper's ends are returned to be dropped once sent.
@@ -47,26 +41,17 @@ impl Pipes {
         id: u64,
         sandbox: Arc<Sandbox>,
         exited: oneshot::Receiver<Result<i32, String>>,
-    ) -> std::io::Result<(SandboxChild, Vec<OwnedFd>)> {
-        let mut theirs = vec![self.out.1, self.err.1];
-        let stdin = match self.input {
-            Some((r, w)) => {
-                theirs.push(r);
-                Some(pipe::Sender::from_owned_fd(w)?)
-            }
-            None => None,
-        };
+    ) -> std::io::Result<(SandboxChild, [OwnedFd; 2])> {
         Ok((
             SandboxChild {
                 id,
                 sandbox,
                 stdout: Some(pipe::Receiver::from_owned_fd(self.out.0)?),
                 stderr: Some(pipe::Receiver::from_owned_fd(self.err.0)?),
-                stdin,
                 exited: Some(exited),
                 status: None,
             },
-            theirs,
+            [self.out.1, self.err.1],
         ))
     }
 }
@@ -76,7 +61,6 @@ pub struct SandboxChild {
     sandbox: Arc<Sandbox>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
-    pub stdin: Option<pipe::Sender>,
     exited: Option<oneshot::Receiver<Result<i32, String>>>,
     status: Option<ExitStatus>,
 }

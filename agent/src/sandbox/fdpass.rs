@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-/// Most descriptors one message carries (stdin, stdout, stderr).
+/// Most descriptors one message carries (a test's stdout and stderr, with room to spare).
 const MAX_FDS: usize = 3;
 
 /// A connected pair of sequenced-packet sockets, both close-on-exec.

@@ -130,8 +130,7 @@ fn init(setup: &Setup, buf: &mut [u8]) -> i32 {
                     args,
                     cwd,
                     env,
-                    stdin,
-                }) => match spawn(&program, &args, &cwd, &env, stdin, fds) {
+                }) => match spawn(&program, &args, &cwd, &env, fds) {
                     Ok(pid) => {
                         started.insert(pid, id);
                         groups.insert(id, pid);
@@ -186,22 +185,17 @@ fn child_signals() -> std::io::Result<OwnedFd> {
     }
 }
 
-/// Starts a test in its own process group with the given descriptors (stdout, stderr, then
-/// stdin if asked); returns its pid once it has exec'd, or why it could not.
+/// Starts a test in its own process group with the given descriptors (stdout, stderr) and
+/// `/dev/null` as its stdin; returns its pid once it has exec'd, or why it could not.
 fn spawn(
     program: &Path,
     args: &[String],
     cwd: &Path,
     env: &[(String, String)],
-    stdin: bool,
     fds: Vec<OwnedFd>,
 ) -> Result<libc::pid_t, String> {
-    if fds.len() != 2 + usize::from(stdin) {
-        return Err(format!(
-            "expected {} descriptors, got {}",
-            2 + usize::from(stdin),
-            fds.len()
-        ));
+    if fds.len() != 2 {
+        return Err(format!("expected 2 descriptors, got {}", fds.len()));
     }
     let program = resolve(program, env)
         .ok_or_else(|| format!("`{}` is not on the test's PATH", program.display()))?;
@@ -221,7 +215,6 @@ fn spawn(
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_p.push(std::ptr::null());
     let (out, err) = (fds[0].as_raw_fd(), fds[1].as_raw_fd());
-    let input = fds.get(2).map(|f| f.as_raw_fd());
     // posix_spawn, as the agent itself starts tests: glibc clones without copying this process's
     // memory, and reports a failed exec (or chdir) as its result.
     // SAFETY: the actions and attributes are initialised before use and destroyed after; every
@@ -231,16 +224,7 @@ fn spawn(
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
         libc::posix_spawn_file_actions_init(&mut actions);
         libc::posix_spawnattr_init(&mut attr);
-        match input {
-            Some(fd) => libc::posix_spawn_file_actions_adddup2(&mut actions, fd, 0),
-            None => libc::posix_spawn_file_actions_addopen(
-                &mut actions,
-                0,
-                null.as_ptr(),
-                libc::O_RDONLY,
-                0,
-            ),
-        };
+        libc::posix_spawn_file_actions_addopen(&mut actions, 0, null.as_ptr(), libc::O_RDONLY, 0);
         libc::posix_spawn_file_actions_adddup2(&mut actions, out, 1);
         libc::posix_spawn_file_actions_adddup2(&mut actions, err, 2);
         libc::posix_spawn_file_actions_addchdir_np(&mut actions, dir.as_ptr());

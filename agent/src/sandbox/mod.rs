@@ -58,7 +58,8 @@ impl Launcher {
 
     /// Sandboxes made by `program SUBCOMMAND` (which must call [`serve_helper`]), hiding `hide`
     /// (the agent's work dir, its token file) from tests. Makes one to see that this machine
-    /// allows it; if not, the launcher is off and says why.
+    /// allows it, in `scratch` (a directory of its own, removed after); if not, the launcher is
+    /// off and says why.
     pub async fn probe(
         program: &Path,
         subcommand: &str,
@@ -88,7 +89,6 @@ impl Launcher {
                     &["--version".into()],
                     Path::new("/"),
                     &[],
-                    false,
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -100,7 +100,8 @@ impl Launcher {
         if let Err(e) = tried.await {
             l.status = e;
         }
-        remove_scratch(&dir);
+        // `scratch` is the probe's alone: nothing of it stays.
+        remove_scratch(scratch);
         l
     }
 
@@ -228,10 +229,9 @@ impl Sandbox {
         args: &[String],
         cwd: &Path,
         env: &[(String, String)],
-        stdin: bool,
     ) -> std::io::Result<SandboxChild> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pipes = child::Pipes::new(stdin)?;
+        let pipes = child::Pipes::new()?;
         let (exited_tx, exited_rx) = oneshot::channel();
         self.waiters
             .lock()
@@ -243,7 +243,6 @@ impl Sandbox {
             args: args.to_vec(),
             cwd: cwd.to_path_buf(),
             env: env.to_vec(),
-            stdin,
         };
         let bytes = serde_json::to_vec(&request).expect("requests serialise");
         if bytes.len() > MAX_MESSAGE {

@@ -32,15 +32,14 @@ pub struct Overlay {
 /// From the agent, after the setup.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Start a process in its own process group; the message carries its stdout and stderr
-    /// (and its stdin when `stdin` is set) as descriptors.
+    /// Start a process in its own process group, its stdin `/dev/null`; the message carries its
+    /// stdout and stderr as descriptors.
     Spawn {
         id: u64,
         program: PathBuf,
         args: Vec<String>,
         cwd: PathBuf,
         env: Vec<(String, String)>,
-        stdin: bool,
     },
     /// Signal a started process's whole group.
     Signal { id: u64, signal: i32 },
