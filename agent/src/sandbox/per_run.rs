@@ -10,7 +10,8 @@ use tokio::sync::Mutex;
 
 use super::{Launcher, Sandbox, Tree};
 
-/// How long a run's sandbox outlives its last lease on this agent.
+/// How often an open sandbox is checked for leases still holding it: it outlives its run's last
+/// lease on this agent by at most this long.
 const LINGER: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
