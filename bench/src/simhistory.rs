@@ -6,7 +6,7 @@ use std::time::Duration;
 use testfleet_coordinator::history::{HistoryUpdate, RunRecord};
 use testfleet_model::{
     AttemptResult, AttemptStatus, EventKind, Outcome, QuarantinePolicy, RunEvent, RunId, RunState,
-    RunSummary, TestRef,
+    RunSummary, TestFinished, TestRef,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -77,7 +77,7 @@ pub fn send_run(
                     AttemptStatus::Passed
                 };
                 result.duration = Duration::from_millis(a.ms);
-                send(EventKind::TestFinished {
+                send(EventKind::TestFinished(TestFinished {
                     test: TestRef {
                         index,
                         binary_id: "sim".into(),
@@ -89,7 +89,7 @@ pub fn send_run(
                     final_outcome: (i + 1 == attempts.len()).then_some(outcome),
                     lease_id: Some(lease as u64),
                     quarantined: false,
-                })?;
+                }))?;
             }
         }
         send(EventKind::LeaseFinished {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use testfleet_model::{AttemptStatus, EventKind, Outcome, RunState};
+use testfleet_model::{AttemptStatus, EventKind, Outcome, RunState, TestFinished};
 
 /// Upper bounds (seconds) of the container-start histogram: from a warm local image (a fraction
 /// of a second) to a database that takes a minute to accept connections.
@@ -72,12 +72,12 @@ impl Metrics {
                     *c.tests.entry(Outcome::Skipped.label()).or_default() += skipped.len() as u64;
                 }
             }
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 result,
                 final_outcome,
                 lease_id,
                 ..
-            } => {
+            }) => {
                 // Tests settled without running (cancelled, never servable) made no attempt.
                 if lease_id.is_some() {
                     *c.attempts.entry(result.status.label()).or_default() += 1;
@@ -299,7 +299,7 @@ mod tests {
     fn finished(status: AttemptStatus, outcome: Option<Outcome>) -> EventKind {
         let mut result = AttemptResult::infra_error("");
         result.status = status;
-        EventKind::TestFinished {
+        EventKind::TestFinished(TestFinished {
             test: TestRef {
                 index: 0,
                 binary_id: "b".into(),
@@ -311,7 +311,7 @@ mod tests {
             final_outcome: outcome,
             lease_id: Some(1),
             quarantined: false,
-        }
+        })
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use testfleet_model::junit::JunitReporter;
-use testfleet_model::{
+use testfleet_model::{TestFinished, 
     AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent, RunId, RunState, RunSummary,
     TestRef,
 };
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         result.status = *status;
         result.output = output.clone();
         result.duration = Duration::from_millis(i as u64);
-        emit(EventKind::TestFinished {
+        emit(EventKind::TestFinished(TestFinished {
             test: TestRef {
                 index: 0,
                 binary_id: binary.clone(),
@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             final_outcome: (i == 2).then_some(Outcome::Flaky),
             lease_id: None,
             quarantined: false,
-        });
+        }));
     }
     emit(EventKind::RunFinished {
         summary: RunSummary::default(),

@@ -130,19 +130,7 @@ pub enum EventKind {
         attempt: u32,
         agent_id: String,
     },
-    TestFinished {
-        test: TestRef,
-        attempt: u32,
-        agent_id: String,
-        result: AttemptResult,
-        /// Set when this attempt settled the test; `None` when a retry follows.
-        final_outcome: Option<Outcome>,
-        /// The lease the attempt ran in (`None` for tests settled without running).
-        #[serde(default)]
-        lease_id: Option<u64>,
-        #[serde(default)]
-        quarantined: bool,
-    },
+    TestFinished(TestFinished),
     /// Every test of a lease reported; `failed` of them failed or timed out.
     LeaseFinished {
         lease_id: u64,
@@ -166,6 +154,23 @@ pub enum EventKind {
         duration_ms: u64,
         container_id: String,
     },
+}
+
+/// An attempt's result as the run recorded it: what the history writer stores, the reporters
+/// print and the wire carries, passed whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestFinished {
+    pub test: TestRef,
+    pub attempt: u32,
+    pub agent_id: String,
+    pub result: AttemptResult,
+    /// Set when this attempt settled the test; `None` when a retry follows.
+    pub final_outcome: Option<Outcome>,
+    /// The lease the attempt ran in (`None` for tests settled without running).
+    #[serde(default)]
+    pub lease_id: Option<u64>,
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

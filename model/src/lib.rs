@@ -11,14 +11,18 @@ mod relative_path;
 pub mod report;
 pub mod runner;
 pub mod service;
+pub mod session;
 pub mod spec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 
-pub use event::{EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceTiming, TestRef};
+pub use event::{
+    EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceTiming, TestFinished, TestRef,
+};
 pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
 pub use runner::{IdStyle, Runner};
 pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
+pub use session::AttemptKey;
 pub use spec::{Binary, OriginTree, QuarantinePolicy, RunSpec, SpecError, TestSpec};

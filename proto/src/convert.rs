@@ -7,7 +7,7 @@ use std::time::Duration;
 use testfleet_model::{
     AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, OriginTree, Outcome,
     QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, Runner, ServiceSpec,
-    ServiceTiming, TestRef, TestSpec,
+    ServiceTiming, TestFinished, TestRef, TestSpec,
 };
 
 use crate::pb;
@@ -395,6 +395,35 @@ impl From<pb::TestRef> for TestRef {
     }
 }
 
+impl From<&TestFinished> for pb::TestFinishedEvent {
+    fn from(f: &TestFinished) -> Self {
+        pb::TestFinishedEvent {
+            test: Some((&f.test).into()),
+            attempt: f.attempt,
+            agent_id: f.agent_id.clone(),
+            result: Some((&f.result).into()),
+            final_outcome: f.final_outcome.map(|o| pb::Outcome::from(o) as i32),
+            lease_id: f.lease_id,
+            quarantined: f.quarantined,
+        }
+    }
+}
+
+impl TryFrom<pb::TestFinishedEvent> for TestFinished {
+    type Error = ConvertError;
+    fn try_from(f: pb::TestFinishedEvent) -> Result<Self, ConvertError> {
+        Ok(TestFinished {
+            test: required(f.test, "test")?.into(),
+            attempt: f.attempt,
+            agent_id: f.agent_id,
+            result: required(f.result, "result")?.try_into()?,
+            final_outcome: f.final_outcome.map(outcome_from_wire).transpose()?,
+            lease_id: f.lease_id,
+            quarantined: f.quarantined,
+        })
+    }
+}
+
 impl From<&RunEvent> for pb::RunEvent {
     fn from(e: &RunEvent) -> Self {
         use pb::run_event::Kind;
@@ -420,23 +449,7 @@ impl From<&RunEvent> for pb::RunEvent {
                 attempt: *attempt,
                 agent_id: agent_id.clone(),
             }),
-            EventKind::TestFinished {
-                test,
-                attempt,
-                agent_id,
-                result,
-                final_outcome,
-                lease_id,
-                quarantined,
-            } => Kind::TestFinished(pb::TestFinishedEvent {
-                test: Some(test.into()),
-                attempt: *attempt,
-                agent_id: agent_id.clone(),
-                result: Some(result.into()),
-                final_outcome: final_outcome.map(|o| pb::Outcome::from(o) as i32),
-                lease_id: *lease_id,
-                quarantined: *quarantined,
-            }),
+            EventKind::TestFinished(f) => Kind::TestFinished(f.into()),
             EventKind::LeaseFinished {
                 lease_id,
                 agent_id,
@@ -499,15 +512,7 @@ impl TryFrom<pb::RunEvent> for RunEvent {
                 attempt: s.attempt,
                 agent_id: s.agent_id,
             },
-            Kind::TestFinished(f) => EventKind::TestFinished {
-                test: required(f.test, "test")?.into(),
-                attempt: f.attempt,
-                agent_id: f.agent_id,
-                result: required(f.result, "result")?.try_into()?,
-                final_outcome: f.final_outcome.map(outcome_from_wire).transpose()?,
-                lease_id: f.lease_id,
-                quarantined: f.quarantined,
-            },
+            Kind::TestFinished(f) => EventKind::TestFinished(f.try_into()?),
             Kind::LeaseFinished(l) => EventKind::LeaseFinished {
                 lease_id: l.lease_id,
                 agent_id: l.agent_id,
@@ -578,7 +583,7 @@ mod tests {
                 attempt: 1,
                 agent_id: "a".into(),
             },
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 attempt: 2,
                 agent_id: "a".into(),
@@ -586,7 +591,7 @@ mod tests {
                 final_outcome: Some(Outcome::TimedOut),
                 lease_id: Some(4),
                 quarantined: true,
-            },
+            }),
             EventKind::LeaseFinished {
                 lease_id: 4,
                 agent_id: "a".into(),

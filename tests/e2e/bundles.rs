@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use testfleet_model::{EventKind, Outcome, RunEvent, RunSpec, test_support};
+use testfleet_model::{EventKind, Outcome, RunEvent, RunSpec, TestFinished, test_support};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 
@@ -87,11 +87,11 @@ fn infra_messages(events: &[RunEvent]) -> (Option<Outcome>, Vec<String>) {
     let mut outcome = None;
     let mut messages = vec![];
     for e in events {
-        if let EventKind::TestFinished {
+        if let EventKind::TestFinished(TestFinished {
             result,
             final_outcome,
             ..
-        } = &e.kind
+        }) = &e.kind
         {
             messages.push(result.message.clone());
             outcome = outcome.or(*final_outcome);

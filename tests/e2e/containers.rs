@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use testfleet_model::{AttemptStatus, EventKind, Outcome, RunEvent, Scope, exit_code};
+use testfleet_model::{
+    AttemptStatus, EventKind, Outcome, RunEvent, Scope, TestFinished, exit_code,
+};
 
 use crate::fixture;
 use crate::support::*;
@@ -13,7 +15,7 @@ use crate::support::*;
 fn observations(events: &[RunEvent]) -> BTreeMap<(String, String), (String, String, String)> {
     let mut out = BTreeMap::new();
     for e in events {
-        if let EventKind::TestFinished { test, result, .. } = &e.kind {
+        if let EventKind::TestFinished(TestFinished { test, result, .. }) = &e.kind {
             assert_eq!(
                 result.status,
                 AttemptStatus::Passed,
@@ -278,11 +280,11 @@ fn infra_messages(events: &[RunEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 result,
                 final_outcome: Some(Outcome::InfraError),
                 ..
-            } => Some(result.message.clone()),
+            }) => Some(result.message.clone()),
             _ => None,
         })
         .collect()

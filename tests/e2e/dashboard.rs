@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use testfleet_model::{EventKind, RunEvent, exit_code};
+use testfleet_model::{EventKind, RunEvent, TestFinished, exit_code};
 
 use crate::security::{AGENT, CLIENT, READER, assert_refused, coordinator_refusing, tokens_file};
 use crate::support::*;
@@ -73,11 +73,11 @@ fn probes_metrics_and_dashboard_show_what_the_runs_did() {
             *outcomes.entry(o.label()).or_default() += 1.0;
         }
         for e in events {
-            if let EventKind::TestFinished {
+            if let EventKind::TestFinished(TestFinished {
                 result,
                 lease_id: Some(_),
                 ..
-            } = &e.kind
+            }) = &e.kind
             {
                 *attempts.entry(result.status.label()).or_default() += 1.0;
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use testfleet_coordinator::history::stats::percentile;
 use testfleet_model::report::{FlakyTest, QuarantineInfo, RunOverview, TestHistory, Timings};
-use testfleet_model::{AttemptStatus, EventKind, RunEvent, exit_code};
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, TestFinished, exit_code};
 
 use crate::fixture;
 use crate::support::*;
@@ -53,7 +53,7 @@ fn passing_durations(events: &[RunEvent], name: &str) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished { test, result, .. }
+            EventKind::TestFinished(TestFinished { test, result, .. })
                 if test.name == name && result.status == AttemptStatus::Passed =>
             {
                 Some(result.duration.as_millis() as u64)

@@ -1,7 +1,7 @@
 //! A coordinator process and two agent processes with their own work dirs: the run is bundled,
 //! uploaded once, downloaded once per agent, and the flaky test's retry runs on the other agent.
 
-use testfleet_model::{AttemptStatus, EventKind, exit_code};
+use testfleet_model::{AttemptStatus, EventKind, TestFinished, exit_code};
 
 use crate::fixture;
 use crate::support::*;
@@ -260,7 +260,7 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
     }
     let infra = events
         .iter()
-        .filter(|e| matches!(&e.kind, EventKind::TestFinished { result, .. } if result.status == AttemptStatus::InfraError))
+        .filter(|e| matches!(&e.kind, EventKind::TestFinished(TestFinished { result, .. }) if result.status == AttemptStatus::InfraError))
         .count();
     assert_eq!(infra, 0, "a drain is not an infrastructure failure");
 }

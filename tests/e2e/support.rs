@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use testfleet_model::{AttemptResult, EventKind, Outcome, RunEvent, RunSummary};
+use testfleet_model::{AttemptResult, EventKind, Outcome, RunEvent, RunSummary, TestFinished};
 
 pub const GUARD: Duration = Duration::from_secs(120);
 
@@ -252,11 +252,11 @@ pub fn final_outcomes(events: &[RunEvent]) -> BTreeMap<Key, Outcome> {
                     out.insert((t.binary_id.clone(), t.name.clone()), Outcome::Skipped);
                 }
             }
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 final_outcome: Some(o),
                 ..
-            } => {
+            }) => {
                 out.insert((test.binary_id.clone(), test.name.clone()), *o);
             }
             _ => {}
@@ -270,13 +270,13 @@ pub fn attempts(events: &[RunEvent], name: &str) -> Vec<(u32, String, AttemptRes
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 attempt,
                 agent_id,
                 result,
                 ..
-            } if test.name == name => Some((*attempt, agent_id.clone(), result.clone())),
+            }) if test.name == name => Some((*attempt, agent_id.clone(), result.clone())),
             _ => None,
         })
         .collect()

@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use testfleet_model::EventKind;
+use testfleet_model::TestFinished;
 
 use crate::support::*;
 
@@ -111,14 +112,14 @@ fn a_run_is_one_trace_from_the_cli_through_the_coordinator_to_each_attempt() {
     // Every attempt an agent ran, as the run's events tell it.
     let mut expected: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
     for e in &events {
-        if let EventKind::TestFinished {
+        if let EventKind::TestFinished(TestFinished {
             test,
             attempt,
             agent_id,
             result,
             lease_id: Some(_),
             ..
-        } = &e.kind
+        }) = &e.kind
         {
             expected.insert(
                 (test.name.clone(), attempt.to_string()),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use console::style;
 use indicatif::{ProgressBar, ProgressStyle};
 use testfleet_model::{
-    AttemptResult, EventKind, NoticeLevel, Outcome, RunEvent, RunState, RunSummary, TestRef,
+    AttemptResult, EventKind, NoticeLevel, Outcome, RunEvent, RunState, RunSummary, TestFinished,
+    TestRef,
 };
 
 pub struct HumanReporter {
@@ -71,6 +72,70 @@ impl HumanReporter {
         self.println(&block);
     }
 
+    /// An attempt ended: a retry line, or the test's outcome (with its output when it failed).
+    fn on_finished(&mut self, finished: &TestFinished) {
+        let TestFinished {
+            test,
+            attempt,
+            agent_id,
+            result,
+            final_outcome,
+            ..
+        } = finished;
+        let d = secs(result.duration);
+        let why = if result.message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", result.message)
+        };
+        match final_outcome {
+            None => {
+                self.println(&format!(
+                    "{:>12} [{d}] {} attempt {attempt} on {agent_id}{why}; retrying",
+                    style("RETRY").magenta(),
+                    label(test)
+                ));
+                self.print_output(test, *attempt, result);
+            }
+            Some(outcome) => {
+                self.bar.inc(1);
+                let tag = match outcome {
+                    Outcome::Passed => style("PASS").green(),
+                    Outcome::Flaky => style("FLAKY").yellow().bold(),
+                    Outcome::Failed => style("FAIL").red().bold(),
+                    Outcome::TimedOut => style("TIMEOUT").red().bold(),
+                    Outcome::InfraError => style("INFRA").red(),
+                    Outcome::Skipped => style("SKIP").yellow(),
+                    Outcome::Cancelled => style("CANCEL").yellow(),
+                };
+                let mut attempt_note = if *attempt > 1 {
+                    format!(" attempt {attempt}")
+                } else {
+                    String::new()
+                };
+                if self.quarantined.contains(&test.index) {
+                    attempt_note.push_str(" (quarantined)");
+                }
+                let why = if outcome.fails_run() || *outcome == Outcome::InfraError {
+                    why
+                } else {
+                    String::new()
+                };
+                self.println(&format!(
+                    "{tag:>12} [{d}] {}{attempt_note} on {agent_id}{why}",
+                    label(test)
+                ));
+                if outcome.fails_run() || *outcome == Outcome::InfraError {
+                    self.print_output(test, *attempt, result);
+                }
+                if *outcome != Outcome::Passed {
+                    self.problems
+                        .insert((test.binary_id.clone(), test.name.clone()), *outcome);
+                }
+            }
+        }
+    }
+
     pub fn on_event(&mut self, e: &RunEvent) {
         match &e.kind {
             EventKind::RunStarted {
@@ -124,67 +189,7 @@ impl HumanReporter {
                 }
             }
             EventKind::TestStarted { test, .. } => self.bar.set_message(test.name.clone()),
-            EventKind::TestFinished {
-                test,
-                attempt,
-                agent_id,
-                result,
-                final_outcome,
-                ..
-            } => {
-                let d = secs(result.duration);
-                let why = if result.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", result.message)
-                };
-                match final_outcome {
-                    None => {
-                        self.println(&format!(
-                            "{:>12} [{d}] {} attempt {attempt} on {agent_id}{why}; retrying",
-                            style("RETRY").magenta(),
-                            label(test)
-                        ));
-                        self.print_output(test, *attempt, result);
-                    }
-                    Some(outcome) => {
-                        self.bar.inc(1);
-                        let tag = match outcome {
-                            Outcome::Passed => style("PASS").green(),
-                            Outcome::Flaky => style("FLAKY").yellow().bold(),
-                            Outcome::Failed => style("FAIL").red().bold(),
-                            Outcome::TimedOut => style("TIMEOUT").red().bold(),
-                            Outcome::InfraError => style("INFRA").red(),
-                            Outcome::Skipped => style("SKIP").yellow(),
-                            Outcome::Cancelled => style("CANCEL").yellow(),
-                        };
-                        let mut attempt_note = if *attempt > 1 {
-                            format!(" attempt {attempt}")
-                        } else {
-                            String::new()
-                        };
-                        if self.quarantined.contains(&test.index) {
-                            attempt_note.push_str(" (quarantined)");
-                        }
-                        let why = if outcome.fails_run() || *outcome == Outcome::InfraError {
-                            why
-                        } else {
-                            String::new()
-                        };
-                        self.println(&format!(
-                            "{tag:>12} [{d}] {}{attempt_note} on {agent_id}{why}",
-                            label(test)
-                        ));
-                        if outcome.fails_run() || *outcome == Outcome::InfraError {
-                            self.print_output(test, *attempt, result);
-                        }
-                        if *outcome != Outcome::Passed {
-                            self.problems
-                                .insert((test.binary_id.clone(), test.name.clone()), *outcome);
-                        }
-                    }
-                }
-            }
+            EventKind::TestFinished(finished) => self.on_finished(finished),
             EventKind::Notice { level, message } => {
                 let tag = match level {
                     NoticeLevel::Info => style("NOTE").cyan(),

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use testfleet_model::{AttemptStatus, EventKind, Outcome, RunEvent, RunState, RunSummary};
+use testfleet_model::{
+    AttemptStatus, EventKind, Outcome, RunEvent, RunState, RunSummary, TestFinished,
+};
 
 /// Lines of a failing test's output shown (the rest stays in the live report and JUnit).
 const OUTPUT_LINES: usize = 30;
@@ -65,7 +67,7 @@ impl MarkdownReporter {
                         .outcome = Some(Outcome::Skipped);
                 }
             }
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 agent_id,
                 result,
@@ -73,7 +75,7 @@ impl MarkdownReporter {
                 lease_id,
                 quarantined,
                 ..
-            } => {
+            }) => {
                 let t = self
                     .tests
                     .entry((test.binary_id.clone(), test.name.clone()))
@@ -231,7 +233,7 @@ mod tests {
         result.status = status;
         result.duration = Duration::from_millis(1500);
         result.output = b"thread panicked at src/lib.rs:3\n| a table? `code`".to_vec();
-        event(EventKind::TestFinished {
+        event(EventKind::TestFinished(TestFinished {
             test: TestRef {
                 index: 0,
                 binary_id: "bin".into(),
@@ -243,7 +245,7 @@ mod tests {
             final_outcome: outcome,
             lease_id: Some(1),
             quarantined: false,
-        })
+        }))
     }
 
     #[test]

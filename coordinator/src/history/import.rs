@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use testfleet_model::{
     AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent, RunId, RunState, RunSummary,
-    TestRef,
+    TestFinished, TestRef,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -112,7 +112,7 @@ pub fn import(
             wall += a.duration;
             *per_agent.entry(IMPORT_AGENT.into()).or_default() += 1;
             let last = i + 1 == t.attempts.len();
-            send(EventKind::TestFinished {
+            send(EventKind::TestFinished(TestFinished {
                 test: r.clone(),
                 attempt: i as u32 + 1,
                 agent_id: IMPORT_AGENT.into(),
@@ -121,7 +121,7 @@ pub fn import(
                 // Each test its own lease: never judged together as a lease that failed whole.
                 lease_id: Some(u64::from(r.index)),
                 quarantined: false,
-            });
+            }));
         }
     }
     // The tools' own wall time is unknown: the sum of the attempts stands for it.

@@ -25,7 +25,7 @@ pub use sled::{DEFAULT_KEEP_RUNS, SledStore};
 pub use writer::{HistoryUpdate, QUERY_WAIT, spawn_writer, written};
 
 use testfleet_model::{
-    AttemptResult, Outcome, RunId, RunSpec, RunState, RunSummary, TestId, TestRef,
+    Outcome, RunId, RunSpec, RunState, RunSummary, TestFinished, TestId, TestRef,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +54,7 @@ pub trait HistoryWrites {
     ) -> Result<(), HistoryError>;
     /// One attempt into the run's record of the test (every attempt, infrastructure errors too).
     #[allow(clippy::too_many_arguments)]
-    fn record_result(
-        &mut self,
-        run: RunId,
-        test: &TestRef,
-        attempt: u32,
-        agent_id: &str,
-        result: &AttemptResult,
-        final_outcome: Option<Outcome>,
-        quarantined: bool,
-    ) -> Result<(), HistoryError>;
+    fn record_result(&mut self, run: RunId, finished: &TestFinished) -> Result<(), HistoryError>;
     /// Attempts that count for the tests' statistics.
     fn record_attempts(
         &mut self,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use testfleet_model::{
     AttemptResult, AttemptStatus, EventKind, Outcome, QuarantinePolicy, RunEvent, RunId, RunState,
-    RunSummary, TestId, TestRef,
+    RunSummary, TestFinished, TestId, TestRef,
 };
 
 use super::*;
@@ -75,7 +75,7 @@ impl Pipeline {
                 let mut result = AttemptResult::infra_error("");
                 result.status = *status;
                 result.duration = Duration::from_millis(*ms);
-                send(EventKind::TestFinished {
+                send(EventKind::TestFinished(TestFinished {
                     test: TestRef {
                         index: 0,
                         binary_id: "b".into(),
@@ -87,7 +87,7 @@ impl Pipeline {
                     final_outcome: *outcome,
                     lease_id: Some(lease as u64),
                     quarantined: false,
-                });
+                }));
             }
             send(EventKind::LeaseFinished {
                 lease_id: lease as u64,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestId};
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestFinished, TestId};
 use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
@@ -164,24 +164,17 @@ impl Writer {
                 let q: Vec<u32> = quarantined.iter().map(|t| t.index).collect();
                 store.record_skipped(run, skipped, &q)?;
             }
-            EventKind::TestFinished {
-                test,
-                attempt,
-                agent_id,
-                result,
-                final_outcome,
-                lease_id,
-                quarantined,
-            } => {
-                store.record_result(
-                    run,
+            EventKind::TestFinished(finished) => {
+                store.record_result(run, finished)?;
+                let TestFinished {
                     test,
-                    *attempt,
+                    attempt,
                     agent_id,
                     result,
-                    *final_outcome,
-                    *quarantined,
-                )?;
+                    final_outcome,
+                    lease_id,
+                    ..
+                } = finished;
                 let id = TestId {
                     binary_id: test.binary_id.clone(),
                     name: test.name.clone(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use testfleet_model::{
     AgentId, AttemptResult, AttemptStatus, EventKind, LeaseId, Outcome, RunEvent, RunId, RunSpec,
+    TestFinished,
 };
 use tokio::sync::mpsc;
 
@@ -387,7 +388,7 @@ async fn a_retry_goes_to_another_agent_when_one_is_connected() {
     h.from(&b, finished(&retry, 0, AttemptStatus::Passed));
     let all = until_finished(&mut events).await;
     let outcome = all.iter().find_map(|e| match &e.kind {
-        EventKind::TestFinished { final_outcome, .. } => *final_outcome,
+        EventKind::TestFinished(TestFinished { final_outcome, .. }) => *final_outcome,
         _ => None,
     });
     assert_eq!(outcome, Some(Outcome::Flaky));
@@ -418,7 +419,7 @@ async fn duplicate_and_stale_results_are_ignored() {
     let all = until_finished(&mut events).await;
     let finishes = all
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::TestFinished { .. }))
+        .filter(|e| matches!(e.kind, EventKind::TestFinished(..)))
         .count();
     assert_eq!(finishes, 2, "exactly one result per test");
     assert!(
@@ -463,7 +464,7 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     let all = until_finished(&mut events).await;
     let infra = all
         .iter()
-        .filter(|e| matches!(&e.kind, EventKind::TestFinished { result, .. } if result.status == AttemptStatus::InfraError))
+        .filter(|e| matches!(&e.kind, EventKind::TestFinished(TestFinished { result, .. }) if result.status == AttemptStatus::InfraError))
         .count();
     assert_eq!(
         infra, 1,
@@ -582,11 +583,11 @@ async fn service_tests_no_connected_agent_can_serve_fail_at_once_and_say_why() {
     let infra: Vec<&str> = all
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 result,
                 final_outcome: Some(Outcome::InfraError),
                 ..
-            } => Some(result.message.as_str()),
+            }) => Some(result.message.as_str()),
             _ => None,
         })
         .collect();
@@ -775,7 +776,7 @@ fn acks(a: &mut FakeAgent) -> Vec<(u32, u32)> {
 fn finished_count(events: &[RunEvent]) -> usize {
     events
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::TestFinished { .. }))
+        .filter(|e| matches!(e.kind, EventKind::TestFinished(..)))
         .count()
 }
 
@@ -870,9 +871,9 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
     let real: Vec<_> = all
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 result, agent_id, ..
-            } => Some((agent_id.clone(), result.status)),
+            }) => Some((agent_id.clone(), result.status)),
             _ => None,
         })
         .collect();

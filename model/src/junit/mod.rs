@@ -10,7 +10,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, T
 
 pub use quick_junit::SerializeError;
 
-use crate::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent};
+use crate::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent, TestFinished};
 
 #[derive(Default)]
 struct TestEntry {
@@ -75,12 +75,12 @@ impl JunitReporter {
                     self.entry(&t.binary_id, &t.name).quarantined = true;
                 }
             }
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 result,
                 final_outcome,
                 ..
-            } => {
+            }) => {
                 let entry = self.entry(&test.binary_id, &test.name);
                 entry.attempts.push(result.clone());
                 entry.outcome = *final_outcome;
@@ -198,7 +198,7 @@ mod tests {
         result.status = AttemptStatus::Failed;
         result.output = "out \u{FFFF} \u{1b}[31m".as_bytes().to_vec();
         for kind in [
-            EventKind::TestFinished {
+            EventKind::TestFinished(TestFinished {
                 test,
                 attempt: 1,
                 agent_id: "a".into(),
@@ -206,7 +206,7 @@ mod tests {
                 final_outcome: Some(Outcome::Failed),
                 lease_id: None,
                 quarantined: false,
-            },
+            }),
             EventKind::RunFinished {
                 summary: RunSummary::default(),
                 state: RunState::Finished,

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
-use testfleet_model::{AttemptResult, Outcome, RunId, RunState, RunSummary, TestId, TestRef};
+use testfleet_model::{Outcome, RunId, RunState, RunSummary, TestFinished, TestId, TestRef};
 
 use super::super::records::{
     AttemptRecord, LoggedAttempt, RunEntry, RunRecord, TestLog, TestLogPart, TestSummary,
@@ -208,20 +208,20 @@ impl HistoryWrites for WriteTx<'_> {
         Ok(())
     }
 
-    fn record_result(
-        &mut self,
-        run: RunId,
-        test: &TestRef,
-        attempt: u32,
-        agent_id: &str,
-        result: &AttemptResult,
-        final_outcome: Option<Outcome>,
-        quarantined: bool,
-    ) -> Result<(), HistoryError> {
+    fn record_result(&mut self, run: RunId, finished: &TestFinished) -> Result<(), HistoryError> {
+        let TestFinished {
+            test,
+            attempt,
+            agent_id,
+            result,
+            final_outcome,
+            quarantined,
+            ..
+        } = finished;
         let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
         let attempt = AttemptRecord {
-            attempt,
-            agent_id: agent_id.to_owned(),
+            attempt: *attempt,
+            agent_id: agent_id.clone(),
             status: result.status,
             duration_ms: result.duration.as_millis() as u64,
             exit_code: result.exit_code,
@@ -236,9 +236,9 @@ impl HistoryWrites for WriteTx<'_> {
                 index: test.index,
                 binary_id: test.binary_id.clone(),
                 name: test.name.clone(),
-                quarantined,
+                quarantined: *quarantined,
                 attempt,
-                outcome: final_outcome,
+                outcome: *final_outcome,
             });
         Ok(())
     }
@@ -287,7 +287,7 @@ impl HistoryWrites for WriteTx<'_> {
 mod tests {
     use super::*;
     use crate::history::HistoryStore;
-    use testfleet_model::AttemptStatus;
+    use testfleet_model::{AttemptResult, AttemptStatus};
 
     fn id(i: usize) -> TestId {
         TestId {
@@ -377,8 +377,16 @@ mod tests {
                 .write(&mut |tx| {
                     for i in 0..n {
                         let outcome = (attempt == 2).then_some(Outcome::Flaky);
-                        let r = result(i as u64 * 10 + u64::from(attempt));
-                        tx.record_result(RunId(1), &test(i), attempt, "a", &r, outcome, false)?;
+                        let finished = TestFinished {
+                            test: test(i),
+                            attempt,
+                            agent_id: "a".into(),
+                            result: result(i as u64 * 10 + u64::from(attempt)),
+                            final_outcome: outcome,
+                            lease_id: None,
+                            quarantined: false,
+                        };
+                        tx.record_result(RunId(1), &finished)?;
                     }
                     Ok(())
                 })

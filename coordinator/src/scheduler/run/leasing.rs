@@ -2,6 +2,7 @@
 //! containers), how many, and settling the tests no connected agent can serve.
 
 use super::*;
+use testfleet_model::TestFinished;
 
 impl Run {
     fn binary_of(&self, index: u32) -> usize {
@@ -110,7 +111,7 @@ impl Run {
             t.outcome = Some(Outcome::InfraError);
             let (attempt, quarantined) = (t.attempt, t.quarantined);
             let test = self.test_ref(index);
-            self.emit(EventKind::TestFinished {
+            self.emit(EventKind::TestFinished(TestFinished {
                 test,
                 attempt,
                 agent_id: String::new(),
@@ -118,7 +119,7 @@ impl Run {
                 final_outcome: Some(Outcome::InfraError),
                 lease_id: None,
                 quarantined,
-            });
+            }));
             self.settle(index, Outcome::InfraError);
         }
     }

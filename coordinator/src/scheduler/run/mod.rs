@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use testfleet_model::{
     AgentId, AttemptResult, AttemptStatus, EventKind, LeaseId, NoticeLevel, Outcome, RetryDecision,
-    RunEvent, RunId, RunSpec, RunState, RunSummary, Scope, TestRef, decide_after_attempt,
+    RunEvent, RunId, RunSpec, RunState, RunSummary, Scope, TestFinished, TestRef,
+    decide_after_attempt,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -356,7 +357,7 @@ impl Run {
             }
         };
         let test = self.test_ref(index);
-        self.emit(EventKind::TestFinished {
+        self.emit(EventKind::TestFinished(TestFinished {
             test,
             attempt,
             agent_id: agent.to_string(),
@@ -364,7 +365,7 @@ impl Run {
             final_outcome,
             lease_id: Some(lease.0),
             quarantined,
-        });
+        }));
         // Before the run can close, so the history writer sees the lease whole.
         if let Some(t) = tally {
             self.emit(EventKind::LeaseFinished {
