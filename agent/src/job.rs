@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptResult, Runner, Scope, ServiceSpec};
-use testfleet_proto::pb;
+use testfleet_model::session::{AgentMessage, Lease, LeasedTest, ServiceStarted};
+use testfleet_model::{AttemptKey, AttemptResult, LeaseId, OriginTree, Runner, Scope, ServiceSpec};
 use tokio::sync::{mpsc, watch};
 
 use crate::AgentConfig;
@@ -19,7 +19,7 @@ use crate::trace::LeaseTrace;
 /// A test ready to start, or (in batch mode) several tests of one binary for one process.
 pub(crate) struct Job {
     /// Each test's attempt key and name, in the order they run.
-    pub tests: Vec<(pb::AttemptKey, String)>,
+    pub tests: Vec<(AttemptKey, String)>,
     /// The command of the first test (one process per test), or of the binary (a batch).
     pub cmd: TestCommand,
     pub runner: Runner,
@@ -32,14 +32,14 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub fn lease_id(&self) -> &str {
-        &self.tests[0].0.lease_id
+    pub fn lease_id(&self) -> LeaseId {
+        self.tests[0].0.lease_id
     }
 }
 
 /// A leased test whose command and services are resolved.
 pub(crate) struct Ready {
-    pub key: pb::AttemptKey,
+    pub key: AttemptKey,
     pub name: String,
     pub binary_id: String,
     pub cmd: TestCommand,
@@ -95,17 +95,13 @@ pub(crate) fn jobs(
     jobs
 }
 
-pub(crate) fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
-    pb::AgentMessage { kind: Some(kind) }
-}
-
 /// Runs a job and records its attempts' spans.
 pub(crate) async fn run_job(
     job: Job,
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
-    notes: mpsc::UnboundedSender<pb::AgentMessage>,
-) -> Vec<(pb::AttemptKey, AttemptResult)> {
+    notes: mpsc::UnboundedSender<AgentMessage>,
+) -> Vec<(AttemptKey, AttemptResult)> {
     let (trace, binary_id, tests) = (job.trace.clone(), job.binary_id.clone(), job.tests.clone());
     let results = run_tests(job, pool, no_docker, notes).await;
     crate::trace::record(&trace, &binary_id, &tests, &results);
@@ -117,13 +113,10 @@ async fn run_tests(
     job: Job,
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
-    notes: mpsc::UnboundedSender<pb::AgentMessage>,
-) -> Vec<(pb::AttemptKey, AttemptResult)> {
-    let all = |r: AttemptResult| -> Vec<(pb::AttemptKey, AttemptResult)> {
-        job.tests
-            .iter()
-            .map(|(k, _)| (k.clone(), r.clone()))
-            .collect()
+    notes: mpsc::UnboundedSender<AgentMessage>,
+) -> Vec<(AttemptKey, AttemptResult)> {
+    let all = |r: AttemptResult| -> Vec<(AttemptKey, AttemptResult)> {
+        job.tests.iter().map(|(k, _)| (*k, r.clone())).collect()
     };
     let mut cmd = job.cmd.clone();
     let prepared = if job.services.is_empty() {
@@ -139,40 +132,32 @@ async fn run_tests(
         }
     };
     if let Some(p) = &prepared {
+        let first = job.tests[0].0;
         for s in &p.starts {
-            let report = pb::ServiceStarted {
-                run_id: job.ctx.run_id.clone(),
-                lease_id: job.ctx.lease_id.clone(),
+            let _ = notes.send(AgentMessage::ServiceStarted(ServiceStarted {
+                run_id: first.run_id,
+                lease_id: first.lease_id,
                 service: s.service.clone(),
-                scope: pb::Scope::from(s.scope) as i32,
+                scope: s.scope,
                 duration_ms: s.duration.as_millis() as u64,
                 container_id: s.container_id.clone(),
                 fingerprint: s.fingerprint.clone(),
-            };
-            let _ = notes.send(msg(pb::agent_message::Kind::ServiceStarted(report)));
+            }));
         }
         cmd.env.extend(p.env.clone());
     }
     let results = if let Runner::Junit { args, ids } = &job.runner {
         let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
         let results = junit::run(&cmd, args, *ids, &names, job.cancel.clone()).await;
-        job.tests
-            .iter()
-            .map(|(k, _)| k.clone())
-            .zip(results)
-            .collect()
+        job.tests.iter().map(|(k, _)| *k).zip(results).collect()
     } else if let [(key, _)] = job.tests.as_slice() {
         let timeout_secs = cmd.timeout.as_secs_f64();
         let finished = executor::run(&cmd, job.cancel.clone()).await;
-        vec![(key.clone(), libtest::interpret(finished, timeout_secs))]
+        vec![(*key, libtest::interpret(finished, timeout_secs))]
     } else {
         let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
         let results = libtest_batch::run(&cmd, &names, job.cancel.clone()).await;
-        job.tests
-            .iter()
-            .map(|(k, _)| k.clone())
-            .zip(results)
-            .collect()
+        job.tests.iter().map(|(k, _)| *k).zip(results).collect()
     };
     if let (Some(pool), Some(p)) = (&pool, prepared) {
         pool.finish_test(p).await;
@@ -181,16 +166,9 @@ async fn run_tests(
 }
 
 /// The services a leased test needs, from the lease's list.
-pub(crate) fn services_of(
-    t: &pb::LeasedTest,
-    all: &[ServiceSpec],
-) -> Result<Vec<ServiceSpec>, String> {
-    let indices = t
-        .binary
-        .as_ref()
-        .map(|b| b.services.as_slice())
-        .unwrap_or_default();
-    indices
+pub(crate) fn services_of(t: &LeasedTest, all: &[ServiceSpec]) -> Result<Vec<ServiceSpec>, String> {
+    t.binary
+        .services
         .iter()
         .map(|i| {
             all.get(*i as usize)
@@ -201,7 +179,7 @@ pub(crate) fn services_of(
 }
 
 /// The workspace root of a lease's run, where service build contexts live.
-pub(crate) fn workspace_of(lease: &pb::Lease, root: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn workspace_of(lease: &Lease, root: Option<&Path>) -> Option<PathBuf> {
     let ws = Path::new(&lease.workspace);
     match root {
         _ if lease.workspace.is_empty() => None,
@@ -215,18 +193,11 @@ pub(crate) fn workspace_of(lease: &pb::Lease, root: Option<&Path>) -> Option<Pat
     }
 }
 
-pub(crate) fn finished_msg(key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
-    msg(pb::agent_message::Kind::TestFinished(pb::TestFinished {
-        key: Some(key),
-        result: Some(result.into()),
-    }))
-}
-
 /// Where a lease's bundle paths lead: under the bundle root, or (in the run's sandbox) at the
 /// origin of their top directory, which is where tests see them.
 pub(crate) struct Layout<'a> {
     pub root: Option<&'a Path>,
-    pub origin: &'a [pb::OriginTree],
+    pub origin: &'a [OriginTree],
     pub sandboxed: bool,
 }
 
@@ -265,13 +236,13 @@ impl Layout<'_> {
 /// a `/` is looked up on the PATH.
 pub(crate) fn command_for(
     config: &AgentConfig,
-    lease: &pb::Lease,
-    t: &pb::LeasedTest,
+    lease: &Lease,
+    t: &LeasedTest,
     root: Option<&Path>,
     sandbox: Option<&Arc<Sandbox>>,
 ) -> Result<(TestCommand, Runner), String> {
-    let binary = t.binary.as_ref().ok_or("lease without a binary")?;
-    let runner = Runner::from_kind(&binary.runner, binary.runner_args.clone())?;
+    let binary = &t.binary;
+    let runner = binary.runner.clone();
     let layout = Layout {
         root,
         origin: &lease.origin,
@@ -318,8 +289,8 @@ pub(crate) fn command_for(
         env.insert("TMPDIR".into(), seen.join(name).display().to_string());
     }
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
-    env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.clone());
-    env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.clone());
+    env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.to_string());
+    env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.to_string());
     env.insert(
         crate::orphans::AGENT_ENV.into(),
         config.agent_id.to_string(),
@@ -337,8 +308,8 @@ pub(crate) fn command_for(
         args,
         cwd,
         env,
-        timeout: Duration::from_millis(lease.test_timeout_ms.max(1)),
-        kill_grace: Duration::from_millis(lease.kill_grace_ms),
+        timeout: lease.test_timeout.max(Duration::from_millis(1)),
+        kill_grace: lease.kill_grace,
         output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
         guard: config.guard.clone(),
         sandbox: sandbox.cloned(),

@@ -216,7 +216,7 @@ async fn run_sessions(
                             Ok(Some(results)) => {
                                 w.job_done();
                                 for (key, result) in results {
-                                    w.finished(key, &result);
+                                    w.finished(key, result);
                                 }
                             }
                             _ => break,

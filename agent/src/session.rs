@@ -4,18 +4,21 @@
 
 use std::time::Duration;
 
-use testfleet_model::{AttemptResult, ServiceSpec};
+use testfleet_model::session::{AgentMessage, CoordinatorMessage, Hello, Lease, WorkRequest};
+use testfleet_model::{AttemptResult, LeaseId};
 use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
-use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
+use testfleet_proto::{LeaseError, MAX_MESSAGE_BYTES, coordinator_message_from_wire, pb};
+use testfleet_security::AuthChannel;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
 use crate::bundle_cache::BundleCache;
-use crate::job::{self, msg};
+use crate::job;
 use crate::provision::LeaseCtx;
 use crate::sandbox::RunSandboxes;
-use crate::worker::{HeldLease, Worker, ack_key};
+use crate::worker::{HeldLease, Worker};
 use crate::{AgentConfig, AgentError, Stop};
 
 pub enum SessionEnd {
@@ -43,11 +46,8 @@ pub(crate) fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
         .keep_alive_while_idle(true))
 }
 
-fn released(lease_id: String, test_indices: Vec<u32>) -> pb::AgentMessage {
-    msg(pb::agent_message::Kind::LeaseReleased(pb::LeaseReleased {
-        lease_id,
-        test_indices,
-    }))
+fn released(lease_id: LeaseId, indices: Vec<u32>) -> AgentMessage {
+    AgentMessage::LeaseReleased { lease_id, indices }
 }
 
 pub(crate) async fn run(
@@ -78,9 +78,9 @@ pub(crate) async fn run(
     let downloads = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
-    let hello = msg(pb::agent_message::Kind::Hello(pb::Hello {
-        agent_id: config.agent_id.to_string(),
+    let (out, out_rx) = mpsc::channel::<AgentMessage>(1024);
+    let hello = AgentMessage::Hello(Hello {
+        agent_id: config.agent_id.clone(),
         slots: config.slots,
         labels: config.labels.clone(),
         docker_available: w.pool.is_some(),
@@ -88,10 +88,10 @@ pub(crate) async fn run(
         docker_status: w.no_docker.clone(),
         sandbox_status: config.sandbox.status().to_owned(),
         held_leases: w.held_leases(),
-    }));
+    });
     let _ = out.send(hello).await;
     let mut inbound = match gateway
-        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx).map(pb::AgentMessage::from))
         .await
     {
         Ok(r) => r.into_inner(),
@@ -108,17 +108,21 @@ pub(crate) async fn run(
         }
         Err(s) => return broken(format!("session refused: {}", s.message())),
     };
-    let heartbeat_every = match inbound.message().await {
-        Ok(Some(pb::CoordinatorMessage {
-            kind: Some(pb::coordinator_message::Kind::Welcome(wel)),
-        })) => Duration::from_millis(wel.heartbeat_interval_ms.max(100)),
+    let heartbeat_every = match inbound
+        .message()
+        .await
+        .map(|m| m.map(coordinator_message_from_wire))
+    {
+        Ok(Some(Ok(Some(CoordinatorMessage::Welcome {
+            heartbeat_interval, ..
+        })))) => heartbeat_interval.max(Duration::from_millis(100)),
         Ok(_) => return broken("the coordinator did not answer Hello with Welcome".into()),
         Err(s) => return broken(format!("session broken before Welcome: {}", s.message())),
     };
     tracing::info!(agent = %config.agent_id, coordinator = %config.coordinator, resent = w.unacked.len(), "connected");
     // Results the coordinator may not have: it ignores what it already counted.
-    for m in w.unacked.values() {
-        let _ = out.send(m.clone()).await;
+    for m in w.resend() {
+        let _ = out.send(m).await;
     }
 
     let welcomed = |reason: String| SessionEnd::Broken {
@@ -129,7 +133,7 @@ pub(crate) async fn run(
     // The outstanding work request, if any. A request for fewer idle slots than the agent has
     // now is sent again (the coordinator keeps the newest): a slot that became idle must not
     // wait behind a request that only asked for tests to queue.
-    let mut requested: Option<pb::WorkRequest> = None;
+    let mut requested: Option<WorkRequest> = None;
     let mut gave_back = false;
     let mut final_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
 
@@ -147,11 +151,7 @@ pub(crate) async fn run(
         }
         while let Some(keys) = w.start_next() {
             for key in keys {
-                let _ = out
-                    .send(msg(pb::agent_message::Kind::TestStarted(pb::TestStarted {
-                        key: Some(key),
-                    })))
-                    .await;
+                let _ = out.send(AgentMessage::TestStarted(key)).await;
             }
         }
         if state == Stop::Running
@@ -161,9 +161,7 @@ pub(crate) async fn run(
                 .is_none_or(|r| r.free_slots < want.free_slots)
         {
             requested = Some(want);
-            let _ = out
-                .send(msg(pb::agent_message::Kind::WorkRequest(want)))
-                .await;
+            let _ = out.send(AgentMessage::WorkRequest(want)).await;
         }
         if state != Stop::Running && w.idle() {
             if w.unacked.is_empty() {
@@ -174,57 +172,31 @@ pub(crate) async fn run(
 
         tokio::select! {
             m = inbound.message() => match m {
-                Ok(Some(m)) => match m.kind {
-                    Some(pb::coordinator_message::Kind::Lease(lease)) => {
+                Ok(Some(m)) => match coordinator_message_from_wire(m) {
+                    Ok(Some(CoordinatorMessage::Lease(lease))) => {
                         requested = None;
                         if *stop.borrow() != Stop::Running {
                             let _ = out.send(released(lease.lease_id, vec![])).await;
                             continue;
                         }
-                        w.preparing += lease.tests.len();
-                        let (cancel_tx, _) = watch::channel(false);
-                        w.leases.insert(
-                            lease.lease_id.clone(),
-                            HeldLease { cancel: cancel_tx, left: lease.tests.len(), bundle: None },
-                        );
-                        let ready = w.ready_tx.clone();
-                        let cache = cache.clone();
-                        let sandboxes = sandboxes.clone();
-                        let mut client = downloads.clone();
-                        tokio::spawn(async move {
-                            let (root, held) = if lease.bundle_digest.is_empty() {
-                                (Ok(None), None)
-                            } else {
-                                match cache.ensure(&lease.bundle_digest, &mut client).await {
-                                    Ok((root, held)) => (Ok(Some(root)), Some(held)),
-                                    Err(e) => (Err(e.to_string()), None),
-                                }
-                            };
-                            // The run's namespace, made once per run on this agent.
-                            let (root, sandbox) = match root {
-                                Ok(Some(r)) => {
-                                    let origin: Vec<(String, String)> = lease
-                                        .origin
-                                        .iter()
-                                        .map(|o| (o.bundle_dir.clone(), o.path.clone()))
-                                        .collect();
-                                    match sandboxes.for_lease(&lease.run_id, &r, &origin).await {
-                                        Ok(s) => (Ok(Some(r)), s),
-                                        Err(e) => (Err(e), None),
-                                    }
-                                }
-                                other => (other, None),
-                            };
-                            let _ = ready.send((lease, root, held, sandbox));
-                        });
+                        accept(w, lease, cache, sandboxes, &downloads);
                     }
-                    Some(pb::coordinator_message::Kind::CancelLease(c)) => w.cancel_lease(&c.lease_id),
-                    Some(pb::coordinator_message::Kind::Ack(a)) => {
-                        if let Some(k) = a.key {
-                            w.unacked.remove(&ack_key(&k));
+                    Ok(Some(CoordinatorMessage::CancelLease(id))) => w.cancel_lease(id),
+                    Ok(Some(CoordinatorMessage::Ack(key))) => {
+                        w.unacked.remove(&key);
+                    }
+                    Ok(Some(CoordinatorMessage::Welcome { .. }) | None) => {}
+                    Err(LeaseError::Unreadable { keys, error, .. }) => {
+                        // Its attempts end now, saying why, rather than time out on the coordinator.
+                        let why = format!("this agent cannot read the lease: {error}");
+                        for key in keys {
+                            let m = w.finished(key, AttemptResult::infra_error(why.clone()));
+                            let _ = out.send(m).await;
                         }
                     }
-                    _ => {}
+                    Err(LeaseError::Invalid(e)) => {
+                        tracing::warn!(error = %e, "dropping an invalid message from the coordinator");
+                    }
                 },
                 Ok(None) => return welcomed("the coordinator closed the session".into()),
                 Err(s) => return welcomed(format!("session broken: {}", s.message())),
@@ -238,45 +210,33 @@ pub(crate) async fn run(
                 let cancel = held.cancel.subscribe();
                 let draining = *stop.borrow() != Stop::Running;
                 let ctx = LeaseCtx {
-                    run_id: lease.run_id.clone(),
-                    lease_id: lease.lease_id.clone(),
+                    run_id: lease.run_id.to_string(),
+                    lease_id: lease.lease_id.to_string(),
                     workspace: root.as_ref().ok().and_then(|r| job::workspace_of(&lease, r.as_deref())),
                 };
-                let lease_services: Result<Vec<ServiceSpec>, String> = lease
-                    .services
-                    .iter()
-                    .cloned()
-                    .map(|s| ServiceSpec::try_from(s).map_err(|e| e.to_string()))
-                    .collect();
                 let mut given = vec![];
                 let mut ready = vec![];
-                for t in &lease.tests {
-                    let key = testfleet_proto::pb::AttemptKey {
-                        run_id: lease.run_id.clone(),
-                        test_index: t.index,
-                        attempt: t.attempt,
-                        lease_id: lease.lease_id.clone(),
-                    };
+                for (t, key) in lease.tests.iter().zip(lease.keys()) {
                     if draining {
                         given.push(t.index);
-                        w.test_done(&key.lease_id);
+                        w.test_done(key.lease_id);
                         continue;
                     }
                     let prepared = root
                         .clone()
                         .and_then(|root| job::command_for(config, &lease, t, root.as_deref(), sandbox.as_ref()))
-                        .and_then(|(cmd, runner)| Ok((cmd, runner, job::services_of(t, lease_services.as_ref().map_err(Clone::clone)?)?)));
+                        .and_then(|(cmd, runner)| Ok((cmd, runner, job::services_of(t, &lease.services)?)));
                     match prepared {
                         Ok((cmd, runner, services)) => ready.push(job::Ready {
                             key,
                             name: t.name.clone(),
-                            binary_id: t.binary.as_ref().map(|b| b.binary_id.clone()).unwrap_or_default(),
+                            binary_id: t.binary.binary_id.clone(),
                             cmd,
                             runner,
                             services,
                         }),
                         Err(reason) => {
-                            let m = w.unstartable(key, &AttemptResult::infra_error(reason));
+                            let m = w.finished(key, AttemptResult::infra_error(reason));
                             let _ = out.send(m).await;
                         }
                     }
@@ -288,13 +248,13 @@ pub(crate) async fn run(
                 });
                 w.pending.extend(job::jobs(ready, per_process, w.slots, &cancel, &ctx, &trace));
                 if !given.is_empty() {
-                    let _ = out.send(released(lease.lease_id.clone(), given)).await;
+                    let _ = out.send(released(lease.lease_id, given)).await;
                 }
             }
             Some(results) = w.done_rx.recv() => {
                 w.job_done();
                 for (key, result) in results {
-                    let m = w.finished(key, &result);
+                    let m = w.finished(key, result);
                     let _ = out.send(m).await;
                 }
             }
@@ -302,7 +262,7 @@ pub(crate) async fn run(
                 let _ = out.send(note).await;
             }
             _ = heartbeat.tick() => {
-                let _ = out.send(msg(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {}))).await;
+                let _ = out.send(AgentMessage::Heartbeat).await;
             }
             _ = stop.changed() => {}
             () = async { final_wait.as_mut().expect("guarded").await }, if final_wait.is_some() => {
@@ -311,4 +271,47 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Holds a new lease and fetches its bundle and the run's sandbox in the background; the lease
+/// comes back on `w.ready_rx` when both are there (or failed).
+fn accept(
+    w: &mut Worker,
+    lease: Lease,
+    cache: &BundleCache,
+    sandboxes: &RunSandboxes,
+    downloads: &CoordinatorClient<AuthChannel>,
+) {
+    w.preparing += lease.tests.len();
+    let (cancel_tx, _) = watch::channel(false);
+    w.leases.insert(
+        lease.lease_id,
+        HeldLease {
+            cancel: cancel_tx,
+            left: lease.tests.len(),
+            bundle: None,
+        },
+    );
+    let ready = w.ready_tx.clone();
+    let cache = cache.clone();
+    let sandboxes = sandboxes.clone();
+    let mut client = downloads.clone();
+    tokio::spawn(async move {
+        let (root, held) = match &lease.bundle_digest {
+            None => (Ok(None), None),
+            Some(digest) => match cache.ensure(digest, &mut client).await {
+                Ok((root, held)) => (Ok(Some(root)), Some(held)),
+                Err(e) => (Err(e.to_string()), None),
+            },
+        };
+        // The run's namespace, made once per run on this agent.
+        let (root, sandbox) = match root {
+            Ok(Some(r)) => match sandboxes.for_lease(lease.run_id, &r, &lease.origin).await {
+                Ok(s) => (Ok(Some(r)), s),
+                Err(e) => (Err(e), None),
+            },
+            other => (other, None),
+        };
+        let _ = ready.send((lease, root, held, sandbox));
+    });
 }

@@ -6,8 +6,7 @@ use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span, SpanKind, Status, Tracer};
-use testfleet_model::{AttemptResult, AttemptStatus};
-use testfleet_proto::pb;
+use testfleet_model::{AttemptKey, AttemptResult, AttemptStatus};
 
 /// What an attempt's span needs besides the attempt: its lease's trace and this agent.
 #[derive(Clone, Debug, Default)]
@@ -21,8 +20,8 @@ pub(crate) struct LeaseTrace {
 pub(crate) fn record(
     trace: &LeaseTrace,
     binary_id: &str,
-    tests: &[(pb::AttemptKey, String)],
-    results: &[(pb::AttemptKey, AttemptResult)],
+    tests: &[(AttemptKey, String)],
+    results: &[(AttemptKey, AttemptResult)],
 ) {
     // Without the run's context there is no trace to join (the coordinator does not trace).
     if trace.traceparent.is_empty() {
@@ -44,8 +43,8 @@ pub(crate) fn record(
             .with_kind(SpanKind::Internal)
             .with_start_time(start)
             .with_attributes([
-                KeyValue::new("testfleet.run_id", key.run_id.clone()),
-                KeyValue::new("testfleet.lease_id", key.lease_id.clone()),
+                KeyValue::new("testfleet.run_id", key.run_id.to_string()),
+                KeyValue::new("testfleet.lease_id", key.lease_id.to_string()),
                 KeyValue::new("testfleet.test.binary", binary_id.to_owned()),
                 KeyValue::new("testfleet.test.name", name.clone()),
                 KeyValue::new("testfleet.attempt", i64::from(key.attempt)),

@@ -6,26 +6,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use testfleet_model::AttemptResult;
-use testfleet_proto::pb;
+use testfleet_model::session::{AgentMessage, Lease, WorkRequest};
+use testfleet_model::{AttemptKey, AttemptResult, LeaseId};
 use tokio::sync::{mpsc, watch};
 
 use crate::Services;
 use crate::bundle_cache::InUse;
 use crate::job::{self, Job};
 use crate::provision::ServicePool;
-
-/// A result waiting for the coordinator's acknowledgement, keyed by (run, test, attempt, lease).
-pub(crate) type AckKey = (String, u32, u32, String);
-
-pub(crate) fn ack_key(k: &pb::AttemptKey) -> AckKey {
-    (
-        k.run_id.clone(),
-        k.test_index,
-        k.attempt,
-        k.lease_id.clone(),
-    )
-}
 
 /// A lease the agent holds.
 pub(crate) struct HeldLease {
@@ -40,7 +28,7 @@ pub(crate) struct HeldLease {
 /// A lease whose bundle was fetched (or failed to be): its root, the hold on it, and the run's
 /// sandbox on this agent.
 pub(crate) type Ready = (
-    pb::Lease,
+    Lease,
     Result<Option<PathBuf>, String>,
     Option<InUse>,
     Option<Arc<crate::sandbox::Sandbox>>,
@@ -53,16 +41,16 @@ pub(crate) struct Worker {
     pub preparing: usize,
     pub pending: VecDeque<Job>,
     /// The leases this agent holds, until their last test is done or they are cancelled.
-    pub leases: HashMap<String, HeldLease>,
-    /// Results sent (or to be sent) and not yet acknowledged, oldest first.
-    pub unacked: BTreeMap<AckKey, pb::AgentMessage>,
-    pub done_tx: mpsc::UnboundedSender<Vec<(pb::AttemptKey, AttemptResult)>>,
-    pub done_rx: mpsc::UnboundedReceiver<Vec<(pb::AttemptKey, AttemptResult)>>,
+    pub leases: HashMap<LeaseId, HeldLease>,
+    /// Results sent (or to be sent) and not yet acknowledged.
+    pub unacked: BTreeMap<AttemptKey, AttemptResult>,
+    pub done_tx: mpsc::UnboundedSender<Vec<(AttemptKey, AttemptResult)>>,
+    pub done_rx: mpsc::UnboundedReceiver<Vec<(AttemptKey, AttemptResult)>>,
     pub ready_tx: mpsc::UnboundedSender<Ready>,
     pub ready_rx: mpsc::UnboundedReceiver<Ready>,
     /// Messages from test tasks (service starts) for whichever session is up.
-    pub notes_tx: mpsc::UnboundedSender<pb::AgentMessage>,
-    pub notes_rx: mpsc::UnboundedReceiver<pb::AgentMessage>,
+    pub notes_tx: mpsc::UnboundedSender<AgentMessage>,
+    pub notes_rx: mpsc::UnboundedReceiver<AgentMessage>,
     pub pool: Option<Arc<ServicePool>>,
     /// Why there is no pool (sent in Hello).
     pub no_docker: String,
@@ -99,7 +87,7 @@ impl Worker {
 
     /// What to ask the coordinator for, if anything: idle slots, and busy slots whose queue of
     /// waiting tests is running low (asked for early, so no slot waits for a round trip).
-    pub fn wanted(&self) -> Option<pb::WorkRequest> {
+    pub fn wanted(&self) -> Option<WorkRequest> {
         let free = self.free();
         let queued = self.preparing + self.pending.len();
         let queue = if queued < self.slots {
@@ -107,7 +95,7 @@ impl Worker {
         } else {
             0
         };
-        (free + queue > 0).then_some(pb::WorkRequest {
+        (free + queue > 0).then_some(WorkRequest {
             free_slots: free as u32,
             queue_slots: queue as u32,
         })
@@ -118,20 +106,20 @@ impl Worker {
         self.running == 0 && self.preparing == 0 && self.pending.is_empty()
     }
 
-    pub fn held_leases(&self) -> Vec<String> {
-        let mut l: Vec<String> = self.leases.keys().cloned().collect();
+    pub fn held_leases(&self) -> Vec<LeaseId> {
+        let mut l: Vec<LeaseId> = self.leases.keys().copied().collect();
         l.sort();
         l
     }
 
     /// Starts a pending job in its own task; returns its tests' keys, for TestStarted messages.
-    pub fn start_next(&mut self) -> Option<Vec<pb::AttemptKey>> {
+    pub fn start_next(&mut self) -> Option<Vec<AttemptKey>> {
         if self.running >= self.slots {
             return None;
         }
         let job = self.pending.pop_front()?;
         self.running += 1;
-        let keys = job.tests.iter().map(|(k, _)| k.clone()).collect();
+        let keys = job.tests.iter().map(|(k, _)| *k).collect();
         let done = self.done_tx.clone();
         let notes = self.notes_tx.clone();
         let pool = self.pool.clone();
@@ -144,43 +132,39 @@ impl Worker {
     }
 
     /// Stops a lease's tests and removes its containers (cancelled, or unknown to the coordinator).
-    pub fn cancel_lease(&mut self, lease: &str) {
-        if let Some(held) = self.leases.remove(lease) {
+    pub fn cancel_lease(&mut self, lease: LeaseId) {
+        if let Some(held) = self.leases.remove(&lease) {
             let _ = held.cancel.send(true);
-            self.release(lease.to_owned());
+            self.release(lease);
         }
         self.pending.retain(|j| j.lease_id() != lease);
     }
 
     /// Stops everything now (a forced shutdown).
     pub fn cancel_all(&mut self) {
-        let leases: Vec<String> = self.leases.keys().cloned().collect();
-        for l in leases {
-            self.cancel_lease(&l);
+        for l in self.held_leases() {
+            self.cancel_lease(l);
         }
     }
 
     /// Notes that one test of `lease` is done; after its last one the lease and its containers go.
-    pub fn test_done(&mut self, lease: &str) {
-        if let Some(held) = self.leases.get_mut(lease) {
+    pub fn test_done(&mut self, lease: LeaseId) {
+        if let Some(held) = self.leases.get_mut(&lease) {
             held.left -= 1;
             if held.left == 0 {
-                self.leases.remove(lease);
-                self.release(lease.to_owned());
+                self.leases.remove(&lease);
+                self.release(lease);
             }
         }
     }
 
     /// Takes the tests that have not started out of the queue (the agent is draining), by lease.
-    pub fn give_back_pending(&mut self) -> BTreeMap<String, Vec<u32>> {
-        let mut given: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    pub fn give_back_pending(&mut self) -> BTreeMap<LeaseId, Vec<u32>> {
+        let mut given: BTreeMap<LeaseId, Vec<u32>> = BTreeMap::new();
         for job in std::mem::take(&mut self.pending) {
             for (key, _) in job.tests {
-                given
-                    .entry(key.lease_id.clone())
-                    .or_default()
-                    .push(key.test_index);
-                self.test_done(&key.lease_id);
+                given.entry(key.lease_id).or_default().push(key.test_index);
+                self.test_done(key.lease_id);
             }
         }
         given
@@ -191,26 +175,25 @@ impl Worker {
         self.running -= 1;
     }
 
-    /// Records a finished test's result for sending until acknowledged.
-    pub fn finished(&mut self, key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
-        self.test_done(&key.lease_id);
-        let m = job::finished_msg(key.clone(), result);
-        self.unacked.insert(ack_key(&key), m.clone());
-        m
+    /// Records a test's result (run, or one the agent could not even start: a bad lease, an
+    /// unusable bundle) for sending until acknowledged, and returns its message.
+    pub fn finished(&mut self, key: AttemptKey, result: AttemptResult) -> AgentMessage {
+        self.test_done(key.lease_id);
+        self.unacked.insert(key, result.clone());
+        AgentMessage::TestFinished(key, result)
     }
 
-    /// A result the agent could not even start (bad lease, unusable bundle).
-    pub fn unstartable(&mut self, key: pb::AttemptKey, result: &AttemptResult) -> pb::AgentMessage {
-        self.test_done(&key.lease_id);
-        let m = job::finished_msg(key.clone(), result);
-        self.unacked.insert(ack_key(&key), m.clone());
-        m
+    /// Every result not acknowledged yet, as messages to send again.
+    pub fn resend(&self) -> impl Iterator<Item = AgentMessage> + '_ {
+        self.unacked
+            .iter()
+            .map(|(k, r)| AgentMessage::TestFinished(*k, r.clone()))
     }
 
     /// Removes a lease's containers in the background (the session loop never waits on Docker).
-    fn release(&self, lease: String) {
+    fn release(&self, lease: LeaseId) {
         if let Some(pool) = self.pool.clone() {
-            tokio::spawn(async move { pool.release_lease(&lease).await });
+            tokio::spawn(async move { pool.release_lease(&lease.to_string()).await });
         }
     }
 }

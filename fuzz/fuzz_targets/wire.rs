@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use testfleet_model::session::AgentMessage;
 use testfleet_model::{AttemptResult, RunEvent, RunSpec};
 use testfleet_proto::pb;
 
@@ -25,11 +26,19 @@ fuzz_target!(|data: &[u8]| {
         let _ = AttemptResult::try_from(wire);
     }
     if let Ok(wire) = pb::AgentMessage::decode(data)
-        && let Some(pb::agent_message::Kind::TestFinished(f)) = wire.kind
+        && let Ok(message) = AgentMessage::try_from(wire)
     {
-        let _ = testfleet_proto::parse_attempt_key(f.key);
-        if let Some(r) = f.result {
-            let _ = AttemptResult::try_from(r);
-        }
+        let again = AgentMessage::try_from(pb::AgentMessage::from(message.clone()))
+            .expect("an agent message converts back");
+        assert_eq!(again, message);
+    }
+    if let Ok(wire) = pb::CoordinatorMessage::decode(data)
+        && let Ok(Some(message)) = testfleet_proto::coordinator_message_from_wire(wire)
+    {
+        let again = testfleet_proto::coordinator_message_from_wire(pb::CoordinatorMessage::from(
+            &message,
+        ))
+        .expect("a coordinator message converts back");
+        assert_eq!(again, Some(message));
     }
 });

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use testfleet_model::{
-    AttemptResult, AttemptStatus, Binary, EventKind, LeaseId, NoticeLevel, OriginTree, Outcome,
+    AttemptResult, AttemptStatus, Binary, EventKind, NoticeLevel, OriginTree, Outcome,
     QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, Runner, ServiceSpec,
     ServiceTiming, TestFinished, TestRef, TestSpec,
 };
@@ -34,34 +34,13 @@ impl From<ConvertError> for tonic::Status {
     }
 }
 
-fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ConvertError> {
+pub(crate) fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ConvertError> {
     v.ok_or_else(|| ConvertError::new(field, "missing"))
 }
 
 pub fn parse_run_id(s: &str) -> Result<RunId, ConvertError> {
     s.parse()
         .map_err(|e: testfleet_model::IdError| ConvertError::new("run_id", e.to_string()))
-}
-
-/// The wire key of an attempt, as the agent echoes it back.
-pub fn attempt_key(run: RunId, index: u32, attempt: u32, lease: LeaseId) -> pb::AttemptKey {
-    pb::AttemptKey {
-        run_id: run.to_string(),
-        test_index: index,
-        attempt,
-        lease_id: lease.to_string(),
-    }
-}
-
-pub fn parse_attempt_key(
-    k: Option<pb::AttemptKey>,
-) -> Result<(RunId, u32, u32, LeaseId), ConvertError> {
-    let k = required(k, "key")?;
-    let lease = k
-        .lease_id
-        .parse()
-        .map_err(|e: testfleet_model::IdError| ConvertError::new("lease_id", e.to_string()))?;
-    Ok((parse_run_id(&k.run_id)?, k.test_index, k.attempt, lease))
 }
 
 // --- run specs --------------------------------------------------------------------------------
@@ -644,10 +623,10 @@ mod tests {
         let err = RunSpec::try_from(pb::RunSpec::default()).unwrap_err();
         assert_eq!(err.to_string(), "invalid run spec: the run has no test");
 
-        let err = parse_attempt_key(Some(pb::AttemptKey {
+        let err = testfleet_model::AttemptKey::try_from(pb::AttemptKey {
             run_id: "x".into(),
             ..Default::default()
-        }))
+        })
         .unwrap_err();
         assert!(err.to_string().contains("lease"), "{err}");
     }

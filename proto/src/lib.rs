@@ -10,14 +10,14 @@ mod chunks;
 mod convert;
 mod reports;
 mod services;
+mod session;
 pub mod trace;
 
 pub use chunks::file_chunks;
 
-pub use convert::{
-    ConvertError, attempt_key, parse_attempt_key, parse_run_id, run_state_from_wire,
-};
+pub use convert::{ConvertError, parse_run_id, run_state_from_wire};
 pub use services::scope_from_wire;
+pub use session::{LeaseError, coordinator_message_from_wire};
 
 /// Largest gRPC message either side accepts: a lease or a run spec with many tests can be large.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use testfleet_model::{OriginTree, RunId};
 use tokio::sync::Mutex;
 
 use super::{Launcher, Sandbox, Tree};
@@ -19,7 +20,7 @@ pub struct RunSandboxes {
     launcher: Launcher,
     /// This agent's scratch space for sandboxes (`<work dir>/sandboxes/<agent>`).
     root: PathBuf,
-    open: Arc<Mutex<HashMap<String, Arc<Sandbox>>>>,
+    open: Arc<Mutex<HashMap<RunId, Arc<Sandbox>>>>,
 }
 
 impl RunSandboxes {
@@ -39,22 +40,22 @@ impl RunSandboxes {
     /// names no origins (a local run, or a client that predates them).
     pub async fn for_lease(
         &self,
-        run_id: &str,
+        run_id: RunId,
         bundle: &Path,
-        origin: &[(String, String)],
+        origin: &[OriginTree],
     ) -> Result<Option<Arc<Sandbox>>, String> {
         if !self.launcher.available() || origin.is_empty() {
             return Ok(None);
         }
         let mut open = self.open.lock().await;
-        if let Some(s) = open.get(run_id) {
+        if let Some(s) = open.get(&run_id) {
             return Ok(Some(s.clone()));
         }
         let trees: Vec<Tree> = origin
             .iter()
-            .map(|(dir, path)| Tree {
-                bundle_path: bundle.join(dir),
-                origin: PathBuf::from(path),
+            .map(|o| Tree {
+                bundle_path: bundle.join(&o.bundle_dir),
+                origin: PathBuf::from(&o.path),
             })
             .collect();
         for t in &trees {
@@ -64,11 +65,11 @@ impl RunSandboxes {
         }
         let sandbox = self
             .launcher
-            .open(&trees, &self.root.join(run_id))
+            .open(&trees, &self.root.join(run_id.to_string()))
             .await
             .map_err(|e| format!("cannot make the run's sandbox: {e}"))?;
-        open.insert(run_id.to_owned(), sandbox.clone());
-        let (all, run) = (self.open.clone(), run_id.to_owned());
+        open.insert(run_id, sandbox.clone());
+        let (all, run) = (self.open.clone(), run_id);
         // Checked now and then rather than at every lease's end: cheap, and one place.
         tokio::spawn(async move {
             loop {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use testfleet_agent::provision::{DockerProvisioner, Provisioner};
 use testfleet_agent::{AgentConfig, Stop};
-use testfleet_coordinator::scheduler::ONLY_RUN_LABEL;
+use testfleet_model::session::ONLY_RUN_LABEL;
 use testfleet_model::{AgentId, RunId, RunSpec, exit_code};
 use testfleet_proto::pb;
 

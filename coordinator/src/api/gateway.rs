@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use testfleet_model::AgentId;
+use testfleet_model::session::{AgentMessage, Hello};
 use testfleet_proto::pb::agent_gateway_server::AgentGateway;
-use testfleet_proto::{ConvertError, parse_attempt_key, pb};
+use testfleet_proto::{ConvertError, pb};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::limits::{Limit, Limits, exceeded};
-use crate::scheduler::{AgentCommand, AgentHello, Command, FromAgent, LeaseGrant, SchedulerHandle};
+use crate::scheduler::{AgentCommand, Command, SchedulerHandle};
 
 /// An agent that connects must say hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,32 +31,16 @@ pub struct Gateway {
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
-fn hello_from_wire(h: pb::Hello) -> Result<AgentHello, Status> {
-    let agent_id: AgentId = h
-        .agent_id
-        .parse()
-        .map_err(|e: testfleet_model::IdError| Status::invalid_argument(e.to_string()))?;
-    if h.slots == 0 || h.slots > MAX_SLOTS {
+/// A hello the coordinator accepts: its agent id parsed, its slots within bounds.
+fn hello_from_wire(h: pb::Hello) -> Result<Hello, Status> {
+    let hello = Hello::try_from(h)?;
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
         return Err(Status::invalid_argument(format!(
-            "agent {agent_id} offers {} slots; between 1 and {MAX_SLOTS} are allowed",
-            h.slots
+            "agent {} offers {} slots; between 1 and {MAX_SLOTS} are allowed",
+            hello.agent_id, hello.slots
         )));
     }
-    Ok(AgentHello {
-        agent_id,
-        slots: h.slots,
-        labels: h.labels,
-        docker_available: h.docker_available,
-        version: h.version,
-        docker_status: h.docker_status,
-        sandbox_status: h.sandbox_status,
-        // A lease id it cannot parse is one this coordinator never handed out: ignored.
-        held_leases: h
-            .held_leases
-            .iter()
-            .filter_map(|l| l.parse().ok())
-            .collect(),
-    })
+    Ok(hello)
 }
 
 /// Cuts a result's output to what the coordinator keeps at most, whatever the agent sent.
@@ -72,115 +56,28 @@ fn bounded(mut result: testfleet_model::AttemptResult, max: u64) -> testfleet_mo
     result
 }
 
+/// A message after the hello, converted and with its output bounded; `None` for a second hello or
+/// an empty message (a newer agent's kind this coordinator does not know).
 fn message_from_wire(
     m: pb::AgentMessage,
     limits: &Limits,
-) -> Result<Option<FromAgent>, ConvertError> {
-    use pb::agent_message::Kind;
-    Ok(Some(match m.kind {
-        None | Some(Kind::Hello(_)) => return Ok(None),
-        Some(Kind::Heartbeat(_)) => FromAgent::Heartbeat,
-        Some(Kind::WorkRequest(w)) => FromAgent::WorkRequest {
-            free_slots: w.free_slots,
-            queue_slots: w.queue_slots,
-        },
-        Some(Kind::TestStarted(s)) => {
-            let (run_id, index, attempt, lease_id) = parse_attempt_key(s.key)?;
-            FromAgent::Started {
-                run_id,
-                index,
-                attempt,
-                lease_id,
-            }
-        }
-        Some(Kind::TestFinished(f)) => {
-            let (run_id, index, attempt, lease_id) = parse_attempt_key(f.key)?;
-            let result = f
-                .result
-                .ok_or_else(|| ConvertError {
-                    field: "result",
-                    reason: "missing".into(),
-                })?
-                .try_into()?;
-            FromAgent::Finished {
-                run_id,
-                index,
-                attempt,
-                lease_id,
-                result: bounded(result, limits.max_output_bytes),
-            }
-        }
-        Some(Kind::ServiceStarted(s)) => FromAgent::ServiceStarted {
-            run_id: testfleet_proto::parse_run_id(&s.run_id)?,
-            service: s.service,
-            scope: testfleet_proto::scope_from_wire(s.scope)?,
-            duration_ms: s.duration_ms,
-            container_id: s.container_id,
-            fingerprint: s.fingerprint,
-        },
-        Some(Kind::LeaseReleased(r)) => FromAgent::LeaseReleased {
-            lease_id: r
-                .lease_id
-                .parse()
-                .map_err(|e: testfleet_model::IdError| ConvertError {
-                    field: "lease_id",
-                    reason: e.to_string(),
-                })?,
-            indices: r.test_indices,
-        },
-    }))
-}
-
-fn lease_to_wire(g: &LeaseGrant) -> pb::Lease {
-    let spec = &g.spec;
-    pb::Lease {
-        lease_id: g.lease_id.to_string(),
-        run_id: g.run_id.to_string(),
-        bundle_digest: spec.bundle_digest.clone().unwrap_or_default(),
-        tests: g
-            .tests
-            .iter()
-            .map(|(index, attempt)| {
-                let t = &spec.tests[*index as usize];
-                pb::LeasedTest {
-                    index: *index,
-                    attempt: *attempt,
-                    name: t.name.clone(),
-                    binary: Some((&spec.binaries[t.binary as usize]).into()),
-                }
-            })
-            .collect(),
-        test_timeout_ms: spec.test_timeout.as_millis() as u64,
-        kill_grace_ms: spec.kill_grace.as_millis() as u64,
-        output_cap_bytes: spec.output_cap_bytes,
-        services: spec.services.iter().map(Into::into).collect(),
-        workspace: spec.workspace.clone(),
-        tests_per_process: spec.tests_per_process,
-        traceparent: g.traceparent.clone(),
-        origin: spec.origin.iter().map(Into::into).collect(),
-        pass_env: spec.pass_env.clone(),
+) -> Result<Option<AgentMessage>, ConvertError> {
+    if m.kind.is_none() {
+        return Ok(None);
     }
+    Ok(match AgentMessage::try_from(m)? {
+        AgentMessage::Hello(_) => None,
+        AgentMessage::TestFinished(key, result) => Some(AgentMessage::TestFinished(
+            key,
+            bounded(result, limits.max_output_bytes),
+        )),
+        other => Some(other),
+    })
 }
 
+/// A command for the agent on the wire; a lease is expanded here, in the session's task.
 fn command_to_wire(c: AgentCommand) -> pb::CoordinatorMessage {
-    use pb::coordinator_message::Kind;
-    let kind = match c {
-        AgentCommand::Welcome {
-            agent_id,
-            heartbeat_interval,
-        } => Kind::Welcome(pb::Welcome {
-            agent_id: agent_id.to_string(),
-            heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
-        }),
-        AgentCommand::Lease(g) => Kind::Lease(lease_to_wire(&g)),
-        AgentCommand::CancelLease(id) => Kind::CancelLease(pb::CancelLease {
-            lease_id: id.to_string(),
-        }),
-        AgentCommand::Ack(run, index, attempt, lease) => Kind::Ack(pb::Ack {
-            key: Some(testfleet_proto::attempt_key(run, index, attempt, lease)),
-        }),
-    };
-    pb::CoordinatorMessage { kind: Some(kind) }
+    pb::CoordinatorMessage::from(&c.map_lease(|g| g.to_lease()))
 }
 
 #[tonic::async_trait]

@@ -1,76 +1,16 @@
-//! What the scheduler knows of connected agents and their leases, and the messages exchanged with
-//! them (already converted from the wire by the gateway).
+//! What the scheduler knows of connected agents and their leases, and the form of a lease it hands
+//! to an agent's session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, RunSpec, Scope};
+use testfleet_model::session::{self, CoordinatorMessage, Hello, LeasedTest};
+use testfleet_model::{AgentId, LeaseId, RunId, RunSpec};
 use tokio::sync::mpsc;
 
 /// Identifies one connection of an agent; a reconnect gets a new one.
 pub type ConnId = u64;
-
-#[derive(Clone, Debug)]
-pub struct AgentHello {
-    pub agent_id: AgentId,
-    pub slots: u32,
-    pub labels: HashMap<String, String>,
-    pub docker_available: bool,
-    pub version: String,
-    /// Why Docker is unavailable (empty when it is available).
-    pub docker_status: String,
-    /// Why its tests do not run in a private namespace (empty when they do).
-    pub sandbox_status: String,
-    /// Leases the agent still works on, when it reconnects.
-    pub held_leases: Vec<LeaseId>,
-}
-
-/// The label that pins an agent to one run: it is leased that run's tests only (a CI job's agent
-/// works on its pipeline's run and nothing else).
-pub const ONLY_RUN_LABEL: &str = "testfleet.run";
-
-impl AgentHello {
-    /// The run this agent is pinned to, if any.
-    pub fn only_run(&self) -> Option<testfleet_model::RunId> {
-        self.labels.get(ONLY_RUN_LABEL)?.parse().ok()
-    }
-}
-
-#[derive(Debug)]
-pub enum FromAgent {
-    Heartbeat,
-    WorkRequest {
-        free_slots: u32,
-        queue_slots: u32,
-    },
-    Started {
-        run_id: RunId,
-        index: u32,
-        attempt: u32,
-        lease_id: LeaseId,
-    },
-    Finished {
-        run_id: RunId,
-        index: u32,
-        attempt: u32,
-        lease_id: LeaseId,
-        result: AttemptResult,
-    },
-    /// Tests of a lease the agent gives back unstarted (all of them when `indices` is empty).
-    LeaseReleased {
-        lease_id: LeaseId,
-        indices: Vec<u32>,
-    },
-    ServiceStarted {
-        run_id: RunId,
-        service: String,
-        scope: Scope,
-        duration_ms: u64,
-        container_id: String,
-        fingerprint: String,
-    },
-}
 
 #[derive(Clone, Debug)]
 pub struct LeaseGrant {
@@ -83,17 +23,43 @@ pub struct LeaseGrant {
     pub traceparent: String,
 }
 
-#[derive(Clone, Debug)]
-pub enum AgentCommand {
-    Welcome {
-        agent_id: AgentId,
-        heartbeat_interval: Duration,
-    },
-    Lease(LeaseGrant),
-    CancelLease(LeaseId),
-    /// The result of (run, test index, attempt, lease) needs no resending.
-    Ack(RunId, u32, u32, LeaseId),
+impl LeaseGrant {
+    /// The lease as the agent is sent it: each test with its name and binary. Made by the
+    /// session's task, not the scheduler's, which only hands out the spec's `Arc`.
+    pub fn to_lease(&self) -> session::Lease {
+        let spec = &self.spec;
+        session::Lease {
+            lease_id: self.lease_id,
+            run_id: self.run_id,
+            bundle_digest: spec.bundle_digest.clone(),
+            tests: self
+                .tests
+                .iter()
+                .map(|&(index, attempt)| {
+                    let t = &spec.tests[index as usize];
+                    LeasedTest {
+                        index,
+                        attempt,
+                        name: t.name.clone(),
+                        binary: spec.binaries[t.binary as usize].clone(),
+                    }
+                })
+                .collect(),
+            test_timeout: spec.test_timeout,
+            kill_grace: spec.kill_grace,
+            output_cap_bytes: spec.output_cap_bytes,
+            services: spec.services.clone(),
+            workspace: spec.workspace.clone(),
+            tests_per_process: spec.tests_per_process,
+            traceparent: self.traceparent.clone(),
+            origin: spec.origin.clone(),
+            pass_env: spec.pass_env.clone(),
+        }
+    }
 }
+
+/// What the scheduler tells an agent: the session's messages, with leases still in their cheap form.
+pub type AgentCommand = CoordinatorMessage<LeaseGrant>;
 
 #[derive(Clone, Debug)]
 pub struct AgentSnapshot {
@@ -117,7 +83,7 @@ pub(super) struct WorkWanted {
 }
 
 pub(super) struct Agent {
-    pub hello: AgentHello,
+    pub hello: Hello,
     pub conn: ConnId,
     /// `None` while disconnected: its leases wait for it until the lease timeout.
     pub tx: Option<mpsc::UnboundedSender<AgentCommand>>,
@@ -133,7 +99,7 @@ pub(super) struct Agent {
 }
 
 impl Agent {
-    pub fn new(hello: AgentHello, conn: ConnId, tx: mpsc::UnboundedSender<AgentCommand>) -> Self {
+    pub fn new(hello: Hello, conn: ConnId, tx: mpsc::UnboundedSender<AgentCommand>) -> Self {
         Agent {
             hello,
             conn,

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Scheduler;
-use super::agents::{Agent, AgentCommand, AgentHello, ConnId};
+use testfleet_model::session::Hello;
+
+use super::agents::{Agent, AgentCommand, ConnId};
 
 /// Lost leases remembered for adoption (see `Scheduler::lost_leases`).
 const LOST_LEASES_KEPT: usize = 100_000;
@@ -17,7 +19,7 @@ const LOST_LEASES_KEPT: usize = 100_000;
 impl Scheduler {
     pub(super) fn on_connected(
         &mut self,
-        hello: AgentHello,
+        hello: Hello,
         conn: ConnId,
         tx: mpsc::UnboundedSender<AgentCommand>,
     ) {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use testfleet_model::{AgentId, RunEvent, RunId, RunSpec, RunState, RunSummary};
 use tokio::sync::{mpsc, oneshot};
 
-use super::agents::{AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent};
+use testfleet_model::session::{AgentMessage, Hello};
+
+use super::agents::{AgentCommand, AgentSnapshot, ConnId};
 use crate::metrics::Gauges;
 
 /// A watcher's view of a run: the events so far from the requested position, then live ones.
@@ -72,14 +74,14 @@ pub enum Command {
     /// What the scheduler holds now, for metrics and health checks.
     Stats { reply: oneshot::Sender<Gauges> },
     AgentConnected {
-        hello: AgentHello,
+        hello: Hello,
         conn: ConnId,
         tx: mpsc::UnboundedSender<AgentCommand>,
     },
     FromAgent {
         agent: AgentId,
         conn: ConnId,
-        msg: FromAgent,
+        msg: AgentMessage,
     },
     AgentDisconnected {
         agent: AgentId,
@@ -108,7 +110,7 @@ impl SchedulerHandle {
             cmd,
             Command::AgentConnected { .. }
                 | Command::FromAgent {
-                    msg: FromAgent::WorkRequest { .. },
+                    msg: AgentMessage::WorkRequest(_),
                     ..
                 }
         );

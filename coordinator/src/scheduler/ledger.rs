@@ -2,13 +2,14 @@
 //! services started, tests given back), checked against the leases this coordinator handed out
 //! before any of it reaches a run.
 
-use testfleet_model::{AgentId, AttemptResult, LeaseId, RunId, Scope};
+use testfleet_model::session::{AgentMessage, CoordinatorMessage, ServiceStarted, WorkRequest};
+use testfleet_model::{AgentId, AttemptKey, AttemptResult, LeaseId, Scope};
 
-use super::agents::{AgentCommand, ConnId, FromAgent, WorkWanted};
+use super::agents::{ConnId, WorkWanted};
 use super::{LeaseTally, Scheduler};
 
 impl Scheduler {
-    pub(super) fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: FromAgent) {
+    pub(super) fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: AgentMessage) {
         let Some(agent) = self
             .agents
             .get_mut(&agent_id)
@@ -18,32 +19,20 @@ impl Scheduler {
         };
         agent.last_seen = tokio::time::Instant::now();
         match msg {
-            FromAgent::Heartbeat => {}
-            FromAgent::WorkRequest {
-                free_slots,
-                queue_slots,
-            } => self.on_work_request(agent_id, free_slots, queue_slots),
-            FromAgent::Started {
-                run_id,
-                index,
-                attempt,
-                lease_id,
-            } => self.on_started(&agent_id, run_id, index, attempt, lease_id),
-            FromAgent::Finished {
-                run_id,
-                index,
-                attempt,
-                lease_id,
-                result,
-            } => self.on_finished(&agent_id, run_id, index, attempt, lease_id, result),
-            FromAgent::ServiceStarted {
+            // Only the first message of a session is a hello; the gateway took it.
+            AgentMessage::Hello(_) | AgentMessage::Heartbeat => {}
+            AgentMessage::WorkRequest(wanted) => self.on_work_request(agent_id, wanted),
+            AgentMessage::TestStarted(key) => self.on_started(&agent_id, key),
+            AgentMessage::TestFinished(key, result) => self.on_finished(&agent_id, key, result),
+            AgentMessage::ServiceStarted(ServiceStarted {
                 run_id,
                 service,
                 scope,
                 duration_ms,
                 container_id,
                 fingerprint,
-            } => {
+                ..
+            }) => {
                 if scope == Scope::Agent
                     && let Some(agent) = self.agents.get_mut(&agent_id)
                 {
@@ -53,21 +42,21 @@ impl Scheduler {
                     run.on_service_started(&agent_id, service, scope, duration_ms, container_id);
                 }
             }
-            FromAgent::LeaseReleased { lease_id, indices } => {
+            AgentMessage::LeaseReleased { lease_id, indices } => {
                 self.on_released(&agent_id, lease_id, &indices)
             }
         }
     }
 
     /// Parks (or withdraws) an agent's request for work, then serves what is parked.
-    fn on_work_request(&mut self, agent_id: AgentId, free_slots: u32, queue_slots: u32) {
+    fn on_work_request(&mut self, agent_id: AgentId, asked: WorkRequest) {
         let Some(agent) = self.agents.get_mut(&agent_id) else {
             return;
         };
         let slots = agent.hello.slots;
         let wanted = WorkWanted {
-            free: free_slots.min(slots),
-            queue: queue_slots.min(slots),
+            free: asked.free_slots.min(slots),
+            queue: asked.queue_slots.min(slots),
         };
         agent.pending_request = (wanted.free + wanted.queue > 0).then_some(wanted);
         if agent.pending_request.is_some() {
@@ -78,14 +67,13 @@ impl Scheduler {
         self.dispatch();
     }
 
-    fn on_started(
-        &mut self,
-        agent_id: &AgentId,
-        run_id: RunId,
-        index: u32,
-        attempt: u32,
-        lease_id: LeaseId,
-    ) {
+    fn on_started(&mut self, agent_id: &AgentId, key: AttemptKey) {
+        let AttemptKey {
+            run_id,
+            test_index: index,
+            attempt,
+            lease_id,
+        } = key;
         let Some(lease) = self
             .leases
             .get_mut(&lease_id)
@@ -107,26 +95,24 @@ impl Scheduler {
     /// A result: acknowledged in any case, counted once if its lease and attempt are current (or
     /// adopted, for a lease this coordinator took back), the lease closed with its tally once its
     /// last test is in.
-    fn on_finished(
-        &mut self,
-        agent_id: &AgentId,
-        run_id: RunId,
-        index: u32,
-        attempt: u32,
-        lease_id: LeaseId,
-        result: AttemptResult,
-    ) {
+    fn on_finished(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
+        let AttemptKey {
+            run_id,
+            test_index: index,
+            attempt,
+            lease_id,
+        } = key;
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return;
         };
         // Whatever becomes of it, the agent can stop resending it.
-        agent.send(AgentCommand::Ack(run_id, index, attempt, lease_id));
+        agent.send(CoordinatorMessage::Ack(key));
         let Some(lease) = self
             .leases
             .get_mut(&lease_id)
             .filter(|l| l.agent == *agent_id && l.run == run_id)
         else {
-            self.on_unleased_result(agent_id, run_id, index, attempt, lease_id, result);
+            self.on_unleased_result(agent_id, key, result);
             return;
         };
         if lease.outstanding.remove(&index).is_none() {
@@ -159,15 +145,13 @@ impl Scheduler {
     /// lost in a restart). It still counts if its test waits, unleased, for exactly this attempt;
     /// otherwise it is late and ignored. Only a lease that existed and was this agent's can be
     /// adopted: an agent cannot settle tests nobody gave it by inventing lease ids.
-    fn on_unleased_result(
-        &mut self,
-        agent_id: &AgentId,
-        run_id: RunId,
-        index: u32,
-        attempt: u32,
-        lease_id: LeaseId,
-        result: AttemptResult,
-    ) {
+    fn on_unleased_result(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
+        let AttemptKey {
+            run_id,
+            test_index: index,
+            attempt,
+            lease_id,
+        } = key;
         let issued_to_it =
             lease_id.0 < self.first_lease || self.lost_leases.get(&lease_id) == Some(agent_id);
         if issued_to_it

@@ -14,9 +14,7 @@ mod run;
 mod tests;
 
 pub use actor::spawn;
-pub use agents::{
-    AgentCommand, AgentHello, AgentSnapshot, ConnId, FromAgent, LeaseGrant, ONLY_RUN_LABEL,
-};
+pub use agents::{AgentCommand, AgentSnapshot, ConnId, LeaseGrant};
 pub use handle::{Command, RunSlot, RunSnapshot, SchedulerGone, SchedulerHandle, Subscription};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

@@ -5,14 +5,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use testfleet_model::session::{AgentMessage, Hello, ONLY_RUN_LABEL, ServiceStarted, WorkRequest};
 use testfleet_model::{
     AgentId, AttemptResult, AttemptStatus, EventKind, LeaseId, Outcome, RunEvent, RunId, RunSpec,
     TestFinished,
 };
+use testfleet_model::{AttemptKey, RunState};
 use tokio::sync::mpsc;
 
 use super::*;
-use testfleet_model::RunState;
 
 fn spec(n: usize, retries: u32) -> Arc<RunSpec> {
     Arc::new(RunSpec {
@@ -101,7 +102,7 @@ impl Harness {
         let id: AgentId = name.parse().unwrap();
         self.handle
             .send(Command::AgentConnected {
-                hello: AgentHello {
+                hello: Hello {
                     agent_id: id.clone(),
                     slots,
                     labels,
@@ -126,7 +127,7 @@ impl Harness {
         FakeAgent { id, conn, rx }
     }
 
-    fn from(&self, a: &FakeAgent, msg: FromAgent) {
+    fn from(&self, a: &FakeAgent, msg: AgentMessage) {
         self.handle
             .send(Command::FromAgent {
                 agent: a.id.clone(),
@@ -198,11 +199,11 @@ async fn lease(a: &mut FakeAgent) -> LeaseGrant {
 }
 
 /// A work request for `free_slots` idle slots and none to queue behind busy ones.
-fn ask(free_slots: u32) -> FromAgent {
-    FromAgent::WorkRequest {
+fn ask(free_slots: u32) -> AgentMessage {
+    AgentMessage::WorkRequest(WorkRequest {
         free_slots,
         queue_slots: 0,
-    }
+    })
 }
 
 /// Asserts that nothing but acknowledgements reached `a`.
@@ -233,20 +234,22 @@ async fn pass_time(h: &Harness, secs: u64, alive: &[&FakeAgent]) {
     for _ in 0..secs.div_ceil(5) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         for a in alive {
-            h.from(a, FromAgent::Heartbeat);
+            h.from(a, AgentMessage::Heartbeat);
         }
     }
 }
 
-fn finished(g: &LeaseGrant, i: usize, status: AttemptStatus) -> FromAgent {
+fn finished(g: &LeaseGrant, i: usize, status: AttemptStatus) -> AgentMessage {
     let (index, attempt) = g.tests[i];
-    FromAgent::Finished {
-        run_id: g.run_id,
-        index,
-        attempt,
-        lease_id: g.lease_id,
-        result: result(status),
-    }
+    AgentMessage::TestFinished(
+        AttemptKey {
+            run_id: g.run_id,
+            test_index: index,
+            attempt,
+            lease_id: g.lease_id,
+        },
+        result(status),
+    )
 }
 
 async fn until_finished(events: &mut mpsc::UnboundedReceiver<RunEvent>) -> Vec<RunEvent> {
@@ -284,18 +287,18 @@ async fn a_parked_request_is_served_when_work_arrives_and_leases_are_sized_by_th
     // what is left over a's half of the slots) and never beyond 32 per slot.
     h.from(
         &a,
-        FromAgent::WorkRequest {
+        AgentMessage::WorkRequest(WorkRequest {
             free_slots: 0,
             queue_slots: 1,
-        },
+        }),
     );
     assert_eq!(lease(&mut a).await.tests.len(), 18);
     h.from(
         &a,
-        FromAgent::WorkRequest {
+        AgentMessage::WorkRequest(WorkRequest {
             free_slots: 0,
             queue_slots: 4,
-        },
+        }),
     );
     assert_eq!(lease(&mut a).await.tests.len(), 14);
 }
@@ -329,10 +332,10 @@ async fn near_the_end_nothing_is_leased_to_queue_behind_a_busy_slot() {
     let _events = h.submit(1, spec(1, 0)).await;
     h.from(
         &a,
-        FromAgent::WorkRequest {
+        AgentMessage::WorkRequest(WorkRequest {
             free_slots: 0,
             queue_slots: 1,
-        },
+        }),
     );
     h.settle().await;
     assert_no_lease(&mut a, "the last test would wait behind a's running one");
@@ -404,15 +407,15 @@ async fn duplicate_and_stale_results_are_ignored() {
     h.from(&a, finished(&g, 0, AttemptStatus::Passed));
     h.from(&a, finished(&g, 0, AttemptStatus::Failed)); // a resend: ignored
     let mut wrong_attempt = finished(&g, 0, AttemptStatus::Failed);
-    if let FromAgent::Finished { attempt, .. } = &mut wrong_attempt {
-        *attempt = 7;
+    if let AgentMessage::TestFinished(key, _) = &mut wrong_attempt {
+        key.attempt = 7;
     }
     h.from(&a, wrong_attempt);
     h.from(&a, ask(1));
     let g2 = lease(&mut a).await;
     let mut foreign = finished(&g2, 0, AttemptStatus::Failed);
-    if let FromAgent::Finished { lease_id, .. } = &mut foreign {
-        *lease_id = LeaseId(999);
+    if let AgentMessage::TestFinished(key, _) = &mut foreign {
+        key.lease_id = LeaseId(999);
     }
     h.from(&a, foreign);
     h.from(&a, finished(&g2, 0, AttemptStatus::Passed));
@@ -442,12 +445,12 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
     let (index, attempt) = g.tests[0];
     h.from(
         &a,
-        FromAgent::Started {
+        AgentMessage::TestStarted(AttemptKey {
             run_id: g.run_id,
-            index,
+            test_index: index,
             attempt,
             lease_id: g.lease_id,
-        },
+        }),
     );
     h.handle
         .send(Command::AgentDisconnected {
@@ -622,14 +625,15 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     assert_eq!(binaries_of(&g), ["b"; 5]);
     h.from(
         &a,
-        FromAgent::ServiceStarted {
+        AgentMessage::ServiceStarted(ServiceStarted {
             run_id: RunId(1),
             service: "db".into(),
             scope: testfleet_model::Scope::Agent,
             duration_ms: 700,
             container_id: "c1".into(),
             fingerprint,
-        },
+            lease_id: LeaseId(1),
+        }),
     );
     h.from(&a, finished(&g, 0, AttemptStatus::Passed));
     // (Work requests overtake other messages; the container's report must have been read.)
@@ -659,13 +663,15 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
     let (index, attempt) = g.tests[0];
     h.from(
         &docker,
-        FromAgent::Finished {
-            run_id: g.run_id,
-            index,
-            attempt,
-            lease_id: g.lease_id,
-            result: AttemptResult::infra_error("image missing"),
-        },
+        AgentMessage::TestFinished(
+            AttemptKey {
+                run_id: g.run_id,
+                test_index: index,
+                attempt,
+                lease_id: g.lease_id,
+            },
+            AttemptResult::infra_error("image missing"),
+        ),
     );
     h.from(&docker, ask(1));
     let retry = lease(&mut docker).await;
@@ -692,13 +698,15 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     let (index, attempt) = g.tests[0];
     h.from(
         &a,
-        FromAgent::Finished {
-            run_id: g.run_id,
-            index,
-            attempt,
-            lease_id: g.lease_id,
-            result: AttemptResult::infra_error("bundle unusable"),
-        },
+        AgentMessage::TestFinished(
+            AttemptKey {
+                run_id: g.run_id,
+                test_index: index,
+                attempt,
+                lease_id: g.lease_id,
+            },
+            AttemptResult::infra_error("bundle unusable"),
+        ),
     );
     h.from(&a, ask(1));
     h.settle().await;
@@ -766,8 +774,8 @@ fn disconnect(h: &Harness, a: &FakeAgent) {
 fn acks(a: &mut FakeAgent) -> Vec<(u32, u32)> {
     let mut out = vec![];
     while let Ok(cmd) = a.rx.try_recv() {
-        if let AgentCommand::Ack(_, index, attempt, _) = cmd {
-            out.push((index, attempt));
+        if let AgentCommand::Ack(key) = cmd {
+            out.push((key.test_index, key.attempt));
         }
     }
     out
@@ -840,12 +848,12 @@ async fn a_late_result_for_a_test_run_elsewhere_is_ignored_and_acknowledged() {
     let g = lease(&mut a).await;
     h.from(
         &a,
-        FromAgent::Started {
+        AgentMessage::TestStarted(AttemptKey {
             run_id: g.run_id,
-            index: 0,
+            test_index: 0,
             attempt: 1,
             lease_id: g.lease_id,
-        },
+        }),
     );
     disconnect(&h, &a);
     h.from(&b, ask(1));
@@ -922,13 +930,15 @@ async fn a_result_for_a_lease_never_issued_settles_nothing() {
     // Before any lease: a "result" for test 1 under an invented lease id of this epoch.
     h.from(
         &a,
-        FromAgent::Finished {
-            run_id: RunId(1),
-            index: 1,
-            attempt: 1,
-            lease_id: LeaseId(u64::MAX - 1),
-            result: result(AttemptStatus::Passed),
-        },
+        AgentMessage::TestFinished(
+            AttemptKey {
+                run_id: RunId(1),
+                test_index: 1,
+                attempt: 1,
+                lease_id: LeaseId(u64::MAX - 1),
+            },
+            result(AttemptStatus::Passed),
+        ),
     );
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
