@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use testfleet_model::RunSpec;
 use testfleet_proto::pb;
 use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
@@ -37,18 +38,10 @@ fn key(run: &str, index: u32, attempt: u32, lease: &str) -> Option<pb::AttemptKe
 }
 
 fn spec(tests: usize) -> pb::RunSpec {
-    pb::RunSpec {
+    pb::RunSpec::from(&RunSpec {
         suite: "garbage".into(),
-        tests: (0..tests)
-            .map(|i| pb::TestSpec {
-                binary: 0,
-                name: format!("t{i}"),
-                ignored: false,
-            })
-            .collect(),
-        retries: Some(0),
-        ..common::spec()
-    }
+        ..common::model_spec(tests)
+    })
 }
 
 /// Everything an agent can say that makes no sense, after a proper Hello.

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
+use testfleet_model::{RunSpec, test_support};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -57,24 +59,20 @@ pub async fn start(
     (CoordinatorClient::new(s.channel), s.stop, s.server)
 }
 
-/// A run of one test that no agent is there to run.
+/// A run of one test that no agent is there to run, on the wire.
 pub fn spec() -> pb::RunSpec {
-    pb::RunSpec {
-        suite: "keys".into(),
-        binaries: vec![pb::Binary {
-            binary_id: "b".into(),
-            path: "/bin/true".into(),
-            cwd: "/".into(),
-            ..Default::default()
-        }],
-        tests: vec![pb::TestSpec {
-            binary: 0,
-            name: "t".into(),
-            ignored: false,
-        }],
-        test_timeout_ms: 10_000,
-        kill_grace_ms: 100,
-        output_cap_bytes: 4096,
-        ..Default::default()
+    let mut spec = model_spec(1);
+    spec.suite = "keys".into();
+    spec.retries = None;
+    spec.tests[0].name = "t".into();
+    pb::RunSpec::from(&spec)
+}
+
+/// `n` tests of `/bin/true` with a 10 s timeout and no retries.
+pub fn model_spec(n: usize) -> RunSpec {
+    RunSpec {
+        test_timeout: Duration::from_secs(10),
+        kill_grace: Duration::from_millis(100),
+        ..test_support::spec(n)
     }
 }
