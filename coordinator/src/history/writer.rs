@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestFinished, TestId};
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
@@ -166,37 +166,30 @@ impl Writer {
             }
             EventKind::TestFinished(finished) => {
                 store.record_result(run, finished)?;
-                let TestFinished {
-                    test,
-                    attempt,
-                    agent_id,
-                    result,
-                    final_outcome,
-                    lease_id,
-                    ..
-                } = finished;
                 let id = TestId {
-                    binary_id: test.binary_id.clone(),
-                    name: test.name.clone(),
+                    binary_id: finished.test.binary_id.clone(),
+                    name: finished.test.name.clone(),
                 };
-                if let (Some(lease), false) = (lease_id, result.status == AttemptStatus::InfraError)
-                {
+                if let (Some(lease), false) = (
+                    finished.lease_id,
+                    finished.result.status == AttemptStatus::InfraError,
+                ) {
                     let logged = LoggedAttempt {
                         run_id: run.0,
-                        attempt: *attempt,
+                        attempt: finished.attempt,
                         revision: self.revisions.get(&run).cloned().unwrap_or_default(),
-                        status: result.status,
-                        duration_ms: result.duration.as_millis() as u64,
-                        agent_id: agent_id.clone(),
+                        status: finished.result.status,
+                        duration_ms: finished.result.duration.as_millis() as u64,
+                        agent_id: finished.agent_id.clone(),
                         at_unix_ms: event.at_unix_ms,
                     };
                     self.pending
-                        .entry((run, *lease))
+                        .entry((run, lease))
                         .or_default()
                         .push((id.clone(), logged));
                 }
-                if let Some(o) = final_outcome {
-                    store.record_settled(&suite, &id, *o)?;
+                if let Some(o) = finished.final_outcome {
+                    store.record_settled(&suite, &id, o)?;
                 }
             }
             EventKind::LeaseFinished {

@@ -68,27 +68,21 @@ impl Scheduler {
     }
 
     fn on_started(&mut self, agent_id: &AgentId, key: AttemptKey) {
-        let AttemptKey {
-            run_id,
-            test_index: index,
-            attempt,
-            lease_id,
-        } = key;
         let Some(lease) = self
             .leases
-            .get_mut(&lease_id)
+            .get_mut(&key.lease_id)
             .filter(|l| l.agent == *agent_id)
         else {
             return;
         };
-        let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+        let Some(run) = self.runs.get_mut(&key.run_id).filter(|r| r.is_running()) else {
             return;
         };
-        if run.is_current(index, attempt, lease_id)
-            && let Some(started) = lease.outstanding.get_mut(&index)
+        if run.is_current(key.test_index, key.attempt, key.lease_id)
+            && let Some(started) = lease.outstanding.get_mut(&key.test_index)
         {
             *started = true;
-            run.on_started(index, attempt, agent_id);
+            run.on_started(key.test_index, key.attempt, agent_id);
         }
     }
 
@@ -96,12 +90,6 @@ impl Scheduler {
     /// adopted, for a lease this coordinator took back), the lease closed with its tally once its
     /// last test is in.
     fn on_finished(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
-        let AttemptKey {
-            run_id,
-            test_index: index,
-            attempt,
-            lease_id,
-        } = key;
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return;
         };
@@ -109,14 +97,14 @@ impl Scheduler {
         agent.send(CoordinatorMessage::Ack(key));
         let Some(lease) = self
             .leases
-            .get_mut(&lease_id)
-            .filter(|l| l.agent == *agent_id && l.run == run_id)
+            .get_mut(&key.lease_id)
+            .filter(|l| l.agent == *agent_id && l.run == key.run_id)
         else {
             self.on_unleased_result(agent_id, key, result);
             return;
         };
-        if lease.outstanding.remove(&index).is_none() {
-            tracing::debug!(%lease_id, index, "ignoring a duplicate result");
+        if lease.outstanding.remove(&key.test_index).is_none() {
+            tracing::debug!(lease_id = %key.lease_id, index = key.test_index, "ignoring a duplicate result");
             return;
         }
         lease.failed += u32::from(result.status.is_test_failure());
@@ -125,18 +113,25 @@ impl Scheduler {
             failed: lease.failed,
         });
         if tally.is_some() {
-            self.leases.remove(&lease_id);
+            self.leases.remove(&key.lease_id);
         }
         agent.busy = agent.busy.saturating_sub(1);
-        let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running()) else {
+        let Some(run) = self.runs.get_mut(&key.run_id).filter(|r| r.is_running()) else {
             return;
         };
-        if !run.is_current(index, attempt, lease_id) {
+        if !run.is_current(key.test_index, key.attempt, key.lease_id) {
             return;
         }
-        run.on_finished(index, attempt, agent_id, lease_id, result, tally);
+        run.on_finished(
+            key.test_index,
+            key.attempt,
+            agent_id,
+            key.lease_id,
+            result,
+            tally,
+        );
         if !run.is_running() {
-            self.on_run_closed(run_id);
+            self.on_run_closed(key.run_id);
         }
         self.dispatch();
     }
@@ -146,20 +141,14 @@ impl Scheduler {
     /// otherwise it is late and ignored. Only a lease that existed and was this agent's can be
     /// adopted: an agent cannot settle tests nobody gave it by inventing lease ids.
     fn on_unleased_result(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
-        let AttemptKey {
-            run_id,
-            test_index: index,
-            attempt,
-            lease_id,
-        } = key;
-        let issued_to_it =
-            lease_id.0 < self.first_lease || self.lost_leases.get(&lease_id) == Some(agent_id);
+        let issued_to_it = key.lease_id.0 < self.first_lease
+            || self.lost_leases.get(&key.lease_id) == Some(agent_id);
         if issued_to_it
-            && let Some(run) = self.runs.get_mut(&run_id).filter(|r| r.is_running())
-            && run.adopt(index, attempt, agent_id, lease_id, result)
+            && let Some(run) = self.runs.get_mut(&key.run_id).filter(|r| r.is_running())
+            && run.adopt(key.test_index, key.attempt, agent_id, key.lease_id, result)
         {
             if !run.is_running() {
-                self.on_run_closed(run_id);
+                self.on_run_closed(key.run_id);
             }
             self.dispatch();
         }

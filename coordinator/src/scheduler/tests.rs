@@ -240,16 +240,18 @@ async fn pass_time(h: &Harness, secs: u64, alive: &[&FakeAgent]) {
 }
 
 fn finished(g: &LeaseGrant, i: usize, status: AttemptStatus) -> AgentMessage {
-    let (index, attempt) = g.tests[i];
-    AgentMessage::TestFinished(
-        AttemptKey {
-            run_id: g.run_id,
-            test_index: index,
-            attempt,
-            lease_id: g.lease_id,
-        },
-        result(status),
-    )
+    AgentMessage::TestFinished(key_of(g, i), result(status))
+}
+
+/// The attempt key of a lease's `i`th test.
+fn key_of(g: &LeaseGrant, i: usize) -> AttemptKey {
+    let (test_index, attempt) = g.tests[i];
+    AttemptKey {
+        run_id: g.run_id,
+        test_index,
+        attempt,
+        lease_id: g.lease_id,
+    }
 }
 
 async fn until_finished(events: &mut mpsc::UnboundedReceiver<RunEvent>) -> Vec<RunEvent> {
@@ -442,16 +444,7 @@ async fn a_lost_agent_s_tests_are_requeued_without_spending_attempts() {
         1,
         "half the remaining work for the only agent"
     );
-    let (index, attempt) = g.tests[0];
-    h.from(
-        &a,
-        AgentMessage::TestStarted(AttemptKey {
-            run_id: g.run_id,
-            test_index: index,
-            attempt,
-            lease_id: g.lease_id,
-        }),
-    );
+    h.from(&a, AgentMessage::TestStarted(key_of(&g, 0)));
     h.handle
         .send(Command::AgentDisconnected {
             agent: a.id.clone(),
@@ -663,15 +656,7 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
     let (index, attempt) = g.tests[0];
     h.from(
         &docker,
-        AgentMessage::TestFinished(
-            AttemptKey {
-                run_id: g.run_id,
-                test_index: index,
-                attempt,
-                lease_id: g.lease_id,
-            },
-            AttemptResult::infra_error("image missing"),
-        ),
+        AgentMessage::TestFinished(key_of(&g, 0), AttemptResult::infra_error("image missing")),
     );
     h.from(&docker, ask(1));
     let retry = lease(&mut docker).await;
@@ -698,15 +683,7 @@ async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     let (index, attempt) = g.tests[0];
     h.from(
         &a,
-        AgentMessage::TestFinished(
-            AttemptKey {
-                run_id: g.run_id,
-                test_index: index,
-                attempt,
-                lease_id: g.lease_id,
-            },
-            AttemptResult::infra_error("bundle unusable"),
-        ),
+        AgentMessage::TestFinished(key_of(&g, 0), AttemptResult::infra_error("bundle unusable")),
     );
     h.from(&a, ask(1));
     h.settle().await;

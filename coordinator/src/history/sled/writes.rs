@@ -209,19 +209,11 @@ impl HistoryWrites for WriteTx<'_> {
     }
 
     fn record_result(&mut self, run: RunId, finished: &TestFinished) -> Result<(), HistoryError> {
-        let TestFinished {
-            test,
-            attempt,
-            agent_id,
-            result,
-            final_outcome,
-            quarantined,
-            ..
-        } = finished;
+        let result = &finished.result;
         let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
         let attempt = AttemptRecord {
-            attempt: *attempt,
-            agent_id: agent_id.clone(),
+            attempt: finished.attempt,
+            agent_id: finished.agent_id.clone(),
             status: result.status,
             duration_ms: result.duration.as_millis() as u64,
             exit_code: result.exit_code,
@@ -233,12 +225,12 @@ impl HistoryWrites for WriteTx<'_> {
             .entry(run.0)
             .or_default()
             .push(RunEntry::Attempt {
-                index: test.index,
-                binary_id: test.binary_id.clone(),
-                name: test.name.clone(),
-                quarantined: *quarantined,
+                index: finished.test.index,
+                binary_id: finished.test.binary_id.clone(),
+                name: finished.test.name.clone(),
+                quarantined: finished.quarantined,
                 attempt,
-                outcome: *final_outcome,
+                outcome: finished.final_outcome,
             });
         Ok(())
     }
