@@ -33,7 +33,10 @@ pub(crate) fn record(
     // Walk back from now: the last attempt ended now, each earlier one where the next began.
     for ((key, name), (_, result)) in tests.iter().zip(results).rev() {
         let start = end.checked_sub(result.duration).unwrap_or(end);
-        let status = if result.status == AttemptStatus::Passed {
+        let status = if matches!(
+            result.status,
+            AttemptStatus::Passed | AttemptStatus::Skipped
+        ) {
             Status::Ok
         } else {
             Status::error(result.message.clone())

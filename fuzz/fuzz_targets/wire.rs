@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(Some(message)) = testfleet_proto::coordinator_message_from_wire(wire)
     {
         let again = testfleet_proto::coordinator_message_from_wire(pb::CoordinatorMessage::from(
-            &message,
+            message.clone(),
         ))
         .expect("a coordinator message converts back");
         assert_eq!(again, Some(message));

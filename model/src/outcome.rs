@@ -15,14 +15,18 @@ pub enum AttemptStatus {
     TimedOut,
     /// The agent could not run the test at all (missing binary, bad bundle, lost agent).
     InfraError,
+    /// The test skipped itself when it ran (pytest's `skip` and `skipif`, an expected failure that
+    /// failed: `xfail`; a tool's JUnit `<skipped>`): neither a pass nor a failure.
+    Skipped,
 }
 
 impl AttemptStatus {
-    pub const ALL: [AttemptStatus; 4] = [
+    pub const ALL: [AttemptStatus; 5] = [
         AttemptStatus::Passed,
         AttemptStatus::Failed,
         AttemptStatus::TimedOut,
         AttemptStatus::InfraError,
+        AttemptStatus::Skipped,
     ];
 
     /// The status as JSON reports, metrics and spans spell it (`timed_out`).
@@ -32,7 +36,17 @@ impl AttemptStatus {
             AttemptStatus::Failed => "failed",
             AttemptStatus::TimedOut => "timed_out",
             AttemptStatus::InfraError => "infra_error",
+            AttemptStatus::Skipped => "skipped",
         }
+    }
+
+    /// Whether the attempt's duration says how long the test takes: a test that skipped itself
+    /// or never ran says nothing of it.
+    pub fn is_timed_run(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::Passed | AttemptStatus::Failed | AttemptStatus::TimedOut
+        )
     }
 
     /// Whether this attempt counts against the test (infrastructure errors never do).
@@ -50,7 +64,7 @@ pub enum Outcome {
     /// Failed at least once, then passed.
     Flaky,
     TimedOut,
-    /// Ignored by the test binary; never run.
+    /// Ignored by the test binary and never run, or skipped by the test itself when it ran.
     Skipped,
     /// Could not be run because of the infrastructure, after bounded retries.
     InfraError,
@@ -180,7 +194,8 @@ pub const MAX_INFRA_RETRIES: usize = 3;
 ///
 /// A pass settles the test (flaky when any earlier attempt failed); a failure is retried until
 /// `1 + retries` real attempts were made; infrastructure errors are retried up to
-/// [`MAX_INFRA_RETRIES`] times and never count as attempts.
+/// [`MAX_INFRA_RETRIES`] times and never count as attempts. A skip settles the test as skipped,
+/// unless an earlier attempt failed: a test that failed and never passed has failed.
 pub fn decide_after_attempt(statuses: &[AttemptStatus], retries: u32) -> RetryDecision {
     let Some(&last) = statuses.last() else {
         return RetryDecision::Retry {
@@ -207,6 +222,8 @@ pub fn decide_after_attempt(statuses: &[AttemptStatus], retries: u32) -> RetryDe
                 RetryDecision::Settle(Outcome::Failed)
             }
         }
+        AttemptStatus::Skipped if failures > 0 => RetryDecision::Settle(Outcome::Failed),
+        AttemptStatus::Skipped => RetryDecision::Settle(Outcome::Skipped),
         AttemptStatus::InfraError => {
             let infra = statuses.len() - real_attempts;
             if infra <= MAX_INFRA_RETRIES {
@@ -277,6 +294,23 @@ mod tests {
             decide_after_attempt(&many[..MAX_INFRA_RETRIES], 0),
             INFRA_RETRY
         );
+    }
+
+    #[test]
+    fn a_skip_settles_as_skipped_unless_the_test_failed_before() {
+        assert_eq!(
+            decide_after_attempt(&[Skipped], 2),
+            settle(Outcome::Skipped)
+        );
+        assert_eq!(
+            decide_after_attempt(&[InfraError, Skipped], 2),
+            settle(Outcome::Skipped)
+        );
+        assert_eq!(
+            decide_after_attempt(&[Failed, Skipped], 2),
+            settle(Outcome::Failed)
+        );
+        assert!(!Skipped.is_test_failure() && !Skipped.is_timed_run());
     }
 
     #[test]

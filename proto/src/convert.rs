@@ -45,22 +45,29 @@ pub fn parse_run_id(s: &str) -> Result<RunId, ConvertError> {
 
 // --- run specs --------------------------------------------------------------------------------
 
+/// By value: a lease's binaries are moved onto the wire, not copied again.
+impl From<Binary> for pb::Binary {
+    fn from(b: Binary) -> Self {
+        pb::Binary {
+            runner: b.runner.kind().to_owned(),
+            runner_args: match b.runner {
+                Runner::Libtest => vec![],
+                Runner::Junit { args, .. } => args,
+            },
+            binary_id: b.binary_id,
+            path: b.path,
+            cwd: b.cwd,
+            env: b.env.into_iter().collect(),
+            services: b.services,
+            path_env: b.path_env.into_iter().collect(),
+            library_path: b.library_path,
+        }
+    }
+}
+
 impl From<&Binary> for pb::Binary {
     fn from(b: &Binary) -> Self {
-        pb::Binary {
-            binary_id: b.binary_id.clone(),
-            path: b.path.clone(),
-            cwd: b.cwd.clone(),
-            env: b.env.clone().into_iter().collect(),
-            services: b.services.clone(),
-            runner: b.runner.kind().to_owned(),
-            runner_args: match &b.runner {
-                Runner::Libtest => vec![],
-                Runner::Junit { args, .. } => args.clone(),
-            },
-            path_env: b.path_env.clone().into_iter().collect(),
-            library_path: b.library_path.clone(),
-        }
+        b.clone().into()
     }
 }
 
@@ -194,6 +201,7 @@ impl From<AttemptStatus> for pb::AttemptStatus {
             AttemptStatus::Failed => pb::AttemptStatus::Failed,
             AttemptStatus::TimedOut => pb::AttemptStatus::TimedOut,
             AttemptStatus::InfraError => pb::AttemptStatus::InfraError,
+            AttemptStatus::Skipped => pb::AttemptStatus::Skipped,
         }
     }
 }
@@ -205,6 +213,7 @@ pub(crate) fn attempt_status_from_wire(v: i32) -> Result<AttemptStatus, ConvertE
             Ok(pb::AttemptStatus::Failed) => Ok(AttemptStatus::Failed),
             Ok(pb::AttemptStatus::TimedOut) => Ok(AttemptStatus::TimedOut),
             Ok(pb::AttemptStatus::InfraError) => Ok(AttemptStatus::InfraError),
+            Ok(pb::AttemptStatus::Skipped) => Ok(AttemptStatus::Skipped),
             _ => Err(ConvertError::new(
                 "attempt status",
                 format!("unknown value {v}"),

@@ -158,31 +158,32 @@ impl TryFrom<pb::AgentMessage> for AgentMessage {
 
 // --- from the coordinator ---------------------------------------------------------------------
 
-impl From<&Lease> for pb::Lease {
-    fn from(l: &Lease) -> Self {
+/// By value: the gateway makes each lease for the wire and moves it there.
+impl From<Lease> for pb::Lease {
+    fn from(l: Lease) -> Self {
         pb::Lease {
             lease_id: l.lease_id.to_string(),
             run_id: l.run_id.to_string(),
-            bundle_digest: l.bundle_digest.clone().unwrap_or_default(),
+            bundle_digest: l.bundle_digest.unwrap_or_default(),
             tests: l
                 .tests
-                .iter()
+                .into_iter()
                 .map(|t| pb::LeasedTest {
                     index: t.index,
                     attempt: t.attempt,
-                    name: t.name.clone(),
-                    binary: Some((&t.binary).into()),
+                    name: t.name,
+                    binary: Some(t.binary.into()),
                 })
                 .collect(),
             test_timeout_ms: l.test_timeout.as_millis() as u64,
             kill_grace_ms: l.kill_grace.as_millis() as u64,
             output_cap_bytes: l.output_cap_bytes,
             services: l.services.iter().map(Into::into).collect(),
-            workspace: l.workspace.clone(),
+            workspace: l.workspace,
             tests_per_process: l.tests_per_process,
-            traceparent: l.traceparent.clone(),
+            traceparent: l.traceparent,
             origin: l.origin.iter().map(Into::into).collect(),
-            pass_env: l.pass_env.clone(),
+            pass_env: l.pass_env,
         }
     }
 }
@@ -260,8 +261,8 @@ impl TryFrom<pb::Lease> for Lease {
     }
 }
 
-impl From<&CoordinatorMessage> for pb::CoordinatorMessage {
-    fn from(c: &CoordinatorMessage) -> Self {
+impl From<CoordinatorMessage> for pb::CoordinatorMessage {
+    fn from(c: CoordinatorMessage) -> Self {
         use pb::coordinator_message::Kind;
         let kind = match c {
             CoordinatorMessage::Welcome {
@@ -276,7 +277,7 @@ impl From<&CoordinatorMessage> for pb::CoordinatorMessage {
                 lease_id: id.to_string(),
             }),
             CoordinatorMessage::Ack(key) => Kind::Ack(pb::Ack {
-                key: Some((*key).into()),
+                key: Some(key.into()),
             }),
         };
         pb::CoordinatorMessage { kind: Some(kind) }
@@ -405,7 +406,7 @@ mod tests {
             CoordinatorMessage::Ack(key()),
         ];
         for m in messages {
-            let wire = pb::CoordinatorMessage::from(&m);
+            let wire = pb::CoordinatorMessage::from(m.clone());
             assert_eq!(coordinator_message_from_wire(wire).unwrap(), Some(m));
         }
     }
@@ -420,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_lease_with_an_unknown_runner_still_names_its_attempts() {
-        let mut wire = pb::Lease::from(&lease());
+        let mut wire = pb::Lease::from(lease());
         wire.tests[0].binary.as_mut().unwrap().runner = "mystery".into();
         match Lease::try_from(wire) {
             Err(LeaseError::Unreadable { lease_id, keys, .. }) => {

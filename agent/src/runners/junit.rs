@@ -125,13 +125,13 @@ fn verdict(id: &str, cases: &[Case], ids: IdStyle) -> Option<AttemptResult> {
         .filter(|c| ids.reports(id, &c.classname, &c.name))
     {
         let this = match (&c.skipped, c.attempts.last()) {
-            // A test the tool skipped at run time (pytest's `skip`, `xfail`) did not fail.
+            // A test the tool skipped at run time (pytest's `skip`, `skipif`, `xfail`).
             (Some(why), _) => AttemptResult {
-                status: AttemptStatus::Passed,
+                status: AttemptStatus::Skipped,
                 message: if why.is_empty() {
                     "skipped".to_owned()
                 } else {
-                    format!("skipped: {why}")
+                    why.clone()
                 },
                 ..AttemptResult::infra_error("")
             },
@@ -151,7 +151,7 @@ fn verdict(id: &str, cases: &[Case], ids: IdStyle) -> Option<AttemptResult> {
                 seen.duration += this.duration;
                 seen.output.extend_from_slice(&this.output);
                 seen.output_omitted_bytes += this.output_omitted_bytes;
-                if seen.status == AttemptStatus::Passed && this.status != AttemptStatus::Passed {
+                if severity(this.status) > severity(seen.status) {
                     seen.status = this.status;
                     seen.message = this.message;
                 }
@@ -160,6 +160,15 @@ fn verdict(id: &str, cases: &[Case], ids: IdStyle) -> Option<AttemptResult> {
         });
     }
     found
+}
+
+/// How bad a case's verdict is, for a test reported twice: a failure beats a skip beats a pass.
+fn severity(status: AttemptStatus) -> u8 {
+    match status {
+        AttemptStatus::Passed => 0,
+        AttemptStatus::Skipped => 1,
+        AttemptStatus::Failed | AttemptStatus::TimedOut | AttemptStatus::InfraError => 2,
+    }
 }
 
 /// pytest's `junit_logging=all` heads every section of captured output (`--- Captured Out ---`),
@@ -323,7 +332,7 @@ mod tests {
         let s = verdict("tests/test_db.py::test_s", &[skipped], IdStyle::Pytest).unwrap();
         assert_eq!(
             (s.status, s.message.as_str()),
-            (AttemptStatus::Passed, "skipped: not today")
+            (AttemptStatus::Skipped, "not today")
         );
     }
 }

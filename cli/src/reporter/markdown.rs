@@ -87,7 +87,10 @@ impl MarkdownReporter {
                         agent_id.clone(),
                     ));
                 }
-                if result.status != AttemptStatus::Passed {
+                if !matches!(
+                    result.status,
+                    AttemptStatus::Passed | AttemptStatus::Skipped
+                ) {
                     let text = String::from_utf8_lossy(&result.output);
                     let mut shown: Vec<&str> = text.lines().take(OUTPUT_LINES).collect();
                     if !result.message.is_empty() {

@@ -77,7 +77,7 @@ fn message_from_wire(
 
 /// A command for the agent on the wire; a lease is expanded here, in the session's task.
 fn command_to_wire(c: AgentCommand) -> pb::CoordinatorMessage {
-    pb::CoordinatorMessage::from(&c.map_lease(|g| g.to_lease()))
+    pb::CoordinatorMessage::from(c.map_lease(|g| g.to_lease()))
 }
 
 #[tonic::async_trait]

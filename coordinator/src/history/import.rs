@@ -42,6 +42,7 @@ pub fn outcome_of(t: &ImportedTest) -> Outcome {
         AttemptStatus::Failed => Outcome::Failed,
         AttemptStatus::TimedOut => Outcome::TimedOut,
         AttemptStatus::InfraError => Outcome::InfraError,
+        AttemptStatus::Skipped => Outcome::Skipped,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{AttemptStatus, EventKind, RunEvent, RunId, TestId};
+use testfleet_model::{EventKind, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
@@ -170,10 +170,11 @@ impl Writer {
                     binary_id: finished.test.binary_id.clone(),
                     name: finished.test.name.clone(),
                 };
-                if let (Some(lease), false) = (
-                    finished.lease_id,
-                    finished.result.status == AttemptStatus::InfraError,
-                ) {
+                // Only attempts that ran count for statistics: an infrastructure error or a test
+                // that skipped itself says nothing of its duration or its flakiness.
+                if let (Some(lease), true) =
+                    (finished.lease_id, finished.result.status.is_timed_run())
+                {
                     let logged = LoggedAttempt {
                         run_id: run.0,
                         attempt: finished.attempt,

@@ -16,7 +16,8 @@ pub struct Case {
     pub name: String,
     /// In the order they ran; the last is the final verdict. Empty when the test was skipped.
     pub attempts: Vec<AttemptResult>,
-    /// `Some(message)` when the tool skipped the test.
+    /// `Some(message)` when the tool skipped the test; pytest's expected failures (`xfail`) say so
+    /// first (`xfail: reason`).
     pub skipped: Option<String>,
 }
 
@@ -71,7 +72,12 @@ pub fn parse(text: &str, output_cap: usize) -> Result<Vec<Case>, String> {
         for child in case.children().filter(|n| n.is_element()) {
             match child.tag_name().name() {
                 "skipped" => {
-                    skipped = Some(child.attribute("message").unwrap_or("").to_owned());
+                    let message = child.attribute("message").unwrap_or("");
+                    skipped = Some(match child.attribute("type") {
+                        Some("pytest.xfail") if message.is_empty() => "xfail".to_owned(),
+                        Some("pytest.xfail") => format!("xfail: {message}"),
+                        _ => message.to_owned(),
+                    });
                     final_attempt = None;
                 }
                 "failure" | "error" => {

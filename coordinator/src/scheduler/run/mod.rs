@@ -332,7 +332,7 @@ impl Run {
             .attempts_per_agent
             .entry(agent.to_string())
             .or_default() += 1;
-        if result.status != AttemptStatus::InfraError {
+        if result.status.is_timed_run() {
             let ms = result.duration.as_millis() as u64;
             self.summary.busy_ms += ms;
             self.summary.longest_ms = self.summary.longest_ms.max(ms);
