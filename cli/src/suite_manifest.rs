@@ -45,6 +45,16 @@ pub fn load_tool_suite(explicit: Option<&Path>) -> CliResult<Option<SuiteManifes
     Ok(suite.manifest.runner.is_some().then_some(suite))
 }
 
+/// How the tool suite here (`--manifest`, or `testfleet.toml` in the current directory) names its
+/// tests in its own reports, if it is one whose ids say (pytest).
+pub fn tool_id_style(explicit: Option<&Path>) -> Option<testfleet_model::IdStyle> {
+    let runner = load_tool_suite(explicit).ok()??.manifest.runner?;
+    match runner.tool {
+        testfleet_model::manifest::Tool::Pytest { .. } => Some(testfleet_model::IdStyle::Pytest),
+        testfleet_model::manifest::Tool::Command { .. } => None,
+    }
+}
+
 /// Reads the manifest at `path`; its directory is where its relative paths start.
 fn open(path: &Path) -> CliResult<SuiteManifest> {
     let manifest = Manifest::load(path).map_err(|e| CliError::BadManifest(e.to_string()))?;

@@ -94,6 +94,12 @@ impl Runner {
 }
 
 impl IdStyle {
+    /// The classname and name the tool's own JUnit report gives test `id`, where the id says:
+    /// pytest's, from the node id; `None` for plain ids.
+    pub fn case_of(self, id: &str) -> Option<(String, String)> {
+        (self == IdStyle::Pytest).then(|| pytest_case(id))
+    }
+
     /// Whether the JUnit case `classname`/`name` reports the test `id`.
     pub fn reports(self, id: &str, classname: &str, name: &str) -> bool {
         if self == IdStyle::Pytest {

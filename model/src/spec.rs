@@ -164,6 +164,17 @@ pub enum SpecError {
 }
 
 impl RunSpec {
+    /// How the suite's tool names its tests in its own reports, when its ids say (pytest).
+    pub fn case_style(&self) -> Option<crate::IdStyle> {
+        self.binaries.iter().find_map(|b| match &b.runner {
+            crate::Runner::Junit {
+                ids: crate::IdStyle::Pytest,
+                ..
+            } => Some(crate::IdStyle::Pytest),
+            _ => None,
+        })
+    }
+
     pub const MAX_TESTS: usize = 1_000_000;
     pub const MAX_RETRIES: u32 = 20;
     pub const MIN_OUTPUT_CAP: u64 = 1024;

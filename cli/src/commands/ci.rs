@@ -94,6 +94,10 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
         run.junit.clone(),
         format!("as node {node} of {nodes} on {url}"),
     )
+    // A job that joined has no spec of its own: the suite's manifest says how its tool names tests.
+    .with_case_names(crate::suite_manifest::tool_id_style(
+        run.manifest.as_deref(),
+    ))
     .with_markdown(run.markdown_summary.clone());
     let followed = tokio::select! {
         r = crate::watch::follow(&mut client, &url, run_id, &mut report, None) => Some(r),

@@ -93,6 +93,7 @@ async fn submit_and_follow(
         return Ok(testfleet_model::exit_code::SUCCESS);
     }
     let mut report = Report::new(args.json, args.junit.clone(), mode)
+        .with_case_names(spec.case_style())
         .with_markdown(args.markdown_summary.clone());
     let (summary, _state) =
         crate::watch::follow(client, url, run_id, &mut report, Some(signals)).await?;

@@ -6,7 +6,7 @@ mod markdown;
 
 use std::path::PathBuf;
 
-use testfleet_model::RunEvent;
+use testfleet_model::{IdStyle, RunEvent};
 
 use crate::error::{CliError, CliResult};
 pub use human::HumanReporter;
@@ -28,6 +28,14 @@ impl Report {
             junit: junit.map(|p| (JunitReporter::default(), p)),
             markdown: None,
         }
+    }
+
+    /// Names the JUnit file's cases as the suite's tool does in its own report (pytest's).
+    pub fn with_case_names(mut self, style: Option<IdStyle>) -> Self {
+        if let (Some((j, _)), Some(style)) = (&mut self.junit, style) {
+            j.name_cases_like(style);
+        }
+        self
     }
 
     /// Also appends a Markdown summary to `path` when the run ends.

@@ -10,7 +10,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, T
 
 pub use quick_junit::SerializeError;
 
-use crate::{AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent, TestFinished};
+use crate::{AttemptResult, AttemptStatus, EventKind, IdStyle, Outcome, RunEvent, TestFinished};
 
 #[derive(Default)]
 struct TestEntry {
@@ -26,6 +26,8 @@ pub struct JunitReporter {
     /// binary id → test name → entry, ordered for a stable file.
     tests: BTreeMap<String, BTreeMap<String, TestEntry>>,
     wall_ms: u64,
+    /// How the suite's tool names its cases, when the report names them so (pytest's node ids).
+    id_style: Option<IdStyle>,
 }
 
 fn outcome_word(o: Option<Outcome>) -> &'static str {
@@ -57,6 +59,14 @@ fn rerun(a: &AttemptResult) -> TestRerun {
 }
 
 impl JunitReporter {
+    /// Names the cases as the suite's tool names them in its own report (pytest: classname
+    /// `tests.test_x.Class`, name `test_y`), so CI systems that key history on those names keep
+    /// it. Otherwise, and for ids that say no more, a case is named by its test id, its
+    /// classname is its binary.
+    pub fn name_cases_like(&mut self, style: IdStyle) {
+        self.id_style = Some(style);
+    }
+
     pub fn on_event(&mut self, e: &RunEvent) {
         self.run_id = e.run_id.to_string();
         match &e.kind {
@@ -116,7 +126,15 @@ impl JunitReporter {
                 );
                 s
             }
-            Some(Outcome::Skipped) => TestCaseStatus::skipped(),
+            Some(Outcome::Skipped) => {
+                let mut s = TestCaseStatus::skipped();
+                // Skipped when it ran (pytest's skip or xfail): the test's reason. A test never
+                // run (libtest's ignored) has none.
+                if let Some(last) = last.filter(|a| a.status == AttemptStatus::Skipped) {
+                    s.set_message(last.message.clone());
+                }
+                s
+            }
             Some(Outcome::Cancelled) | None => {
                 let mut s = TestCaseStatus::skipped();
                 s.set_message("cancelled before it finished");
@@ -162,7 +180,12 @@ impl JunitReporter {
         report.set_time(std::time::Duration::from_millis(self.wall_ms));
         for (binary, tests) in &self.tests {
             let mut suite = TestSuite::new(binary.clone());
-            suite.add_test_cases(tests.iter().map(|(name, e)| Self::case(name, binary, e)));
+            suite.add_test_cases(tests.iter().map(|(id, e)| {
+                match self.id_style.and_then(|s| s.case_of(id)) {
+                    Some((classname, name)) => Self::case(&name, &classname, e),
+                    None => Self::case(id, binary, e),
+                }
+            }));
             report.add_test_suite(suite);
         }
         // Names, messages and output are the tests' own: characters XML 1.0 forbids (U+FFFE,
@@ -183,6 +206,68 @@ fn xml_char(c: char) -> char {
 mod tests {
     use super::*;
     use crate::{RunId, RunState, RunSummary, TestRef};
+
+    /// A pytest binary's cases carry pytest's own names; a test that skipped itself says why.
+    #[test]
+    fn pytest_cases_are_named_as_pytest_names_them_and_skips_keep_their_reason() {
+        let mut r = JunitReporter::default();
+        r.name_cases_like(IdStyle::Pytest);
+        let finished = |index: u32, name: &str, status: AttemptStatus, outcome: Outcome| {
+            let mut result = AttemptResult::infra_error(if status == AttemptStatus::Skipped {
+                "xfail: flaky upstream"
+            } else {
+                ""
+            });
+            result.status = status;
+            EventKind::TestFinished(TestFinished {
+                test: TestRef {
+                    index,
+                    binary_id: "tests/test_x.py".into(),
+                    name: name.into(),
+                },
+                attempt: 1,
+                agent_id: "a".into(),
+                result,
+                final_outcome: Some(outcome),
+                lease_id: Some(1),
+                quarantined: false,
+            })
+        };
+        for kind in [
+            finished(
+                0,
+                "tests/test_x.py::TestA::test_y[1-2]",
+                AttemptStatus::Passed,
+                Outcome::Passed,
+            ),
+            finished(
+                1,
+                "tests/test_x.py::test_z",
+                AttemptStatus::Skipped,
+                Outcome::Skipped,
+            ),
+        ] {
+            r.on_event(&RunEvent {
+                seq: 1,
+                run_id: RunId(1),
+                at_unix_ms: 0,
+                kind,
+            });
+        }
+        let xml = r.to_xml().unwrap();
+        let cases = read::parse(&xml, 1024).unwrap();
+        let names: Vec<(&str, &str, Option<&str>)> = cases
+            .iter()
+            .map(|c| (c.classname.as_str(), c.name.as_str(), c.skipped.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("tests.test_x.TestA", "test_y[1-2]", None),
+                ("tests.test_x", "test_z", Some("xfail: flaky upstream")),
+            ]
+        );
+    }
 
     /// The fuzzer's first finding: a test whose name and output held U+FFFF made a report no XML
     /// parser would read.
