@@ -14,7 +14,7 @@ Exit codes:
    2  invalid command line
   10  at least one test failed or timed out
   11  tests ended in infrastructure errors, or the run was cancelled
-  20  not a Cargo project
+  20  neither a Cargo project nor a tool suite (a testfleet.toml naming a [runner])
   21  a selected package is not in the workspace
   22  building the tests failed
   23  a test binary could not list its tests
@@ -37,7 +37,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build a Cargo workspace's tests and run them on local agents or a coordinator's fleet.
+    /// Run a suite on local agents or a coordinator's fleet: a Cargo workspace's tests (built
+    /// first), or a suite another tool runs (pytest, a command) named by testfleet.toml's `[runner]`.
     #[command(after_help = EXIT_CODES)]
     Run(Box<RunArgs>),
     /// One job of a parallel CI pipeline: every job joins the same run (by its key) and works on
@@ -100,7 +101,8 @@ pub struct ImportJunitArgs {
     /// Import into this coordinator's history instead of the local data dir.
     #[arg(long, env = "TESTFLEET_COORDINATOR")]
     pub coordinator: Option<String>,
-    /// The local data dir [default: `.testfleet` in the Cargo workspace around the current dir].
+    /// The local data dir [default: `.testfleet` in the tool suite here (a testfleet.toml naming a
+    /// `[runner]`), else in the Cargo workspace around the current dir].
     #[arg(long, env = "TESTFLEET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Cargo.toml of the workspace whose local history to import into.
@@ -119,7 +121,8 @@ pub struct QueryArgs {
     /// Ask this coordinator instead of the local data dir.
     #[arg(long, env = "TESTFLEET_COORDINATOR", global = true)]
     pub coordinator: Option<String>,
-    /// The local data dir [default: `.testfleet` in the Cargo workspace around the current dir].
+    /// The local data dir [default: `.testfleet` in the tool suite here (a testfleet.toml naming a
+    /// `[runner]`), else in the Cargo workspace around the current dir].
     #[arg(long, env = "TESTFLEET_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Cargo.toml of the workspace whose local history to read.

@@ -29,7 +29,8 @@ fn history_error(e: testfleet_coordinator::history::HistoryError) -> CliError {
     CliError::Server(e.to_string())
 }
 
-/// The local data dir: `--data-dir`, or `.testfleet` in the Cargo workspace around us.
+/// The local data dir: `--data-dir`, or `.testfleet` beside the tool suite's `testfleet.toml` here
+/// (where `testfleet run` keeps it), or in the Cargo workspace around us.
 pub(crate) fn local_data_dir(
     data_dir: Option<&Path>,
     manifest_path: Option<&Path>,
@@ -37,13 +38,18 @@ pub(crate) fn local_data_dir(
     if let Some(d) = data_dir {
         return Ok(d.to_path_buf());
     }
+    if manifest_path.is_none()
+        && let Some(suite) = crate::suite_manifest::load_tool_suite(None)?
+    {
+        return Ok(suite.dir.join(".testfleet"));
+    }
     let cargo = CargoArgs {
         manifest_path: manifest_path.map(Path::to_path_buf),
         ..CargoArgs::default()
     };
     let ws = crate::cargo::locate_workspace(&cargo).map_err(|e| {
         CliError::NotACargoProject(format!(
-            "{e}\nhistory lives in a workspace's `.testfleet` dir: run this inside the workspace, or give --data-dir or --coordinator"
+            "{e}\nhistory lives in the `.testfleet` dir of a workspace or of a tool suite (beside its testfleet.toml): run this there, or give --data-dir or --coordinator"
         ))
     })?;
     Ok(ws.root.join(".testfleet"))

@@ -10,7 +10,8 @@ pub const USAGE: i32 = 2;
 pub const TESTS_FAILED: i32 = 10;
 /// The run could not complete: tests ended in infrastructure errors, or the run was cancelled.
 pub const RUN_INCOMPLETE: i32 = 11;
-/// The directory is not a Cargo project (no manifest found, or cargo could not read it).
+/// The directory is neither a Cargo project (no manifest found, or cargo could not read it) nor a
+/// tool suite (a `testfleet.toml` naming a `[runner]`).
 pub const NOT_A_CARGO_PROJECT: i32 = 20;
 /// A selected package does not exist in the workspace.
 pub const UNKNOWN_PACKAGE: i32 = 21;
@@ -44,7 +45,10 @@ pub const ALL: &[(i32, &str)] = &[
         RUN_INCOMPLETE,
         "tests ended in infrastructure errors, or the run was cancelled",
     ),
-    (NOT_A_CARGO_PROJECT, "not a Cargo project"),
+    (
+        NOT_A_CARGO_PROJECT,
+        "neither a Cargo project nor a tool suite (a testfleet.toml naming a [runner])",
+    ),
     (
         UNKNOWN_PACKAGE,
         "a selected package is not in the workspace",

@@ -40,9 +40,15 @@ pub(super) async fn prepare(
     let listed = tokio::task::spawn_blocking(move || tool_suite::list(&runner, &dir))
         .await
         .map_err(|e| CliError::Internal(e.into()))??;
+    // A tool suite has no build dir: its bundle is packed outside it, so a run leaves nothing in
+    // the suite's directory but the local history it keeps there (`.testfleet`).
+    let scratch = format!(
+        "testfleet-suite-{:08x}",
+        crate::process::short_hash(suite.dir.as_os_str().as_encoded_bytes())
+    );
     let ws = Workspace {
         root: suite.dir.clone(),
-        target_dir: suite.dir.join(".testfleet").join("build"),
+        target_dir: std::env::temp_dir().join(scratch),
         packages: Default::default(),
     };
     let bundled = remote.is_some();
