@@ -16,17 +16,6 @@ const TOKEN_BY_ENV: &str = "hermetic-canary-agent-token-env-01";
 const TOKEN_BY_FILE: &str = "hermetic-canary-agent-token-file-2";
 const CLIENT: &str = "client-token-for-the-hermetic-e2e-3";
 
-/// Whether this machine lets a test start an agent in a mount namespace of its own (root with
-/// util-linux's `unshare`), as an agent on another machine would be.
-fn namespaces_or_skip(checks: &str) -> bool {
-    tool_or_skip(
-        "unshare",
-        &["-m", "--propagation", "private", "true"],
-        "util-linux's unshare, run as root",
-        checks,
-    )
-}
-
 fn nextest_or_skip(checks: &str) -> bool {
     tool_or_skip(
         "cargo",
@@ -129,25 +118,9 @@ fn run_json(line: RunLine, ws: &Path) -> Vec<testfleet_model::RunEvent> {
     events(&out)
 }
 
-/// An agent in a mount namespace of its own where the workspace is an empty tmpfs: like an agent
-/// on another machine, it can reach the workspace only through the bundle.
+/// A hidden agent (`hidden_agent_command`) with the fixture's tokens and secrets.
 fn hidden_agent(dir: &Path, url: &str, id: &str, ws: &Path, token_file: Option<&Path>) -> Proc {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs none "$1" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(ws)
-        .arg(env!("CARGO_BIN_EXE_testfleet"))
-        .args(["agent", "--coordinator", url, "--agent-id", id])
-        .args(["--slots", "2", "--work-dir"])
-        .arg(dir.join(id));
-    for k in [
-        "TESTFLEET_COORDINATOR",
-        "TESTFLEET_TOKEN",
-        "TESTFLEET_TOKEN_FILE",
-    ] {
-        cmd.env_remove(k);
-    }
+    let mut cmd = hidden_agent_command(dir, url, id, ws);
     // What the fixture's secret tests look at, passed to them by its `pass_env`.
     cmd.env("HERMETIC_AGENT_WORK_DIR", dir.join(id));
     match token_file {

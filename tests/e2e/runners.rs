@@ -140,6 +140,7 @@ fn a_pytest_suite_with_a_service_container_runs_distributed() {
             "test_fails" | "test_exits" => Outcome::Failed,
             "test_flaky" => Outcome::Flaky,
             "test_hangs" => Outcome::TimedOut,
+            "test_skipped" | "test_expected_to_fail" => Outcome::Skipped,
             _ => Outcome::Passed,
         };
         expected.insert((file, id.to_owned()), outcome);
@@ -169,7 +170,10 @@ fn a_pytest_suite_with_a_service_container_runs_distributed() {
         "{output}"
     );
     let skipped = attempts(&events, "tests/test_outcomes.py::test_skipped");
-    assert_eq!(skipped[0].2.message, "skipped: not today");
+    assert_eq!(
+        (skipped[0].2.status, skipped[0].2.message.as_str()),
+        (AttemptStatus::Skipped, "not today")
+    );
     // The process that died and the one that hung blame only the test that did it.
     let exits = attempts(&events, "tests/test_misbehaving.py::test_exits");
     assert!(

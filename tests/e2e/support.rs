@@ -200,6 +200,40 @@ pub fn agent_command(dir: &Path, url: &str, id: &str, slots: u32) -> Command {
 }
 
 /// Waits until the coordinator lists `n` agents.
+/// An agent (2 slots, work dir `dir/ID`) in a mount namespace of its own where `ws`, the suite's
+/// directory, is an empty tmpfs: like an agent on another machine, it reaches the suite only
+/// through the bundle. Needs root and util-linux's `unshare`.
+pub fn hidden_agent_command(dir: &Path, url: &str, id: &str, ws: &Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(ws)
+        .arg(env!("CARGO_BIN_EXE_testfleet"))
+        .args(["agent", "--coordinator", url, "--agent-id", id])
+        .args(["--slots", "2", "--work-dir"])
+        .arg(dir.join(id));
+    for k in [
+        "TESTFLEET_COORDINATOR",
+        "TESTFLEET_TOKEN",
+        "TESTFLEET_TOKEN_FILE",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// Whether this machine lets a test start an agent in a mount namespace of its own (root with
+/// util-linux's `unshare`), as an agent on another machine would be.
+pub fn namespaces_or_skip(checks: &str) -> bool {
+    tool_or_skip(
+        "unshare",
+        &["-m", "--propagation", "private", "true"],
+        "util-linux's unshare, run as root",
+        checks,
+    )
+}
+
 pub fn wait_for_agents(url: &str, n: usize) {
     wait_for_agents_with(url, n, None, &[])
 }
