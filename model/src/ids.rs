@@ -44,6 +44,22 @@ macro_rules! numeric_id {
 numeric_id!(RunId, "run");
 numeric_id!(LeaseId, "lease");
 
+/// Whether a test's name already starts with its binary (a pytest node id starts with its file,
+/// which is its binary), so people need not be shown the binary again.
+pub fn name_shows_binary(binary_id: &str, name: &str) -> bool {
+    name.strip_prefix(binary_id)
+        .is_some_and(|rest| rest.starts_with("::"))
+}
+
+/// A test as people are shown it: `BINARY NAME`, or the name alone when it names its binary.
+pub fn test_label(binary_id: &str, name: &str) -> String {
+    if name_shows_binary(binary_id, name) {
+        name.to_owned()
+    } else {
+        format!("{binary_id} {name}")
+    }
+}
+
 /// An agent's self-chosen name: stable across restarts so that its leftovers can be found again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AgentId(String);
@@ -105,6 +121,19 @@ impl fmt::Display for TestId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_is_shown_with_its_binary_unless_its_name_starts_with_it() {
+        assert_eq!(
+            test_label("tests/test_x.py", "tests/test_x.py::test_y"),
+            "tests/test_x.py::test_y"
+        );
+        assert_eq!(test_label("basic", "tests::adds"), "basic tests::adds");
+        assert_eq!(
+            test_label("tests/a.py", "tests/a.pyc::x"),
+            "tests/a.py tests/a.pyc::x"
+        );
+    }
 
     #[test]
     fn agent_ids_are_plain() {

@@ -19,7 +19,7 @@ pub mod test_support;
 pub use event::{
     EventKind, NoticeLevel, RunEvent, RunState, RunSummary, ServiceTiming, TestFinished, TestRef,
 };
-pub use ids::{AgentId, IdError, LeaseId, RunId, TestId};
+pub use ids::{AgentId, IdError, LeaseId, RunId, TestId, name_shows_binary, test_label};
 pub use manifest::{Manifest, ManifestError};
 pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
 pub use runner::{IdStyle, Runner};

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use testfleet_model::report::{FlakyTest, QuarantineInfo};
-use testfleet_model::{RunId, exit_code};
+use testfleet_model::{RunId, exit_code, test_label};
 
 use crate::args::{FlakyArgs, HistoryArgs, QuarantineCommand, QueryArgs, RunsArgs, TimingsArgs};
 use crate::error::{CliError, CliResult};
@@ -47,9 +47,8 @@ fn print_flaky(tests: &[FlakyTest]) {
     );
     for t in tests {
         let name = format!(
-            "{} {}{}",
-            t.test.binary_id,
-            t.test.name,
+            "{}{}",
+            test_label(&t.test.binary_id, &t.test.name),
             if t.quarantined { " [Q]" } else { "" }
         );
         println!(
@@ -115,7 +114,7 @@ pub async fn timings(args: TimingsArgs) -> CliResult<i32> {
             .unwrap_or_default();
         println!(
             "{:<56} {:>7} {:>7}ms {:>7}ms {:>7}ms  {slow}",
-            format!("{} {}", x.test.binary_id, x.test.name),
+            test_label(&x.test.binary_id, &x.test.name),
             x.samples,
             x.p50_ms,
             x.p95_ms,
@@ -150,7 +149,11 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
         )));
     }
     for h in &found {
-        println!("{} {} ({})", h.test.binary_id, h.test.name, h.test.suite);
+        println!(
+            "{} ({})",
+            test_label(&h.test.binary_id, &h.test.name),
+            h.test.suite
+        );
         println!(
             "  runs {}, attempts {}, failures {}, last outcome {}",
             h.runs,
@@ -233,9 +236,8 @@ fn print_quarantine(entries: &[QuarantineInfo]) {
     }
     for q in entries {
         println!(
-            "{} {} ({}): {} by {}, {}; clean runs since: {}",
-            q.binary_id,
-            q.name,
+            "{} ({}): {} by {}, {}; clean runs since: {}",
+            test_label(&q.binary_id, &q.name),
             q.suite,
             q.reason,
             q.by,
@@ -268,7 +270,11 @@ pub async fn quarantine(cmd: QuarantineCommand) -> CliResult<i32> {
         print_quarantine(&entries);
     } else {
         for q in &entries {
-            println!("{verb}: {} {} ({})", q.binary_id, q.name, q.suite);
+            println!(
+                "{verb}: {} ({})",
+                test_label(&q.binary_id, &q.name),
+                q.suite
+            );
         }
     }
     Ok(exit_code::SUCCESS)

@@ -8,7 +8,7 @@ use console::style;
 use indicatif::{ProgressBar, ProgressStyle};
 use testfleet_model::{
     AttemptResult, EventKind, NoticeLevel, Outcome, RunEvent, RunState, RunSummary, TestFinished,
-    TestRef,
+    TestRef, name_shows_binary,
 };
 
 pub struct HumanReporter {
@@ -27,14 +27,16 @@ fn secs(d: Duration) -> String {
 }
 
 fn label(t: &TestRef) -> String {
-    // A pytest node id already starts with its file, the binary: once is enough.
-    if t.name
-        .strip_prefix(t.binary_id.as_str())
-        .is_some_and(|rest| rest.starts_with("::"))
-    {
-        return style(&t.name).bold().to_string();
+    label_of(&t.binary_id, &t.name)
+}
+
+/// The binary dimmed, the name in bold; a pytest node id already starts with its file, the
+/// binary: once is enough.
+fn label_of(binary: &str, name: &str) -> String {
+    if name_shows_binary(binary, name) {
+        return style(name).bold().to_string();
     }
-    format!("{} {}", style(&t.binary_id).dim(), style(&t.name).bold())
+    format!("{} {}", style(binary).dim(), style(name).bold())
 }
 
 impl HumanReporter {
@@ -294,15 +296,15 @@ impl HumanReporter {
                 Outcome::Flaky => style(outcome.as_str().to_uppercase()).yellow(),
                 _ => style(outcome.as_str().to_uppercase()).red(),
             };
-            let name = if self
+            let note = if self
                 .quarantined_names
                 .contains(&(binary.clone(), name.clone()))
             {
-                format!("{name} (quarantined: does not fail the run)")
+                " (quarantined: does not fail the run)"
             } else {
-                name.clone()
+                ""
             };
-            self.println(&format!("{tag:>12} {} {}", style(binary).dim(), name));
+            self.println(&format!("{tag:>12} {}{note}", label_of(binary, name)));
         }
     }
 }

@@ -54,6 +54,15 @@ fn ms(v: u64) -> String {
     }
 }
 
+/// The binary beside a test's name, unless the name already starts with it (a pytest node id).
+fn shown_binary<'a>(binary: &'a str, name: &str) -> &'a str {
+    if testfleet_model::name_shows_binary(binary, name) {
+        ""
+    } else {
+        binary
+    }
+}
+
 impl MarkdownReporter {
     pub fn on_event(&mut self, e: &RunEvent) {
         self.run_id = e.run_id.to_string();
@@ -167,7 +176,7 @@ impl MarkdownReporter {
                     out,
                     "<details><summary><code>{}</code> {} — {outcome}{} ({})</summary>\n\n```text\n{}\n```\n\n</details>\n",
                     html(name),
-                    html(binary),
+                    html(shown_binary(binary, name)),
                     if t.quarantined { ", quarantined" } else { "" },
                     attempts.join(", "),
                     t.failure_output.replace("```", "'''")
@@ -190,7 +199,7 @@ impl MarkdownReporter {
                     out,
                     "- `{}` {} ({} attempts)",
                     name.replace('`', "'"),
-                    md(binary),
+                    md(shown_binary(binary, name)),
                     t.attempts.len()
                 );
             }
