@@ -194,3 +194,64 @@ fn ci_refuses_what_cannot_be_a_pipeline_job_and_says_why() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Two jobs of a pipeline on a pytest suite, started together in the suite's directory: one
+/// creates the run, the other joins it; every test runs once, and each job's JUnit names the
+/// cases as pytest does (the joining job learns how from the suite's testfleet.toml).
+#[test]
+fn two_ci_jobs_share_a_pytest_suite_and_run_every_test_once() {
+    let name = "two_ci_jobs_share_a_pytest_suite_and_run_every_test_once";
+    if !pytest_or_skip(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let suite = crate::pytest_outcomes::write_suite(dir.path());
+    let (_coordinator, url) = coordinator(dir.path());
+    let key = unique("py-pipeline");
+    let job = |node: u32| {
+        let mut cmd = testfleet();
+        cmd.current_dir(&suite)
+            .args(["ci", "--run-key", &key, "--nodes", "2", "--node"])
+            .arg(node.to_string())
+            .args([
+                "--coordinator",
+                &url,
+                "--slots",
+                "1",
+                "--no-docker",
+                "--json",
+            ])
+            .args(["--timeout", "5", "--kill-grace", "1", "--retries", "0"])
+            .arg("--work-dir")
+            .arg(dir.path().join(format!("node-{node}")))
+            .arg("--junit")
+            .arg(dir.path().join(format!("junit-{node}.xml")));
+        Watched::spawn(cmd, dir.path().join(format!("node-{node}.log")))
+    };
+    let jobs = [job(0), job(1)];
+    let outs: Vec<_> = jobs.into_iter().map(Watched::finish).collect();
+    for (node, out) in outs.iter().enumerate() {
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code::TESTS_FAILED),
+            "node {node}: {}",
+            stderr(out)
+        );
+        let events = events(out);
+        let outcomes = final_outcomes(&events);
+        assert_eq!(outcomes.len(), 11 + 3, "node {node}: {outcomes:?}");
+        for (_, test) in outcomes.keys() {
+            assert_eq!(
+                attempts(&events, test).len(),
+                1,
+                "node {node}: {test} ran once"
+            );
+        }
+        let xml = std::fs::read_to_string(dir.path().join(format!("junit-{node}.xml"))).unwrap();
+        assert!(
+            xml.contains(r#"classname="tests.test_outcomes.TestGroup""#)
+                && xml.contains(r#"name="test_param[2]""#),
+            "node {node}: {xml}"
+        );
+    }
+}

@@ -73,16 +73,8 @@ def test_beside_them():
     pass
 "#;
 
-fn pytest_or_skip(test: &str) -> bool {
-    tool_or_skip(
-        "python3",
-        &["-m", "pytest", "--version"],
-        "pip install pytest",
-        test,
-    )
-}
-
-fn write_suite(dir: &Path) -> PathBuf {
+/// A pytest suite (`testfleet.toml` naming the runner) of both files in `dir/suite`.
+pub(crate) fn write_suite(dir: &Path) -> PathBuf {
     let suite = dir.join("suite");
     std::fs::create_dir_all(suite.join("tests")).unwrap();
     std::fs::write(

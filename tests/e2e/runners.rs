@@ -24,15 +24,6 @@ fn tests_failed(out: &std::process::Output) -> Vec<testfleet_model::RunEvent> {
     events(out)
 }
 
-fn pytest_or_skip(test: &str) -> bool {
-    tool_or_skip(
-        "python3",
-        &["-m", "pytest", "--version"],
-        "pip install pytest",
-        test,
-    )
-}
-
 /// Copies a suite's sources: not its data dir, bytecode or built server.
 fn copy_suite(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

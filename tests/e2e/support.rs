@@ -393,6 +393,16 @@ pub fn tool_or_skip(tool: &str, probe: &[&str], install: &str, checks: &str) -> 
     present
 }
 
+/// Whether pytest can be run (`python3 -m pytest`), for the tests of pytest suites.
+pub fn pytest_or_skip(test: &str) -> bool {
+    tool_or_skip(
+        "python3",
+        &["-m", "pytest", "--version"],
+        "pip install pytest",
+        test,
+    )
+}
+
 /// A name unique to this test process, for agent ids whose containers a test inspects.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
