@@ -16,24 +16,36 @@ use crate::runners::{junit, libtest, libtest_batch};
 use crate::sandbox::Sandbox;
 use crate::trace::LeaseTrace;
 
-/// A test ready to start, or (in batch mode) several tests of one binary for one process.
+/// One test of a job: its attempt, name and binary.
+#[derive(Clone, Debug)]
+pub(crate) struct JobTest {
+    pub key: AttemptKey,
+    pub name: String,
+    pub binary_id: String,
+}
+
+/// A test ready to start, or (in batch mode) several tests for one process: of one binary, or for
+/// a tool that writes JUnit, of any of its binaries (pytest takes the node ids of many files).
 pub(crate) struct Job {
-    /// Each test's attempt key and name, in the order they run.
-    pub tests: Vec<(AttemptKey, String)>,
+    /// Its tests, in the order they run.
+    pub tests: Vec<JobTest>,
     /// The command of the first test (one process per test), or of the binary (a batch).
     pub cmd: TestCommand,
     pub runner: Runner,
     pub cancel: watch::Receiver<bool>,
     pub services: Vec<ServiceSpec>,
     pub ctx: LeaseCtx,
-    /// The tests' binary, and the lease's trace, for the attempts' spans.
-    pub binary_id: String,
+    /// The lease's trace, for the attempts' spans.
     pub trace: Arc<LeaseTrace>,
 }
 
 impl Job {
     pub fn lease_id(&self) -> LeaseId {
-        self.tests[0].0.lease_id
+        self.tests[0].key.lease_id
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tests.iter().map(|t| t.name.clone()).collect()
     }
 }
 
@@ -47,11 +59,13 @@ pub(crate) struct Ready {
     pub services: Vec<ServiceSpec>,
 }
 
-/// Turns a lease's resolved tests into jobs. With `per_process` above 1, consecutive tests of the
-/// same binary share a process, at most `per_process` of them, and a lease's tests are spread so
-/// every slot gets some; the lease's tests are grouped by binary first, so a batch is as big as
-/// its binary allows (pytest's batches are per file). Tests whose services are started per test
-/// always run alone.
+/// Turns a lease's resolved tests into jobs. With `per_process` above 1, consecutive tests share
+/// a process, at most `per_process` of them, and a lease's tests are spread so every slot gets
+/// some; the lease's tests are grouped by binary first. A libtest batch holds tests of one binary;
+/// a tool that writes JUnit is given the ids of any of its binaries with the same command, so a
+/// pytest process runs tests of many files and its start-up (the interpreter, the suite's
+/// conftest imports) is paid once for them all. Tests whose services are started per test always
+/// run alone.
 pub(crate) fn jobs(
     mut ready: Vec<Ready>,
     per_process: usize,
@@ -75,20 +89,32 @@ pub(crate) fn jobs(
             && last.services == r.services
             // The process's environment names one attempt (`TESTFLEET_ATTEMPT`): retries
             // share a process only with retries.
-            && last.tests[0].0.attempt == r.key.attempt
-            && last.binary_id == r.binary_id
+            && last.tests[0].key.attempt == r.key.attempt
+            && match r.runner {
+                Runner::Libtest => last.tests[0].binary_id == r.binary_id,
+                Runner::Junit { .. } => {
+                    last.runner == r.runner && last.cmd.cwd == r.cmd.cwd && last.cmd.env == r.cmd.env
+                }
+            }
         {
-            last.tests.push((r.key, r.name));
+            last.tests.push(JobTest {
+                key: r.key,
+                name: r.name,
+                binary_id: r.binary_id,
+            });
             continue;
         }
         jobs.push(Job {
-            tests: vec![(r.key, r.name)],
+            tests: vec![JobTest {
+                key: r.key,
+                name: r.name,
+                binary_id: r.binary_id,
+            }],
             cmd: r.cmd,
             runner: r.runner,
             cancel: cancel.clone(),
             services: r.services,
             ctx: ctx.clone(),
-            binary_id: r.binary_id,
             trace: trace.clone(),
         });
     }
@@ -102,9 +128,9 @@ pub(crate) async fn run_job(
     no_docker: String,
     notes: mpsc::UnboundedSender<AgentMessage>,
 ) -> Vec<(AttemptKey, AttemptResult)> {
-    let (trace, binary_id, tests) = (job.trace.clone(), job.binary_id.clone(), job.tests.clone());
+    let (trace, tests) = (job.trace.clone(), job.tests.clone());
     let results = run_tests(job, pool, no_docker, notes).await;
-    crate::trace::record(&trace, &binary_id, &tests, &results);
+    crate::trace::record(&trace, &tests, &results);
     results
 }
 
@@ -116,7 +142,7 @@ async fn run_tests(
     notes: mpsc::UnboundedSender<AgentMessage>,
 ) -> Vec<(AttemptKey, AttemptResult)> {
     let all = |r: AttemptResult| -> Vec<(AttemptKey, AttemptResult)> {
-        job.tests.iter().map(|(k, _)| (*k, r.clone())).collect()
+        job.tests.iter().map(|t| (t.key, r.clone())).collect()
     };
     let mut cmd = job.cmd.clone();
     let prepared = if job.services.is_empty() {
@@ -132,7 +158,7 @@ async fn run_tests(
         }
     };
     if let Some(p) = &prepared {
-        let first = job.tests[0].0;
+        let first = job.tests[0].key;
         for s in &p.starts {
             let _ = notes.send(AgentMessage::ServiceStarted(ServiceStarted {
                 run_id: first.run_id,
@@ -147,17 +173,17 @@ async fn run_tests(
         cmd.env.extend(p.env.clone());
     }
     let results = if let Runner::Junit { args, ids } = &job.runner {
-        let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
+        let names = job.names();
         let results = junit::run(&cmd, args, *ids, &names, job.cancel.clone()).await;
-        job.tests.iter().map(|(k, _)| *k).zip(results).collect()
-    } else if let [(key, _)] = job.tests.as_slice() {
+        job.tests.iter().map(|t| t.key).zip(results).collect()
+    } else if let [JobTest { key, .. }] = job.tests.as_slice() {
         let timeout_secs = cmd.timeout.as_secs_f64();
         let finished = executor::run(&cmd, job.cancel.clone()).await;
         vec![(*key, libtest::interpret(finished, timeout_secs))]
     } else {
-        let names: Vec<String> = job.tests.iter().map(|(_, n)| n.clone()).collect();
+        let names = job.names();
         let results = libtest_batch::run(&cmd, &names, job.cancel.clone()).await;
-        job.tests.iter().map(|(k, _)| *k).zip(results).collect()
+        job.tests.iter().map(|t| t.key).zip(results).collect()
     };
     if let (Some(pool), Some(p)) = (&pool, prepared) {
         pool.finish_test(p).await;
@@ -315,4 +341,64 @@ pub(crate) fn command_for(
         sandbox: sandbox.cloned(),
     };
     Ok((cmd, runner))
+}
+
+#[cfg(test)]
+mod tests {
+    use testfleet_model::{IdStyle, RunId};
+
+    use super::*;
+
+    fn ready(binary: &str, index: u32, runner: &Runner) -> Ready {
+        Ready {
+            key: AttemptKey {
+                run_id: RunId(1),
+                test_index: index,
+                attempt: 1,
+                lease_id: LeaseId(1),
+            },
+            name: format!("{binary}::t{index}"),
+            binary_id: binary.into(),
+            cmd: TestCommand {
+                program: "python3".into(),
+                args: vec![],
+                cwd: "/suite".into(),
+                env: Default::default(),
+                timeout: Duration::from_secs(1),
+                kill_grace: Duration::from_secs(1),
+                output_cap: 1024,
+                guard: Default::default(),
+                sandbox: None,
+            },
+            runner: runner.clone(),
+            services: vec![],
+        }
+    }
+
+    /// Batch sizes and binaries of the jobs a lease of two binaries' tests becomes.
+    fn shape(runner: Runner) -> Vec<Vec<String>> {
+        let tests = (0..6)
+            .map(|i| ready(if i % 2 == 0 { "a" } else { "b" }, i, &runner))
+            .collect();
+        let ctx = LeaseCtx {
+            run_id: "1".into(),
+            lease_id: "1".into(),
+            workspace: None,
+        };
+        let (_tx, cancel) = watch::channel(false);
+        jobs(tests, 100, 1, &cancel, &ctx, &Arc::default())
+            .iter()
+            .map(|j| j.tests.iter().map(|t| t.binary_id.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_junit_tool_s_batch_spans_its_binaries_and_a_libtest_batch_does_not() {
+        let pytest = Runner::Junit {
+            args: vec![],
+            ids: IdStyle::Pytest,
+        };
+        assert_eq!(shape(pytest), [["a", "a", "a", "b", "b", "b"]]);
+        assert_eq!(shape(Runner::Libtest), [["a", "a", "a"], ["b", "b", "b"]]);
+    }
 }

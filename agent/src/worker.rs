@@ -119,7 +119,7 @@ impl Worker {
         }
         let job = self.pending.pop_front()?;
         self.running += 1;
-        let keys = job.tests.iter().map(|(k, _)| *k).collect();
+        let keys = job.tests.iter().map(|t| t.key).collect();
         let done = self.done_tx.clone();
         let notes = self.notes_tx.clone();
         let pool = self.pool.clone();
@@ -162,7 +162,7 @@ impl Worker {
     pub fn give_back_pending(&mut self) -> BTreeMap<LeaseId, Vec<u32>> {
         let mut given: BTreeMap<LeaseId, Vec<u32>> = BTreeMap::new();
         for job in std::mem::take(&mut self.pending) {
-            for (key, _) in job.tests {
+            for key in job.tests.into_iter().map(|t| t.key) {
                 given.entry(key.lease_id).or_default().push(key.test_index);
                 self.test_done(key.lease_id);
             }

@@ -10,6 +10,7 @@ mod floor;
 mod ingest;
 mod makespan;
 mod overhead;
+mod pytest_suite;
 mod queries;
 mod sandbox;
 mod scale;
@@ -50,6 +51,9 @@ enum Bench {
     /// Trivial tests side by side: cargo nextest, cargo test, testfleet (a process per test, and
     /// several tests per process).
     Overhead(overhead::Args),
+    /// A pytest suite whose conftest is slow to import: plain pytest, pytest -n 2 (xdist) and
+    /// testfleet --local 2 --slots 1.
+    Pytest(pytest_suite::Args),
     /// A heavy-tailed sleep suite on 4 local agents, cold and then with history: wall / lower bound.
     Makespan(makespan::Args),
     /// Simulated agents report results over gRPC to a coordinator persisting to sled: results/s.
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Bench::Overhead(a) => overhead::run(a)?,
+        Bench::Pytest(a) => pytest_suite::run(a)?,
         Bench::Makespan(a) => makespan::run(a)?,
         Bench::Ingest(a) => ingest::run(a)?,
         Bench::Scale(a) => scale::run(a)?,
