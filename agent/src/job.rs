@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use testfleet_model::session::{AgentMessage, Lease, LeasedTest, ServiceStarted};
-use testfleet_model::{AttemptKey, AttemptResult, LeaseId, OriginTree, Runner, Scope, ServiceSpec};
+use testfleet_model::{
+    AttemptKey, AttemptResult, IdStyle, LeaseId, OriginTree, Runner, Scope, ServiceSpec,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::AgentConfig;
 use crate::executor::{self, TestCommand};
 use crate::provision::{LeaseCtx, ServicePool};
+use crate::runners::pytest_worker::Workers;
 use crate::runners::{junit, libtest, libtest_batch};
 use crate::sandbox::Sandbox;
 use crate::trace::LeaseTrace;
@@ -37,6 +40,9 @@ pub(crate) struct Job {
     pub ctx: LeaseCtx,
     /// The lease's trace, for the attempts' spans.
     pub trace: Arc<LeaseTrace>,
+    /// Its tests may run in a process that outlives the job (a pytest worker): the lease runs
+    /// in batches, and its tests start no service of their own.
+    pub reuse: bool,
 }
 
 impl Job {
@@ -81,7 +87,8 @@ pub(crate) fn jobs(
     }
     let mut jobs: Vec<Job> = vec![];
     for r in ready {
-        let batchable = chunk > 1 && r.services.iter().all(|s| s.scope != Scope::Test);
+        let own_services = r.services.iter().any(|s| s.scope == Scope::Test);
+        let batchable = chunk > 1 && !own_services;
         if let Some(last) = jobs.last_mut()
             && batchable
             && last.tests.len() < chunk
@@ -116,6 +123,8 @@ pub(crate) fn jobs(
             services: r.services,
             ctx: ctx.clone(),
             trace: trace.clone(),
+            // A lease of one test in batch mode (the tail of a run) still goes to a worker.
+            reuse: per_process > 1 && !own_services,
         });
     }
     jobs
@@ -127,9 +136,10 @@ pub(crate) async fn run_job(
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
     notes: mpsc::UnboundedSender<AgentMessage>,
+    workers: Arc<Workers>,
 ) -> Vec<(AttemptKey, AttemptResult)> {
     let (trace, tests) = (job.trace.clone(), job.tests.clone());
-    let results = run_tests(job, pool, no_docker, notes).await;
+    let results = run_tests(job, pool, no_docker, notes, workers).await;
     crate::trace::record(&trace, &tests, &results);
     results
 }
@@ -140,6 +150,7 @@ async fn run_tests(
     pool: Option<Arc<ServicePool>>,
     no_docker: String,
     notes: mpsc::UnboundedSender<AgentMessage>,
+    workers: Arc<Workers>,
 ) -> Vec<(AttemptKey, AttemptResult)> {
     let all = |r: AttemptResult| -> Vec<(AttemptKey, AttemptResult)> {
         job.tests.iter().map(|t| (t.key, r.clone())).collect()
@@ -174,7 +185,11 @@ async fn run_tests(
     }
     let results = if let Runner::Junit { args, ids } = &job.runner {
         let names = job.names();
-        let results = junit::run(&cmd, args, *ids, &names, job.cancel.clone()).await;
+        let results = if job.reuse && *ids == IdStyle::Pytest {
+            workers.run(&cmd, args, &names, job.cancel.clone()).await
+        } else {
+            junit::run(&cmd, args, *ids, &names, job.cancel.clone()).await
+        };
         job.tests.iter().map(|t| t.key).zip(results).collect()
     } else if let [JobTest { key, .. }] = job.tests.as_slice() {
         let timeout_secs = cmd.timeout.as_secs_f64();

@@ -14,6 +14,7 @@ use crate::Services;
 use crate::bundle_cache::InUse;
 use crate::job::{self, Job};
 use crate::provision::ServicePool;
+use crate::runners::pytest_worker::Workers;
 
 /// A lease the agent holds.
 pub(crate) struct HeldLease {
@@ -52,6 +53,8 @@ pub(crate) struct Worker {
     pub notes_tx: mpsc::UnboundedSender<AgentMessage>,
     pub notes_rx: mpsc::UnboundedReceiver<AgentMessage>,
     pub pool: Option<Arc<ServicePool>>,
+    /// pytest workers between jobs.
+    pub pytest_workers: Arc<Workers>,
     /// Why there is no pool (sent in Hello).
     pub no_docker: String,
 }
@@ -75,6 +78,7 @@ impl Worker {
             notes_tx,
             notes_rx,
             pool: services.pool.clone(),
+            pytest_workers: Arc::default(),
             no_docker: services.status.clone(),
         }
     }
@@ -124,8 +128,9 @@ impl Worker {
         let notes = self.notes_tx.clone();
         let pool = self.pool.clone();
         let no_docker = self.no_docker.clone();
+        let workers = self.pytest_workers.clone();
         tokio::spawn(async move {
-            let results = job::run_job(job, pool, no_docker, notes).await;
+            let results = job::run_job(job, pool, no_docker, notes, workers).await;
             let _ = done.send(results);
         });
         Some(keys)

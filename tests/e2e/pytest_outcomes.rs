@@ -1,7 +1,8 @@
-//! A pytest suite with every outcome pytest knows, run by testfleet on local agents and on agents
-//! that cannot see it: each case comes out named and settled as pytest's own `--junitxml` names
-//! and settles it, the skips are skips in the summary and in history, and the query commands work
-//! in the suite's directory, which a remote run leaves as it found it.
+//! A pytest suite with every outcome pytest knows, run by testfleet on local agents (on pytest
+//! workers, and a process per test) and on agents that cannot see it: each case comes out named
+//! and settled as pytest's own `--junitxml` names and settles it, the skips are skips in the
+//! summary and in history, and the query commands work in the suite's directory, which a remote
+//! run leaves as it found it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -229,6 +230,33 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
     );
     let xfail = attempts(&events(&out), "tests/test_outcomes.py::test_xfail");
     assert_eq!(xfail[0].2.message, "xfail: known bug");
+    // In batches (the default) the tests ran on long-lived pytest workers: the crash took its
+    // worker down, and only its own test was blamed.
+    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
+    assert!(
+        crash[0]
+            .2
+            .message
+            .contains("pytest worker exited with code 3"),
+        "{crash:?}"
+    );
+
+    // A process per test, for suites that need it: the same outcomes, no worker.
+    let alone = dir.path().join("alone.xml");
+    let out = RunLine::local(2)
+        .in_dir(&suite)
+        .json()
+        .retries(0)
+        .timeout(5, 1)
+        .args(&["--tests-per-process", "1"])
+        .junit(&alone)
+        .output();
+    check_report("a process per test", &out, &alone, &pytest);
+    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
+    assert!(
+        crash[0].2.message.contains("`python3` exited with code 3"),
+        "{crash:?}"
+    );
 
     // History, asked in the suite's directory: a skip is the last outcome, and no duration.
     let history = run_output(
