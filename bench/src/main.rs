@@ -153,6 +153,15 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         jobs: None,
         testfleet: tf(),
     })?);
+    step(pytest_suite::run(pytest_suite::Args {
+        files: if quick { 5 } else { 20 },
+        tests: 20,
+        import_ms: 500,
+        test_ms: 10,
+        workers: 2,
+        rounds: if quick { 1 } else { 3 },
+        testfleet: tf(),
+    })?);
     Ok(out)
 }
 
