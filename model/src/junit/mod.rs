@@ -207,6 +207,15 @@ mod tests {
     use super::*;
     use crate::{RunId, RunState, RunSummary, TestRef};
 
+    fn feed(r: &mut JunitReporter, kind: EventKind) {
+        r.on_event(&RunEvent {
+            seq: 1,
+            run_id: RunId(1),
+            at_unix_ms: 0,
+            kind,
+        });
+    }
+
     /// A pytest binary's cases carry pytest's own names; a test that skipped itself says why.
     #[test]
     fn pytest_cases_are_named_as_pytest_names_them_and_skips_keep_their_reason() {
@@ -247,12 +256,7 @@ mod tests {
                 Outcome::Skipped,
             ),
         ] {
-            r.on_event(&RunEvent {
-                seq: 1,
-                run_id: RunId(1),
-                at_unix_ms: 0,
-                kind,
-            });
+            feed(&mut r, kind);
         }
         let xml = r.to_xml().unwrap();
         let cases = read::parse(&xml, 1024).unwrap();
@@ -297,12 +301,7 @@ mod tests {
                 state: RunState::Finished,
             },
         ] {
-            r.on_event(&RunEvent {
-                seq: 1,
-                run_id: RunId(1),
-                at_unix_ms: 0,
-                kind,
-            });
+            feed(&mut r, kind);
         }
         let xml = r.to_xml().unwrap();
         let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
