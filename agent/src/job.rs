@@ -40,6 +40,8 @@ pub(crate) struct Job {
     pub ctx: LeaseCtx,
     /// The lease's trace, for the attempts' spans.
     pub trace: Arc<LeaseTrace>,
+    /// The group all its tests belong to, if any.
+    pub group: Option<String>,
     /// Its tests may run in a process that outlives the job (a pytest worker): the lease runs
     /// in batches, and its tests start no service of their own.
     pub reuse: bool,
@@ -60,6 +62,8 @@ pub(crate) struct Ready {
     pub key: AttemptKey,
     pub name: String,
     pub binary_id: String,
+    /// Tests of one group run in one job, whatever the batch size.
+    pub group: Option<String>,
     pub cmd: TestCommand,
     pub runner: Runner,
     pub services: Vec<ServiceSpec>,
@@ -70,8 +74,9 @@ pub(crate) struct Ready {
 /// some; the lease's tests are grouped by binary first. A libtest batch holds tests of one binary;
 /// a tool that writes JUnit is given the ids of any of its binaries with the same command, so a
 /// pytest process runs tests of many files and its start-up (the interpreter, the suite's
-/// conftest imports) is paid once for them all. Tests whose services are started per test always
-/// run alone.
+/// conftest imports) is paid once for them all. A group's tests (pytest's `xdist_group`, or the
+/// suite's `dist` mode) all go in one job, so one worker runs them one after another. Tests whose
+/// services are started per test always run alone.
 pub(crate) fn jobs(
     mut ready: Vec<Ready>,
     per_process: usize,
@@ -81,17 +86,17 @@ pub(crate) fn jobs(
     trace: &Arc<LeaseTrace>,
 ) -> Vec<Job> {
     let chunk = per_process.min(ready.len().div_ceil(slots.max(1))).max(1);
-    if chunk > 1 {
-        // Stable: within a binary, the scheduler's order (longest first) stays.
-        ready.sort_by(|a, b| a.binary_id.cmp(&b.binary_id));
+    if chunk > 1 || ready.iter().any(|r| r.group.is_some()) {
+        // Stable: within a group and a binary, the scheduler's order (longest first) stays.
+        ready.sort_by(|a, b| (&a.group, &a.binary_id).cmp(&(&b.group, &b.binary_id)));
     }
     let mut jobs: Vec<Job> = vec![];
     for r in ready {
         let own_services = r.services.iter().any(|s| s.scope == Scope::Test);
         let batchable = chunk > 1 && !own_services;
         if let Some(last) = jobs.last_mut()
-            && batchable
-            && last.tests.len() < chunk
+            && ((batchable && last.tests.len() < chunk && last.group.is_none() && r.group.is_none())
+                || (r.group.is_some() && last.group == r.group))
             && last.cmd.program == r.cmd.program
             && last.services == r.services
             // The process's environment names one attempt (`TESTFLEET_ATTEMPT`): retries
@@ -112,6 +117,7 @@ pub(crate) fn jobs(
             continue;
         }
         jobs.push(Job {
+            group: r.group,
             tests: vec![JobTest {
                 key: r.key,
                 name: r.name,
@@ -365,7 +371,12 @@ mod tests {
     use super::*;
 
     fn ready(binary: &str, index: u32, runner: &Runner) -> Ready {
+        grouped(binary, index, runner, None)
+    }
+
+    fn grouped(binary: &str, index: u32, runner: &Runner, group: Option<&str>) -> Ready {
         Ready {
+            group: group.map(str::to_owned),
             key: AttemptKey {
                 run_id: RunId(1),
                 test_index: index,
@@ -390,21 +401,50 @@ mod tests {
         }
     }
 
-    /// Batch sizes and binaries of the jobs a lease of two binaries' tests becomes.
-    fn shape(runner: Runner) -> Vec<Vec<String>> {
-        let tests = (0..6)
-            .map(|i| ready(if i % 2 == 0 { "a" } else { "b" }, i, &runner))
-            .collect();
+    /// The binaries of each job the tests become, at `per_process` tests per process on `slots`.
+    fn jobs_of(tests: Vec<Ready>, per_process: usize, slots: usize) -> Vec<Vec<String>> {
         let ctx = LeaseCtx {
             run_id: "1".into(),
             lease_id: "1".into(),
             workspace: None,
         };
         let (_tx, cancel) = watch::channel(false);
-        jobs(tests, 100, 1, &cancel, &ctx, &Arc::default())
+        jobs(tests, per_process, slots, &cancel, &ctx, &Arc::default())
             .iter()
             .map(|j| j.tests.iter().map(|t| t.binary_id.clone()).collect())
             .collect()
+    }
+
+    /// Batch sizes and binaries of the jobs a lease of two binaries' tests becomes.
+    fn shape(runner: Runner) -> Vec<Vec<String>> {
+        let tests = (0..6)
+            .map(|i| ready(if i % 2 == 0 { "a" } else { "b" }, i, &runner))
+            .collect();
+        jobs_of(tests, 100, 1)
+    }
+
+    #[test]
+    fn a_group_s_tests_share_one_job_whatever_the_batch_size() {
+        let pytest = Runner::Junit {
+            args: vec![],
+            ids: IdStyle::Pytest,
+        };
+        // Binaries a..f, every other one in group `g`; four slots would split six tests in jobs of 2.
+        let tests = (0..6)
+            .map(|i| {
+                let binary = ["a", "b", "c", "d", "e", "f"][i as usize];
+                grouped(binary, i, &pytest, (i % 2 == 0).then_some("g"))
+            })
+            .collect();
+        assert_eq!(
+            jobs_of(tests, 100, 4),
+            [vec!["b", "d"], vec!["f"], vec!["a", "c", "e"]]
+        );
+        // A process per test still keeps a group together.
+        let tests = (0..3)
+            .map(|i| grouped("a", i, &pytest, Some("g")))
+            .collect();
+        assert_eq!(jobs_of(tests, 1, 2), [vec!["a", "a", "a"]]);
     }
 
     #[test]

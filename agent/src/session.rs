@@ -231,6 +231,7 @@ pub(crate) async fn run(
                             key,
                             name: t.name.clone(),
                             binary_id: t.binary.binary_id.clone(),
+                            group: t.group.clone(),
                             cmd,
                             runner,
                             services,

@@ -170,7 +170,7 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
                     tests: vec![pb::TestSpec {
                         binary: 7,
                         name: "t".into(),
-                        ignored: false,
+                        ..Default::default()
                     }],
                     ..spec(0)
                 }),

@@ -72,6 +72,8 @@ pub enum Tool {
         python: String,
         paths: Vec<String>,
         args: Vec<String>,
+        /// Which tests must run together, on one worker.
+        dist: Dist,
     },
     /// Any tool: `list` prints one test id per line; `run` runs the ids given at `{tests}` and
     /// writes JUnit to `{junit}`. Its tests form one binary named `binary`.
@@ -80,6 +82,52 @@ pub enum Tool {
         list: Vec<String>,
         run: Vec<String>,
     },
+}
+
+/// Which of a pytest suite's tests run together, one after another on one worker, as
+/// pytest-xdist's `--dist` modes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dist {
+    /// Each test goes wherever it is cheapest; no groups.
+    Load,
+    /// Tests marked `@pytest.mark.xdist_group(name)` run together by name; others as `Load`.
+    #[default]
+    LoadGroup,
+    /// A file's tests run together.
+    LoadFile,
+    /// A class's tests run together, and a module's tests outside classes.
+    LoadScope,
+}
+
+impl Dist {
+    fn parse(s: &str) -> Result<Dist, String> {
+        Ok(match s {
+            "load" => Dist::Load,
+            "loadgroup" => Dist::LoadGroup,
+            "loadfile" => Dist::LoadFile,
+            "loadscope" => Dist::LoadScope,
+            other => {
+                return Err(format!(
+                    "unknown `dist = \"{other}\"` (expected load, loadgroup, loadfile or loadscope)"
+                ));
+            }
+        })
+    }
+
+    /// The group of test `id` (a pytest node id) marked with xdist group `marked`, if any.
+    pub fn group_of(self, id: &str, marked: Option<&str>) -> Option<String> {
+        match self {
+            Dist::Load => None,
+            Dist::LoadGroup => marked.map(str::to_owned),
+            Dist::LoadFile => Some(id.split("::").next().unwrap_or(id).to_owned()),
+            Dist::LoadScope => {
+                let path = id.split('[').next().unwrap_or(id);
+                let parts: Vec<&str> = path.split("::").collect();
+                // The test's module and its classes: all but the function.
+                Some(parts[..parts.len().saturating_sub(1).max(1)].join("::"))
+            }
+        }
+    }
 }
 
 /// The interpreter a pytest suite runs with unless it says otherwise.
@@ -107,6 +155,7 @@ struct RawRunner {
     binary: Option<String>,
     list: Option<Vec<String>>,
     run: Option<Vec<String>>,
+    dist: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
@@ -412,11 +461,18 @@ fn parse_runner(r: RawRunner) -> Result<SuiteRunner, String> {
                 python: r.python.unwrap_or_else(|| DEFAULT_PYTHON.to_owned()),
                 paths: r.paths.unwrap_or_default(),
                 args: r.args.unwrap_or_default(),
+                dist: r
+                    .dist
+                    .as_deref()
+                    .map(Dist::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
             },
             [
                 given(r.binary.is_some(), "binary"),
                 given(r.list.is_some(), "list"),
                 given(r.run.is_some(), "run"),
+                None,
             ],
         ),
         "command" => {
@@ -445,6 +501,7 @@ fn parse_runner(r: RawRunner) -> Result<SuiteRunner, String> {
                     given(r.python.is_some(), "python"),
                     given(r.paths.is_some(), "paths"),
                     given(r.args.is_some(), "args"),
+                    given(r.dist.is_some(), "dist"),
                 ],
             )
         }
@@ -551,6 +608,26 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dist_modes_group_tests_as_xdist_does() {
+        let id = "tests/test_a.py::TestB::test_c[1]";
+        assert_eq!(Dist::Load.group_of(id, Some("g")), None);
+        assert_eq!(Dist::LoadGroup.group_of(id, Some("g")), Some("g".into()));
+        assert_eq!(Dist::LoadGroup.group_of(id, None), None);
+        assert_eq!(
+            Dist::LoadFile.group_of(id, None),
+            Some("tests/test_a.py".into())
+        );
+        assert_eq!(
+            Dist::LoadScope.group_of(id, None),
+            Some("tests/test_a.py::TestB".into())
+        );
+        assert_eq!(
+            Dist::LoadScope.group_of("tests/test_a.py::test_d", None),
+            Some("tests/test_a.py".into())
+        );
+    }
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, Path::new("testfleet.toml"))
@@ -746,10 +823,20 @@ prepare = ["make", "api"]
             Tool::Pytest {
                 python: DEFAULT_PYTHON.into(),
                 paths: vec!["tests".into()],
-                args: vec![]
+                args: vec![],
+                dist: Dist::LoadGroup,
             }
         );
         assert_eq!(r.env["A"], "1");
+        let m = parse("[runner]\nkind = \"pytest\"\ndist = \"loadscope\"\n").unwrap();
+        assert!(matches!(
+            m.runner.unwrap().tool,
+            Tool::Pytest {
+                dist: Dist::LoadScope,
+                ..
+            }
+        ));
+        assert!(err("[runner]\nkind = \"pytest\"\ndist = \"each\"\n").contains("unknown `dist"));
         let m = parse("[runner]\nkind = \"command\"\nlist = [\"./t\", \"--list\"]\nrun = [\"./t\", \"--junit\", \"{junit}\", \"{tests}\"]\n").unwrap();
         assert!(
             matches!(m.runner.unwrap().tool, Tool::Command { binary, .. } if binary == "tests")

@@ -87,6 +87,8 @@ pub struct LeasedTest {
     pub attempt: u32,
     pub name: String,
     pub binary: Binary,
+    /// Its group ([`crate::TestSpec::group`]): run in one process with the lease's other tests of it.
+    pub group: Option<String>,
 }
 
 /// Tests leased to one agent, with what it needs of their run to run them.

@@ -50,6 +50,10 @@ pub struct TestSpec {
     pub name: String,
     /// Ignored tests are recorded as skipped and never leased.
     pub ignored: bool,
+    /// Tests of one group are leased together and run one after another in one process (a
+    /// pytest suite's `xdist_group` marks, or its `dist` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,7 @@ pub fn spec(n: usize) -> RunSpec {
                 binary: 0,
                 name: format!("t{i}"),
                 ignored: false,
+                group: None,
             })
             .collect(),
         retries: Some(0),

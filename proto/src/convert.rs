@@ -119,6 +119,7 @@ impl From<&RunSpec> for pb::RunSpec {
                     binary: t.binary,
                     name: t.name.clone(),
                     ignored: t.ignored,
+                    group: t.group.clone().unwrap_or_default(),
                 })
                 .collect(),
             retries: s.retries,
@@ -159,6 +160,7 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                     binary: t.binary,
                     name: t.name,
                     ignored: t.ignored,
+                    group: Some(t.group).filter(|g| !g.is_empty()),
                 })
                 .collect(),
             retries: s.retries,

@@ -173,6 +173,7 @@ impl From<Lease> for pb::Lease {
                     attempt: t.attempt,
                     name: t.name,
                     binary: Some(t.binary.into()),
+                    group: t.group.unwrap_or_default(),
                 })
                 .collect(),
             test_timeout_ms: l.test_timeout.as_millis() as u64,
@@ -227,6 +228,7 @@ impl TryFrom<pb::Lease> for Lease {
                         attempt: t.attempt,
                         name: t.name.clone(),
                         binary: Binary::try_from(required(t.binary.clone(), "binary")?)?,
+                        group: Some(t.group.clone()).filter(|g| !g.is_empty()),
                     })
                 })
                 .collect::<Result<_, ConvertError>>()?;
@@ -341,6 +343,7 @@ mod tests {
                     path_env: Default::default(),
                     library_path: vec![],
                 },
+                group: Some("g".into()),
             }],
             test_timeout: Duration::from_secs(3),
             kill_grace: Duration::from_millis(500),

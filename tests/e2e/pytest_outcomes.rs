@@ -313,3 +313,94 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
         "a remote run leaves the suite's directory as it was"
     );
 }
+
+/// Tests that note the process they ran in, by node id, in `$PIDS`.
+const NOTED: &str = r#"
+import os
+import pytest
+
+def note(request):
+    with open(os.environ["PIDS"], "a") as f:
+        f.write("%s %d\n" % (request.node.nodeid, os.getpid()))
+"#;
+
+fn noting_file(group: Option<&str>, n: usize) -> String {
+    let mut src = NOTED.to_owned();
+    for i in 0..n {
+        if let Some(g) = group {
+            src.push_str(&format!("\n@pytest.mark.xdist_group(name=\"{g}\")"));
+        }
+        src.push_str(&format!("\ndef test_{i}(request):\n    note(request)\n"));
+    }
+    src
+}
+
+/// The process each test ran in, by node id.
+fn pids(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (id, pid) = l.rsplit_once(' ').unwrap();
+            (id.to_owned(), pid.to_owned())
+        })
+        .collect()
+}
+
+/// `@pytest.mark.xdist_group` is honoured (a group's tests run one after another on one worker,
+/// across files), and `dist = "loadfile"` keeps each file's tests on one worker.
+#[test]
+fn xdist_groups_and_loadfile_keep_tests_on_one_worker() {
+    let name = "xdist_groups_and_loadfile_keep_tests_on_one_worker";
+    if !pytest_or_skip(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite");
+    std::fs::create_dir_all(suite.join("tests")).unwrap();
+    std::fs::write(suite.join("tests/test_a_db.py"), noting_file(Some("db"), 3)).unwrap();
+    std::fs::write(suite.join("tests/test_z_db.py"), noting_file(Some("db"), 3)).unwrap();
+    for f in 0..4 {
+        std::fs::write(
+            suite.join(format!("tests/test_free_{f}.py")),
+            noting_file(None, 6),
+        )
+        .unwrap();
+    }
+    let run = |dist: &str, log: &Path| {
+        std::fs::write(
+            suite.join("testfleet.toml"),
+            format!("[runner]\nkind = \"pytest\"\npaths = [\"tests\"]\n{dist}"),
+        )
+        .unwrap();
+        let out = RunLine::local(2)
+            .in_dir(&suite)
+            .json()
+            .env("PIDS", log)
+            .output();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(summary(&events(&out)).passed, 6 + 24);
+        pids(log)
+    };
+
+    let marked = run("", &dir.path().join("marked.log"));
+    let db: std::collections::BTreeSet<&String> = marked
+        .iter()
+        .filter(|(id, _)| id.contains("_db.py"))
+        .map(|(_, pid)| pid)
+        .collect();
+    assert_eq!(db.len(), 1, "the group ran in one process: {marked:?}");
+    let all: std::collections::BTreeSet<&String> = marked.values().collect();
+    assert!(all.len() >= 2, "both agents worked: {marked:?}");
+
+    let by_file = run("dist = \"loadfile\"\n", &dir.path().join("loadfile.log"));
+    for f in 0..4 {
+        let file = format!("tests/test_free_{f}.py::");
+        let in_file: std::collections::BTreeSet<&String> = by_file
+            .iter()
+            .filter(|(id, _)| id.starts_with(&file))
+            .map(|(_, pid)| pid)
+            .collect();
+        assert_eq!(in_file.len(), 1, "{file} ran in one process: {by_file:?}");
+    }
+}

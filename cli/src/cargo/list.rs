@@ -11,6 +11,8 @@ use crate::error::{CliError, CliResult};
 pub struct ListedTest {
     pub name: String,
     pub ignored: bool,
+    /// Tests that must run together (a pytest suite's `xdist_group`, or its `dist` mode).
+    pub group: Option<String>,
 }
 
 fn list(binary: &TestBinary, ignored: bool) -> CliResult<Vec<String>> {
@@ -55,6 +57,7 @@ pub fn list_tests(binary: &TestBinary) -> CliResult<Vec<ListedTest>> {
         .map(|name| ListedTest {
             ignored: ignored.contains(&name),
             name,
+            group: None,
         })
         .collect())
 }

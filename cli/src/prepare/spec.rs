@@ -46,6 +46,7 @@ pub(super) fn build(
             binary: index,
             name: t.name.clone(),
             ignored: t.ignored,
+            group: t.group.clone(),
         }));
     }
     let runnable = tests.iter().filter(|t| !t.ignored).count();

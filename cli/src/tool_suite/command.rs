@@ -20,6 +20,7 @@ pub fn list(
         .map(|name| ListedTest {
             name: name.to_owned(),
             ignored: false,
+            group: None,
         })
         .collect();
     if tests.is_empty() {

@@ -36,8 +36,9 @@ pub fn list(runner: &SuiteRunner, dir: &Path) -> CliResult<Listed> {
             python,
             paths,
             args,
+            dist,
         } => {
-            let binaries = pytest::collect(python, paths, args, dir, &env)?;
+            let binaries = pytest::collect(python, paths, args, *dist, dir, &env)?;
             Ok(Listed {
                 program: python.clone(),
                 runner: Runner::Junit {

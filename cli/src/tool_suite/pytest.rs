@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use testfleet_model::manifest::Dist;
+
 use crate::cargo::ListedTest;
 use crate::error::{CliError, CliResult};
 
@@ -25,21 +27,49 @@ pub fn run_args(user_args: &[String]) -> Vec<String> {
     args
 }
 
-/// The suite's tests by file, in collection order.
+/// testfleet's collection plugin: it writes the tests' `xdist_group` marks.
+const COLLECT_PLUGIN: &str = include_str!("testfleet_collect.py");
+
+/// The suite's tests by file, in collection order, each with its group as `dist` says.
 pub fn collect(
     python: &str,
     paths: &[String],
     user_args: &[String],
+    dist: Dist,
     dir: &Path,
     env: &BTreeMap<String, String>,
 ) -> CliResult<Vec<(String, Vec<ListedTest>)>> {
+    let helper = tempfile::tempdir()
+        .and_then(|d| {
+            std::fs::write(d.path().join("testfleet_collect.py"), COLLECT_PLUGIN).map(|()| d)
+        })
+        .map_err(|e| {
+            CliError::TestListFailed(format!("cannot write pytest's collection plugin: {e}"))
+        })?;
+    let marks = helper.path().join("groups.json");
+    let mut env = env.clone();
+    let inherited = env
+        .get("PYTHONPATH")
+        .cloned()
+        .or_else(|| std::env::var("PYTHONPATH").ok())
+        .filter(|p| !p.is_empty());
+    let path = helper.path().display().to_string();
+    env.insert(
+        "PYTHONPATH".into(),
+        inherited.map_or(path.clone(), |p| format!("{path}:{p}")),
+    );
+    env.insert("TESTFLEET_COLLECT_OUT".into(), marks.display().to_string());
     let mut argv = vec![python.to_owned()];
     argv.extend(COMMON.iter().map(|s| s.to_string()));
-    argv.extend(["--collect-only", "-q"].iter().map(|s| s.to_string()));
+    argv.extend(
+        ["--collect-only", "-q", "-p", "testfleet_collect"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     argv.extend(user_args.iter().cloned());
     argv.extend(paths.iter().cloned());
     // 5: pytest collected nothing, said here in words of ours.
-    let (code, stdout) = super::run_listing(&argv, &[0, 5], dir, env)?;
+    let (code, stdout) = super::run_listing(&argv, &[0, 5], dir, &env)?;
     if code == 5 {
         return Err(CliError::NoTests(format!(
             "pytest collected no test in {} (`{}`)",
@@ -47,7 +77,15 @@ pub fn collect(
             argv.join(" ")
         )));
     }
-    Ok(by_file(&stdout))
+    let marked: BTreeMap<String, String> = std::fs::read_to_string(&marks)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut files = by_file(&stdout);
+    for t in files.iter_mut().flat_map(|(_, tests)| tests.iter_mut()) {
+        t.group = dist.group_of(&t.name, marked.get(&t.name).map(String::as_str));
+    }
+    Ok(files)
 }
 
 /// `-q` prints the node ids first, one per line, up to the first blank line (a summary and any
@@ -63,6 +101,7 @@ fn by_file(stdout: &str) -> Vec<(String, Vec<ListedTest>)> {
         let test = ListedTest {
             name: id.to_owned(),
             ignored: false,
+            group: None,
         };
         match files.iter_mut().find(|(f, _)| f == file) {
             Some((_, tests)) if !tests.iter().any(|t| t.name == id) => tests.push(test),

@@ -42,6 +42,7 @@ impl LeaseGrant {
                         attempt,
                         name: t.name.clone(),
                         binary: spec.binaries[t.binary as usize].clone(),
+                        group: t.group.clone(),
                     }
                 })
                 .collect(),

@@ -1029,3 +1029,32 @@ async fn a_resumed_run_continues_from_its_records() {
     };
     assert_eq!((finished.passed, finished.flaky), (2, 1));
 }
+
+/// A group's tests (pytest's `xdist_group`, or its `dist` mode) are leased together, however
+/// small the lease would be otherwise.
+#[tokio::test(start_paused = true)]
+async fn a_group_s_tests_are_leased_together() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _b = h.agent("b", 1, 2).await;
+    let mut s = testfleet_model::test_support::spec(40);
+    for i in [3, 17, 39] {
+        s.tests[i].group = Some("db".into());
+    }
+    let _events = h.submit(1, Arc::new(s)).await;
+    let mut seen = vec![];
+    while seen.len() < 40 {
+        h.from(&a, ask(1));
+        let g = lease(&mut a).await;
+        let indices: Vec<u32> = g.tests.iter().map(|(i, _)| *i).collect();
+        let grouped = indices.iter().filter(|i| [3, 17, 39].contains(i)).count();
+        assert!(
+            grouped == 0 || grouped == 3,
+            "a lease with part of the group: {indices:?}"
+        );
+        for i in 0..g.tests.len() {
+            h.from(&a, finished(&g, i, AttemptStatus::Passed));
+        }
+        seen.extend(indices);
+    }
+}

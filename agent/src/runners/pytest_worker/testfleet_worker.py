@@ -128,4 +128,6 @@ class _Worker:
 
 
 def pytest_configure(config):
+    # Known without pytest-xdist installed, as when testfleet collected the suite.
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one worker")
     config.pluginmanager.register(_Worker(config), "testfleet-worker")

@@ -73,6 +73,7 @@ impl Run {
             at_least_one,
         );
         chosen.truncate(n);
+        self.add_groups(&mut chosen, eligible);
         let batch: Vec<(u32, u32)> = chosen
             .iter()
             .map(|p| {
@@ -95,6 +96,24 @@ impl Run {
 
     /// Settles every queued test that needs services as an infrastructure error: no connected
     /// agent can start them.
+    /// Adds to `chosen` (queue positions) every queued test that shares a group with one of them:
+    /// a group's tests go in one lease, to run one after another in one process on its agent.
+    fn add_groups(&self, chosen: &mut Vec<usize>, eligible: impl Fn(u32) -> bool) {
+        let group = |pos: usize| self.spec.tests[self.queue[pos] as usize].group.as_ref();
+        let groups: std::collections::HashSet<&String> =
+            chosen.iter().filter_map(|p| group(*p)).collect();
+        if groups.is_empty() {
+            return;
+        }
+        let taken: std::collections::HashSet<usize> = chosen.iter().copied().collect();
+        let more: Vec<usize> = (0..self.queue.len())
+            .filter(|p| !taken.contains(p))
+            .filter(|p| group(*p).is_some_and(|g| groups.contains(g)))
+            .filter(|p| eligible(self.queue[*p]))
+            .collect();
+        chosen.extend(more);
+    }
+
     pub fn fail_unservable(&mut self, why: &str) {
         let needs = self.needs_docker.clone();
         let spec = self.spec.clone();
