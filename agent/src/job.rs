@@ -146,7 +146,11 @@ pub(crate) async fn run_job(
 ) -> Vec<(AttemptKey, AttemptResult)> {
     let (trace, tests) = (job.trace.clone(), job.tests.clone());
     let results = run_tests(job, pool, no_docker, notes, workers).await;
-    crate::trace::record(&trace, &tests, &results);
+    let labels: Vec<(&str, &str)> = tests
+        .iter()
+        .map(|t| (t.binary_id.as_str(), t.name.as_str()))
+        .collect();
+    crate::trace::record(&trace, &labels, &results);
     results
 }
 

@@ -19,7 +19,8 @@ pub(crate) struct LeaseTrace {
 /// order; a single test is a batch of one).
 pub(crate) fn record(
     trace: &LeaseTrace,
-    tests: &[crate::job::JobTest],
+    // Each attempt's binary and test name, in the order of `results`.
+    tests: &[(&str, &str)],
     results: &[(AttemptKey, AttemptResult)],
 ) {
     // Without the run's context there is no trace to join (the coordinator does not trace).
@@ -30,7 +31,7 @@ pub(crate) fn record(
     let tracer = opentelemetry::global::tracer("testfleet-agent");
     let mut end = SystemTime::now();
     // Walk back from now: the last attempt ended now, each earlier one where the next began.
-    for (test, (key, result)) in tests.iter().zip(results).rev() {
+    for ((binary_id, name), (key, result)) in tests.iter().zip(results).rev() {
         let start = end.checked_sub(result.duration).unwrap_or(end);
         let status = if matches!(
             result.status,
@@ -47,8 +48,8 @@ pub(crate) fn record(
             .with_attributes([
                 KeyValue::new("testfleet.run_id", key.run_id.to_string()),
                 KeyValue::new("testfleet.lease_id", key.lease_id.to_string()),
-                KeyValue::new("testfleet.test.binary", test.binary_id.clone()),
-                KeyValue::new("testfleet.test.name", test.name.clone()),
+                KeyValue::new("testfleet.test.binary", binary_id.to_string()),
+                KeyValue::new("testfleet.test.name", name.to_string()),
                 KeyValue::new("testfleet.attempt", i64::from(key.attempt)),
                 KeyValue::new("testfleet.agent", trace.agent_id.clone()),
                 KeyValue::new("testfleet.outcome", result.status.label()),
