@@ -307,6 +307,15 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
         .junit(&remote)
         .output();
     check_report("remote", &out, &remote, &pytest);
+    // There too, on pytest workers in the agents' sandboxes.
+    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
+    assert!(
+        crash[0]
+            .2
+            .message
+            .contains("pytest worker exited with code 3"),
+        "{crash:?}"
+    );
     assert_eq!(
         listing(&suite),
         before,
