@@ -21,7 +21,9 @@ pub use event::{
 };
 pub use ids::{AgentId, IdError, LeaseId, RunId, TestId, name_shows_binary, test_label};
 pub use manifest::{Manifest, ManifestError};
-pub use outcome::{AttemptResult, AttemptStatus, Outcome, RetryDecision, decide_after_attempt};
+pub use outcome::{
+    AttemptResult, AttemptStatus, CaseName, Outcome, RetryDecision, decide_after_attempt,
+};
 pub use runner::{IdStyle, Runner};
 pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
 pub use session::AttemptKey;

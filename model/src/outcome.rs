@@ -137,6 +137,17 @@ pub struct AttemptResult {
     pub output_omitted_bytes: u64,
     /// Why it ended this way, in words.
     pub message: String,
+    /// The case that reported it in its tool's own JUnit (a `command` suite's), so testfleet's
+    /// JUnit can name it as the tool does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<CaseName>,
+}
+
+/// A JUnit case's own names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseName {
+    pub classname: String,
+    pub name: String,
 }
 
 impl AttemptResult {
@@ -149,6 +160,7 @@ impl AttemptResult {
             output: Vec::new(),
             output_omitted_bytes: 0,
             message: message.into(),
+            case: None,
         }
     }
 }

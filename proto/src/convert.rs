@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use testfleet_model::{
-    AttemptResult, AttemptStatus, Binary, EventKind, NoticeLevel, OriginTree, Outcome,
+    AttemptResult, AttemptStatus, Binary, CaseName, EventKind, NoticeLevel, OriginTree, Outcome,
     QuarantinePolicy, RunEvent, RunId, RunSpec, RunState, RunSummary, Runner, ServiceSpec,
     ServiceTiming, TestFinished, TestRef, TestSpec,
 };
@@ -261,6 +261,10 @@ impl From<&AttemptResult> for pb::AttemptResult {
             output: r.output.clone(),
             output_omitted_bytes: r.output_omitted_bytes,
             message: r.message.clone(),
+            case: r.case.as_ref().map(|c| pb::CaseName {
+                classname: c.classname.clone(),
+                name: c.name.clone(),
+            }),
         }
     }
 }
@@ -276,6 +280,10 @@ impl TryFrom<pb::AttemptResult> for AttemptResult {
             output: r.output,
             output_omitted_bytes: r.output_omitted_bytes,
             message: r.message,
+            case: r.case.map(|c| CaseName {
+                classname: c.classname,
+                name: c.name,
+            }),
         })
     }
 }
@@ -551,6 +559,7 @@ mod tests {
             output: b"partial".to_vec(),
             output_omitted_bytes: 10,
             message: "timed out".into(),
+            case: None,
         }
     }
 

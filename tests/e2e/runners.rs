@@ -273,10 +273,24 @@ fn the_command_runner_runs_any_tool_that_writes_junit() {
         ]
     );
     assert!(log.lines().count() < 4, "one process per test: {log}");
-    // testfleet's own report of the run reads back as the same outcomes.
+    // testfleet's own report names each case as the tool's report did, with the same verdicts.
     let xml = std::fs::read_to_string(&report).unwrap();
-    assert!(
-        xml.contains("strings.broken") && xml.contains("expected ab"),
+    let cases: BTreeMap<(String, String), AttemptStatus> =
+        testfleet_model::junit::read::parse(&xml, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|c| ((c.classname, c.name), c.attempts.last().unwrap().status))
+            .collect();
+    let case = |c: &str, n: &str| (c.to_owned(), n.to_owned());
+    assert_eq!(
+        cases,
+        BTreeMap::from([
+            (case("math", "adds"), AttemptStatus::Passed),
+            (case("math", "subtracts"), AttemptStatus::Passed),
+            (case("strings", "concat"), AttemptStatus::Passed),
+            (case("strings", "broken"), AttemptStatus::Failed),
+        ]),
         "{xml}"
     );
+    assert!(xml.contains("expected ab"), "{xml}");
 }

@@ -11,7 +11,7 @@
 use std::os::unix::process::ExitStatusExt;
 
 use testfleet_model::junit::read::{self, Case};
-use testfleet_model::{AttemptResult, AttemptStatus, IdStyle, Runner};
+use testfleet_model::{AttemptResult, AttemptStatus, CaseName, IdStyle, Runner};
 use tokio::sync::watch;
 
 use crate::executor::{self, Exit, Finished, TestCommand};
@@ -138,13 +138,18 @@ fn verdict(id: &str, cases: &[Case], ids: IdStyle) -> Option<AttemptResult> {
             (None, Some(a)) => a.clone(),
             (None, None) => continue,
         };
-        let this = match ids {
+        let mut this = match ids {
             IdStyle::Pytest => AttemptResult {
                 output: drop_empty_sections(&this.output),
                 ..this
             },
             IdStyle::Plain => this,
         };
+        // The tool's own names of the case, for testfleet's JUnit to keep.
+        this.case = Some(CaseName {
+            classname: c.classname.clone(),
+            name: c.name.clone(),
+        });
         found = Some(match found {
             None => this,
             Some(mut seen) => {
@@ -275,6 +280,7 @@ fn unreported(f: &Finished, cmd: &TestCommand, ids: IdStyle, tests: usize) -> At
         output: f.output.clone(),
         output_omitted_bytes: f.omitted,
         message,
+        case: None,
     }
 }
 

@@ -91,6 +91,7 @@ pub fn interpret(f: Finished, timeout_secs: f64) -> AttemptResult {
         output: f.output,
         output_omitted_bytes: f.omitted,
         message,
+        case: None,
     }
 }
 

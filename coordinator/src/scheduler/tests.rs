@@ -43,6 +43,7 @@ fn result(status: AttemptStatus) -> AttemptResult {
         output: vec![],
         output_omitted_bytes: 0,
         message: String::new(),
+        case: None,
     }
 }
 

@@ -61,7 +61,8 @@ fn rerun(a: &AttemptResult) -> TestRerun {
 impl JunitReporter {
     /// Names the cases as the suite's tool names them in its own report (pytest: classname
     /// `tests.test_x.Class`, name `test_y`), so CI systems that key history on those names keep
-    /// it. Otherwise, and for ids that say no more, a case is named by its test id, its
+    /// it. A case whose last attempt carries its tool's own names (read from the tool's JUnit)
+    /// keeps those; otherwise, and for ids that say no more, a case is named by its test id, its
     /// classname is its binary.
     pub fn name_cases_like(&mut self, style: IdStyle) {
         self.id_style = Some(style);
@@ -181,7 +182,12 @@ impl JunitReporter {
         for (binary, tests) in &self.tests {
             let mut suite = TestSuite::new(binary.clone());
             suite.add_test_cases(tests.iter().map(|(id, e)| {
-                match self.id_style.and_then(|s| s.case_of(id)) {
+                // The tool's own names when its report gave them, else what its ids say.
+                let own = e.attempts.last().and_then(|a| a.case.clone());
+                match own
+                    .map(|c| (c.classname, c.name))
+                    .or_else(|| self.id_style.and_then(|s| s.case_of(id)))
+                {
                     Some((classname, name)) => Self::case(&name, &classname, e),
                     None => Self::case(id, binary, e),
                 }

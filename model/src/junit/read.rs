@@ -64,6 +64,7 @@ pub fn parse(text: &str, output_cap: usize) -> Result<Vec<Case>, String> {
                 output: bytes,
                 output_omitted_bytes: omitted as u64,
                 message: message.to_owned(),
+                case: None,
             }
         };
         let mut attempts = Vec::new();

@@ -156,6 +156,7 @@ async fn once(
             output,
             output_omitted_bytes: omitted,
             message,
+            case: None,
         });
     }
     if clean_exit {

@@ -259,6 +259,7 @@ fn lost_result(lost: Lost, cmd: &TestCommand, output: Vec<u8>) -> AttemptResult 
         output,
         output_omitted_bytes: omitted as u64,
         message,
+        case: None,
     }
 }
 
@@ -435,6 +436,7 @@ impl Worker {
             output,
             output_omitted_bytes: omitted as u64,
             message,
+            case: None,
         }
     }
 
