@@ -167,6 +167,12 @@ fn check_report(label: &str, out: &std::process::Output, report: &Path, pytest: 
     assert_eq!(s.passed, passed + 1, "{label}: {s:?}");
 }
 
+/// The crashing test's attempt was blamed for the crash, in these words.
+fn assert_crash_says(out: &std::process::Output, words: &str) {
+    let crash = attempts(&events(out), "tests/test_misbehaving.py::test_crash");
+    assert!(crash[0].2.message.contains(words), "{crash:?}");
+}
+
 /// Every path under `dir`, to show a run left nothing behind.
 fn listing(dir: &Path) -> Vec<PathBuf> {
     let mut all = vec![];
@@ -232,14 +238,7 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
     assert_eq!(xfail[0].2.message, "xfail: known bug");
     // In batches (the default) the tests ran on long-lived pytest workers: the crash took its
     // worker down, and only its own test was blamed.
-    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
-    assert!(
-        crash[0]
-            .2
-            .message
-            .contains("pytest worker exited with code 3"),
-        "{crash:?}"
-    );
+    assert_crash_says(&out, "pytest worker exited with code 3");
 
     // A process per test, for suites that need it: the same outcomes, no worker.
     let alone = dir.path().join("alone.xml");
@@ -252,11 +251,7 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
         .junit(&alone)
         .output();
     check_report("a process per test", &out, &alone, &pytest);
-    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
-    assert!(
-        crash[0].2.message.contains("`python3` exited with code 3"),
-        "{crash:?}"
-    );
+    assert_crash_says(&out, "`python3` exited with code 3");
 
     // History, asked in the suite's directory: a skip is the last outcome, and no duration.
     let history = run_output(
@@ -308,14 +303,7 @@ fn every_pytest_outcome_is_reported_as_pytest_reports_it_locally_and_remotely() 
         .output();
     check_report("remote", &out, &remote, &pytest);
     // There too, on pytest workers in the agents' sandboxes.
-    let crash = attempts(&events(&out), "tests/test_misbehaving.py::test_crash");
-    assert!(
-        crash[0]
-            .2
-            .message
-            .contains("pytest worker exited with code 3"),
-        "{crash:?}"
-    );
+    assert_crash_says(&out, "pytest worker exited with code 3");
     assert_eq!(
         listing(&suite),
         before,
