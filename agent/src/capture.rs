@@ -42,6 +42,13 @@ impl Capture {
         self.tail.extend(data);
     }
 
+    /// `bytes` capped as a test's output is: what [`Capture::finish`] gives after one push.
+    pub fn capped(bytes: &[u8], cap: usize) -> (Vec<u8>, u64) {
+        let mut c = Capture::new(cap);
+        c.push(bytes);
+        c.finish()
+    }
+
     /// The kept bytes, with a marker where output was dropped, and the number of bytes dropped.
     pub fn finish(self) -> (Vec<u8>, u64) {
         let mut out = self.head;

@@ -257,13 +257,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub markdown_summary: Option<PathBuf>,
 
-    /// Batch mode: run up to N tests of one test binary in one process, for suites whose tests
-    /// do not need a fresh process each (much less start-up cost per test). Each test keeps its
-    /// own result, duration, output and timeout; a crash or timeout fails only the test that was
+    /// Batch mode: run up to N tests in one process, for suites whose tests do not need a fresh
+    /// process each (much less start-up cost per test): a Rust binary's tests, a `command` tool's
+    /// ids; a pytest suite's tests run on long-lived pytest workers. Each test keeps its own
+    /// result, duration, output and timeout; a crash or timeout fails only the test that was
     /// running, and the rest run again in a new process.
     ///
-    /// Default: 1 for Rust test binaries; 100 for a `[runner]` tool (pytest: a batch never mixes
-    /// files), whose start-up is paid once per batch.
+    /// Default: 1 for Rust test binaries (a process per test); 100 for a `[runner]` tool. 1 for a
+    /// pytest suite starts a fresh pytest process per test.
     #[arg(
         long,
         value_name = "N",

@@ -15,7 +15,8 @@ use crate::cargo::ListedTest;
 use crate::error::{CliError, CliResult};
 
 /// Tests per process for a tool's suite unless `--tests-per-process` says otherwise: a tool's
-/// start-up (an interpreter, its plugins, the suite's imports) is paid once per batch.
+/// start-up (an interpreter, its plugins, the suite's imports) is paid once per batch, and for
+/// pytest, batch mode means long-lived workers that pay it once per worker.
 pub const DEFAULT_BATCH: u32 = 100;
 
 /// A tool suite's tests, by binary (pytest: one per file), and how to run them.

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
+use crate::capture::Capture;
 use crate::executor::{self, Process, TestCommand};
 
 const PLUGIN: &str = include_str!("testfleet_worker.py");
@@ -33,8 +34,6 @@ const PER_TEST_ENV: [&str; 4] = [
     "TESTFLEET_RUN_ID",
     "TMPDIR",
 ];
-/// Most output of a worker's own (outside pytest's capture) kept for the test it is blamed on.
-const OWN_OUTPUT_CAP: usize = 64 << 10;
 
 /// What makes two jobs' workers interchangeable: the same command, environment and sandbox.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -86,7 +85,9 @@ struct Worker {
     commands: pipe::Sender,
     records: mpsc::UnboundedReceiver<Record>,
     /// What the worker printed outside pytest's capture since the current test started.
-    own_output: Arc<Mutex<Vec<u8>>>,
+    own_output: Arc<Mutex<Capture>>,
+    /// A test's output cap: what is kept of the worker's own output for the test it is blamed on.
+    output_cap: usize,
     /// Why files would not collect, by path.
     collect_errors: BTreeMap<String, String>,
     /// Its FIFO and the plugin's copy; removed with the worker.
@@ -200,7 +201,7 @@ impl Workers {
     }
 }
 
-fn lost_result(lost: Lost, cmd: &TestCommand, output: Vec<u8>) -> AttemptResult {
+fn lost_result(lost: Lost, cmd: &TestCommand, output: (Vec<u8>, u64)) -> AttemptResult {
     use std::os::unix::process::ExitStatusExt;
     let (status, message, exit_code, signal) = match lost {
         Lost::TimedOut { killed } => (
@@ -248,16 +249,14 @@ fn lost_result(lost: Lost, cmd: &TestCommand, output: Vec<u8>) -> AttemptResult 
             None,
         ),
     };
-    let mut output = output;
-    let omitted = output.len().saturating_sub(cmd.output_cap);
-    output.truncate(cmd.output_cap);
+    let (output, omitted) = output;
     AttemptResult {
         status,
         duration: Duration::ZERO,
         exit_code,
         signal,
         output,
-        output_omitted_bytes: omitted as u64,
+        output_omitted_bytes: omitted,
         message,
         case: None,
     }
@@ -313,7 +312,7 @@ impl Worker {
         let started = executor::start(&this)
             .await
             .map_err(|e| format!("failed to start `{}`: {e}", cmd.program.display()))?;
-        let own_output = Arc::new(Mutex::new(Vec::new()));
+        let own_output = Arc::new(Mutex::new(Capture::new(cmd.output_cap)));
         let (tx, records) = mpsc::unbounded_channel();
         tokio::spawn(read_stdout(started.stdout, tx, own_output.clone()));
         tokio::spawn(read_other(started.stderr, own_output.clone()));
@@ -323,6 +322,7 @@ impl Worker {
             commands,
             records,
             own_output,
+            output_cap: cmd.output_cap,
             collect_errors: BTreeMap::new(),
             _dir: dir,
             guard: cmd.guard.clone(),
@@ -348,7 +348,7 @@ impl Worker {
         match ready {
             Ok(Ok(())) => Ok(w),
             Ok(Err(why)) => {
-                let out = w.stop_and_take_output().await;
+                let (out, _) = w.stop_and_take_output().await;
                 Err(format!("{why}: {}", String::from_utf8_lossy(&out)))
             }
             Err(_) => {
@@ -370,7 +370,7 @@ impl Worker {
             .filter_map(|k| cmd.env.get(*k).map(|v| (*k, v.as_str())))
             .collect();
         let line = serde_json::json!({ "id": name, "env": env }).to_string() + "\n";
-        self.own_output.lock().expect("lock").clear();
+        *self.own_output.lock().expect("lock") = Capture::new(self.output_cap);
         if let Err(e) = self.commands.write_all(line.as_bytes()).await {
             return Err(Lost::Exited(Err(e)));
         }
@@ -424,9 +424,7 @@ impl Worker {
             }
             _ => r.message,
         };
-        let mut output = r.output.into_bytes();
-        let omitted = output.len().saturating_sub(cmd.output_cap);
-        output.truncate(cmd.output_cap);
+        let (output, omitted) = Capture::capped(r.output.as_bytes(), cmd.output_cap);
         AttemptResult {
             status,
             // pytest's own measure (setup, call and teardown), else the round trip.
@@ -434,7 +432,7 @@ impl Worker {
             exit_code: None,
             signal: None,
             output,
-            output_omitted_bytes: omitted as u64,
+            output_omitted_bytes: omitted,
             message,
             case: None,
         }
@@ -454,9 +452,11 @@ impl Worker {
         self.process.release(&self.guard);
     }
 
-    async fn stop_and_take_output(mut self) -> Vec<u8> {
+    /// Stops the worker; what it printed of its own since its last test started, capped.
+    async fn stop_and_take_output(mut self) -> (Vec<u8>, u64) {
         self.kill().await;
-        std::mem::take(&mut *self.own_output.lock().expect("lock"))
+        let fresh = Capture::new(self.output_cap);
+        std::mem::replace(&mut *self.own_output.lock().expect("lock"), fresh).finish()
     }
 }
 
@@ -474,19 +474,15 @@ fn make_fifo(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn keep(own: &Mutex<Vec<u8>>, bytes: &[u8]) {
-    let mut own = own.lock().expect("lock");
-    if own.len() < OWN_OUTPUT_CAP {
-        let room = OWN_OUTPUT_CAP - own.len();
-        own.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
+fn keep(own: &Mutex<Capture>, bytes: &[u8]) {
+    own.lock().expect("lock").push(bytes);
 }
 
 /// The plugin's records go to `tx`; anything else the worker prints is its own output.
 async fn read_stdout(
     out: Box<dyn AsyncRead + Send + Unpin>,
     tx: mpsc::UnboundedSender<Record>,
-    own: Arc<Mutex<Vec<u8>>>,
+    own: Arc<Mutex<Capture>>,
 ) {
     let mut lines = BufReader::new(out);
     let mut line = Vec::new();
@@ -509,7 +505,7 @@ async fn read_stdout(
     }
 }
 
-async fn read_other(mut err: Box<dyn AsyncRead + Send + Unpin>, own: Arc<Mutex<Vec<u8>>>) {
+async fn read_other(mut err: Box<dyn AsyncRead + Send + Unpin>, own: Arc<Mutex<Capture>>) {
     let mut buf = vec![0u8; 8192];
     while let Ok(n) = err.read(&mut buf).await {
         if n == 0 {
