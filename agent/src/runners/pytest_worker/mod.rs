@@ -42,6 +42,8 @@ struct Key {
     args: Vec<String>,
     cwd: PathBuf,
     env: BTreeMap<String, String>,
+    /// The run's sandbox by address: a worker's sandboxed process holds its `Arc`, so the
+    /// address names one sandbox for as long as the worker lives.
     sandbox: usize,
 }
 
