@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use testfleet_model::{AgentId, Scope, ServiceSpec};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -44,6 +45,12 @@ pub struct Prepared {
     pub starts: Vec<StartReport>,
     /// Test-scope containers, removed by [`ServicePool::finish_test`].
     test_containers: Vec<String>,
+}
+
+/// One service ready for a test: its container, and whether this call started it.
+struct Ready {
+    started: Started,
+    fresh: bool,
 }
 
 type Cell<T> = Arc<OnceCell<T>>;
@@ -162,93 +169,118 @@ impl ServicePool {
         }
     }
 
+    /// Starts the services at once, not one after another: a test waits for the slowest, not for
+    /// the sum. Whatever was started for the test alone is recorded even when another one failed,
+    /// so that `prepare` removes it again.
     async fn prepare_into(
         &self,
         ctx: &LeaseCtx,
         services: &[ServiceSpec],
         out: &mut Prepared,
     ) -> Result<(), String> {
-        for spec in services {
-            if self.is_released(&ctx.lease_id).await {
-                return Err(format!(
-                    "lease {} was released (cancelled or lost)",
-                    ctx.lease_id
-                ));
-            }
-            let fingerprint = spec.fingerprint();
-            let fresh = AtomicBool::new(false);
-            let started = match spec.scope {
-                Scope::Test => {
-                    let (cell, name) = self.lease_network_cell(ctx).await;
-                    let net = self.network(cell, name, ctx).await?;
-                    let s = self.start(spec, ctx, net).await?;
-                    out.test_containers.push(s.container_id.clone());
-                    fresh.store(true, Ordering::Relaxed);
-                    s
-                }
-                Scope::Lease | Scope::Agent => {
-                    let (cell, net_cell, net_name) = {
-                        let mut st = self.state.lock().await;
-                        if spec.scope == Scope::Agent {
-                            let cell = st
-                                .agent_services
-                                .entry(fingerprint.clone())
-                                .or_default()
-                                .clone();
-                            (
-                                cell,
-                                st.agent_network.clone(),
-                                format!("tf-{}-agent-{}", self.agent, suffix()),
-                            )
-                        } else {
-                            let lease = st.leases.entry(ctx.lease_id.clone()).or_default();
-                            let cell = lease
-                                .services
-                                .entry(fingerprint.clone())
-                                .or_default()
-                                .clone();
-                            let name =
-                                format!("tf-{}-lease-{}-{}", self.agent, ctx.lease_id, suffix());
-                            (cell, lease.network.clone(), name)
-                        }
-                    };
-                    cell.get_or_try_init(|| async {
-                        let net = self.network(net_cell, net_name, ctx).await?;
-                        let s = self.start(spec, ctx, net).await?;
-                        fresh.store(true, Ordering::Relaxed);
-                        Ok::<_, String>(s)
-                    })
-                    .await?
-                    .clone()
+        let ready = join_all(services.iter().map(|spec| self.prepare_one(ctx, spec))).await;
+        let mut first_error = None;
+        for (spec, one) in services.iter().zip(ready) {
+            let one = match one {
+                Ok(one) => one,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
                 }
             };
-            // Released while this start was under way: what the start made goes again now (test
-            // scope goes with the test, through `finish_test`).
-            if spec.scope == Scope::Lease && self.is_released(&ctx.lease_id).await {
-                let _ = self.prov.remove(&started.container_id).await;
-                self.drop_lease_remnants(&ctx.lease_id).await;
-                return Err(format!(
-                    "lease {} was released (cancelled or lost)",
-                    ctx.lease_id
-                ));
+            if spec.scope == Scope::Test {
+                out.test_containers.push(one.started.container_id.clone());
             }
-            if fresh.load(Ordering::Relaxed) {
+            if one.fresh {
                 out.starts.push(StartReport {
                     service: spec.name.clone(),
                     scope: spec.scope,
-                    duration: started.duration,
-                    container_id: started.container_id.clone(),
-                    fingerprint: fingerprint.clone(),
+                    duration: one.started.duration,
+                    container_id: one.started.container_id.clone(),
+                    fingerprint: spec.fingerprint(),
                 });
             }
             for (key, template) in &spec.exports {
                 let value = template
-                    .render(&started.host, &|p| started.ports.get(&p).copied())
-                    .map_err(|e| format!("service `{}`: export `{key}`: {e}", spec.name))?;
-                out.env.insert(key.clone(), value);
+                    .render(&one.started.host, &|p| one.started.ports.get(&p).copied())
+                    .map_err(|e| format!("service `{}`: export `{key}`: {e}", spec.name));
+                match value {
+                    Ok(value) => {
+                        out.env.insert(key.clone(), value);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(())
+        if first_error.is_some()
+            && services.iter().any(|s| s.scope == Scope::Lease)
+            && self.is_released(&ctx.lease_id).await
+        {
+            self.drop_lease_remnants(&ctx.lease_id).await;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts (or finds) one service for a test of the lease in `ctx`.
+    async fn prepare_one(&self, ctx: &LeaseCtx, spec: &ServiceSpec) -> Result<Ready, String> {
+        if self.is_released(&ctx.lease_id).await {
+            return Err(format!(
+                "lease {} was released (cancelled or lost)",
+                ctx.lease_id
+            ));
+        }
+        let fresh = AtomicBool::new(false);
+        let started = match spec.scope {
+            Scope::Test => {
+                let (cell, name) = self.lease_network_cell(ctx).await;
+                let net = self.network(cell, name, ctx).await?;
+                fresh.store(true, Ordering::Relaxed);
+                self.start(spec, ctx, net).await?
+            }
+            Scope::Lease | Scope::Agent => {
+                let (cell, net_cell, net_name) = {
+                    let mut st = self.state.lock().await;
+                    let fingerprint = spec.fingerprint();
+                    if spec.scope == Scope::Agent {
+                        let cell = st.agent_services.entry(fingerprint).or_default().clone();
+                        (
+                            cell,
+                            st.agent_network.clone(),
+                            format!("tf-{}-agent-{}", self.agent, suffix()),
+                        )
+                    } else {
+                        let lease = st.leases.entry(ctx.lease_id.clone()).or_default();
+                        let cell = lease.services.entry(fingerprint).or_default().clone();
+                        let name = format!("tf-{}-lease-{}-{}", self.agent, ctx.lease_id, suffix());
+                        (cell, lease.network.clone(), name)
+                    }
+                };
+                cell.get_or_try_init(|| async {
+                    let net = self.network(net_cell, net_name, ctx).await?;
+                    let s = self.start(spec, ctx, net).await?;
+                    fresh.store(true, Ordering::Relaxed);
+                    Ok::<_, String>(s)
+                })
+                .await?
+                .clone()
+            }
+        };
+        // Released while this start was under way: the container goes again now, the lease's
+        // network once every start has ended (`prepare_into`); test scope goes with the test,
+        // through `finish_test`.
+        if spec.scope == Scope::Lease && self.is_released(&ctx.lease_id).await {
+            let _ = self.prov.remove(&started.container_id).await;
+            return Err(format!(
+                "lease {} was released (cancelled or lost)",
+                ctx.lease_id
+            ));
+        }
+        Ok(Ready {
+            started,
+            fresh: fresh.into_inner(),
+        })
     }
 
     async fn lease_network_cell(&self, ctx: &LeaseCtx) -> (Cell<String>, String) {
@@ -362,6 +394,8 @@ mod tests {
         log: StdMutex<Vec<String>>,
         next: StdMutex<u32>,
         fail: Option<&'static str>,
+        /// Every start waits here for the others: only starts under way together get through.
+        together: Option<tokio::sync::Barrier>,
     }
 
     impl Fake {
@@ -395,6 +429,9 @@ mod tests {
             // A real start takes a while: let concurrent callers interleave here.
             for _ in 0..3 {
                 tokio::task::yield_now().await;
+            }
+            if let Some(b) = &self.together {
+                b.wait().await;
             }
             if self.fail == Some(req.spec.name.as_str()) {
                 return Err(ProvisionError::ImageMissing("x:1".into()));
@@ -523,11 +560,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lease_released_while_its_service_starts_leaves_nothing_behind() {
+    async fn a_test_s_services_start_at_once() {
+        // Started one after another, the first start would wait for the second forever.
+        let fake = Arc::new(Fake {
+            together: Some(tokio::sync::Barrier::new(3)),
+            ..Default::default()
+        });
+        let pool = pool(&fake);
+        let all = [
+            svc("ag", Scope::Agent),
+            svc("le", Scope::Lease),
+            svc("te", Scope::Test),
+        ];
+        let prepared = tokio::time::timeout(Duration::from_secs(60), pool.prepare(&ctx("1"), &all))
+            .await
+            .expect("the three starts were under way together")
+            .unwrap();
+        assert_eq!(prepared.env.len(), 3, "{:?}", prepared.env);
+        assert_eq!(prepared.starts.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_while_its_services_start_leaves_nothing_behind() {
         let fake = Arc::new(Fake::default());
         let pool = Arc::new(pool(&fake));
         let c = ctx("9");
-        let lease = [svc("le", Scope::Lease)];
+        let lease = [svc("le", Scope::Lease), svc("le2", Scope::Lease)];
         // The release lands while the start is yielding inside the provisioner.
         let p = pool.clone();
         let (prepared, ()) = tokio::join!(pool.prepare(&c, &lease), async move {
@@ -544,8 +602,9 @@ mod tests {
         );
         assert_eq!(fake.count("net+"), fake.count("net-"), "{:?}", fake.log());
         // And a test of that lease arriving afterwards starts nothing.
+        let started = fake.count("start le");
         assert!(pool.prepare(&c, &lease).await.is_err());
-        assert_eq!(fake.count("start le"), 1);
+        assert_eq!(fake.count("start le"), started);
     }
 
     #[tokio::test]
