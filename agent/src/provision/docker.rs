@@ -1,6 +1,6 @@
 //! The Docker provisioner: containers through testcontainers (always removed with an explicit
-//! `rm().await`, never by Drop), and inspection, builds, networks and sweeps through bollard. It
-//! never pulls: a missing image is an error that names it.
+//! `rm().await`, never by testcontainers' Drop), and inspection, builds, networks and sweeps
+//! through bollard. It never pulls: a missing image is an error that names it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -233,6 +233,63 @@ impl DockerProvisioner {
             let _ = self.remove(&id).await;
         }
     }
+}
+
+impl Drop for DockerProvisioner {
+    /// Containers still held when the provisioner goes (its agent was torn down without its
+    /// shutdown, as when a local run is abandoned) are removed here. testcontainers' own Drop
+    /// would block a worker of this runtime on this same runtime, through a client whose
+    /// connections this runtime drives: when every worker is dropping at once, nothing is left to
+    /// drive them and the process hangs. A thread with a runtime and a client of its own cannot.
+    fn drop(&mut self) {
+        let live = std::mem::take(self.live.get_mut());
+        if live.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = live.keys().cloned().collect();
+        // Their own Drop must not run (see above); what they hold goes with the process.
+        live.into_values().for_each(std::mem::forget);
+        let remover = std::thread::Builder::new()
+            .name("container-remover".into())
+            .spawn(move || remove_on_a_runtime_of_its_own(&ids));
+        if let Ok(remover) = remover {
+            let _ = remover.join();
+        }
+    }
+}
+
+/// Removes the containers `ids` with a fresh client on a runtime of this thread's own, within a
+/// guard of 30 s; what cannot be removed is left to the next sweep.
+fn remove_on_a_runtime_of_its_own(ids: &[String]) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let Ok(docker) = Docker::connect_with_defaults() else {
+            tracing::warn!(containers = ?ids, "cannot reach Docker to remove containers; the next sweep will");
+            return;
+        };
+        let remove_all = async {
+            for id in ids {
+                let opts = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
+                if let Err(e) = docker.remove_container(id, Some(opts)).await
+                    && !is_not_found(&e)
+                {
+                    tracing::warn!(container = %id, error = %e, "failed to remove a container");
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), remove_all).await.is_err() {
+            tracing::warn!(containers = ?ids, "removing containers took over 30 s; the next sweep will");
+        }
+    });
 }
 
 #[tonic::async_trait]
