@@ -68,7 +68,7 @@ fn open(path: &Path) -> CliResult<SuiteManifest> {
 
 impl SuiteManifest {
     /// Runs the `prepare` command of every service in `used`, in the manifest's directory, with
-    /// its output shown.
+    /// its output shown on stderr.
     pub fn prepare(&self, used: &[u32]) -> CliResult<()> {
         for i in used {
             let service = &self.manifest.services[*i as usize];
@@ -76,9 +76,11 @@ impl SuiteManifest {
                 continue;
             };
             eprintln!("preparing service `{}`: {}", service.name, cmd.join(" "));
+            // Its output goes to stderr: stdout is the run's report (`--json` events).
             let status = Command::new(&cmd[0])
                 .args(&cmd[1..])
                 .current_dir(&self.dir)
+                .stdout(std::io::stderr())
                 .status()
                 .map_err(|e| {
                     CliError::BadManifest(format!(

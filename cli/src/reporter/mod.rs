@@ -4,6 +4,7 @@
 mod human;
 mod markdown;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use testfleet_model::{IdStyle, RunEvent};
@@ -15,6 +16,7 @@ pub use testfleet_model::junit::JunitReporter;
 
 pub struct Report {
     human: Option<HumanReporter>,
+    /// JSON lines on stdout, until stdout's reader goes away.
     json: bool,
     junit: Option<(JunitReporter, PathBuf)>,
     markdown: Option<(MarkdownReporter, PathBuf)>,
@@ -46,7 +48,15 @@ impl Report {
 
     pub fn on_event(&mut self, e: &RunEvent) {
         if self.json {
-            println!("{}", serde_json::to_string(e).expect("events serialize"));
+            let line = serde_json::to_string(e).expect("events serialize");
+            if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                // The reader went away (`| head`): the run still goes to its end, its history
+                // and its exit code; only the events stop.
+                self.json = false;
+                eprintln!(
+                    "stdout was closed: the run goes on to its end, without printing its events"
+                );
+            }
         }
         if let Some(h) = &mut self.human {
             h.on_event(e);
