@@ -3,14 +3,10 @@
 //! compose file by docker-compose, and every testfleet command line in them by testfleet's own
 //! argument parser.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::*;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// What a tool printed, both streams: the checkers report on either.
 fn everything_printed(out: &std::process::Output) -> String {

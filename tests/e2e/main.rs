@@ -15,6 +15,7 @@ mod import;
 mod limits;
 mod local_run;
 mod multihost;
+mod orders_example;
 mod pytest_outcomes;
 mod remote_run;
 mod runners;

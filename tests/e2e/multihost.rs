@@ -15,10 +15,6 @@ use crate::support::*;
 
 const LEASE_TIMEOUT_SECS: u64 = 5;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Builds `testfleet:local` from this source tree, once per test process.
 fn image() {
     static BUILT: OnceLock<()> = OnceLock::new();

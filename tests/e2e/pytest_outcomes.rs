@@ -88,11 +88,11 @@ pub(crate) fn write_suite(dir: &Path) -> PathBuf {
     suite
 }
 
-type Verdicts = BTreeMap<(String, String), &'static str>;
+pub(crate) type Verdicts = BTreeMap<(String, String), &'static str>;
 
 /// Each case of a JUnit file by (classname, name): passed, failed (a failure or an error) or
 /// skipped.
-fn verdicts(xml: &str) -> Verdicts {
+pub(crate) fn verdicts(xml: &str) -> Verdicts {
     read::parse(xml, 1 << 20)
         .unwrap()
         .into_iter()

@@ -3,15 +3,10 @@
 //! runner, with a shell script standing in for any tool that writes JUnit.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use testfleet_model::{AttemptStatus, EventKind, Outcome, exit_code};
 
 use crate::support::*;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The events of a run that ended with failed tests, as both suites here do.
 fn tests_failed(out: &std::process::Output) -> Vec<testfleet_model::RunEvent> {
@@ -22,23 +17,6 @@ fn tests_failed(out: &std::process::Output) -> Vec<testfleet_model::RunEvent> {
         stderr(out)
     );
     events(out)
-}
-
-/// Copies a suite's sources: not its data dir, bytecode or built server.
-fn copy_suite(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" || name == "kvstore-server" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_suite(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// Tests whose outcomes are every kind a pytest suite can have, beside the example's passing ones.
@@ -85,7 +63,7 @@ fn a_pytest_suite_with_a_service_container_runs_distributed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("suite");
-    copy_suite(&repo().join("examples/kvstore-pytest"), &suite);
+    copy_example("kvstore-pytest", &suite);
     std::fs::write(suite.join("tests/test_outcomes.py"), OUTCOMES).unwrap();
     std::fs::write(suite.join("tests/test_misbehaving.py"), MISBEHAVING).unwrap();
 

@@ -403,6 +403,33 @@ pub fn pytest_or_skip(test: &str) -> bool {
     )
 }
 
+/// The repository's root, where the examples are.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Copies `examples/NAME` to `to`, without what running it leaves (dot files, `__pycache__`, a
+/// built server), so that a test's runs never write into the repository.
+pub fn copy_example(name: &str, to: &Path) {
+    copy_tree(&repo().join("examples").join(name), to);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "__pycache__" || name == "kvstore-server" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
 /// A name unique to this test process, for agent ids whose containers a test inspects.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
