@@ -9,6 +9,7 @@ mod figures;
 mod floor;
 mod ingest;
 mod makespan;
+mod orders_example;
 mod overhead;
 mod pytest_suite;
 mod queries;
@@ -17,6 +18,7 @@ mod scale;
 mod simagent;
 mod simhistory;
 mod suite;
+mod turns;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +56,9 @@ enum Bench {
     /// A pytest suite whose conftest is slow to import: plain pytest, pytest -n 2 (xdist) and
     /// testfleet --local 2 --slots 1.
     Pytest(pytest_suite::Args),
+    /// The order-service example (pytest, PostgreSQL and Redis): plain pytest with its containers
+    /// against testfleet --local 2.
+    Orders(orders_example::Args),
     /// A heavy-tailed sleep suite on 4 local agents, cold and then with history: wall / lower bound.
     Makespan(makespan::Args),
     /// Simulated agents report results over gRPC to a coordinator persisting to sled: results/s.
@@ -84,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Overhead(a) => overhead::run(a)?,
         Bench::Pytest(a) => pytest_suite::run(a)?,
+        Bench::Orders(a) => orders_example::run(a)?,
         Bench::Makespan(a) => makespan::run(a)?,
         Bench::Ingest(a) => ingest::run(a)?,
         Bench::Scale(a) => scale::run(a)?,
@@ -160,6 +166,11 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         test_ms: 10,
         workers: 2,
         rounds: if quick { 1 } else { 3 },
+        testfleet: tf(),
+    })?);
+    step(orders_example::run(orders_example::Args {
+        workers: 2,
+        rounds: if quick { 1 } else { 5 },
         testfleet: tf(),
     })?);
     Ok(out)

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::bail;
 
 use crate::figures::{Figure, Target};
-use crate::suite;
+use crate::{suite, turns};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -106,11 +106,6 @@ fn command(c: Contender, testfleet: &Path, dir: &Path, data: &Path, workers: usi
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     let have = |module: &str| {
         Command::new("python3")
@@ -136,24 +131,12 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
         args.rounds
     );
     let all = [Contender::Pytest, Contender::Xdist, Contender::Testfleet];
-    let time = |c: Contender| {
+    let medians = turns::median_walls(all.len(), args.rounds, |i| {
         suite::timed(
-            &mut command(c, &testfleet, &dir, &data, args.workers),
-            &format!("{c:?}"),
+            &mut command(all[i], &testfleet, &dir, &data, args.workers),
+            &format!("{:?}", all[i]),
         )
-    };
-    // One warm-up of each (page cache, bytecode, history's first run), not counted.
-    for c in all {
-        time(c)?;
-    }
-    let mut walls: Vec<Vec<f64>> = vec![vec![]; all.len()];
-    for round in 0..args.rounds.max(1) {
-        for k in 0..all.len() {
-            let i = (k + round) % all.len();
-            walls[i].push(time(all[i])?);
-        }
-    }
-    let medians: Vec<f64> = walls.into_iter().map(median).collect();
+    })?;
     for (c, m) in all.iter().zip(&medians) {
         println!("  {:<62} wall {m:>7.3} s", c.label(args.workers));
     }
