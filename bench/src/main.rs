@@ -164,6 +164,7 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         tests: 20,
         import_ms: 500,
         test_ms: 10,
+        module_fixture_ms: 0,
         workers: 2,
         rounds: if quick { 1 } else { 3 },
         testfleet: tf(),

@@ -26,6 +26,10 @@ pub struct Args {
     /// What each test takes, in ms.
     #[arg(long, default_value_t = 10)]
     pub test_ms: u64,
+    /// What each file's module-scoped fixture (used by all its tests) takes to set up, in ms;
+    /// 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub module_fixture_ms: u64,
     /// Workers: xdist's `-n`, testfleet's local agents (of one slot each).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -70,6 +74,13 @@ fn write_suite(dir: &Path, a: &Args) -> anyhow::Result<()> {
     )?;
     for f in 0..a.files {
         let mut src = String::from("import time\n");
+        if a.module_fixture_ms > 0 {
+            src.push_str(&format!(
+                "import pytest\n\n@pytest.fixture(scope='module', autouse=True)\n\
+                 def module_resource():\n    time.sleep({})\n",
+                a.module_fixture_ms as f64 / 1000.0
+            ));
+        }
         for t in 0..a.tests {
             src.push_str(&format!(
                 "\ndef test_{t:03}():\n    time.sleep({})\n",
@@ -122,10 +133,11 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     write_suite(&dir, &args)?;
     let data = work.path().join("data");
     println!(
-        "pytest: {} tests in {} files, a {} ms conftest import, {} ms tests, {} workers, {} rounds (median)",
+        "pytest: {} tests in {} files, a {} ms conftest import, a {} ms module fixture, {} ms tests, {} workers, {} rounds (median)",
         args.files * args.tests,
         args.files,
         args.import_ms,
+        args.module_fixture_ms,
         args.test_ms,
         args.workers,
         args.rounds

@@ -236,7 +236,7 @@ pub fn spec(suite: &str, tests: usize) -> pb::RunSpec {
                 binary: 0,
                 name: format!("module_{:03}::test_{i:07}", i % 997),
                 ignored: false,
-                group: String::new(),
+                ..Default::default()
             })
             .collect(),
         retries: Some(0),

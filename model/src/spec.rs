@@ -54,6 +54,12 @@ pub struct TestSpec {
     /// pytest suite's `xdist_group` marks, or its `dist` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The pytest module or class whose class-, module- or package-scoped fixtures the test uses.
+    /// A lease is filled with such mates before other tests, so that a worker sets those fixtures
+    /// up once for them all; unlike a group, never beyond the lease's size, so parallelism comes
+    /// first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

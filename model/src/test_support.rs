@@ -33,6 +33,7 @@ pub fn spec(n: usize) -> RunSpec {
                 name: format!("t{i}"),
                 ignored: false,
                 group: None,
+                shares: None,
             })
             .collect(),
         retries: Some(0),

@@ -120,6 +120,7 @@ impl From<&RunSpec> for pb::RunSpec {
                     name: t.name.clone(),
                     ignored: t.ignored,
                     group: t.group.clone().unwrap_or_default(),
+                    shares: t.shares.clone().unwrap_or_default(),
                 })
                 .collect(),
             retries: s.retries,
@@ -161,6 +162,7 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                     name: t.name,
                     ignored: t.ignored,
                     group: Some(t.group).filter(|g| !g.is_empty()),
+                    shares: Some(t.shares).filter(|s| !s.is_empty()),
                 })
                 .collect(),
             retries: s.retries,

@@ -13,6 +13,8 @@ pub struct ListedTest {
     pub ignored: bool,
     /// Tests that must run together (a pytest suite's `xdist_group`, or its `dist` mode).
     pub group: Option<String>,
+    /// What the test shares with others: see [`testfleet_model::TestSpec::shares`].
+    pub shares: Option<String>,
 }
 
 fn list(binary: &TestBinary, ignored: bool) -> CliResult<Vec<String>> {
@@ -58,6 +60,7 @@ pub fn list_tests(binary: &TestBinary) -> CliResult<Vec<ListedTest>> {
             ignored: ignored.contains(&name),
             name,
             group: None,
+            shares: None,
         })
         .collect())
 }

@@ -47,6 +47,7 @@ pub(super) fn build(
             name: t.name.clone(),
             ignored: t.ignored,
             group: t.group.clone(),
+            shares: t.shares.clone(),
         }));
     }
     let runnable = tests.iter().filter(|t| !t.ignored).count();

@@ -21,6 +21,7 @@ pub fn list(
             name: name.to_owned(),
             ignored: false,
             group: None,
+            shares: None,
         })
         .collect();
     if tests.is_empty() {

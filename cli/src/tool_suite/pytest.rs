@@ -27,7 +27,7 @@ pub fn run_args(user_args: &[String]) -> Vec<String> {
     args
 }
 
-/// testfleet's collection plugin: it writes the tests' `xdist_group` marks.
+/// testfleet's collection plugin: it writes the tests' `xdist_group` marks and shared fixtures.
 const COLLECT_PLUGIN: &str = include_str!("testfleet_collect.py");
 
 /// The suite's tests by file, in collection order, each with its group as `dist` says.
@@ -77,15 +77,29 @@ pub fn collect(
             argv.join(" ")
         )));
     }
-    let marked: BTreeMap<String, String> = std::fs::read_to_string(&marks)
+    let found: Collected = std::fs::read_to_string(&marks)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let mut files = by_file(&stdout);
     for t in files.iter_mut().flat_map(|(_, tests)| tests.iter_mut()) {
-        t.group = dist.group_of(&t.name, marked.get(&t.name).map(String::as_str));
+        t.group = dist.group_of(&t.name, found.groups.get(&t.name).map(String::as_str));
+        if dist != Dist::Load {
+            t.shares = found.shares.get(&t.name).cloned();
+        }
     }
     Ok(files)
+}
+
+/// What the collection plugin writes, by node id.
+#[derive(Default, serde::Deserialize)]
+struct Collected {
+    /// `xdist_group` marks.
+    #[serde(default)]
+    groups: BTreeMap<String, String>,
+    /// The package, module or class whose broader fixtures the test uses.
+    #[serde(default)]
+    shares: BTreeMap<String, String>,
 }
 
 /// `-q` prints the node ids first, one per line, up to the first blank line (a summary and any
@@ -102,6 +116,7 @@ fn by_file(stdout: &str) -> Vec<(String, Vec<ListedTest>)> {
             name: id.to_owned(),
             ignored: false,
             group: None,
+            shares: None,
         };
         match files.iter_mut().find(|(f, _)| f == file) {
             Some((_, tests)) if !tests.iter().any(|t| t.name == id) => tests.push(test),
@@ -147,5 +162,115 @@ mod tests {
         assert_eq!(args.last().unwrap(), "{tests}");
         assert!(args.contains(&"--junitxml={junit}".to_owned()));
         assert!(args.windows(2).any(|w| w == ["-m", "not slow"]));
+    }
+
+    const SHARING: &str = r#"
+import pytest
+
+@pytest.fixture(scope="module")
+def db():
+    return 1
+
+@pytest.fixture(scope="class")
+def conn():
+    return 2
+
+def test_uses_module(db):
+    pass
+
+def test_uses_session(sess):
+    pass
+
+def test_plain():
+    pass
+
+class TestC:
+    def test_uses_class(self, conn):
+        pass
+
+    def test_plain_in_class(self):
+        pass
+
+@pytest.mark.xdist_group(name="g")
+def test_marked():
+    pass
+"#;
+
+    /// Whether pytest runs here; `TESTFLEET_REQUIRE_TOOLS=1` (CI) makes its absence a failure.
+    fn pytest_or_skip(test: &str) -> bool {
+        let present = std::process::Command::new("python3")
+            .args(["-m", "pytest", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !present {
+            assert!(
+                std::env::var("TESTFLEET_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "{test}: TESTFLEET_REQUIRE_TOOLS=1 but pytest cannot be run (pip install pytest)"
+            );
+            eprintln!("SKIPPED {test}: pytest is not installed (pip install pytest)");
+        }
+        present
+    }
+
+    #[test]
+    fn collection_finds_marks_and_the_scope_of_fixtures_each_test_shares() {
+        if !pytest_or_skip("collection_finds_marks_and_the_scope_of_fixtures_each_test_shares") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tests = dir.path().join("tests");
+        std::fs::create_dir_all(tests.join("pkg")).unwrap();
+        let write = |path: &str, text: &str| std::fs::write(dir.path().join(path), text).unwrap();
+        write(
+            "conftest.py",
+            "import pytest\n\n@pytest.fixture(scope='session')\ndef sess():\n    return 0\n",
+        );
+        write("tests/test_mod.py", SHARING);
+        write("tests/pkg/__init__.py", "");
+        write(
+            "tests/pkg/conftest.py",
+            "import pytest\n\n@pytest.fixture(scope='package')\ndef pkg():\n    return 3\n",
+        );
+        write(
+            "tests/pkg/test_p.py",
+            "def test_uses_package(pkg):\n    pass\n",
+        );
+        let found = |dist: Dist| -> BTreeMap<String, (Option<String>, Option<String>)> {
+            collect(
+                "python3",
+                &["tests".into()],
+                &[],
+                dist,
+                dir.path(),
+                &BTreeMap::new(),
+            )
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, tests)| tests)
+            .map(|t| (t.name, (t.group, t.shares)))
+            .collect()
+        };
+        let m = "tests/test_mod.py";
+        let id = |name: &str| format!("{m}::{name}");
+        let some = |s: &str| Some(s.to_owned());
+        let expected = BTreeMap::from([
+            (id("test_uses_module"), (None, some(m))),
+            (id("test_uses_session"), (None, None)),
+            (id("test_plain"), (None, None)),
+            (id("TestC::test_uses_class"), (None, some(&id("TestC")))),
+            (id("TestC::test_plain_in_class"), (None, None)),
+            (id("test_marked"), (some("g"), None)),
+            (
+                "tests/pkg/test_p.py::test_uses_package".to_owned(),
+                (None, some("tests/pkg")),
+            ),
+        ]);
+        assert_eq!(found(Dist::LoadGroup), expected);
+        // `dist = "load"`: every test goes wherever it is cheapest.
+        assert!(
+            found(Dist::Load)
+                .values()
+                .all(|(group, shares)| group.is_none() && shares.is_none())
+        );
     }
 }

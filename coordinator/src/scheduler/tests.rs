@@ -1059,3 +1059,86 @@ async fn a_group_s_tests_are_leased_together() {
         seen.extend(indices);
     }
 }
+
+/// Tests that share a module's fixtures fill a lease before other tests, but never make it
+/// bigger: parallelism comes first.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_filled_with_tests_that_share_fixtures_but_not_made_bigger() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _b = h.agent("b", 1, 2).await;
+    // Modules interleave in queue order (t0 m0, t1 m1, t2 m2, t3 m0, ...), as estimates would
+    // sort them; the last ten share nothing.
+    let mut s = testfleet_model::test_support::spec(40);
+    for (i, t) in s.tests.iter_mut().enumerate().take(30) {
+        t.shares = Some(format!("tests/test_m{}.py", i % 3));
+    }
+    let _events = h.submit(1, Arc::new(s)).await;
+    let mut leases = vec![];
+    let mut seen = 0;
+    while seen < 40 {
+        h.from(&a, ask(1));
+        let g = lease(&mut a).await;
+        let indices: Vec<u32> = g.tests.iter().map(|(i, _)| *i).collect();
+        for i in 0..g.tests.len() {
+            h.from(&a, finished(&g, i, AttemptStatus::Passed));
+        }
+        seen += indices.len();
+        leases.push(indices);
+    }
+    let first = &leases[0];
+    assert!(first.len() > 1, "{leases:?}");
+    assert_eq!(first[0], 0, "the head of the queue still comes first");
+    assert!(
+        first.iter().all(|i| i % 3 == 0 && *i < 30),
+        "the first lease holds module 0's tests only: {first:?}"
+    );
+    // The same sizes as without sharing: guided self-scheduling decides them, not the modules.
+    let mut plain = testfleet_model::test_support::spec(40);
+    plain.tests.iter_mut().for_each(|t| t.shares = None);
+    let h2 = Harness::new();
+    let mut a2 = h2.agent("a", 1, 1).await;
+    let _b2 = h2.agent("b", 1, 2).await;
+    let _events2 = h2.submit(1, Arc::new(plain)).await;
+    let mut sizes = vec![];
+    let mut seen = 0;
+    while seen < 40 {
+        h2.from(&a2, ask(1));
+        let g = lease(&mut a2).await;
+        for i in 0..g.tests.len() {
+            h2.from(&a2, finished(&g, i, AttemptStatus::Passed));
+        }
+        seen += g.tests.len();
+        sizes.push(g.tests.len());
+    }
+    assert_eq!(
+        leases.iter().map(Vec::len).collect::<Vec<_>>(),
+        sizes,
+        "{leases:?}"
+    );
+}
+
+/// An agent's next lease goes on with the module its workers ran last (and may still hold the
+/// fixtures of), even when another module's test heads the queue.
+#[tokio::test(start_paused = true)]
+async fn an_agent_goes_on_with_the_module_it_ran_last() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let _b = h.agent("b", 1, 2).await;
+    let mut s = testfleet_model::test_support::spec(60);
+    for (i, t) in s.tests.iter_mut().enumerate() {
+        t.shares = Some(format!("tests/test_m{}.py", i % 2));
+    }
+    let _events = h.submit(1, Arc::new(s)).await;
+    h.from(&a, ask(1));
+    let first: Vec<u32> = lease(&mut a).await.tests.iter().map(|(i, _)| *i).collect();
+    assert!(first.iter().all(|i| i % 2 == 0), "module 0: {first:?}");
+    // Test 1 (module 1) heads the queue now; module 0 still has tests left.
+    assert!(first.len() < 30, "{first:?}");
+    h.from(&a, ask(1));
+    let second: Vec<u32> = lease(&mut a).await.tests.iter().map(|(i, _)| *i).collect();
+    assert!(
+        !second.is_empty() && second.iter().all(|i| i % 2 == 0),
+        "the agent goes on with module 0: {second:?}"
+    );
+}

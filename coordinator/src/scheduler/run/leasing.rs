@@ -1,6 +1,8 @@
 //! Cutting a lease from a run's queue for one agent: which tests (affinity, services, warm
 //! containers), how many, and settling the tests no connected agent can serve.
 
+use std::collections::{HashMap, HashSet};
+
 use super::*;
 use testfleet_model::TestFinished;
 
@@ -45,11 +47,18 @@ impl Run {
             (!others || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
                 && (agent.docker || !needs_docker)
         };
+        // Warm: the agent runs the test's agent-scope services already, or its workers ran the
+        // test's module or class last and may hold its fixtures.
+        let recent = self.recent_shares.get(agent.id);
         let warm = |i: u32| {
             let profile = &self.agent_profile[self.binary_of(i)];
-            !profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f))
+            (!profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f)))
+                || self.spec.tests[i as usize]
+                    .shares
+                    .as_ref()
+                    .is_some_and(|k| recent.is_some_and(|r| r.contains(k)))
         };
-        let affinity = !agent.warm.is_empty();
+        let affinity = !agent.warm.is_empty() || recent.is_some();
         let window = if affinity { AFFINITY_WINDOW } else { max_tests };
         let mut chosen: Vec<usize> = self
             .queue
@@ -73,7 +82,17 @@ impl Run {
             at_least_one,
         );
         chosen.truncate(n);
+        self.fill_with_mates(&mut chosen, &eligible);
         self.add_groups(&mut chosen, eligible);
+        let shared: HashSet<String> = chosen
+            .iter()
+            .filter_map(|p| self.spec.tests[self.queue[*p] as usize].shares.clone())
+            .collect();
+        if shared.is_empty() {
+            self.recent_shares.remove(agent.id);
+        } else {
+            self.recent_shares.insert(agent.id.clone(), shared);
+        }
         let batch: Vec<(u32, u32)> = chosen
             .iter()
             .map(|p| {
@@ -94,18 +113,57 @@ impl Run {
         batch
     }
 
-    /// Settles every queued test that needs services as an infrastructure error: no connected
-    /// agent can start them.
+    /// Keeps the batch's size but fills it, head first, with queued tests that share fixtures
+    /// with the tests already in it ([`testfleet_model::TestSpec::shares`]: a pytest module's or class's), so that
+    /// a worker sets those fixtures up once for them all instead of once per lease. The longest
+    /// tests still come first; only which tests follow them changes.
+    fn fill_with_mates(&self, chosen: &mut Vec<usize>, eligible: &impl Fn(u32) -> bool) {
+        let shares = |pos: usize| self.spec.tests[self.queue[pos] as usize].shares.as_deref();
+        let keys: HashSet<&str> = chosen.iter().filter_map(|p| shares(*p)).collect();
+        if keys.is_empty() {
+            return;
+        }
+        // One pass over the queue: each key's queued mates, in queue order.
+        let mut mates: HashMap<&str, Vec<usize>> = HashMap::new();
+        for pos in 0..self.queue.len() {
+            if let Some(k) = shares(pos).filter(|k| keys.contains(k))
+                && eligible(self.queue[pos])
+            {
+                mates.entry(k).or_default().push(pos);
+            }
+        }
+        let size = chosen.len();
+        let mut filled = Vec::with_capacity(size);
+        let mut taken = HashSet::with_capacity(size);
+        for &pos in chosen.iter() {
+            if filled.len() == size {
+                break;
+            }
+            if taken.insert(pos) {
+                filled.push(pos);
+            }
+            let Some(key) = shares(pos) else { continue };
+            for &mate in mates.get(key).into_iter().flatten() {
+                if filled.len() == size {
+                    break;
+                }
+                if taken.insert(mate) {
+                    filled.push(mate);
+                }
+            }
+        }
+        *chosen = filled;
+    }
+
     /// Adds to `chosen` (queue positions) every queued test that shares a group with one of them:
     /// a group's tests go in one lease, to run one after another in one process on its agent.
     fn add_groups(&self, chosen: &mut Vec<usize>, eligible: impl Fn(u32) -> bool) {
         let group = |pos: usize| self.spec.tests[self.queue[pos] as usize].group.as_ref();
-        let groups: std::collections::HashSet<&String> =
-            chosen.iter().filter_map(|p| group(*p)).collect();
+        let groups: HashSet<&String> = chosen.iter().filter_map(|p| group(*p)).collect();
         if groups.is_empty() {
             return;
         }
-        let taken: std::collections::HashSet<usize> = chosen.iter().copied().collect();
+        let taken: HashSet<usize> = chosen.iter().copied().collect();
         let more: Vec<usize> = (0..self.queue.len())
             .filter(|p| !taken.contains(p))
             .filter(|p| group(*p).is_some_and(|g| groups.contains(g)))
@@ -114,6 +172,8 @@ impl Run {
         chosen.extend(more);
     }
 
+    /// Settles every queued test that needs services as an infrastructure error: no connected
+    /// agent can start them.
     pub fn fail_unservable(&mut self, why: &str) {
         let needs = self.needs_docker.clone();
         let spec = self.spec.clone();

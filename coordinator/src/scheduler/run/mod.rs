@@ -5,7 +5,7 @@
 mod leasing;
 mod resume;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,9 @@ pub(super) struct Run {
     agent_profile: Vec<Vec<String>>,
     /// Whether the run was told that an agent runs its tests without a sandbox (said once).
     warned_unsandboxed: bool,
+    /// Per agent: what the tests of its last lease shared ([`testfleet_model::TestSpec::shares`]),
+    /// whose fixtures its pytest workers may still hold.
+    recent_shares: HashMap<AgentId, HashSet<String>>,
 }
 
 /// Where a run's events go besides its watchers: the history writer and the metrics.
@@ -78,7 +81,8 @@ pub(crate) struct LeaseTally {
     pub failed: u32,
 }
 
-/// How far down the queue a lease looks for tests whose services are already warm on the agent.
+/// How far down the queue a lease looks for tests whose services (or fixtures) are already warm on
+/// the agent.
 const AFFINITY_WINDOW: usize = 4096;
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -144,6 +148,7 @@ impl Run {
             sinks,
             trace: Some(trace),
             warned_unsandboxed: false,
+            recent_shares: HashMap::new(),
             needs_docker: spec
                 .binaries
                 .iter()
