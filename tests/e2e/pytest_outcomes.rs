@@ -401,3 +401,42 @@ fn xdist_groups_and_loadfile_keep_tests_on_one_worker() {
         assert_eq!(in_file.len(), 1, "{file} ran in one process: {by_file:?}");
     }
 }
+
+/// A fixture of `tests/conftest.py` (not the root's) is seen by every file one worker runs: since
+/// pytest 9.1 it belongs to the directory's node, which a worker must keep between files.
+#[test]
+fn a_subdirectory_conftest_s_fixtures_reach_every_file_of_a_worker() {
+    let name = "a_subdirectory_conftest_s_fixtures_reach_every_file_of_a_worker";
+    if !pytest_or_skip(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite");
+    std::fs::create_dir_all(suite.join("tests/deeper")).unwrap();
+    let write = |path: &str, text: &str| std::fs::write(suite.join(path), text).unwrap();
+    write(
+        "testfleet.toml",
+        "[runner]\nkind = \"pytest\"\npaths = [\"tests\"]\n",
+    );
+    write("tests/__init__.py", "");
+    write(
+        "tests/conftest.py",
+        "import pytest\n\n@pytest.fixture(params=[1, 2])\ndef n(request):\n    return request.param\n",
+    );
+    for file in [
+        "tests/test_a.py",
+        "tests/test_b.py",
+        "tests/deeper/test_c.py",
+    ] {
+        write(file, "def test_n(n):\n    assert n in (1, 2)\n");
+    }
+    // One agent of one slot: one worker collects all three files, one after another.
+    let out = RunLine::local(1)
+        .in_dir(&suite)
+        .json()
+        .args(&["--slots", "1"])
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&events(&out));
+    assert_eq!((s.passed, s.infra_errors), (6, 0), "{s:?}");
+}

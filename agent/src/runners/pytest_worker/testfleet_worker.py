@@ -13,8 +13,13 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+from _pytest.runner import collect_one_node
+
+# pytest 8 and later; older ones collect each file with a session-wide collection of its own.
+Directory = getattr(pytest, "Directory", None)
 
 MARK = "\x1etestfleet-worker "
 
@@ -43,6 +48,8 @@ class _Worker:
         self.config = config
         self.items = {}
         self.files = set()
+        # Directory nodes by path, each kept from the first time it was collected.
+        self.dirs = {}
         self.reports = []
 
     @pytest.hookimpl(tryfirst=True)
@@ -60,12 +67,57 @@ class _Worker:
             return
         self.files.add(path)
         try:
-            items = session.perform_collect([path], genitems=True)
+            items = self._collect_file(session, path)
         except Exception as e:  # a file that does not collect: each of its tests says why
             _say("collect_error", path=path, message=str(e))
             return
         for item in items:
             self.items.setdefault(item.nodeid, item)
+
+    def _collect_file(self, session, path):
+        """The items of one file. The first file is collected as pytest collects its arguments;
+        later ones from the directory nodes collected then: pytest 9.1 ties the fixtures of a
+        subdirectory's conftest.py to that directory's node, and a second session-wide collection
+        would make new nodes that no longer see them."""
+        target = Path(session.config.rootpath, path)
+        known = None
+        if Directory is not None:
+            known = next((self.dirs[d] for d in target.parents if d in self.dirs), None)
+        if known is None:
+            items = session.perform_collect([path], genitems=True)
+            self._remember_dirs(items)
+            return items
+        node = known
+        while True:
+            report = collect_one_node(node)
+            if not report.passed:
+                raise RuntimeError(str(report.longrepr))
+            child = next((c for c in report.result if c.path == target), None)
+            if child is not None and not isinstance(child, Directory):
+                break
+            child = next(
+                (c for c in report.result
+                 if isinstance(c, Directory) and c.path in target.parents),
+                None,
+            )
+            if child is None:
+                return []  # not a test file pytest collects (collect_ignore, python_files)
+            self.dirs.setdefault(child.path, child)
+            node = child
+        items = list(session.genitems(child))
+        # As a collection does: conftest and plugin hooks see, mark or deselect the items.
+        session.config.hook.pytest_collection_modifyitems(
+            session=session, config=session.config, items=items
+        )
+        return items
+
+    def _remember_dirs(self, items):
+        if Directory is None:
+            return
+        for item in items:
+            for parent in item.iter_parents():
+                if isinstance(parent, Directory):
+                    self.dirs.setdefault(parent.path, parent)
 
     def _verdict(self, node_id):
         failed = [r for r in self.reports if r.failed]
