@@ -337,6 +337,11 @@ fn a_missing_image_is_an_infrastructure_error_that_names_it() {
     // Infrastructure errors are never counted as test failures.
     let s = summary(&events);
     assert_eq!((s.failed, s.infra_errors), (0, 2));
+    // The only agent failed each test the same way twice: said once, not retried again.
+    assert_eq!(s.attempts_per_agent.values().sum::<u32>(), 4, "{s:?}");
+    for m in &messages {
+        assert!(m.contains("the same error twice on"), "{m}");
+    }
     assert!(start.elapsed() < GUARD);
     // The agent's network for its services was made before the start failed; it is gone too.
     for agent in s.attempts_per_agent.keys() {

@@ -6,7 +6,7 @@ use testfleet_model::session::{AgentMessage, CoordinatorMessage, ServiceStarted,
 use testfleet_model::{AgentId, AttemptKey, AttemptResult, LeaseId, Scope};
 
 use super::agents::{ConnId, WorkWanted};
-use super::{LeaseTally, Scheduler};
+use super::{Context, Elsewhere, LeaseTally, Scheduler};
 
 impl Scheduler {
     pub(super) fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: AgentMessage) {
@@ -90,8 +90,14 @@ impl Scheduler {
     /// adopted, for a lease this coordinator took back), the lease closed with its tally once its
     /// last test is in.
     fn on_finished(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
+        let fleet = self.fleet();
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return;
+        };
+        let elsewhere = Elsewhere {
+            connected: fleet.connected > usize::from(agent.is_connected()),
+            with_docker: fleet.docker
+                > usize::from(agent.is_connected() && agent.hello.docker_available),
         };
         // Whatever becomes of it, the agent can stop resending it.
         agent.send(CoordinatorMessage::Ack(key));
@@ -128,7 +134,7 @@ impl Scheduler {
             agent_id,
             key.lease_id,
             result,
-            tally,
+            Context { tally, elsewhere },
         );
         if !run.is_running() {
             self.on_run_closed(key.run_id);

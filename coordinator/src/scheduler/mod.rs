@@ -27,9 +27,9 @@ use tokio::sync::mpsc;
 use crate::history::HistoryUpdate;
 use crate::metrics::Metrics;
 use agents::{Agent, Lease};
-pub(crate) use run::LeaseTally;
 use run::Run;
 pub(crate) use run::now_unix_ms;
+pub(crate) use run::{Context, Elsewhere, LeaseTally};
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {

@@ -673,6 +673,51 @@ async fn a_retry_returns_to_the_only_agent_that_can_run_it() {
     );
 }
 
+/// Where no other agent can take it, the same infrastructure error twice on one agent settles the
+/// test, saying why, rather than failing it the same way until the retries run out.
+#[tokio::test]
+async fn the_same_infrastructure_error_twice_on_the_only_capable_agent_settles_the_test() {
+    let h = Harness::new();
+    let mut docker = h.agent_with("docker", 1, 1, true).await;
+    let mut plain = h.agent_with("plain", 1, 2, false).await;
+    let mut events = h.submit(1, service_spec(1)).await;
+    h.from(&plain, ask(1));
+    let g = lease(&mut plain).await;
+    h.from(&plain, finished(&g, 0, AttemptStatus::Passed));
+    for round in 0..2 {
+        h.from(&docker, ask(1));
+        let g = lease(&mut docker).await;
+        assert_eq!(g.tests.len(), 1, "round {round}");
+        h.from(
+            &docker,
+            AgentMessage::TestFinished(key_of(&g, 0), AttemptResult::infra_error("image missing")),
+        );
+    }
+    let all = until_finished(&mut events).await;
+    let finished: Vec<&TestFinished> = all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 3, "one retry, then settled: {finished:?}");
+    assert_eq!(finished[1].final_outcome, None);
+    assert_eq!(finished[2].final_outcome, Some(Outcome::InfraError));
+    assert!(
+        finished[2]
+            .result
+            .message
+            .starts_with("image missing; the same error twice on docker")
+            && finished[2]
+                .result
+                .message
+                .contains("no other connected agent with Docker"),
+        "{}",
+        finished[2].result.message
+    );
+}
+
 #[tokio::test]
 async fn an_infrastructure_error_is_retried_on_another_capable_agent() {
     let h = Harness::new();

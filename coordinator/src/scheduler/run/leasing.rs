@@ -12,7 +12,7 @@ impl Run {
     }
 
     /// Whether test `index` needs services.
-    fn needs_docker(&self, index: u32) -> bool {
+    pub(super) fn needs_docker(&self, index: u32) -> bool {
         self.needs_docker[self.binary_of(index)]
     }
 

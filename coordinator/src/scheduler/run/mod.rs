@@ -27,6 +27,8 @@ pub(super) struct TestState {
     attempt: u32,
     /// The agent that failed the last attempt: the retry goes elsewhere when it can.
     avoid: Option<AgentId>,
+    /// The agent and cause of the last infrastructure error, to see the same one again.
+    last_infra: Option<(AgentId, String)>,
     leased: Option<LeaseId>,
     outcome: Option<Outcome>,
     quarantined: bool,
@@ -74,6 +76,43 @@ pub(crate) struct Sinks {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Whether an agent other than the one that just reported could take a test's retry. Where none
+/// can, the same agent retries an infrastructure error once (it may have been passing), and the
+/// same error there again settles the test, saying why, instead of failing the same way until the
+/// retries run out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Elsewhere {
+    /// Another agent is connected...
+    pub connected: bool,
+    /// ...and one with Docker, for tests that need services.
+    pub with_docker: bool,
+}
+
+impl Elsewhere {
+    /// For results that do not come from a live agent's report (a lost agent, a resumed run):
+    /// that agent, or another, may well take the retry.
+    pub const ASSUMED: Elsewhere = Elsewhere {
+        connected: true,
+        with_docker: true,
+    };
+}
+
+/// What the scheduler knows of a result besides the attempt itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Context {
+    /// Set when this was the last result of its lease.
+    pub tally: Option<LeaseTally>,
+    pub elsewhere: Elsewhere,
+}
+
+impl Context {
+    /// A result the scheduler made itself (a lost agent's test, a resumed run's result).
+    pub const ASSUMED: Context = Context {
+        tally: None,
+        elsewhere: Elsewhere::ASSUMED,
+    };
+}
+
 /// A lease's results once all are in.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LeaseTally {
@@ -115,6 +154,7 @@ impl Run {
                 statuses: vec![],
                 attempt: 1,
                 avoid: None,
+                last_infra: None,
                 leased: None,
                 outcome: None,
                 quarantined: quarantined.get(i).copied().unwrap_or(false),
@@ -321,16 +361,15 @@ impl Run {
         });
     }
 
-    /// Applies a finished attempt: settles the test or requeues it at the front. `tally` is set when
-    /// this was the last result of its lease.
+    /// Applies a finished attempt: settles the test or requeues it at the front.
     pub fn on_finished(
         &mut self,
         index: u32,
         attempt: u32,
         agent: &AgentId,
         lease: LeaseId,
-        result: AttemptResult,
-        tally: Option<LeaseTally>,
+        mut result: AttemptResult,
+        Context { tally, elsewhere }: Context,
     ) {
         *self
             .summary
@@ -343,11 +382,36 @@ impl Run {
             self.summary.longest_ms = self.summary.longest_ms.max(ms);
         }
         let retries = self.retries;
+        let needs_docker = self.needs_docker(index);
         let t = &mut self.tests[index as usize];
         t.leased = None;
         t.statuses.push(result.status);
         let quarantined = t.quarantined;
-        let decision = decide_after_attempt(&t.statuses, retries);
+        let only_here = !(if needs_docker {
+            elsewhere.with_docker
+        } else {
+            elsewhere.connected
+        });
+        let infra = (result.status == AttemptStatus::InfraError)
+            .then(|| (agent.clone(), result.message.clone()));
+        let again = infra.is_some() && t.last_infra == infra;
+        let decision = match decide_after_attempt(&t.statuses, retries) {
+            RetryDecision::Retry {
+                counts_as_attempt: false,
+            } if only_here && again => {
+                result.message = format!(
+                    "{}; the same error twice on {agent}, and no other connected agent{} can take \
+                     this test, so it is not retried again",
+                    result.message,
+                    if needs_docker { " with Docker" } else { "" }
+                );
+                RetryDecision::Settle(Outcome::InfraError)
+            }
+            d => d,
+        };
+        if infra.is_some() {
+            t.last_infra = infra;
+        }
         let (final_outcome, requeued) = match decision {
             RetryDecision::Settle(o) => {
                 t.outcome = Some(o);
@@ -404,7 +468,7 @@ impl Run {
             let result = AttemptResult::infra_error(format!(
                 "agent {agent} was lost while running the test: {why}"
             ));
-            self.on_finished(index, attempt, agent, lease, result, None);
+            self.on_finished(index, attempt, agent, lease, result, Context::ASSUMED);
         } else {
             self.tests[index as usize].leased = None;
             self.requeue_front(index);

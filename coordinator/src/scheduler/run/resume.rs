@@ -90,7 +90,7 @@ impl Run {
         self.queue.remove(pos);
         self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
         self.tests[index as usize].leased = Some(lease);
-        self.on_finished(index, attempt, agent, lease, result, None);
+        self.on_finished(index, attempt, agent, lease, result, Context::ASSUMED);
         true
     }
 }
