@@ -311,6 +311,11 @@ fn the_runs_page_and_testfleet_runs_page_through_older_runs() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let rows = |html: &str| html.matches("<tr class=\"run\">").count();
+    // The runs page reads the history store, which the coordinator's writer fills a moment after
+    // a run finishes: the last import's run may not be there yet when the command returns.
+    wait_until("the 51st run reaches the history store", || {
+        web::get(&http, "/", None).body.contains(">51</a>")
+    });
 
     let first = web::get(&http, "/", None);
     assert_eq!(first.status, 200);
