@@ -38,6 +38,9 @@ fn main() {
         std::process::exit(testfleet_agent::sandbox::serve_helper());
     }
     let cli = args::Cli::parse();
+    if cli.command.only_prints() {
+        process::end_quietly_when_stdout_closes();
+    }
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -312,3 +312,45 @@ fn the_same_queries_answer_from_a_coordinator() {
         stderr(&out)
     );
 }
+
+/// A query piped into a reader that stops early (`testfleet timings | head`) ends quietly, as a
+/// Unix tool does: by SIGPIPE, without a panic on stderr.
+#[test]
+fn a_query_whose_reader_goes_away_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Enough tests that the answer is bigger than a pipe holds.
+    let mut xml = String::from("<testsuite name=\"big\">");
+    for i in 0..4000 {
+        xml.push_str(&format!(
+            "<testcase classname=\"suite.module_{}\" name=\"test_{i:05}\" time=\"0.01\"/>",
+            i % 40
+        ));
+    }
+    xml.push_str("</testsuite>");
+    let junit = dir.path().join("big.xml");
+    std::fs::write(&junit, xml).unwrap();
+    let out = run_output(
+        testfleet()
+            .args(["import", "junit", "--suite", "big", "--data-dir"])
+            .arg(&data)
+            .arg(&junit),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut child = testfleet()
+        .args(["timings", "--json", "--top", "100000", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone: the rest of the answer has nowhere to go.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
