@@ -35,21 +35,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-impl Command {
-    /// Whether the command's whole work is what it prints (a query), so that a reader that
-    /// stops early can end it.
-    pub fn only_prints(&self) -> bool {
-        matches!(
-            self,
-            Command::Agents(_)
-                | Command::Flaky(_)
-                | Command::Timings(_)
-                | Command::History(_)
-                | Command::Runs(_)
-        )
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a suite on local agents or a coordinator's fleet: a Cargo workspace's tests (built

@@ -1,6 +1,7 @@
 //! `testfleet`: one binary for every machine — `run` for developers and CI, `coordinator` and `agent`
 //! for the fleet. This file only parses, sets up logging, and maps the result to an exit code.
 
+mod answer;
 mod args;
 mod cargo;
 mod commands;
@@ -38,9 +39,6 @@ fn main() {
         std::process::exit(testfleet_agent::sandbox::serve_helper());
     }
     let cli = args::Cli::parse();
-    if cli.command.only_prints() {
-        process::end_quietly_when_stdout_closes();
-    }
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {

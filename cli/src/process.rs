@@ -1,6 +1,5 @@
-//! What the commands share about processes: this binary's helper processes (the guard, the
-//! sandbox helper), how servers learn to stop, how queries end when their reader does, default
-//! parallelism, and short stable names.
+//! What the commands that run agents share: this binary's helper processes (the guard, the
+//! sandbox helper), how servers learn to stop, default parallelism, and short stable names.
 
 /// The hidden subcommand an agent starts as its sandbox helper.
 pub(crate) const SANDBOX_HELPER: &str = "__sandbox";
@@ -80,14 +79,4 @@ pub(crate) fn short_hash(bytes: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
-}
-
-/// A query's reader may go away early (`testfleet runs | head`): end quietly by SIGPIPE, as Unix
-/// tools do, rather than panic in `println!`. Only for commands whose whole work is their output:
-/// `run` keeps the signal ignored and its work going (its reporter stops printing instead).
-pub fn end_quietly_when_stdout_closes() {
-    // SAFETY: sets the default disposition of one signal, before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }

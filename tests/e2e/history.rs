@@ -314,11 +314,10 @@ fn the_same_queries_answer_from_a_coordinator() {
 }
 
 /// A query piped into a reader that stops early (`testfleet timings | head`) ends quietly, as a
-/// Unix tool does: by SIGPIPE, without a panic on stderr.
+/// Unix tool does: with success and nothing on stderr, not a panic.
 #[test]
 fn a_query_whose_reader_goes_away_ends_quietly() {
     use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Enough tests that the answer is bigger than a pipe holds.
@@ -351,6 +350,6 @@ fn a_query_whose_reader_goes_away_ends_quietly() {
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
     // The reader is gone: the rest of the answer has nowhere to go.
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stderr(&out), "");
 }

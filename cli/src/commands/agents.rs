@@ -3,6 +3,7 @@
 use testfleet_model::exit_code;
 use testfleet_proto::pb;
 
+use crate::answer::say;
 use crate::args::AgentsArgs;
 use crate::error::{CliError, CliResult};
 
@@ -26,16 +27,20 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
                 "version": a.version,
                 "labels": a.labels,
             });
-            println!("{line}");
+            say!("{line}");
         }
     } else {
-        println!(
+        say!(
             "{:<32} {:>5} {:>5}  {:<8} {:<8} VERSION",
-            "AGENT", "SLOTS", "BUSY", "DOCKER", "SANDBOX"
+            "AGENT",
+            "SLOTS",
+            "BUSY",
+            "DOCKER",
+            "SANDBOX"
         );
         let mut unsandboxed = vec![];
         for a in &agents {
-            println!(
+            say!(
                 "{:<32} {:>5} {:>5}  {:<8} {:<8} {}",
                 a.agent_id,
                 a.slots,
@@ -54,7 +59,7 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
         }
         // Why an agent runs tests without a private namespace matters to whoever reads this list.
         for a in unsandboxed {
-            println!("{}: no sandbox: {}", a.agent_id, a.sandbox_status);
+            say!("{}: no sandbox: {}", a.agent_id, a.sandbox_status);
         }
     }
     Ok(exit_code::SUCCESS)

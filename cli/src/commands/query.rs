@@ -4,12 +4,13 @@ use serde::Serialize;
 use testfleet_model::report::{FlakyTest, QuarantineInfo};
 use testfleet_model::{RunId, exit_code, test_label};
 
+use crate::answer::say;
 use crate::args::{FlakyArgs, HistoryArgs, QuarantineCommand, QueryArgs, RunsArgs, TimingsArgs};
 use crate::error::{CliError, CliResult};
 use crate::history_client::{Backend, QuarantineAction};
 
 fn print_json<T: Serialize>(value: &T) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).expect("reports serialize")
     );
@@ -38,12 +39,17 @@ fn ago(ms: Option<u64>) -> String {
 
 fn print_flaky(tests: &[FlakyTest]) {
     if tests.is_empty() {
-        println!("no flaky tests: none passed and failed on the same revision");
+        say!("no flaky tests: none passed and failed on the same revision");
         return;
     }
-    println!(
+    say!(
         "{:<50} {:>8} {:>9} {:>6} {:>24} {:>10}",
-        "TEST", "ATTEMPTS", "FAILURES", "FLIPS", "P(FAIL) [95% CI]", "LAST FLAKE"
+        "TEST",
+        "ATTEMPTS",
+        "FAILURES",
+        "FLIPS",
+        "P(FAIL) [95% CI]",
+        "LAST FLAKE"
     );
     for t in tests {
         let name = format!(
@@ -51,7 +57,7 @@ fn print_flaky(tests: &[FlakyTest]) {
             test_label(&t.test.binary_id, &t.test.name),
             if t.quarantined { " [Q]" } else { "" }
         );
-        println!(
+        say!(
             "{:<50} {:>8} {:>9} {:>6.2} {:>24} {:>10}",
             name,
             t.attempts,
@@ -78,7 +84,7 @@ fn print_flaky(tests: &[FlakyTest]) {
                 )
             })
             .collect();
-        println!("    evidence: {}", runs.join(", "));
+        say!("    evidence: {}", runs.join(", "));
     }
 }
 
@@ -102,9 +108,13 @@ pub async fn timings(args: TimingsArgs) -> CliResult<i32> {
         print_json(&t);
         return Ok(exit_code::SUCCESS);
     }
-    println!(
+    say!(
         "{:<56} {:>7} {:>9} {:>9} {:>9}  SLOWDOWN",
-        "TEST", "SAMPLES", "P50", "P95", "P99"
+        "TEST",
+        "SAMPLES",
+        "P50",
+        "P95",
+        "P99"
     );
     for x in &t.tests {
         let slow = x
@@ -112,7 +122,7 @@ pub async fn timings(args: TimingsArgs) -> CliResult<i32> {
             .as_ref()
             .map(|s| format!("{} ms → {} ms", s.baseline_ms, s.recent_ms))
             .unwrap_or_default();
-        println!(
+        say!(
             "{:<56} {:>7} {:>7}ms {:>7}ms {:>7}ms  {slow}",
             test_label(&x.test.binary_id, &x.test.name),
             x.samples,
@@ -122,7 +132,7 @@ pub async fn timings(args: TimingsArgs) -> CliResult<i32> {
         );
     }
     for s in &t.suites {
-        println!(
+        say!(
             "suite {}: {} tests, test p50 of {} / {} / {} ms (p50/p95/p99), one serial pass ≈ {:.1}s",
             s.suite,
             s.tests,
@@ -149,12 +159,12 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
         )));
     }
     for h in &found {
-        println!(
+        say!(
             "{} ({})",
             test_label(&h.test.binary_id, &h.test.name),
             h.test.suite
         );
-        println!(
+        say!(
             "  runs {}, attempts {}, failures {}, last outcome {}",
             h.runs,
             h.attempts,
@@ -164,10 +174,10 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
                 .unwrap_or_else(|| "-".into())
         );
         if let (Some(a), Some(b), Some(c)) = (h.p50_ms, h.p95_ms, h.p99_ms) {
-            println!("  durations p50 {a} ms, p95 {b} ms, p99 {c} ms");
+            say!("  durations p50 {a} ms, p95 {b} ms, p99 {c} ms");
         }
         if let Some(f) = &h.flaky {
-            println!(
+            say!(
                 "  FLAKY on {} revision(s): failure probability {} [{}–{}], flip rate {:.2}",
                 f.flaky_revisions,
                 pct(f.failure_probability),
@@ -177,7 +187,7 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
             );
         }
         if let Some(q) = &h.quarantine {
-            println!(
+            say!(
                 "  QUARANTINED ({}, {}): {}; clean runs since: {}",
                 q.by,
                 ago(Some(q.since_ms)),
@@ -187,7 +197,7 @@ pub async fn history(args: HistoryArgs) -> CliResult<i32> {
         }
         for a in &h.log {
             let rev: String = a.revision.chars().take(10).collect();
-            println!(
+            say!(
                 "    run {:>5} #{} {:<10} {:>8} ms  rev {:<10} {}",
                 a.run_id,
                 a.attempt,
@@ -208,13 +218,21 @@ pub async fn runs(args: RunsArgs) -> CliResult<i32> {
         print_json(&runs);
         return Ok(exit_code::SUCCESS);
     }
-    println!(
+    say!(
         "{:>6}  {:<20} {:<10} {:<10} {:>6} {:>6} {:>6} {:>6} {:>9}",
-        "RUN", "SUITE", "STATE", "REVISION", "PASS", "FAIL", "FLAKY", "TESTS", "WALL"
+        "RUN",
+        "SUITE",
+        "STATE",
+        "REVISION",
+        "PASS",
+        "FAIL",
+        "FLAKY",
+        "TESTS",
+        "WALL"
     );
     for r in &runs {
         let s = r.summary.clone().unwrap_or_default();
-        println!(
+        say!(
             "{:>6}  {:<20} {:<10} {:<10} {:>6} {:>6} {:>6} {:>6} {:>8.1}s",
             r.run_id,
             r.suite,
@@ -232,10 +250,10 @@ pub async fn runs(args: RunsArgs) -> CliResult<i32> {
 
 fn print_quarantine(entries: &[QuarantineInfo]) {
     if entries.is_empty() {
-        println!("no quarantined tests");
+        say!("no quarantined tests");
     }
     for q in entries {
-        println!(
+        say!(
             "{} ({}): {} by {}, {}; clean runs since: {}",
             test_label(&q.binary_id, &q.name),
             q.suite,
@@ -270,7 +288,7 @@ pub async fn quarantine(cmd: QuarantineCommand) -> CliResult<i32> {
         print_quarantine(&entries);
     } else {
         for q in &entries {
-            println!(
+            say!(
                 "{verb}: {} ({})",
                 test_label(&q.binary_id, &q.name),
                 q.suite
