@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use crate::figures::{Figure, Target};
+use crate::pytest_suite::python_has;
 use crate::{suite, turns};
 
 #[derive(clap::Args, Clone)]
@@ -66,13 +67,6 @@ impl Contender {
         cmd.current_dir(example);
         cmd
     }
-}
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {

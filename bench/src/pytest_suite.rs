@@ -92,6 +92,14 @@ fn write_suite(dir: &Path, a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `python3` can import `module`.
+pub fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 fn command(c: Contender, testfleet: &Path, dir: &Path, data: &Path, workers: usize) -> Command {
     let pytest = || {
         let mut cmd = Command::new("python3");
@@ -118,13 +126,7 @@ fn command(c: Contender, testfleet: &Path, dir: &Path, data: &Path, workers: usi
 }
 
 pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
-    let have = |module: &str| {
-        Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !have("pytest") || !have("xdist") {
+    if !python_has("pytest") || !python_has("xdist") {
         bail!("pytest and pytest-xdist are needed: `pip install pytest pytest-xdist`");
     }
     let testfleet = crate::testfleet_path(args.testfleet.clone())?;

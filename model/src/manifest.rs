@@ -88,9 +88,12 @@ pub enum Tool {
 /// pytest-xdist's `--dist` modes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dist {
-    /// Each test goes wherever it is cheapest; no groups.
+    /// Each test goes wherever it is cheapest; no groups, and no preference for tests that share
+    /// a fixture.
     Load,
-    /// Tests marked `@pytest.mark.xdist_group(name)` run together by name; others as `Load`.
+    /// Tests marked `@pytest.mark.xdist_group(name)` run together by name; others as `Load`, but
+    /// tests that share a class, module or package fixture fill a lease together
+    /// ([`crate::TestSpec::shares`]; so do the two modes below).
     #[default]
     LoadGroup,
     /// A file's tests run together.
