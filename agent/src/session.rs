@@ -79,6 +79,10 @@ pub(crate) async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::channel::<AgentMessage>(1024);
+    let images = match &w.pool {
+        Some(pool) => pool.provisioner().images().await,
+        None => Vec::new(),
+    };
     let hello = AgentMessage::Hello(Hello {
         agent_id: config.agent_id.clone(),
         slots: config.slots,
@@ -88,6 +92,7 @@ pub(crate) async fn run(
         docker_status: w.no_docker.clone(),
         sandbox_status: config.sandbox.status().to_owned(),
         held_leases: w.held_leases(),
+        images,
     });
     let _ = out.send(hello).await;
     let mut inbound = match gateway
@@ -284,6 +289,7 @@ fn accept(
     downloads: &CoordinatorClient<AuthChannel>,
 ) {
     w.preparing += lease.tests.len();
+    w.prefetch_images(&lease);
     let (cancel_tx, _) = watch::channel(false);
     w.leases.insert(
         lease.lease_id,

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use testfleet_model::session::{AgentMessage, Lease, WorkRequest};
-use testfleet_model::{AttemptKey, AttemptResult, LeaseId};
+use testfleet_model::session::{AgentMessage, ImagePulled, Lease, WorkRequest};
+use testfleet_model::{AttemptKey, AttemptResult, LeaseId, RunId};
 use tokio::sync::{mpsc, watch};
 
 use crate::Services;
 use crate::bundle_cache::InUse;
 use crate::job::{self, Job};
-use crate::provision::ServicePool;
+use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::pytest_worker::Workers;
 
 /// A lease the agent holds.
@@ -57,6 +57,36 @@ pub(crate) struct Worker {
     pub pytest_workers: Arc<Workers>,
     /// Why there is no pool (sent in Hello).
     pub no_docker: String,
+    /// Runs whose images this agent started pulling (newest last, bounded).
+    prefetched: VecDeque<RunId>,
+}
+
+/// Runs remembered as prefetched: far more than an agent works on at once.
+const PREFETCHED_KEEP: usize = 256;
+
+/// Forwards the pool's pulls to whichever session is up, as `ImagePulled` messages.
+fn report_pulls(pool: &ServicePool, notes: mpsc::UnboundedSender<AgentMessage>) {
+    let Some(mut pulls) = pool.take_pulls() else {
+        return;
+    };
+    tokio::spawn(async move {
+        while let Some(p) = pulls.recv().await {
+            let (Ok(run_id), Ok(lease_id)) = (p.run_id.parse(), p.lease_id.parse()) else {
+                continue;
+            };
+            let sent = notes.send(AgentMessage::ImagePulled(ImagePulled {
+                run_id,
+                lease_id,
+                image: p.report.image,
+                registry: p.report.registry,
+                duration_ms: p.report.duration.as_millis() as u64,
+                error: p.report.error,
+            }));
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 impl Worker {
@@ -64,6 +94,9 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        if let Some(pool) = &services.pool {
+            report_pulls(pool, notes_tx.clone());
+        }
         Worker {
             slots: slots as usize,
             running: 0,
@@ -80,7 +113,26 @@ impl Worker {
             pool: services.pool.clone(),
             pytest_workers: Arc::default(),
             no_docker: services.status.clone(),
+            prefetched: VecDeque::new(),
         }
+    }
+
+    /// On a run's first lease, starts pulling the run's registry images in the background.
+    pub fn prefetch_images(&mut self, lease: &Lease) {
+        let Some(pool) = &self.pool else { return };
+        if lease.services.is_empty() || self.prefetched.contains(&lease.run_id) {
+            return;
+        }
+        self.prefetched.push_back(lease.run_id);
+        if self.prefetched.len() > PREFETCHED_KEEP {
+            self.prefetched.pop_front();
+        }
+        let ctx = LeaseCtx {
+            run_id: lease.run_id.to_string(),
+            lease_id: lease.lease_id.to_string(),
+            workspace: None,
+        };
+        pool.prefetch(&ctx, &lease.services);
     }
 
     /// Slots neither running, waiting nor being prepared.

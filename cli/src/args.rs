@@ -438,8 +438,29 @@ pub struct AgentArgs {
     /// Do not start services: this agent takes only tests that need none.
     #[arg(long)]
     pub no_docker: bool,
+    /// When to pull a service's image from its registry, for services whose `testfleet.toml`
+    /// does not say (`pull = ...`): `missing` (when the engine lacks it), `always` (once per run)
+    /// or `never` (the image must be on the engine). Credentials come from DOCKER_AUTH_CONFIG,
+    /// $DOCKER_CONFIG/config.json or ~/.docker/config.json.
+    #[arg(long, value_name = "POLICY", default_value = "missing", value_parser = pull_policy, env = "TESTFLEET_PULL")]
+    pub pull: testfleet_model::PullPolicy,
+    /// Seconds a pull may take, for services that do not set `pull_timeout`.
+    #[arg(long, value_name = "SECS", default_value_t = testfleet_agent::provision::DEFAULT_PULL_TIMEOUT.as_secs_f64(), value_parser = pull_secs)]
+    pub pull_timeout: f64,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+fn pull_policy(s: &str) -> Result<testfleet_model::PullPolicy, String> {
+    s.parse()
+}
+
+fn pull_secs(s: &str) -> Result<f64, String> {
+    let v = positive_secs(s)?;
+    if v > testfleet_model::MAX_PULL_TIMEOUT.as_secs_f64() {
+        return Err(format!("`{s}` is more than 3600 seconds"));
+    }
+    Ok(v)
 }
 
 #[derive(Args, Debug)]

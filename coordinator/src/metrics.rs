@@ -11,6 +11,9 @@ use testfleet_model::{AttemptStatus, EventKind, Outcome, RunState, TestFinished}
 /// Upper bounds (seconds) of the container-start histogram: from a warm local image (a fraction
 /// of a second) to a database that takes a minute to accept connections.
 const START_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0];
+/// Upper bounds (seconds) of the image-pull histogram: from a small image on a registry nearby to
+/// gigabytes over a slow link.
+const PULL_BUCKETS: [f64; 10] = [0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0, 300.0];
 
 /// Counters since the coordinator started. One uncontended lock per event: the scheduler is the
 /// only writer, and a scrape holds it for microseconds.
@@ -28,13 +31,35 @@ struct Counts {
     leases_granted: u64,
     leases_lost: u64,
     service_starts: BTreeMap<String, Histogram>,
+    /// By registry (images are too many to be labels).
+    image_pulls: BTreeMap<String, Histogram>,
+    pull_failures: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
 struct Histogram {
-    buckets: [u64; START_BUCKETS.len()],
+    buckets: [u64; 10],
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: u64, bounds: &[f64; 10]) {
+        let secs = ms as f64 / 1000.0;
+        for (bucket, le) in self.buckets.iter_mut().zip(bounds) {
+            *bucket += u64::from(secs <= *le);
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// The histogram of `key` in `map`, made on first use.
+fn histogram<'m>(map: &'m mut BTreeMap<String, Histogram>, key: &str) -> &'m mut Histogram {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), Histogram::default());
+    }
+    map.get_mut(key).expect("just inserted")
 }
 
 /// What the scheduler holds right now.
@@ -93,18 +118,18 @@ impl Metrics {
                 service,
                 duration_ms,
                 ..
-            } => {
-                let h = match c.service_starts.get_mut(service.as_str()) {
-                    Some(h) => h,
-                    None => c.service_starts.entry(service.clone()).or_default(),
-                };
-                let secs = *duration_ms as f64 / 1000.0;
-                for (bucket, le) in h.buckets.iter_mut().zip(START_BUCKETS) {
-                    *bucket += u64::from(secs <= le);
+            } => histogram(&mut c.service_starts, service).observe(*duration_ms, &START_BUCKETS),
+            EventKind::ImagePulled {
+                registry,
+                duration_ms,
+                error,
+                ..
+            } => match error {
+                None => {
+                    histogram(&mut c.image_pulls, registry).observe(*duration_ms, &PULL_BUCKETS)
                 }
-                h.count += 1;
-                h.sum += secs;
-            }
+                Some(_) => *c.pull_failures.entry(registry.clone()).or_default() += 1,
+            },
             EventKind::TestStarted { .. }
             | EventKind::LeaseFinished { .. }
             | EventKind::Notice { .. } => {}
@@ -190,33 +215,30 @@ impl Metrics {
             &[],
             c.leases_lost as f64,
         );
-        w.family(
+        w.histograms(
             "testfleet_service_start_seconds",
-            "histogram",
             "Time agents took to start a service's container until it was ready, by service.",
+            "service",
+            &c.service_starts,
+            &START_BUCKETS,
         );
-        for (service, h) in &c.service_starts {
-            for (n, le) in h.buckets.iter().zip(START_BUCKETS) {
-                w.sample(
-                    "testfleet_service_start_seconds_bucket",
-                    &[("service", service), ("le", &le.to_string())],
-                    *n as f64,
-                );
-            }
+        w.histograms(
+            "testfleet_image_pull_seconds",
+            "Time agents took to pull service images, by registry (apart from the starts).",
+            "registry",
+            &c.image_pulls,
+            &PULL_BUCKETS,
+        );
+        w.family(
+            "testfleet_image_pull_failures_total",
+            "counter",
+            "Pulls of service images that failed, by registry.",
+        );
+        for (registry, n) in &c.pull_failures {
             w.sample(
-                "testfleet_service_start_seconds_bucket",
-                &[("service", service), ("le", "+Inf")],
-                h.count as f64,
-            );
-            w.sample(
-                "testfleet_service_start_seconds_sum",
-                &[("service", service)],
-                h.sum,
-            );
-            w.sample(
-                "testfleet_service_start_seconds_count",
-                &[("service", service)],
-                h.count as f64,
+                "testfleet_image_pull_failures_total",
+                &[("registry", registry)],
+                *n as f64,
             );
         }
         for (name, help, v) in [
@@ -264,6 +286,35 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// One histogram family with a series per `label` value.
+    fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        series: &BTreeMap<String, Histogram>,
+        bounds: &[f64; 10],
+    ) {
+        self.family(name, "histogram", help);
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        for (value, h) in series {
+            for (n, le) in h.buckets.iter().zip(bounds) {
+                self.sample(
+                    &bucket,
+                    &[(label, value), ("le", &le.to_string())],
+                    *n as f64,
+                );
+            }
+            self.sample(&bucket, &[(label, value), ("le", "+Inf")], h.count as f64);
+            self.sample(&sum, &[(label, value)], h.sum);
+            self.sample(&count, &[(label, value)], h.count as f64);
+        }
+    }
+
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
@@ -337,6 +388,15 @@ mod tests {
             duration_ms: 700,
             container_id: "c".into(),
         });
+        for (ms, error) in [(1_800, None), (40, Some("manifest unknown".to_owned()))] {
+            m.observe(&EventKind::ImagePulled {
+                agent_id: "a".into(),
+                image: "127.0.0.1:5000/db:1".into(),
+                registry: "127.0.0.1:5000".into(),
+                duration_ms: ms,
+                error,
+            });
+        }
         m.observe(&EventKind::RunFinished {
             summary: RunSummary::default(),
             state: RunState::Finished,
@@ -363,6 +423,10 @@ mod tests {
             "testfleet_service_start_seconds_bucket{service=\"db \\\"main\\\"\",le=\"1\"} 1",
             "testfleet_service_start_seconds_bucket{service=\"db \\\"main\\\"\",le=\"+Inf\"} 1",
             "testfleet_service_start_seconds_sum{service=\"db \\\"main\\\"\"} 0.7",
+            "testfleet_image_pull_seconds_bucket{registry=\"127.0.0.1:5000\",le=\"1\"} 0",
+            "testfleet_image_pull_seconds_bucket{registry=\"127.0.0.1:5000\",le=\"2.5\"} 1",
+            "testfleet_image_pull_seconds_count{registry=\"127.0.0.1:5000\"} 1",
+            "testfleet_image_pull_failures_total{registry=\"127.0.0.1:5000\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

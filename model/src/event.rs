@@ -55,6 +55,9 @@ pub struct RunSummary {
     pub longest_ms: u64,
     #[serde(default)]
     pub slots: u32,
+    /// Image pulls per image, apart from the containers' starts (failed pulls are not timed).
+    #[serde(default)]
+    pub image_pulls: BTreeMap<String, ServiceTiming>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +156,14 @@ pub enum EventKind {
         scope: Scope,
         duration_ms: u64,
         container_id: String,
+    },
+    /// An agent pulled an image for the run, or failed to (`error`).
+    ImagePulled {
+        agent_id: String,
+        image: String,
+        registry: String,
+        duration_ms: u64,
+        error: Option<String>,
     },
 }
 

@@ -25,6 +25,8 @@ pub use outcome::{
     AttemptResult, AttemptStatus, CaseName, Outcome, RetryDecision, decide_after_attempt,
 };
 pub use runner::{IdStyle, Runner};
-pub use service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
+pub use service::{
+    ImageSource, MAX_PULL_TIMEOUT, PullPolicy, Scope, ServiceSpec, Template, WaitStrategy,
+};
 pub use session::AttemptKey;
 pub use spec::{Binary, OriginTree, QuarantinePolicy, RunSpec, SpecError, TestSpec};

@@ -12,7 +12,9 @@ use toml::Spanned;
 
 use crate::QuarantinePolicy;
 use crate::relative_path::is_relative_inside;
-use crate::service::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
+use crate::service::{
+    ImageSource, MAX_PULL_TIMEOUT, PullPolicy, Scope, ServiceSpec, Template, WaitStrategy,
+};
 
 pub const FILE_NAME: &str = "testfleet.toml";
 
@@ -194,6 +196,8 @@ struct RawService {
     wait: Option<Spanned<RawWait>>,
     startup_timeout: Option<Spanned<f64>>,
     scope: Option<Spanned<String>>,
+    pull: Option<Spanned<String>>,
+    pull_timeout: Option<Spanned<f64>>,
     #[serde(default)]
     exports: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -383,6 +387,32 @@ impl Manifest {
                     Duration::from_secs_f64(secs)
                 }
             };
+            let pull = match s.pull {
+                None => None,
+                Some(p) => {
+                    let span = p.span().start;
+                    Some(
+                        p.into_inner()
+                            .parse::<PullPolicy>()
+                            .map_err(|m| at(span, format!("service `{name}`: key `pull`: {m}")))?,
+                    )
+                }
+            };
+            let pull_timeout = match s.pull_timeout {
+                None => None,
+                Some(t) => {
+                    let (span, secs) = (t.span().start, t.into_inner());
+                    if !(secs > 0.0 && secs <= MAX_PULL_TIMEOUT.as_secs_f64()) {
+                        return Err(at(
+                            span,
+                            format!(
+                                "service `{name}`: key `pull_timeout`: {secs} is not between 0 and 3600 seconds"
+                            ),
+                        ));
+                    }
+                    Some(Duration::from_secs_f64(secs))
+                }
+            };
             let scope = match s.scope {
                 None => Scope::Agent,
                 Some(sc) => {
@@ -431,6 +461,8 @@ impl Manifest {
                 startup_timeout,
                 scope,
                 exports,
+                pull,
+                pull_timeout,
             });
         }
         Ok(manifest)
@@ -645,6 +677,8 @@ ports = [5432]
 wait = { log = "ready to accept connections" }
 startup_timeout = 20
 scope = "lease"
+pull = "always"
+pull_timeout = 90
 exports = { DATABASE_URL = "postgres://postgres:pw@{host}:{port:5432}/postgres" }
 
 [[service]]
@@ -663,6 +697,8 @@ prepare = ["make", "api"]
         let db = &m.services[0];
         assert_eq!(db.scope, Scope::Lease);
         assert_eq!(db.startup_timeout, Duration::from_secs(20));
+        assert_eq!(db.pull, Some(PullPolicy::Always));
+        assert_eq!(db.pull_timeout, Some(Duration::from_secs(90)));
         assert_eq!(
             db.source,
             ImageSource::Image {
@@ -677,6 +713,11 @@ prepare = ["make", "api"]
         );
         let api = &m.services[1];
         assert_eq!(api.scope, Scope::Agent, "agent scope is the default");
+        assert_eq!(
+            (api.pull, api.pull_timeout),
+            (None, None),
+            "unset: the agent's defaults"
+        );
         assert_eq!(
             api.wait,
             WaitStrategy::Http {
@@ -798,6 +839,14 @@ prepare = ["make", "api"]
             (
                 "[[service]]\nname = \"a\"\nimage = \"x:1\"\nstartup_timeout = 0\n",
                 "startup_timeout",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\npull = \"sometimes\"\n",
+                "`sometimes` is not a pull policy",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nimage = \"x:1\"\npull_timeout = 7200\n",
+                "key `pull_timeout`: 7200 is not between",
             ),
             (
                 "[[service]]\nname = \"a b\"\nimage = \"x:1\"\n",

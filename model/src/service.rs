@@ -87,6 +87,52 @@ impl Scope {
     }
 }
 
+/// When an agent pulls a service's image (or a built image's `FROM` images) from its registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Only when the engine does not have it: a tag already present is used as it is.
+    #[default]
+    Missing,
+    /// Once per run on each agent, so a moving tag (`:latest`, `:16`) is as new as the registry's.
+    Always,
+    /// Never: the image must be on the agent's engine already (built or loaded there).
+    Never,
+}
+
+impl FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            other => Err(format!(
+                "`{other}` is not a pull policy (use `missing`, `always` or `never`)"
+            )),
+        }
+    }
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Missing => "missing",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest a pull may be given, in a manifest or on an agent's command line.
+pub const MAX_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitStrategy {
@@ -226,6 +272,10 @@ pub struct ServiceSpec {
     pub startup_timeout: Duration,
     pub scope: Scope,
     pub exports: BTreeMap<String, Template>,
+    /// `None`: the agent's default (`testfleet agent --pull`).
+    pub pull: Option<PullPolicy>,
+    /// `None`: the agent's default (`testfleet agent --pull-timeout`).
+    pub pull_timeout: Option<Duration>,
 }
 
 impl ServiceSpec {
@@ -273,6 +323,13 @@ impl ServiceSpec {
         if self.startup_timeout.is_zero() || self.startup_timeout > Duration::from_secs(3600) {
             return Err(format!(
                 "service `{name}`: startup timeout must be between 0 and 3600 s"
+            ));
+        }
+        if let Some(t) = self.pull_timeout
+            && (t.is_zero() || t > MAX_PULL_TIMEOUT)
+        {
+            return Err(format!(
+                "service `{name}`: pull timeout must be between 0 and 3600 s"
             ));
         }
         for t in self.exports.values() {
@@ -352,6 +409,8 @@ mod tests {
             startup_timeout: Duration::from_secs(5),
             scope: Scope::Agent,
             exports: BTreeMap::new(),
+            pull: None,
+            pull_timeout: None,
         };
         let mut other = spec.clone();
         assert_eq!(spec.fingerprint(), other.fingerprint());

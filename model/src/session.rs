@@ -35,6 +35,8 @@ pub struct Hello {
     pub sandbox_status: String,
     /// Leases the agent still works on, when it reconnects.
     pub held_leases: Vec<LeaseId>,
+    /// The tagged images its engine holds (`name:tag`), as far as it could list them.
+    pub images: Vec<String>,
 }
 
 impl Hello {
@@ -64,6 +66,20 @@ pub struct ServiceStarted {
     pub fingerprint: String,
 }
 
+/// An agent pulled an image for a lease's run, or tried to. One per pull: leases that waited for
+/// someone else's pull of the same image report nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePulled {
+    pub run_id: RunId,
+    pub lease_id: LeaseId,
+    /// `name:tag`, as the service names it.
+    pub image: String,
+    pub registry: String,
+    pub duration_ms: u64,
+    /// Why the pull failed; `None` when it did not.
+    pub error: Option<String>,
+}
+
 /// A message from an agent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentMessage {
@@ -73,6 +89,7 @@ pub enum AgentMessage {
     TestStarted(AttemptKey),
     TestFinished(AttemptKey, AttemptResult),
     ServiceStarted(ServiceStarted),
+    ImagePulled(ImagePulled),
     /// Tests of a lease the agent gives back unstarted (all of them when `indices` is empty).
     LeaseReleased {
         lease_id: LeaseId,

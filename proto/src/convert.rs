@@ -311,6 +311,36 @@ pub fn run_state_from_wire(v: i32) -> Result<RunState, ConvertError> {
     }
 }
 
+fn timings_to_wire(
+    m: &BTreeMap<String, ServiceTiming>,
+) -> std::collections::HashMap<String, pb::ServiceTiming> {
+    m.iter()
+        .map(|(k, t)| {
+            let t = pb::ServiceTiming {
+                count: t.count,
+                total_ms: t.total_ms,
+                max_ms: t.max_ms,
+            };
+            (k.clone(), t)
+        })
+        .collect()
+}
+
+fn timings_from_wire(
+    m: std::collections::HashMap<String, pb::ServiceTiming>,
+) -> BTreeMap<String, ServiceTiming> {
+    m.into_iter()
+        .map(|(k, t)| {
+            let t = ServiceTiming {
+                count: t.count,
+                total_ms: t.total_ms,
+                max_ms: t.max_ms,
+            };
+            (k, t)
+        })
+        .collect()
+}
+
 impl From<&RunSummary> for pb::RunSummary {
     fn from(s: &RunSummary) -> Self {
         pb::RunSummary {
@@ -323,22 +353,12 @@ impl From<&RunSummary> for pb::RunSummary {
             cancelled: s.cancelled,
             wall_ms: s.wall_ms,
             attempts_per_agent: s.attempts_per_agent.clone().into_iter().collect(),
-            service_starts: s
-                .service_starts
-                .iter()
-                .map(|(k, t)| {
-                    let t = pb::ServiceTiming {
-                        count: t.count,
-                        total_ms: t.total_ms,
-                        max_ms: t.max_ms,
-                    };
-                    (k.clone(), t)
-                })
-                .collect(),
+            service_starts: timings_to_wire(&s.service_starts),
             quarantined: s.quarantined,
             busy_ms: s.busy_ms,
             longest_ms: s.longest_ms,
             slots: s.slots,
+            image_pulls: timings_to_wire(&s.image_pulls),
         }
     }
 }
@@ -355,22 +375,12 @@ impl From<pb::RunSummary> for RunSummary {
             cancelled: s.cancelled,
             wall_ms: s.wall_ms,
             attempts_per_agent: s.attempts_per_agent.into_iter().collect::<BTreeMap<_, _>>(),
-            service_starts: s
-                .service_starts
-                .into_iter()
-                .map(|(k, t)| {
-                    let t = ServiceTiming {
-                        count: t.count,
-                        total_ms: t.total_ms,
-                        max_ms: t.max_ms,
-                    };
-                    (k, t)
-                })
-                .collect(),
+            service_starts: timings_from_wire(s.service_starts),
             quarantined: s.quarantined,
             busy_ms: s.busy_ms,
             longest_ms: s.longest_ms,
             slots: s.slots,
+            image_pulls: timings_from_wire(s.image_pulls),
         }
     }
 }
@@ -486,6 +496,19 @@ impl From<&RunEvent> for pb::RunEvent {
                 duration_ms: *duration_ms,
                 container_id: container_id.clone(),
             }),
+            EventKind::ImagePulled {
+                agent_id,
+                image,
+                registry,
+                duration_ms,
+                error,
+            } => Kind::ImagePulled(pb::ImagePulledEvent {
+                agent_id: agent_id.clone(),
+                image: image.clone(),
+                registry: registry.clone(),
+                duration_ms: *duration_ms,
+                error: error.clone().unwrap_or_default(),
+            }),
         };
         pb::RunEvent {
             seq: e.seq,
@@ -537,6 +560,13 @@ impl TryFrom<pb::RunEvent> for RunEvent {
                 scope: crate::services::scope_from_wire(s.scope)?,
                 duration_ms: s.duration_ms,
                 container_id: s.container_id,
+            },
+            Kind::ImagePulled(p) => EventKind::ImagePulled {
+                agent_id: p.agent_id,
+                image: p.image,
+                registry: p.registry,
+                duration_ms: p.duration_ms,
+                error: (!p.error.is_empty()).then_some(p.error),
             },
         };
         Ok(RunEvent {
@@ -607,6 +637,15 @@ mod tests {
                     busy_ms: 10,
                     longest_ms: 7,
                     slots: 3,
+                    image_pulls: [(
+                        "db:1".to_string(),
+                        ServiceTiming {
+                            count: 1,
+                            total_ms: 80,
+                            max_ms: 80,
+                        },
+                    )]
+                    .into(),
                     ..Default::default()
                 },
                 state: RunState::Finished,
@@ -621,6 +660,20 @@ mod tests {
                 scope: testfleet_model::Scope::Lease,
                 duration_ms: 321,
                 container_id: "c0ffee".into(),
+            },
+            EventKind::ImagePulled {
+                agent_id: "a".into(),
+                image: "127.0.0.1:5000/db:1".into(),
+                registry: "127.0.0.1:5000".into(),
+                duration_ms: 80,
+                error: None,
+            },
+            EventKind::ImagePulled {
+                agent_id: "a".into(),
+                image: "db:2".into(),
+                registry: "docker.io".into(),
+                duration_ms: 3,
+                error: Some("manifest unknown".into()),
             },
         ];
         for (seq, kind) in kinds.into_iter().enumerate() {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use testfleet_model::{ImageSource, Scope, ServiceSpec, Template, WaitStrategy};
+use testfleet_model::{
+    ImageSource, MAX_PULL_TIMEOUT, PullPolicy, Scope, ServiceSpec, Template, WaitStrategy,
+};
 
 use crate::{ConvertError, pb};
 
@@ -15,6 +17,30 @@ impl From<Scope> for pb::Scope {
             Scope::Lease => pb::Scope::Lease,
             Scope::Test => pb::Scope::Test,
         }
+    }
+}
+
+impl From<Option<PullPolicy>> for pb::PullPolicy {
+    fn from(p: Option<PullPolicy>) -> Self {
+        match p {
+            None => pb::PullPolicy::Unspecified,
+            Some(PullPolicy::Missing) => pb::PullPolicy::Missing,
+            Some(PullPolicy::Always) => pb::PullPolicy::Always,
+            Some(PullPolicy::Never) => pb::PullPolicy::Never,
+        }
+    }
+}
+
+fn pull_from_wire(v: i32) -> Result<Option<PullPolicy>, ConvertError> {
+    match pb::PullPolicy::try_from(v) {
+        Ok(pb::PullPolicy::Unspecified) => Ok(None),
+        Ok(pb::PullPolicy::Missing) => Ok(Some(PullPolicy::Missing)),
+        Ok(pb::PullPolicy::Always) => Ok(Some(PullPolicy::Always)),
+        Ok(pb::PullPolicy::Never) => Ok(Some(PullPolicy::Never)),
+        Err(_) => Err(ConvertError::new(
+            "pull policy",
+            format!("unknown value {v}"),
+        )),
     }
 }
 
@@ -69,6 +95,8 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 .iter()
                 .map(|(k, t)| (k.clone(), t.source().to_owned()))
                 .collect(),
+            pull: pb::PullPolicy::from(s.pull) as i32,
+            pull_timeout_ms: s.pull_timeout.map_or(0, |t| t.as_millis() as u64),
         }
     }
 }
@@ -131,6 +159,14 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
             startup_timeout: Duration::from_millis(s.startup_timeout_ms),
             scope: scope_from_wire(s.scope)?,
             exports,
+            pull: pull_from_wire(s.pull)?,
+            // Bounded before it becomes a Duration, so no value overflows.
+            pull_timeout: (s.pull_timeout_ms > 0).then(|| {
+                Duration::from_millis(
+                    s.pull_timeout_ms
+                        .min(MAX_PULL_TIMEOUT.as_millis() as u64 + 1),
+                )
+            }),
         };
         spec.validate()
             .map_err(|m| ConvertError::new("service", m))?;
@@ -154,6 +190,8 @@ ports = [5432, 9000]
 wait = { http = "/ok", port = 9000, status = 204 }
 startup_timeout = 7.5
 scope = "test"
+pull = "never"
+pull_timeout = 12.5
 exports = { URL = "pg://{host}:{port:5432}" }
 [[service]]
 name = "built"
@@ -196,6 +234,17 @@ wait = { log = "ready" }
                 .contains("not exposed")
         );
         s.exports.clear();
+        s.pull_timeout_ms = u64::MAX;
+        assert!(
+            ServiceSpec::try_from(s.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("pull timeout")
+        );
+        s.pull_timeout_ms = 0;
+        s.pull = 9;
+        assert!(ServiceSpec::try_from(s.clone()).is_err());
+        s.pull = 0;
         s.scope = 42;
         assert!(ServiceSpec::try_from(s).is_err());
     }

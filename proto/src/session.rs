@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use testfleet_model::session::{
-    AgentMessage, CoordinatorMessage, Hello, Lease, LeasedTest, ServiceStarted, WorkRequest,
+    AgentMessage, CoordinatorMessage, Hello, ImagePulled, Lease, LeasedTest, ServiceStarted,
+    WorkRequest,
 };
 use testfleet_model::{AttemptKey, Binary, IdError, LeaseId, RunId, ServiceSpec};
 
 use crate::convert::{parse_run_id, required};
 use crate::services::scope_from_wire;
 use crate::{ConvertError, pb};
+
+/// Images of an agent's hello the coordinator keeps; more are left out (a CI agent holds tens).
+pub const MAX_HELLO_IMAGES: usize = 4096;
 
 fn parse_lease_id(s: &str) -> Result<LeaseId, ConvertError> {
     s.parse()
@@ -58,6 +62,7 @@ impl From<Hello> for pb::Hello {
             docker_status: h.docker_status,
             held_leases: h.held_leases.iter().map(ToString::to_string).collect(),
             sandbox_status: h.sandbox_status,
+            images: h.images,
         }
     }
 }
@@ -82,6 +87,8 @@ impl TryFrom<pb::Hello> for Hello {
                 .iter()
                 .filter_map(|l| l.parse().ok())
                 .collect(),
+            // Bounded, so that a hello cannot make the coordinator hold an engine's catalogue.
+            images: h.images.into_iter().take(MAX_HELLO_IMAGES).collect(),
         })
     }
 }
@@ -111,6 +118,14 @@ impl From<AgentMessage> for pb::AgentMessage {
                 duration_ms: s.duration_ms,
                 container_id: s.container_id,
                 fingerprint: s.fingerprint,
+            }),
+            AgentMessage::ImagePulled(p) => Kind::ImagePulled(pb::ImagePulled {
+                run_id: p.run_id.to_string(),
+                lease_id: p.lease_id.to_string(),
+                image: p.image,
+                registry: p.registry,
+                duration_ms: p.duration_ms,
+                error: p.error.unwrap_or_default(),
             }),
             AgentMessage::LeaseReleased { lease_id, indices } => {
                 Kind::LeaseReleased(pb::LeaseReleased {
@@ -147,6 +162,14 @@ impl TryFrom<pb::AgentMessage> for AgentMessage {
                 duration_ms: s.duration_ms,
                 container_id: s.container_id,
                 fingerprint: s.fingerprint,
+            }),
+            Kind::ImagePulled(p) => AgentMessage::ImagePulled(ImagePulled {
+                run_id: parse_run_id(&p.run_id)?,
+                lease_id: parse_lease_id(&p.lease_id)?,
+                image: p.image,
+                registry: p.registry,
+                duration_ms: p.duration_ms,
+                error: (!p.error.is_empty()).then_some(p.error),
             }),
             Kind::LeaseReleased(r) => AgentMessage::LeaseReleased {
                 lease_id: parse_lease_id(&r.lease_id)?,
@@ -369,6 +392,7 @@ mod tests {
                 docker_status: String::new(),
                 sandbox_status: "no".into(),
                 held_leases: vec![LeaseId(4)],
+                images: vec!["postgres:16".into()],
             }),
             AgentMessage::Heartbeat,
             AgentMessage::WorkRequest(WorkRequest {
@@ -385,6 +409,22 @@ mod tests {
                 duration_ms: 9,
                 container_id: "c".into(),
                 fingerprint: "f".into(),
+            }),
+            AgentMessage::ImagePulled(ImagePulled {
+                run_id: RunId(3),
+                lease_id: LeaseId(11),
+                image: "127.0.0.1:5000/team/db:1".into(),
+                registry: "127.0.0.1:5000".into(),
+                duration_ms: 40,
+                error: None,
+            }),
+            AgentMessage::ImagePulled(ImagePulled {
+                run_id: RunId(3),
+                lease_id: LeaseId(12),
+                image: "db:2".into(),
+                registry: "docker.io".into(),
+                duration_ms: 7,
+                error: Some("manifest unknown".into()),
             }),
             AgentMessage::LeaseReleased {
                 lease_id: LeaseId(11),

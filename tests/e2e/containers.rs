@@ -304,15 +304,17 @@ fn local_run_with(dir: &std::path::Path, manifest: &std::path::Path) -> std::pro
 fn write_manifest(dir: &std::path::Path, image: &str) -> std::path::PathBuf {
     let path = dir.join("testfleet.toml");
     let text = format!(
-        "[[service]]\nname = \"ghost\"\nimage = \"{image}\"\nports = [80]\nstartup_timeout = 20\nexports = {{ GHOST = \"{{host}}:{{port:80}}\" }}\n"
+        "[[service]]\nname = \"ghost\"\nimage = \"{image}\"\npull = \"never\"\nports = [80]\nstartup_timeout = 20\nexports = {{ GHOST = \"{{host}}:{{port:80}}\" }}\n"
     );
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[test]
-fn a_missing_image_is_an_infrastructure_error_that_names_it() {
-    if !docker_or_skip("a_missing_image_is_an_infrastructure_error_that_names_it") {
+fn a_missing_image_that_must_not_be_pulled_is_an_infrastructure_error_that_names_it() {
+    if !docker_or_skip(
+        "a_missing_image_that_must_not_be_pulled_is_an_infrastructure_error_that_names_it",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -330,7 +332,9 @@ fn a_missing_image_is_an_infrastructure_error_that_names_it() {
     assert_eq!(messages.len(), 2, "{messages:?}");
     for m in &messages {
         assert!(
-            m.contains("image `testfleet-test/does-not-exist:1` is not present"),
+            m.contains(
+                "image `testfleet-test/does-not-exist:1` is not on this agent's Docker engine and its pull policy is `never`"
+            ),
             "{m}"
         );
     }

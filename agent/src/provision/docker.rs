@@ -1,6 +1,6 @@
 //! The Docker provisioner: containers through testcontainers (always removed with an explicit
-//! `rm().await`, never by testcontainers' Drop), and inspection, builds, networks and sweeps
-//! through bollard. It never pulls: a missing image is an error that names it.
+//! `rm().await`, never by testcontainers' Drop), and inspection, pulls (`pull`), builds, networks
+//! and sweeps through bollard.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -11,7 +11,8 @@ use testcontainers::bollard::Docker;
 use testcontainers::bollard::errors::Error as BollardError;
 use testcontainers::bollard::models::NetworkCreateRequest;
 use testcontainers::bollard::query_parameters::{
-    BuildImageOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    BuildImageOptions, ListContainersOptions, ListImagesOptions, ListNetworksOptions,
+    RemoveContainerOptions,
 };
 use testcontainers::core::client::docker_client_instance;
 use testcontainers::core::{IntoContainerPort, WaitFor};
@@ -22,8 +23,10 @@ use tokio_stream::StreamExt;
 
 use testfleet_model::{AgentId, ImageSource, WaitStrategy};
 
+use super::pull::{PullDefaults, Pulls, Wanted, with_tag};
 use super::{
-    LABEL_AGENT, ProvisionError, Provisioner, StartRequest, Started, SweepReport, context, wait,
+    ImageRequest, LABEL_AGENT, ProvisionError, Provisioner, StartRequest, Started, SweepReport,
+    context, wait,
 };
 
 /// Docker answers a ping within this time, or is taken as unavailable.
@@ -31,12 +34,18 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// A service image build that takes longer than this has gone wrong.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-#[derive(Default)]
 pub struct DockerProvisioner {
     /// Containers this process started and has not removed yet.
     live: Mutex<HashMap<String, ContainerAsync<GenericImage>>>,
     /// One build at a time per image tag.
     builds: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    pulls: Pulls,
+}
+
+impl Default for DockerProvisioner {
+    fn default() -> Self {
+        Self::with_pulls(PullDefaults::default())
+    }
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -64,17 +73,25 @@ impl DockerProvisioner {
         Self::default()
     }
 
-    /// The image to run for `spec`: checked to be present, or built from its context once.
-    async fn image(&self, req: &StartRequest<'_>) -> Result<(String, String), ProvisionError> {
+    /// A provisioner whose services pull as `defaults` say when they do not say themselves.
+    pub fn with_pulls(defaults: PullDefaults) -> Self {
+        DockerProvisioner {
+            live: Mutex::default(),
+            builds: Mutex::default(),
+            pulls: Pulls::new(defaults),
+        }
+    }
+
+    /// The image to run for a service: pulled as its policy says, or built from its context once.
+    async fn resolve(&self, req: &ImageRequest<'_>) -> Result<(String, String), ProvisionError> {
         let docker = client().await?;
         match &req.spec.source {
             ImageSource::Image { name, tag } => {
                 let reference = format!("{name}:{tag}");
-                match docker.inspect_image(&reference).await {
-                    Ok(_) => Ok((name.clone(), tag.clone())),
-                    Err(e) if is_not_found(&e) => Err(ProvisionError::ImageMissing(reference)),
-                    Err(e) => Err(ProvisionError::DockerUnavailable(e.to_string())),
-                }
+                self.pulls
+                    .ensure(&docker, self.wanted(req, &reference), req.on_pull)
+                    .await?;
+                Ok((name.clone(), tag.clone()))
             }
             ImageSource::Build {
                 context,
@@ -86,19 +103,29 @@ impl DockerProvisioner {
                         req.spec.name
                     ))
                 })?;
-                self.build(&docker, &req.spec.name, &root.join(context), dockerfile)
+                self.build(&docker, req, &root.join(context), dockerfile)
                     .await
             }
+        }
+    }
+
+    fn wanted<'a>(&self, req: &'a ImageRequest<'_>, reference: &'a str) -> Wanted<'a> {
+        Wanted {
+            reference,
+            policy: req.spec.pull,
+            timeout: req.spec.pull_timeout,
+            run: &req.run_id,
         }
     }
 
     async fn build(
         &self,
         docker: &Docker,
-        service: &str,
+        req: &ImageRequest<'_>,
         dir: &Path,
         dockerfile: &str,
     ) -> Result<(String, String), ProvisionError> {
+        let service = &req.spec.name;
         let d = dir.to_path_buf();
         let (tar, digest) = tokio::task::spawn_blocking(move || context::pack_context(&d))
             .await
@@ -144,15 +171,18 @@ impl DockerProvisioner {
         if docker.inspect_image(&reference).await.is_ok() {
             return Ok((name, tag));
         }
-        // The engine would pull a missing base image while building: check them first, so a
-        // build never reaches for a registry either.
+        // Base images follow the service's pull policy, pulled here with its credentials and
+        // timeout; the engine would otherwise pull a missing one while building, as it sees fit.
         let dockerfile_text = std::fs::read_to_string(dir.join(dockerfile)).unwrap_or_default();
         for base in context::base_images(&dockerfile_text) {
-            match docker.inspect_image(&base).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => return Err(ProvisionError::ImageMissing(base)),
-                Err(e) => return Err(ProvisionError::DockerUnavailable(e.to_string())),
+            if base.contains('$') {
+                // Named by a build argument: only the engine knows what it becomes.
+                continue;
             }
+            let base = with_tag(&base);
+            self.pulls
+                .ensure(docker, self.wanted(req, &base), req.on_pull)
+                .await?;
         }
         let failed = |reason: String| ProvisionError::BuildFailed {
             tag: reference.clone(),
@@ -332,11 +362,32 @@ impl Provisioner for DockerProvisioner {
         }
     }
 
+    async fn images(&self) -> Vec<String> {
+        let Ok(docker) = client().await else {
+            return Vec::new();
+        };
+        let listed = docker.list_images(None::<ListImagesOptions>).await;
+        let mut tags: Vec<String> = listed
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>")
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
+    async fn image(&self, req: &ImageRequest<'_>) -> Result<(), ProvisionError> {
+        self.resolve(req).await.map(|_| ())
+    }
+
     async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError> {
-        let began = Instant::now();
-        let spec = req.spec;
+        let spec = req.image.spec;
         let timeout = spec.startup_timeout;
-        let (name, tag) = self.image(&req).await?;
+        let (name, tag) = self.resolve(&req.image).await?;
+        // The start is timed from here: pulls and builds are phases of their own.
+        let began = Instant::now();
         let mut image = GenericImage::new(name, tag);
         for p in &spec.ports {
             image = image.with_exposed_port(p.tcp());

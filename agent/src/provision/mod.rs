@@ -3,12 +3,15 @@
 //! agent is its own reaper: everything it creates carries its labels and is swept by them.
 
 mod context;
+mod credentials;
 mod docker;
 mod pool;
+mod pull;
 mod wait;
 
 pub use docker::DockerProvisioner;
 pub use pool::{LeaseCtx, Prepared, ServicePool};
+pub use pull::{DEFAULT_PULL_TIMEOUT, PullDefaults, registry_of};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,10 +29,14 @@ pub const LABEL_SERVICE: &str = "testfleet.service";
 pub enum ProvisionError {
     #[error("Docker is unavailable: {0}")]
     DockerUnavailable(String),
-    #[error(
-        "image `{0}` is not present on this agent's Docker engine (testfleet never pulls; build or load it first)"
-    )]
-    ImageMissing(String),
+    #[error("image `{image}` is not on this agent's Docker engine {why}")]
+    ImageMissing { image: String, why: String },
+    #[error("cannot pull image `{image}` from registry {registry}: {cause}")]
+    PullFailed {
+        image: String,
+        registry: String,
+        cause: String,
+    },
     #[error("building image `{tag}` from `{context}` failed: {reason}")]
     BuildFailed {
         tag: String,
@@ -42,11 +49,33 @@ pub enum ProvisionError {
     Engine(String),
 }
 
-/// What a container start needs.
-pub struct StartRequest<'a> {
+/// A pull a provisioner made (or tried), reported as it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullReport {
+    /// `name:tag`.
+    pub image: String,
+    pub registry: String,
+    pub duration: Duration,
+    /// Why it failed; `None` when it did not.
+    pub error: Option<String>,
+}
+
+/// Where a provisioner reports its pulls.
+pub type PullNotes<'a> = &'a (dyn Fn(PullReport) + Send + Sync);
+
+/// What making a service's image present needs.
+pub struct ImageRequest<'a> {
     pub spec: &'a ServiceSpec,
     /// The workspace root that build contexts are relative to.
     pub workspace: Option<PathBuf>,
+    /// The run it is for (`pull = "always"` pulls once per run).
+    pub run_id: String,
+    pub on_pull: PullNotes<'a>,
+}
+
+/// What a container start needs.
+pub struct StartRequest<'a> {
+    pub image: ImageRequest<'a>,
     pub labels: BTreeMap<String, String>,
     pub network: Option<String>,
 }
@@ -67,12 +96,21 @@ pub struct SweepReport {
     pub networks: usize,
 }
 
-/// A container engine as the agent uses it. Implementations must never pull from a registry and
-/// must make `remove` and `sweep` idempotent.
+/// A container engine as the agent uses it. Implementations pull only as a service's pull policy
+/// says and must make `remove` and `sweep` idempotent.
 #[tonic::async_trait]
 pub trait Provisioner: Send + Sync + 'static {
     /// `Ok` when containers can be started here, otherwise why not.
     async fn status(&self) -> Result<(), String>;
+    /// The tagged images (`name:tag`) the engine holds, as far as it can tell.
+    async fn images(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Makes a service's image present as its pull policy says (pulled, or built with its base
+    /// images pulled the same way), ahead of any start; `start` does the same when it must.
+    async fn image(&self, _req: &ImageRequest<'_>) -> Result<(), ProvisionError> {
+        Ok(())
+    }
     async fn create_network(
         &self,
         name: &str,

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use testfleet_model::{AgentId, Scope, ServiceSpec};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::{Mutex, OnceCell, mpsc};
 
 use super::{
-    LABEL_AGENT, LABEL_LEASE, LABEL_RUN, LABEL_SCOPE, LABEL_SERVICE, Provisioner, StartRequest,
-    Started, SweepReport,
+    ImageRequest, LABEL_AGENT, LABEL_LEASE, LABEL_RUN, LABEL_SCOPE, LABEL_SERVICE, Provisioner,
+    PullReport, StartRequest, Started, SweepReport,
 };
 
 /// The lease a test belongs to, as the pool needs it.
@@ -25,6 +25,14 @@ pub struct LeaseCtx {
     pub lease_id: String,
     /// Where build contexts are resolved.
     pub workspace: Option<PathBuf>,
+}
+
+/// A pull made for a lease, for the coordinator's timings.
+#[derive(Clone, Debug)]
+pub struct PulledFor {
+    pub run_id: String,
+    pub lease_id: String,
+    pub report: PullReport,
 }
 
 /// A container started for a test (not a reuse), for the coordinator's timings.
@@ -78,6 +86,9 @@ pub struct ServicePool {
     prov: Arc<dyn Provisioner>,
     agent: AgentId,
     state: Mutex<State>,
+    /// Pulls as they end, for whoever reports them (`take_pulls`).
+    pulled_tx: mpsc::UnboundedSender<PulledFor>,
+    pulled_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<PulledFor>>>,
 }
 
 fn suffix() -> String {
@@ -86,10 +97,58 @@ fn suffix() -> String {
 
 impl ServicePool {
     pub fn new(prov: Arc<dyn Provisioner>, agent: AgentId) -> Self {
+        let (pulled_tx, pulled_rx) = mpsc::unbounded_channel();
         ServicePool {
             prov,
             agent,
             state: Mutex::default(),
+            pulled_tx,
+            pulled_rx: std::sync::Mutex::new(Some(pulled_rx)),
+        }
+    }
+
+    /// The pulls made for leases, as they end; the first caller gets them, later ones `None`.
+    pub fn take_pulls(&self) -> Option<mpsc::UnboundedReceiver<PulledFor>> {
+        self.pulled_rx.lock().ok()?.take()
+    }
+
+    /// Reports a lease's pulls through `pulled_tx`.
+    fn pull_notes(&self, ctx: &LeaseCtx) -> impl Fn(PullReport) + Send + Sync + use<> {
+        let (tx, run_id, lease_id) = (
+            self.pulled_tx.clone(),
+            ctx.run_id.clone(),
+            ctx.lease_id.clone(),
+        );
+        move |report| {
+            let _ = tx.send(PulledFor {
+                run_id: run_id.clone(),
+                lease_id: lease_id.clone(),
+                report,
+            });
+        }
+    }
+
+    /// Starts making the run's registry images present, in the background, when the agent takes
+    /// the run's first lease: its tests then find them pulled, or join the pull under way, instead
+    /// of each starting one when it needs it. Failures are reported, and met again by the tests.
+    pub fn prefetch(self: &Arc<Self>, ctx: &LeaseCtx, services: &[ServiceSpec]) {
+        for spec in services {
+            if !matches!(spec.source, testfleet_model::ImageSource::Image { .. }) {
+                continue;
+            }
+            let (pool, ctx, spec) = (self.clone(), ctx.clone(), spec.clone());
+            tokio::spawn(async move {
+                let on_pull = pool.pull_notes(&ctx);
+                let req = ImageRequest {
+                    spec: &spec,
+                    workspace: ctx.workspace.clone(),
+                    run_id: ctx.run_id.clone(),
+                    on_pull: &on_pull,
+                };
+                if let Err(e) = pool.prov.image(&req).await {
+                    tracing::debug!(service = %spec.name, error = %e, "prefetching an image failed");
+                }
+            });
         }
     }
 
@@ -141,10 +200,15 @@ impl ServicePool {
         ctx: &LeaseCtx,
         network: String,
     ) -> Result<Started, String> {
+        let on_pull = self.pull_notes(ctx);
         self.prov
             .start(StartRequest {
-                spec,
-                workspace: ctx.workspace.clone(),
+                image: ImageRequest {
+                    spec,
+                    workspace: ctx.workspace.clone(),
+                    run_id: ctx.run_id.clone(),
+                    on_pull: &on_pull,
+                },
                 labels: self.labels(ctx, Some(spec.scope), Some(&spec.name)),
                 network: Some(network),
             })
@@ -433,10 +497,11 @@ mod tests {
             if let Some(b) = &self.together {
                 b.wait().await;
             }
-            if self.fail == Some(req.spec.name.as_str()) {
-                return Err(ProvisionError::ImageMissing("x:1".into()));
+            let spec = req.image.spec;
+            if self.fail == Some(spec.name.as_str()) {
+                return Err(ProvisionError::Engine("no such thing".into()));
             }
-            assert_eq!(req.labels[LABEL_SERVICE], req.spec.name);
+            assert_eq!(req.labels[LABEL_SERVICE], spec.name);
             assert!(req.network.is_some(), "every container joins a network");
             let id = {
                 let mut n = self.next.lock().unwrap();
@@ -445,12 +510,12 @@ mod tests {
             };
             self.log.lock().unwrap().push(format!(
                 "start {} {id} lease={}",
-                req.spec.name, req.labels[LABEL_LEASE]
+                spec.name, req.labels[LABEL_LEASE]
             ));
             Ok(Started {
                 container_id: id,
                 host: "127.0.0.1".into(),
-                ports: req.spec.ports.iter().map(|p| (*p, 10_000 + *p)).collect(),
+                ports: spec.ports.iter().map(|p| (*p, 10_000 + *p)).collect(),
                 duration: Duration::from_millis(5),
             })
         }
@@ -478,6 +543,8 @@ mod tests {
                 format!("{}_ADDR", name.to_uppercase()),
                 Template::parse("{host}:{port:80}").unwrap(),
             )]),
+            pull: None,
+            pull_timeout: None,
         }
     }
 
@@ -622,7 +689,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.contains("service `broken` (img:1)") && err.contains("not present"),
+            err.contains("service `broken` (img:1): no such thing"),
             "{err}"
         );
         assert_eq!(fake.count("start te"), 1);

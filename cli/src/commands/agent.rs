@@ -67,7 +67,12 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
             None
         } else {
             Some(std::sync::Arc::new(
-                testfleet_agent::provision::DockerProvisioner::new(),
+                testfleet_agent::provision::DockerProvisioner::with_pulls(
+                    testfleet_agent::provision::PullDefaults {
+                        policy: args.pull,
+                        timeout: std::time::Duration::from_secs_f64(args.pull_timeout),
+                    },
+                ),
             ))
         };
     // The first SIGTERM or Ctrl-C drains (running tests finish, the rest goes back); a second one

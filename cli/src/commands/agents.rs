@@ -7,6 +7,15 @@ use crate::answer::say;
 use crate::args::AgentsArgs;
 use crate::error::{CliError, CliResult};
 
+/// "3 in 12.4s, 1 failed": pulls since the agent connected, apart from container starts.
+fn pulls(a: &pb::AgentInfo) -> String {
+    let mut s = format!("{} in {:.1}s", a.pulls, a.pull_ms as f64 / 1000.0);
+    if a.pull_failures > 0 {
+        s.push_str(&format!(", {} failed", a.pull_failures));
+    }
+    s
+}
+
 pub async fn run(args: AgentsArgs) -> CliResult<i32> {
     let mut client = crate::remote::connect(&args.coordinator, &args.connect.security()?).await?;
     let agents = client
@@ -26,22 +35,28 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
                 "sandbox_status": a.sandbox_status,
                 "version": a.version,
                 "labels": a.labels,
+                "images": a.images,
+                "pulls": a.pulls,
+                "pull_ms": a.pull_ms,
+                "pull_failures": a.pull_failures,
             });
             say!("{line}");
         }
     } else {
         say!(
-            "{:<32} {:>5} {:>5}  {:<8} {:<8} VERSION",
+            "{:<32} {:>5} {:>5}  {:<8} {:<8} {:>6}  {:<20} VERSION",
             "AGENT",
             "SLOTS",
             "BUSY",
             "DOCKER",
-            "SANDBOX"
+            "SANDBOX",
+            "IMAGES",
+            "PULLS"
         );
         let mut unsandboxed = vec![];
         for a in &agents {
             say!(
-                "{:<32} {:>5} {:>5}  {:<8} {:<8} {}",
+                "{:<32} {:>5} {:>5}  {:<8} {:<8} {:>6}  {:<20} {}",
                 a.agent_id,
                 a.slots,
                 a.busy,
@@ -51,6 +66,8 @@ pub async fn run(args: AgentsArgs) -> CliResult<i32> {
                 } else {
                     "no"
                 },
+                a.images,
+                pulls(a),
                 a.version
             );
             if !a.sandbox_status.is_empty() {

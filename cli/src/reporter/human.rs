@@ -216,6 +216,28 @@ impl HumanReporter {
                     scope.as_str()
                 ));
             }
+            EventKind::ImagePulled {
+                agent_id,
+                image,
+                registry,
+                duration_ms,
+                error,
+            } => {
+                let took = secs(Duration::from_millis(*duration_ms));
+                let line = match error {
+                    None => format!(
+                        "{:>12} [{took}] {} from {registry} on {agent_id}",
+                        style("PULL").cyan(),
+                        style(image).bold()
+                    ),
+                    Some(why) => format!(
+                        "{:>12} [{took}] {} on {agent_id}: {why}",
+                        style("PULL FAILED").red(),
+                        style(image).bold()
+                    ),
+                };
+                self.println(&line);
+            }
             EventKind::LeaseFinished { .. } => {}
             EventKind::RunFinished { summary, state } => {
                 self.bar.finish_and_clear();
@@ -272,9 +294,14 @@ impl HumanReporter {
                 agents.join(", ")
             ));
         }
-        if !s.service_starts.is_empty() {
-            let starts: Vec<String> = s
-                .service_starts
+        for (what, timings) in [
+            ("image pulls", &s.image_pulls),
+            ("service starts", &s.service_starts),
+        ] {
+            if timings.is_empty() {
+                continue;
+            }
+            let each: Vec<String> = timings
                 .iter()
                 .map(|(name, t)| {
                     let avg = t.total_ms as f64 / f64::from(t.count.max(1)) / 1000.0;
@@ -286,9 +313,9 @@ impl HumanReporter {
                 })
                 .collect();
             self.println(&format!(
-                "{:>12} service starts (not in test times): {}",
+                "{:>12} {what} (not in test times): {}",
                 "",
-                starts.join(", ")
+                each.join(", ")
             ));
         }
         for ((binary, name), outcome) in &self.problems {

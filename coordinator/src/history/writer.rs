@@ -225,7 +225,8 @@ impl Writer {
             }
             EventKind::TestStarted { .. }
             | EventKind::Notice { .. }
-            | EventKind::ServiceStarted { .. } => {}
+            | EventKind::ServiceStarted { .. }
+            | EventKind::ImagePulled { .. } => {}
         }
         Ok(())
     }

@@ -74,7 +74,21 @@ pub struct AgentSnapshot {
     pub version: String,
     /// Time since the agent's last message.
     pub idle: Duration,
+    pub pulls: PullTally,
+    /// How many tagged images its engine holds, as far as the coordinator knows.
+    pub images: u32,
 }
+
+/// An agent's pulls since it connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullTally {
+    pub count: u32,
+    pub ms: u64,
+    pub failures: u32,
+}
+
+/// Images remembered per agent; an engine with more is treated as holding the first ones only.
+const MAX_IMAGES: usize = 4096;
 
 /// What a work request asks for (see `WorkRequest` in the protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,12 +111,14 @@ pub(super) struct Agent {
     pub last_seen: tokio::time::Instant,
     /// Fingerprints of the agent-scope services it has running: tests needing them go here first.
     pub warm: HashSet<String>,
+    /// The tagged images its engine holds (from its hello, and its pulls since).
+    pub images: HashSet<String>,
+    pub pulls: PullTally,
 }
 
 impl Agent {
     pub fn new(hello: Hello, conn: ConnId, tx: mpsc::UnboundedSender<AgentCommand>) -> Self {
         Agent {
-            hello,
             conn,
             tx: Some(tx),
             disconnected_at: None,
@@ -110,6 +126,16 @@ impl Agent {
             busy: 0,
             last_seen: tokio::time::Instant::now(),
             warm: HashSet::new(),
+            images: hello.images.iter().take(MAX_IMAGES).cloned().collect(),
+            pulls: PullTally::default(),
+            hello,
+        }
+    }
+
+    /// Notes an image its engine now holds.
+    pub fn hold_image(&mut self, image: String) {
+        if self.images.len() < MAX_IMAGES {
+            self.images.insert(image);
         }
     }
 
@@ -135,6 +161,8 @@ impl Agent {
             sandbox_status: self.hello.sandbox_status.clone(),
             version: self.hello.version.clone(),
             idle: self.last_seen.elapsed(),
+            pulls: self.pulls,
+            images: self.images.len() as u32,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The lease ledger: what agents say about their leases (work wanted, tests started and finished,
-//! services started, tests given back), checked against the leases this coordinator handed out
+//! services started, images pulled, tests given back), checked against the leases this coordinator handed out
 //! before any of it reaches a run.
 
-use testfleet_model::session::{AgentMessage, CoordinatorMessage, ServiceStarted, WorkRequest};
+use testfleet_model::session::{
+    AgentMessage, CoordinatorMessage, ImagePulled, ServiceStarted, WorkRequest,
+};
 use testfleet_model::{AgentId, AttemptKey, AttemptResult, LeaseId, Scope};
 
 use super::agents::{ConnId, WorkWanted};
@@ -42,9 +44,26 @@ impl Scheduler {
                     run.on_service_started(&agent_id, service, scope, duration_ms, container_id);
                 }
             }
+            AgentMessage::ImagePulled(pulled) => self.on_image_pulled(&agent_id, pulled),
             AgentMessage::LeaseReleased { lease_id, indices } => {
                 self.on_released(&agent_id, lease_id, &indices)
             }
+        }
+    }
+
+    /// A pull counts for the agent (`testfleet agents`) and, timed apart from starts, for its run.
+    fn on_image_pulled(&mut self, agent_id: &AgentId, pulled: ImagePulled) {
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.pulls.count += 1;
+            agent.pulls.ms += pulled.duration_ms;
+            if pulled.error.is_some() {
+                agent.pulls.failures += 1;
+            } else {
+                agent.hold_image(pulled.image.clone());
+            }
+        }
+        if let Some(run) = self.runs.get_mut(&pulled.run_id).filter(|r| r.is_running()) {
+            run.on_image_pulled(agent_id, pulled);
         }
     }
 

@@ -116,6 +116,7 @@ impl Harness {
                     },
                     sandbox_status: String::new(),
                     held_leases: held,
+                    images: vec![],
                 },
                 conn,
                 tx,

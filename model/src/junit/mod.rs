@@ -100,6 +100,7 @@ impl JunitReporter {
             EventKind::TestStarted { .. }
             | EventKind::Notice { .. }
             | EventKind::ServiceStarted { .. }
+            | EventKind::ImagePulled { .. }
             | EventKind::LeaseFinished { .. } => {}
         }
     }

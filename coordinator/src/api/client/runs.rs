@@ -224,6 +224,10 @@ pub(super) async fn agents(
                 version: a.version,
                 docker_status: a.docker_status,
                 sandbox_status: a.sandbox_status,
+                pulls: a.pulls.count,
+                pull_ms: a.pulls.ms,
+                pull_failures: a.pulls.failures,
+                images: a.images,
             })
             .collect(),
     }))

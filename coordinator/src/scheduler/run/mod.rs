@@ -345,6 +345,23 @@ impl Run {
         });
     }
 
+    pub fn on_image_pulled(&mut self, agent: &AgentId, p: testfleet_model::session::ImagePulled) {
+        if p.error.is_none() {
+            self.summary
+                .image_pulls
+                .entry(p.image.clone())
+                .or_default()
+                .add(p.duration_ms);
+        }
+        self.emit(EventKind::ImagePulled {
+            agent_id: agent.to_string(),
+            image: p.image,
+            registry: p.registry,
+            duration_ms: p.duration_ms,
+            error: p.error,
+        });
+    }
+
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.
     pub fn is_current(&self, index: u32, attempt: u32, lease: LeaseId) -> bool {
         self.tests
