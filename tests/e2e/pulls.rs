@@ -19,8 +19,8 @@ use crate::support::*;
 /// Every failed pull must be said within this, however long `pull_timeout` is.
 const WITHIN: Duration = Duration::from_secs(60);
 
-/// The services fixture's three services (one per scope), run from `image`.
-fn services_from(dir: &Path, image: &str) -> PathBuf {
+/// The services fixture's three services (one per scope), run from `image`, with `extra` keys.
+fn services_from(dir: &Path, image: &str, extra: &str) -> PathBuf {
     let mut text = String::new();
     for (scope, var, binary) in [
         ("agent", "AGENT_SVC", "agent_scope"),
@@ -29,12 +29,12 @@ fn services_from(dir: &Path, image: &str) -> PathBuf {
     ] {
         text.push_str(&format!(
             "[[service]]\nname = \"{scope}-svc\"\nimage = \"{image}\"\nports = [7000]\n\
-             wait = {{ log = \"fixture-server ready\" }}\nstartup_timeout = 30\nscope = \"{scope}\"\n\
+             wait = {{ log = \"fixture-server ready\" }}\nstartup_timeout = 30\nscope = \"{scope}\"\n{extra}\
              exports = {{ {var} = \"{{host}}:{{port:7000}}\" }}\n\
              binaries = [\"fixture-services::{binary}\"]\n\n"
         ));
     }
-    let path = dir.join("registry-services.toml");
+    let path = dir.join(format!("registry-services{}.toml", extra.len()));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -79,18 +79,18 @@ fn an_image_only_a_registry_has_is_pulled_once_for_two_agents_on_one_engine() {
     let repo = format!("team/{}", unique("fixture-server"));
     let image = registry.push(&fixture_server_image(), &repo, "1");
     assert!(!engine_has(&image), "only the registry has {image}");
-    let manifest = services_from(dir.path(), &image);
+    let manifest = services_from(dir.path(), &image, "");
 
     let (_coordinator, url) = coordinator(dir.path());
     let (a_id, b_id) = (unique("pull-a"), unique("pull-b"));
     let mut a = agent(dir.path(), &url, &a_id, 2);
     let mut b = agent(dir.path(), &url, &b_id, 2);
     wait_for_agents(&url, 2);
-    let run = || {
+    let run_with = |manifest: &Path| {
         let out = RunLine::on(&url)
             .json()
             .manifest(&fixture::services_manifest())
-            .suite_manifest(&manifest)
+            .suite_manifest(manifest)
             .output();
         assert_eq!(
             out.status.code(),
@@ -100,6 +100,7 @@ fn an_image_only_a_registry_has_is_pulled_once_for_two_agents_on_one_engine() {
         );
         events(&out)
     };
+    let run = || run_with(&manifest);
     let first = run();
     let outcomes = final_outcomes(&first);
     assert_eq!(outcomes.len(), 12);
@@ -147,6 +148,10 @@ fn an_image_only_a_registry_has_is_pulled_once_for_two_agents_on_one_engine() {
     let second = run();
     assert!(pulls(&second).is_empty());
     assert_eq!(registry.pulls_of(&repo, "1"), 1);
+    // `always` pulls once per run, still once for both agents on this engine.
+    let always = run_with(&services_from(dir.path(), &image, "pull = \"always\"\n"));
+    assert_eq!(pulls(&always).len(), 1, "{:?}", pulls(&always));
+    assert_eq!(registry.pulls_of(&repo, "1"), 2);
 
     a.stop();
     b.stop();

@@ -448,7 +448,7 @@ impl ServicePool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provision::{ProvisionError, StartRequest, Started};
+    use crate::provision::{ImageRequest, ProvisionError, PullReport, StartRequest, Started};
     use std::sync::Mutex as StdMutex;
     use testfleet_model::{ImageSource, Template, WaitStrategy};
 
@@ -523,6 +523,19 @@ mod tests {
             self.log.lock().unwrap().push(format!("rm {container_id}"));
             Ok(())
         }
+        async fn image(&self, req: &ImageRequest<'_>) -> Result<(), ProvisionError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("image {} run={}", req.spec.source, req.run_id));
+            (req.on_pull)(PullReport {
+                image: req.spec.source.to_string(),
+                registry: "docker.io".into(),
+                duration: Duration::from_millis(3),
+                error: None,
+            });
+            Ok(())
+        }
         async fn sweep(&self, _agent: &AgentId) -> Result<SweepReport, ProvisionError> {
             self.log.lock().unwrap().push("sweep".into());
             Ok(SweepReport::default())
@@ -558,6 +571,28 @@ mod tests {
 
     fn pool(fake: &Arc<Fake>) -> ServicePool {
         ServicePool::new(fake.clone(), "a1".parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn prefetching_asks_for_the_registry_images_and_reports_their_pulls_for_the_lease() {
+        let fake = Arc::new(Fake::default());
+        let pool = Arc::new(pool(&fake));
+        let mut pulls = pool.take_pulls().unwrap();
+        assert!(pool.take_pulls().is_none(), "one reader");
+        let mut built = svc("built", Scope::Agent);
+        built.source = ImageSource::Build {
+            context: "docker".into(),
+            dockerfile: "Dockerfile".into(),
+        };
+        pool.prefetch(&ctx("7"), &[svc("db", Scope::Lease), built]);
+        let p = tokio::time::timeout(Duration::from_secs(60), pulls.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.run_id.as_str(), p.lease_id.as_str()), ("1", "7"));
+        assert_eq!(p.report.image, "img:1");
+        // Builds are not prefetched: only what a registry serves.
+        assert_eq!(fake.log(), ["image img:1 run=1"]);
     }
 
     #[tokio::test]

@@ -92,6 +92,7 @@ impl Scheduler {
                     others_with_docker: docker_agents > usize::from(agent.hello.docker_available),
                     docker: agent.hello.docker_available,
                     warm: &agent.warm,
+                    images: &agent.images,
                 };
                 // In batch mode a slot runs a whole process's worth of tests at a time.
                 let per_slot = batch::TESTS_PER_SLOT.max(run.spec.tests_per_process as usize);

@@ -67,6 +67,8 @@ pub(crate) struct Candidate<'a> {
     pub others_with_docker: bool,
     pub docker: bool,
     pub warm: &'a std::collections::HashSet<String>,
+    /// The tagged images its engine holds.
+    pub images: &'a std::collections::HashSet<String>,
 }
 
 /// The scheduler's state: runs, agents and leases, owned by its task alone ([`actor`]).

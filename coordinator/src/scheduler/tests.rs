@@ -99,28 +99,52 @@ impl Harness {
         held: Vec<LeaseId>,
         labels: HashMap<String, String>,
     ) -> FakeAgent {
+        let hello = Hello {
+            agent_id: name.parse().unwrap(),
+            slots,
+            labels,
+            docker_available: docker,
+            version: "test".into(),
+            docker_status: if docker {
+                String::new()
+            } else {
+                format!("{name} has no Docker")
+            },
+            sandbox_status: String::new(),
+            held_leases: held,
+            images: vec![],
+        };
+        self.connect_hello(hello, conn).await
+    }
+
+    /// An agent with Docker whose engine holds `images`.
+    async fn agent_holding(
+        &self,
+        name: &str,
+        slots: u32,
+        conn: ConnId,
+        images: &[&str],
+    ) -> FakeAgent {
+        let mut hello = Hello {
+            agent_id: name.parse().unwrap(),
+            slots,
+            labels: HashMap::new(),
+            docker_available: true,
+            version: "test".into(),
+            docker_status: String::new(),
+            sandbox_status: String::new(),
+            held_leases: vec![],
+            images: vec![],
+        };
+        hello.images = images.iter().map(|i| i.to_string()).collect();
+        self.connect_hello(hello, conn).await
+    }
+
+    async fn connect_hello(&self, hello: Hello, conn: ConnId) -> FakeAgent {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let id: AgentId = name.parse().unwrap();
+        let id = hello.agent_id.clone();
         self.handle
-            .send(Command::AgentConnected {
-                hello: Hello {
-                    agent_id: id.clone(),
-                    slots,
-                    labels,
-                    docker_available: docker,
-                    version: "test".into(),
-                    docker_status: if docker {
-                        String::new()
-                    } else {
-                        format!("{name} has no Docker")
-                    },
-                    sandbox_status: String::new(),
-                    held_leases: held,
-                    images: vec![],
-                },
-                conn,
-                tx,
-            })
+            .send(Command::AgentConnected { hello, conn, tx })
             .unwrap();
         assert!(matches!(
             rx.recv().await,
@@ -637,6 +661,68 @@ async fn an_agent_with_warm_containers_gets_the_tests_that_need_them_first() {
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
     assert_eq!(binaries_of(&g), ["svc"; 4]);
+}
+
+#[tokio::test]
+async fn an_agent_whose_engine_holds_the_images_gets_the_tests_that_need_them_first() {
+    let h = Harness::new();
+    // `a` holds the service's image from the start (its hello); `c` holds another one.
+    let mut a = h.agent_holding("a", 1, 1, &["db:1"]).await;
+    let mut c = h.agent_holding("c", 1, 2, &["other:2"]).await;
+    let _others = [h.agent("y", 1, 3).await, h.agent("z", 1, 4).await];
+    let _events = h.submit(1, service_spec(20)).await;
+    // The queue holds 20 plain tests ahead of 20 that need `db:1`: `a` gets the latter, with no
+    // pull to wait for; `c` gets what comes first in the queue.
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    assert!(!g.tests.is_empty());
+    assert!(
+        binaries_of(&g).iter().all(|b| *b == "svc"),
+        "{:?}",
+        binaries_of(&g)
+    );
+    h.from(&c, ask(1));
+    let g = lease(&mut c).await;
+    assert!(
+        binaries_of(&g).iter().all(|b| *b == "b"),
+        "{:?}",
+        binaries_of(&g)
+    );
+}
+
+#[tokio::test]
+async fn an_image_pulled_counts_as_held_by_its_agent() {
+    let h = Harness::new();
+    let mut a = h.agent_with("a", 1, 1, true).await;
+    let _others = [
+        h.agent("x", 1, 2).await,
+        h.agent("y", 1, 3).await,
+        h.agent("z", 1, 4).await,
+    ];
+    let _events = h.submit(1, service_spec(20)).await;
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    assert_eq!(binaries_of(&g), ["b"; 5], "cold: queue order");
+    h.from(
+        &a,
+        AgentMessage::ImagePulled(testfleet_model::session::ImagePulled {
+            run_id: RunId(1),
+            lease_id: LeaseId(1),
+            image: "db:1".into(),
+            registry: "docker.io".into(),
+            duration_ms: 900,
+            error: None,
+        }),
+    );
+    h.from(&a, finished(&g, 0, AttemptStatus::Passed));
+    h.settle().await;
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    assert!(
+        binaries_of(&g).iter().all(|b| *b == "svc"),
+        "{:?}",
+        binaries_of(&g)
+    );
 }
 
 #[tokio::test]

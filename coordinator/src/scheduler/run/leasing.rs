@@ -25,8 +25,9 @@ impl Run {
     }
 
     /// Takes the next batch for `agent` out of the queue, marking each test as leased. Tests that
-    /// need services go only to an agent with Docker, and tests whose agent-scope services are
-    /// already running on this agent (`warm`) come first.
+    /// need services go only to an agent with Docker; tests whose agent-scope services are
+    /// already running on this agent (`warm`) come first, then tests whose images its engine
+    /// holds (no pull), then the rest.
     pub fn take_batch(
         &mut self,
         agent: &Candidate<'_>,
@@ -58,7 +59,17 @@ impl Run {
                     .as_ref()
                     .is_some_and(|k| recent.is_some_and(|r| r.contains(k)))
         };
-        let affinity = !agent.warm.is_empty() || recent.is_some();
+        // Its engine holds every registry image the test's services run: no pull before it starts.
+        let pulled = |i: u32| {
+            let images = &self.images[self.binary_of(i)];
+            !images.is_empty() && images.iter().all(|im| agent.images.contains(im))
+        };
+        let holds_images = self
+            .images
+            .iter()
+            .flatten()
+            .any(|im| agent.images.contains(im));
+        let affinity = !agent.warm.is_empty() || recent.is_some() || holds_images;
         let window = if affinity { AFFINITY_WINDOW } else { max_tests };
         let mut chosen: Vec<usize> = self
             .queue
@@ -69,8 +80,12 @@ impl Run {
             .take(window.max(max_tests))
             .collect();
         if affinity {
-            // Stable: queue order is kept within the warm tests and within the rest.
-            chosen.sort_by_key(|p| !warm(self.queue[*p]));
+            // Stable: queue order is kept within the warm tests, within those whose images are
+            // there, and within the rest.
+            chosen.sort_by_key(|p| {
+                let i = self.queue[*p];
+                (!warm(i), !pulled(i))
+            });
         }
         chosen.truncate(max_tests);
         let n = take_count(

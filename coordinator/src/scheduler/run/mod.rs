@@ -62,6 +62,8 @@ pub(super) struct Run {
     needs_docker: Vec<bool>,
     /// Per binary: fingerprints of the agent-scope services its tests need.
     agent_profile: Vec<Vec<String>>,
+    /// Per binary: the registry images (`name:tag`) its tests' services run.
+    images: Vec<Vec<String>>,
     /// Whether the run was told that an agent runs its tests without a sandbox (said once).
     warned_unsandboxed: bool,
     /// Per agent: what the tests of its last lease shared ([`testfleet_model::TestSpec::shares`]),
@@ -207,6 +209,25 @@ impl Run {
                         .collect();
                     fps.sort();
                     fps
+                })
+                .collect(),
+            images: spec
+                .binaries
+                .iter()
+                .map(|b| {
+                    let mut images: Vec<String> = b
+                        .services
+                        .iter()
+                        .filter_map(|i| match &spec.services[*i as usize].source {
+                            testfleet_model::ImageSource::Image { name, tag } => {
+                                Some(format!("{name}:{tag}"))
+                            }
+                            testfleet_model::ImageSource::Build { .. } => None,
+                        })
+                        .collect();
+                    images.sort();
+                    images.dedup();
+                    images
                 })
                 .collect(),
             spec,
