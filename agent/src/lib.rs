@@ -102,11 +102,12 @@ async fn services(config: &AgentConfig, provisioner: Option<Arc<dyn Provisioner>
             let pool = Arc::new(ServicePool::new(prov, config.agent_id.clone()));
             // Whatever a killed earlier run of this agent left behind goes first.
             if let Some(r) = pool.sweep().await
-                && (r.containers > 0 || r.networks > 0)
+                && (r.containers > 0 || r.networks > 0 || r.volumes > 0)
             {
                 tracing::warn!(
                     containers = r.containers,
                     networks = r.networks,
+                    volumes = r.volumes,
                     "removed leftovers of an earlier run of this agent"
                 );
             }
@@ -168,6 +169,7 @@ pub async fn run(
         tracing::info!(
             containers = r.containers,
             networks = r.networks,
+            volumes = r.volumes,
             "services removed"
         );
     }

@@ -143,6 +143,8 @@ pub const DEFAULT_PYTHON: &str = "python3";
 struct RawManifest {
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    compose: Vec<RawCompose>,
     quarantine: Option<RawQuarantine>,
     bundle: Option<RawBundle>,
     runner: Option<Spanned<RawRunner>>,
@@ -204,6 +206,232 @@ struct RawService {
     binaries: Vec<String>,
     #[serde(default)]
     prepare: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompose {
+    name: Spanned<String>,
+    file: Option<Spanned<String>>,
+    files: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    wait: BTreeMap<String, Spanned<RawWait>>,
+    startup_timeout: Option<Spanned<f64>>,
+    scope: Option<Spanned<String>>,
+    pull: Option<Spanned<String>>,
+    pull_timeout: Option<Spanned<f64>>,
+    #[serde(default)]
+    exports: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    binaries: Vec<String>,
+}
+
+/// A stack waits this long by default: several containers, some of them with healthchecks.
+pub const DEFAULT_STACK_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+type At<'a> = dyn Fn(usize, String) -> ManifestError + 'a;
+
+/// When a service or stack runs and how its image arrives: the keys both share.
+struct Lifecycle {
+    startup_timeout: Duration,
+    scope: Scope,
+    pull: Option<PullPolicy>,
+    pull_timeout: Option<Duration>,
+}
+
+impl Lifecycle {
+    fn parse(
+        at: &At<'_>,
+        what: &str,
+        startup_timeout: Option<Spanned<f64>>,
+        scope: Option<Spanned<String>>,
+        pull: Option<Spanned<String>>,
+        pull_timeout: Option<Spanned<f64>>,
+    ) -> Result<Self, ManifestError> {
+        let secs = |t: Spanned<f64>, key: &str, max: Duration| {
+            let (span, secs) = (t.span().start, t.into_inner());
+            if secs > 0.0 && secs <= max.as_secs_f64() {
+                Ok(Duration::from_secs_f64(secs))
+            } else {
+                Err(at(
+                    span,
+                    format!(
+                        "{what}: key `{key}`: {secs} is not between 0 and {} seconds",
+                        max.as_secs()
+                    ),
+                ))
+            }
+        };
+        let text = |v: Spanned<String>, key: &'static str| {
+            let span = v.span().start;
+            move |m: String| at(span, format!("{what}: key `{key}`: {m}"))
+        };
+        Ok(Lifecycle {
+            startup_timeout: startup_timeout
+                .map(|t| secs(t, "startup_timeout", Duration::from_secs(3600)))
+                .transpose()?
+                .unwrap_or(if what.starts_with("compose") {
+                    DEFAULT_STACK_STARTUP_TIMEOUT
+                } else {
+                    DEFAULT_STARTUP_TIMEOUT
+                }),
+            scope: match scope {
+                None => Scope::Agent,
+                Some(sc) => {
+                    let err = text(sc.clone(), "scope");
+                    sc.into_inner().parse().map_err(err)?
+                }
+            },
+            pull: match pull {
+                None => None,
+                Some(p) => {
+                    let err = text(p.clone(), "pull");
+                    Some(p.into_inner().parse::<PullPolicy>().map_err(err)?)
+                }
+            },
+            pull_timeout: pull_timeout
+                .map(|t| secs(t, "pull_timeout", MAX_PULL_TIMEOUT))
+                .transpose()?,
+        })
+    }
+}
+
+/// Export templates, each port checked by `check(service, port)`.
+fn parse_exports(
+    at: &At<'_>,
+    what: &str,
+    raw: BTreeMap<String, Spanned<String>>,
+    check: impl Fn(Option<&str>, u16) -> Result<(), String>,
+) -> Result<BTreeMap<String, Template>, ManifestError> {
+    let mut exports = BTreeMap::new();
+    for (key, value) in raw {
+        let span = value.span().start;
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(at(
+                span,
+                format!("{what}: exports key `{key}` is not an environment variable name"),
+            ));
+        }
+        let t = Template::parse(value.get_ref())
+            .map_err(|m| at(span, format!("{what}: key `exports.{key}`: {m}")))?;
+        for (svc, port) in t.ports() {
+            check(svc, port).map_err(|m| at(span, format!("{what}: key `exports.{key}`: {m}")))?;
+        }
+        exports.insert(key, t);
+    }
+    Ok(exports)
+}
+
+/// A compose service's name as compose allows it.
+fn is_compose_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// A `[[compose]]` table: a stack of compose services run as one service of the suite.
+fn parse_compose(
+    at: &At<'_>,
+    c: RawCompose,
+    declared: &[ServiceSpec],
+) -> Result<(String, ServiceSpec, Vec<String>), ManifestError> {
+    let name_at = c.name.span().start;
+    let name = c.name.into_inner();
+    if !is_service_name(&name) {
+        return Err(at(
+            name_at,
+            format!(
+                "compose stack name `{name}` must be non-empty ASCII letters, digits, '-' or '_'"
+            ),
+        ));
+    }
+    if declared.iter().any(|o| o.name == name) {
+        return Err(at(name_at, format!("service `{name}` is declared twice")));
+    }
+    let what = format!("compose stack `{name}`");
+    let files = match (c.file, c.files) {
+        (Some(f), None) => vec![(f.span().start, f.into_inner())],
+        (None, Some(fs)) => {
+            let span = fs.span().start;
+            let fs = fs.into_inner();
+            if fs.is_empty() {
+                return Err(at(span, format!("{what}: key `files` is empty")));
+            }
+            fs.into_iter().map(|f| (span, f)).collect()
+        }
+        (Some(f), Some(_)) => {
+            return Err(at(
+                f.span().start,
+                format!("{what}: set either `file` or `files`, not both"),
+            ));
+        }
+        (None, None) => {
+            return Err(at(
+                name_at,
+                format!("{what}: one of `file` or `files` is required"),
+            ));
+        }
+    };
+    for (span, f) in &files {
+        if !is_relative_inside(f) {
+            return Err(at(
+                *span,
+                format!("{what}: compose file `{f}` must be a relative path inside the workspace"),
+            ));
+        }
+    }
+    let mut waits = BTreeMap::new();
+    for (svc, w) in c.wait {
+        let span = w.span().start;
+        if !is_compose_service_name(&svc) {
+            return Err(at(
+                span,
+                format!("{what}: key `wait`: `{svc}` is not a compose service name"),
+            ));
+        }
+        let w = parse_wait(w.into_inner(), None)
+            .map_err(|m| at(span, format!("{what}: key `wait.{svc}`: {m}")))?;
+        waits.insert(svc, w);
+    }
+    let life = Lifecycle::parse(
+        at,
+        &what,
+        c.startup_timeout,
+        c.scope,
+        c.pull,
+        c.pull_timeout,
+    )?;
+    let exports = parse_exports(at, &what, c.exports, |svc, port| match svc {
+        Some(svc) if is_compose_service_name(svc) => Ok(()),
+        Some(svc) => Err(format!("`{svc}` is not a compose service name")),
+        None => Err(format!(
+            "a stack's port names its compose service: `{{port:SERVICE:{port}}}`"
+        )),
+    })?;
+    let spec = ServiceSpec {
+        name: name.clone(),
+        source: ImageSource::Compose {
+            files: files.into_iter().map(|(_, f)| f).collect(),
+            waits,
+        },
+        env: BTreeMap::new(),
+        cmd: vec![],
+        ports: vec![],
+        wait: WaitStrategy::None,
+        startup_timeout: life.startup_timeout,
+        scope: life.scope,
+        exports,
+        pull: life.pull,
+        pull_timeout: life.pull_timeout,
+    };
+    Ok((name, spec, c.binaries))
+}
+
+fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn default_dockerfile() -> String {
@@ -368,85 +596,26 @@ impl Manifest {
                 None => WaitStrategy::None,
                 Some(w) => {
                     let span = w.span().start;
-                    parse_wait(w.into_inner(), &ports)
+                    parse_wait(w.into_inner(), Some(&ports))
                         .map_err(|m| at(span, format!("service `{name}`: key `wait`: {m}")))?
                 }
             };
-            let startup_timeout = match s.startup_timeout {
-                None => DEFAULT_STARTUP_TIMEOUT,
-                Some(t) => {
-                    let (span, secs) = (t.span().start, t.into_inner());
-                    if !(secs > 0.0 && secs <= 3600.0) {
-                        return Err(at(
-                            span,
-                            format!(
-                                "service `{name}`: key `startup_timeout`: {secs} is not between 0 and 3600 seconds"
-                            ),
-                        ));
-                    }
-                    Duration::from_secs_f64(secs)
-                }
-            };
-            let pull = match s.pull {
-                None => None,
-                Some(p) => {
-                    let span = p.span().start;
-                    Some(
-                        p.into_inner()
-                            .parse::<PullPolicy>()
-                            .map_err(|m| at(span, format!("service `{name}`: key `pull`: {m}")))?,
-                    )
-                }
-            };
-            let pull_timeout = match s.pull_timeout {
-                None => None,
-                Some(t) => {
-                    let (span, secs) = (t.span().start, t.into_inner());
-                    if !(secs > 0.0 && secs <= MAX_PULL_TIMEOUT.as_secs_f64()) {
-                        return Err(at(
-                            span,
-                            format!(
-                                "service `{name}`: key `pull_timeout`: {secs} is not between 0 and 3600 seconds"
-                            ),
-                        ));
-                    }
-                    Some(Duration::from_secs_f64(secs))
-                }
-            };
-            let scope = match s.scope {
-                None => Scope::Agent,
-                Some(sc) => {
-                    let span = sc.span().start;
-                    sc.into_inner()
-                        .parse()
-                        .map_err(|m| at(span, format!("service `{name}`: key `scope`: {m}")))?
-                }
-            };
-            let mut exports = BTreeMap::new();
-            for (key, value) in s.exports {
-                let span = value.span().start;
-                if key.is_empty() || key.contains('=') || key.contains('\0') {
-                    return Err(at(
-                        span,
-                        format!(
-                            "service `{name}`: exports key `{key}` is not an environment variable name"
-                        ),
-                    ));
-                }
-                let t = Template::parse(value.get_ref())
-                    .map_err(|m| at(span, format!("service `{name}`: key `exports.{key}`: {m}")))?;
-                for port in t.ports() {
-                    if !ports.contains(&port) {
-                        return Err(at(
-                            span,
-                            format!(
-                                "service `{name}`: key `exports.{key}`: port {port} is not in `ports`"
-                            ),
-                        ));
-                    }
-                }
-                exports.insert(key, t);
-            }
+            let what = format!("service `{name}`");
+            let life = Lifecycle::parse(
+                &at,
+                &what,
+                s.startup_timeout,
+                s.scope,
+                s.pull,
+                s.pull_timeout,
+            )?;
+            let exports = parse_exports(&at, &what, s.exports, |svc, port| match svc {
+                Some(svc) => Err(format!(
+                    "`{{port:{svc}:{port}}}` names a compose service; a service's port is `{{port:{port}}}`"
+                )),
+                None if !ports.contains(&port) => Err(format!("port {port} is not in `ports`")),
+                None => Ok(()),
+            })?;
             if !s.prepare.is_empty() {
                 manifest.prepare.insert(name.clone(), s.prepare);
             }
@@ -458,12 +627,17 @@ impl Manifest {
                 cmd: s.cmd,
                 ports,
                 wait,
-                startup_timeout,
-                scope,
+                startup_timeout: life.startup_timeout,
+                scope: life.scope,
                 exports,
-                pull,
-                pull_timeout,
+                pull: life.pull,
+                pull_timeout: life.pull_timeout,
             });
+        }
+        for c in raw.compose {
+            let (name, spec, binaries) = parse_compose(&at, c, &manifest.services)?;
+            manifest.binaries.insert(name, binaries);
+            manifest.services.push(spec);
         }
         Ok(manifest)
     }
@@ -585,13 +759,11 @@ fn parse_build(v: toml::Value) -> Result<(String, String), String> {
     }
 }
 
-fn parse_wait(w: RawWait, ports: &[u16]) -> Result<WaitStrategy, String> {
-    let check_port = |p: u16| {
-        if ports.contains(&p) {
-            Ok(p)
-        } else {
-            Err(format!("port {p} is not in `ports`"))
-        }
+/// A wait; its port must be one of `ports` when they are known (a compose service's are not).
+fn parse_wait(w: RawWait, ports: Option<&[u16]>) -> Result<WaitStrategy, String> {
+    let check_port = |p: u16| match ports {
+        Some(ports) if !ports.contains(&p) => Err(format!("port {p} is not in `ports`")),
+        _ => Ok(p),
     };
     let kinds = [
         w.log.is_some(),
@@ -706,7 +878,8 @@ prepare = ["make", "api"]
                 tag: "16".into()
             }
         );
-        let url = db.exports["DATABASE_URL"].render("10.0.0.1", &|p| (p == 5432).then_some(49153));
+        let url =
+            db.exports["DATABASE_URL"].render("10.0.0.1", &|_, p| (p == 5432).then_some(49153));
         assert_eq!(
             url.unwrap(),
             "postgres://postgres:pw@10.0.0.1:49153/postgres"
@@ -911,5 +1084,79 @@ prepare = ["make", "api"]
         assert!(e.contains("{junit}"), "{e}");
         let e = err("[runner]\nkind = \"pytest\"\npyhton = \"python3.12\"\n");
         assert!(e.contains("pyhton"), "{e}");
+    }
+
+    #[test]
+    fn compose_stacks_parse_into_services_of_their_own_kind() {
+        let m = parse(
+            r#"
+[[service]]
+name = "cache"
+image = "redis:7"
+
+[[compose]]
+name = "stack"
+files = ["compose.test.yaml", "compose.ci.yaml"]
+scope = "lease"
+wait = { front = { port = 8080 }, db = { log = "ready" } }
+exports = { FRONT_URL = "http://{host}:{port:front:8080}/" }
+binaries = ["app::it"]
+pull = "never"
+"#,
+        )
+        .unwrap();
+        let stack = &m.services[1];
+        assert_eq!(stack.scope, Scope::Lease);
+        assert_eq!(stack.pull, Some(PullPolicy::Never));
+        assert_eq!(stack.startup_timeout, DEFAULT_STACK_STARTUP_TIMEOUT);
+        let ImageSource::Compose { files, waits } = &stack.source else {
+            panic!("{:?}", stack.source)
+        };
+        assert_eq!(files, &["compose.test.yaml", "compose.ci.yaml"]);
+        assert_eq!(waits["front"], WaitStrategy::Port { port: 8080 });
+        assert_eq!(
+            waits["db"],
+            WaitStrategy::Log {
+                message: "ready".into()
+            }
+        );
+        assert_eq!(m.services_for("app::it"), vec![0, 1]);
+        assert_eq!(m.services_for("app::unit"), vec![0]);
+        stack.validate().unwrap();
+        let cases = [
+            ("[[compose]]\nname = \"s\"\n", "one of `file` or `files`"),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nfiles = [\"b.yaml\"]\n",
+                "either `file` or `files`",
+            ),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"../a.yaml\"\n",
+                "relative path inside",
+            ),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nexports = { U = \"{port:80}\" }\n",
+                "`{port:SERVICE:80}`",
+            ),
+            (
+                "[[service]]\nname = \"s\"\nimage = \"x\"\nports = [80]\nexports = { U = \"{port:web:80}\" }\n",
+                "names a compose service",
+            ),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nwait = { web = { http = \"x\", port = 1 } }\n",
+                "key `wait.web`",
+            ),
+            (
+                "[[service]]\nname = \"s\"\nimage = \"x\"\n[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\n",
+                "declared twice",
+            ),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nimage = \"x\"\n",
+                "unknown field `image`",
+            ),
+        ];
+        for (text, wanted) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
     }
 }

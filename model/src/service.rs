@@ -16,6 +16,12 @@ pub enum ImageSource {
     /// Built by each agent from a context directory (inside the workspace, shipped in the bundle),
     /// once per content.
     Build { context: String, dockerfile: String },
+    /// A compose stack: the compose files (inside the workspace, shipped in the bundle), merged as
+    /// compose merges them, and what to wait for per compose service (besides their healthchecks).
+    Compose {
+        files: Vec<String>,
+        waits: BTreeMap<String, WaitStrategy>,
+    },
 }
 
 impl ImageSource {
@@ -47,6 +53,7 @@ impl fmt::Display for ImageSource {
                 context,
                 dockerfile,
             } => write!(f, "build of {context}/{dockerfile}"),
+            ImageSource::Compose { files, .. } => write!(f, "compose stack {}", files.join(" + ")),
         }
     }
 }
@@ -160,11 +167,14 @@ enum Part {
     Literal(String),
     Host,
     Port(u16),
+    /// A compose service's port.
+    StackPort(String, u16),
 }
 
 /// An export template such as `postgres://u:p@{host}:{port:5432}/db`. `{host}` is the host that
 /// reaches the container's published ports, `{port:N}` the host port published for container port
-/// N; `{{` and `}}` are literal braces.
+/// N, and in a compose stack's exports `{port:SERVICE:N}` that of compose service SERVICE's port N;
+/// `{{` and `}}` are literal braces.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Template {
     source: String,
@@ -197,15 +207,20 @@ impl Template {
                         .find('}')
                         .ok_or_else(|| format!("unclosed `{{` at byte {i}"))?;
                     let name = &rest[..end];
+                    let unknown = || {
+                        format!(
+                            "unknown placeholder `{{{name}}}` (use `{{host}}`, `{{port:N}}` or `{{port:SERVICE:N}}`)"
+                        )
+                    };
+                    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
                     let part = match name {
                         "host" => Part::Host,
-                        _ => match name.strip_prefix("port:").map(str::parse::<u16>) {
-                            Some(Ok(p)) if p > 0 => Part::Port(p),
-                            _ => {
-                                return Err(format!(
-                                    "unknown placeholder `{{{name}}}` (use `{{host}}` or `{{port:N}}`)"
-                                ));
+                        _ => match name.strip_prefix("port:").map(|r| r.rsplit_once(':')) {
+                            Some(None) => Part::Port(port(&name[5..]).ok_or_else(unknown)?),
+                            Some(Some((svc, p))) if !svc.is_empty() => {
+                                Part::StackPort(svc.to_owned(), port(p).ok_or_else(unknown)?)
                             }
+                            _ => return Err(unknown()),
                         },
                     };
                     if !lit.is_empty() {
@@ -232,18 +247,21 @@ impl Template {
         &self.source
     }
 
-    /// The container ports the template refers to.
-    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+    /// The ports the template refers to: `(None, N)` for `{port:N}`, `(Some(SERVICE), N)` for
+    /// `{port:SERVICE:N}`.
+    pub fn ports(&self) -> impl Iterator<Item = (Option<&str>, u16)> + '_ {
         self.parts.iter().filter_map(|p| match p {
-            Part::Port(p) => Some(*p),
+            Part::Port(p) => Some((None, *p)),
+            Part::StackPort(s, p) => Some((Some(s.as_str()), *p)),
             _ => None,
         })
     }
 
+    /// The text with `host` and the host ports `host_port` gives for `(service, port)`.
     pub fn render(
         &self,
         host: &str,
-        host_port: &dyn Fn(u16) -> Option<u16>,
+        host_port: &dyn Fn(Option<&str>, u16) -> Option<u16>,
     ) -> Result<String, String> {
         let mut out = String::new();
         for p in &self.parts {
@@ -251,8 +269,13 @@ impl Template {
                 Part::Literal(l) => out.push_str(l),
                 Part::Host => out.push_str(host),
                 Part::Port(p) => {
-                    let hp = host_port(*p)
+                    let hp = host_port(None, *p)
                         .ok_or_else(|| format!("container port {p} is not published"))?;
+                    out.push_str(&hp.to_string());
+                }
+                Part::StackPort(s, p) => {
+                    let hp = host_port(Some(s), *p)
+                        .ok_or_else(|| format!("compose service `{s}` publishes no port {p}"))?;
                     out.push_str(&hp.to_string());
                 }
             }
@@ -291,6 +314,9 @@ impl ServiceSpec {
         } = &self.source
         {
             canon.push_str(&format!("{context}{SEP}{dockerfile}{SEP}"));
+        }
+        if let ImageSource::Compose { files, waits } = &self.source {
+            canon.push_str(&format!("{files:?}{SEP}{waits:?}{SEP}"));
         }
         for (k, v) in &self.env {
             canon.push_str(&format!("env{SEP}{k}{SEP}{v}{SEP}"));
@@ -332,11 +358,40 @@ impl ServiceSpec {
                 "service `{name}`: pull timeout must be between 0 and 3600 s"
             ));
         }
+        let stack = match &self.source {
+            ImageSource::Compose { files, .. } => Some(files),
+            _ => None,
+        };
         for t in self.exports.values() {
-            for p in t.ports() {
-                if !self.ports.contains(&p) {
+            for (svc, p) in t.ports() {
+                match (svc, stack) {
+                    (None, None) if !self.ports.contains(&p) => {
+                        return Err(format!(
+                            "service `{name}`: export refers to port {p}, which is not exposed"
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(format!(
+                            "compose stack `{name}`: export refers to port {p} without a compose service (`{{port:SERVICE:{p}}}`)"
+                        ));
+                    }
+                    (Some(s), None) => {
+                        return Err(format!(
+                            "service `{name}`: `{{port:{s}:{p}}}` names a compose service; a service has `{{port:{p}}}`"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(files) = stack {
+            if files.is_empty() {
+                return Err(format!("compose stack `{name}`: no compose file"));
+            }
+            for f in files {
+                if !crate::relative_path::is_relative_inside(f) {
                     return Err(format!(
-                        "service `{name}`: export refers to port {p}, which is not exposed"
+                        "compose stack `{name}`: file `{f}` must be a relative path inside the workspace"
                     ));
                 }
             }
@@ -386,15 +441,38 @@ mod tests {
     fn templates_render_hosts_ports_and_braces() {
         let t = Template::parse("{{\"url\": \"redis://{host}:{port:6379}/0\"}}").unwrap();
         let out = t
-            .render("127.0.0.1", &|p| (p == 6379).then_some(32768))
+            .render("127.0.0.1", &|s, p| {
+                (s.is_none() && p == 6379).then_some(32768)
+            })
             .unwrap();
         assert_eq!(out, "{\"url\": \"redis://127.0.0.1:32768/0\"}");
-        assert_eq!(t.ports().collect::<Vec<_>>(), vec![6379]);
+        assert_eq!(t.ports().collect::<Vec<_>>(), vec![(None, 6379)]);
         assert!(Template::parse("{port:0}").is_err());
         assert!(Template::parse("{port:x}").is_err());
+        assert!(Template::parse("{port::80}").is_err());
+        assert!(Template::parse("{port:db:0}").is_err());
         assert!(Template::parse("a}b").is_err());
-        let missing = Template::parse("{port:1}").unwrap().render("h", &|_| None);
+        let missing = Template::parse("{port:1}")
+            .unwrap()
+            .render("h", &|_, _| None);
         assert!(missing.unwrap_err().contains("not published"));
+        // A compose stack's exports name the compose service whose port they mean.
+        let t = Template::parse("http://{host}:{port:front:8080}/ pg:{port:db:5432}").unwrap();
+        assert_eq!(
+            t.ports().collect::<Vec<_>>(),
+            vec![(Some("front"), 8080), (Some("db"), 5432)]
+        );
+        let out = t.render("h", &|s, p| match (s, p) {
+            (Some("front"), 8080) => Some(1),
+            (Some("db"), 5432) => Some(2),
+            _ => None,
+        });
+        assert_eq!(out.unwrap(), "http://h:1/ pg:2");
+        let missing = t.render("h", &|_, _| None).unwrap_err();
+        assert!(
+            missing.contains("compose service `front` publishes no port 8080"),
+            "{missing}"
+        );
     }
 
     #[test]

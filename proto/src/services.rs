@@ -56,7 +56,6 @@ pub fn scope_from_wire(v: i32) -> Result<Scope, ConvertError> {
 impl From<&ServiceSpec> for pb::ServiceSpec {
     fn from(s: &ServiceSpec) -> Self {
         use pb::service_spec::Source;
-        use pb::wait_strategy::Kind;
         let source = match &s.source {
             ImageSource::Image { name, tag } => Source::Image(pb::ImageRef {
                 name: name.clone(),
@@ -69,25 +68,22 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 context: context.clone(),
                 dockerfile: dockerfile.clone(),
             }),
+            ImageSource::Compose { files, waits } => Source::Compose(pb::ComposeStack {
+                files: files.clone(),
+                waits: waits
+                    .iter()
+                    .map(|(k, w)| (k.clone(), wait_to_wire(w).unwrap_or_default()))
+                    .collect(),
+            }),
         };
-        let wait = match &s.wait {
-            WaitStrategy::None => None,
-            WaitStrategy::Log { message } => Some(Kind::Log(message.clone())),
-            WaitStrategy::Port { port } => Some(Kind::Port(u32::from(*port))),
-            WaitStrategy::Http { port, path, status } => Some(Kind::Http(pb::HttpWait {
-                port: u32::from(*port),
-                path: path.clone(),
-                status: u32::from(*status),
-            })),
-            WaitStrategy::Healthcheck => Some(Kind::Healthcheck(true)),
-        };
+        let wait = wait_to_wire(&s.wait);
         pb::ServiceSpec {
             name: s.name.clone(),
             source: Some(source),
             env: s.env.clone().into_iter().collect(),
             cmd: s.cmd.clone(),
             ports: s.ports.iter().map(|p| u32::from(*p)).collect(),
-            wait: wait.map(|k| pb::WaitStrategy { kind: Some(k) }),
+            wait,
             startup_timeout_ms: s.startup_timeout.as_millis() as u64,
             scope: pb::Scope::from(s.scope) as i32,
             exports: s
@@ -101,6 +97,40 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
     }
 }
 
+fn wait_to_wire(w: &WaitStrategy) -> Option<pb::WaitStrategy> {
+    use pb::wait_strategy::Kind;
+    let kind = match w {
+        WaitStrategy::None => return None,
+        WaitStrategy::Log { message } => Kind::Log(message.clone()),
+        WaitStrategy::Port { port } => Kind::Port(u32::from(*port)),
+        WaitStrategy::Http { port, path, status } => Kind::Http(pb::HttpWait {
+            port: u32::from(*port),
+            path: path.clone(),
+            status: u32::from(*status),
+        }),
+        WaitStrategy::Healthcheck => Kind::Healthcheck(true),
+    };
+    Some(pb::WaitStrategy { kind: Some(kind) })
+}
+
+fn wait_from_wire(w: Option<pb::WaitStrategy>) -> Result<WaitStrategy, ConvertError> {
+    use pb::wait_strategy::Kind;
+    Ok(match w.and_then(|w| w.kind) {
+        None | Some(Kind::Healthcheck(false)) => WaitStrategy::None,
+        Some(Kind::Log(message)) => WaitStrategy::Log { message },
+        Some(Kind::Port(p)) => WaitStrategy::Port {
+            port: port(p, "wait port")?,
+        },
+        Some(Kind::Http(h)) => WaitStrategy::Http {
+            port: port(h.port, "wait port")?,
+            path: h.path,
+            status: u16::try_from(h.status)
+                .map_err(|_| ConvertError::new("wait status", "not an HTTP status"))?,
+        },
+        Some(Kind::Healthcheck(true)) => WaitStrategy::Healthcheck,
+    })
+}
+
 fn port(v: u32, what: &'static str) -> Result<u16, ConvertError> {
     u16::try_from(v)
         .ok()
@@ -112,7 +142,6 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
     type Error = ConvertError;
     fn try_from(s: pb::ServiceSpec) -> Result<Self, ConvertError> {
         use pb::service_spec::Source;
-        use pb::wait_strategy::Kind;
         let source = match s.source {
             Some(Source::Image(i)) => ImageSource::parse_image(&format!("{}:{}", i.name, i.tag))
                 .map_err(|m| ConvertError::new("service image", m))?,
@@ -120,22 +149,17 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
                 context: b.context,
                 dockerfile: b.dockerfile,
             },
+            Some(Source::Compose(c)) => ImageSource::Compose {
+                files: c.files,
+                waits: c
+                    .waits
+                    .into_iter()
+                    .map(|(k, w)| Ok((k, wait_from_wire(Some(w))?)))
+                    .collect::<Result<_, ConvertError>>()?,
+            },
             None => return Err(ConvertError::new("service source", "missing")),
         };
-        let wait = match s.wait.and_then(|w| w.kind) {
-            None | Some(Kind::Healthcheck(false)) => WaitStrategy::None,
-            Some(Kind::Log(message)) => WaitStrategy::Log { message },
-            Some(Kind::Port(p)) => WaitStrategy::Port {
-                port: port(p, "wait port")?,
-            },
-            Some(Kind::Http(h)) => WaitStrategy::Http {
-                port: port(h.port, "wait port")?,
-                path: h.path,
-                status: u16::try_from(h.status)
-                    .map_err(|_| ConvertError::new("wait status", "not an HTTP status"))?,
-            },
-            Some(Kind::Healthcheck(true)) => WaitStrategy::Healthcheck,
-        };
+        let wait = wait_from_wire(s.wait)?;
         let exports = s
             .exports
             .into_iter()
@@ -197,6 +221,11 @@ exports = { URL = "pg://{host}:{port:5432}" }
 name = "built"
 build = { context = "docker", dockerfile = "Dockerfile.test" }
 wait = { log = "ready" }
+[[compose]]
+name = "stack"
+files = ["c.yaml", "d.yaml"]
+wait = { front = { http = "/ok", port = 80 }, db = { log = "up" }, q = { healthcheck = true } }
+exports = { FRONT = "http://{host}:{port:front:80}/" }
 "#;
         let m = testfleet_model::Manifest::parse(text, std::path::Path::new("t.toml")).unwrap();
         for s in &m.services {

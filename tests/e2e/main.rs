@@ -5,6 +5,7 @@
 mod bad_input;
 mod bundles;
 mod ci_fanout;
+mod compose_stacks;
 mod containers;
 mod dashboard;
 mod deploy;

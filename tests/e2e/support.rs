@@ -352,13 +352,14 @@ pub fn docker_or_skip(test: &str) -> bool {
     false
 }
 
-/// Containers and networks still labelled as `agent`'s.
+/// Containers, networks and volumes still labelled as `agent`'s.
 pub fn leftovers(agent: &str) -> Vec<String> {
     let label = format!("label=testfleet.agent={agent}");
     let mut out = Vec::new();
     for args in [
         vec!["ps", "-aq", "--filter", &label],
         vec!["network", "ls", "-q", "--filter", &label],
+        vec!["volume", "ls", "-q", "--filter", &label],
     ] {
         let o = Command::new("docker")
             .args(&args)

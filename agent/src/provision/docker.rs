@@ -12,7 +12,7 @@ use testcontainers::bollard::errors::Error as BollardError;
 use testcontainers::bollard::models::NetworkCreateRequest;
 use testcontainers::bollard::query_parameters::{
     BuildImageOptions, ListContainersOptions, ListImagesOptions, ListNetworksOptions,
-    RemoveContainerOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
 };
 use testcontainers::core::client::docker_client_instance;
 use testcontainers::core::{IntoContainerPort, WaitFor};
@@ -23,6 +23,7 @@ use tokio_stream::StreamExt;
 
 use testfleet_model::{AgentId, ImageSource, WaitStrategy};
 
+use super::compose::{STACK_PREFIX, Stacks};
 use super::pull::{PullDefaults, Pulls, Wanted, with_tag};
 use super::{
     ImageRequest, LABEL_AGENT, ProvisionError, Provisioner, StartRequest, Started, SweepReport,
@@ -40,6 +41,7 @@ pub struct DockerProvisioner {
     /// One build at a time per image tag.
     builds: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pulls: Pulls,
+    stacks: Stacks,
 }
 
 impl Default for DockerProvisioner {
@@ -79,6 +81,7 @@ impl DockerProvisioner {
             live: Mutex::default(),
             builds: Mutex::default(),
             pulls: Pulls::new(defaults),
+            stacks: Stacks::default(),
         }
     }
 
@@ -106,6 +109,10 @@ impl DockerProvisioner {
                 self.build(&docker, req, &root.join(context), dockerfile)
                     .await
             }
+            ImageSource::Compose { .. } => Err(engine(format!(
+                "compose stack `{}` has no one image",
+                req.spec.name
+            ))),
         }
     }
 
@@ -379,11 +386,22 @@ impl Provisioner for DockerProvisioner {
     }
 
     async fn image(&self, req: &ImageRequest<'_>) -> Result<(), ProvisionError> {
+        if matches!(req.spec.source, ImageSource::Compose { .. }) {
+            // A stack's images are pulled as it comes up, once its files are rendered.
+            return Ok(());
+        }
         self.resolve(req).await.map(|_| ())
     }
 
     async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError> {
         let spec = req.image.spec;
+        if let ImageSource::Compose { files, waits } = &spec.source {
+            let docker = client().await?;
+            return self
+                .stacks
+                .start(&docker, &self.pulls, &req, files, waits)
+                .await;
+        }
         let timeout = spec.startup_timeout;
         let (name, tag) = self.resolve(&req.image).await?;
         // The start is timed from here: pulls and builds are phases of their own.
@@ -474,6 +492,7 @@ impl Provisioner for DockerProvisioner {
                     container_id: id,
                     host,
                     ports,
+                    stack_ports: BTreeMap::new(),
                     duration: began.elapsed(),
                 })
             }
@@ -485,6 +504,11 @@ impl Provisioner for DockerProvisioner {
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), ProvisionError> {
+        if let Some(project) = container_id.strip_prefix(STACK_PREFIX) {
+            let docker = client().await?;
+            self.stacks.remove(&docker, project).await;
+            return Ok(());
+        }
         let held = self.live.lock().await.remove(container_id);
         if let Some(c) = held {
             return c.rm().await.map_err(engine);
@@ -522,7 +546,7 @@ impl Provisioner for DockerProvisioner {
         }
         let networks = docker
             .list_networks(Some(ListNetworksOptions {
-                filters: Some(filter),
+                filters: Some(filter.clone()),
             }))
             .await
             .map_err(engine)?;
@@ -530,6 +554,23 @@ impl Provisioner for DockerProvisioner {
             if let Some(name) = n.name {
                 self.remove_network(&name).await?;
                 report.networks += 1;
+            }
+        }
+        // Compose stacks' volumes carry the agent's label too (their containers went above).
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filter),
+            }))
+            .await
+            .map_err(engine)?;
+        for v in volumes.volumes.unwrap_or_default() {
+            match docker
+                .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => report.volumes += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(engine(e)),
             }
         }
         Ok(report)

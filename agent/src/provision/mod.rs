@@ -2,6 +2,7 @@
 //! Docker implementation, and the [`ServicePool`] that applies scopes and guarantees cleanup. The
 //! agent is its own reaper: everything it creates carries its labels and is swept by them.
 
+mod compose;
 mod context;
 mod credentials;
 mod docker;
@@ -87,6 +88,8 @@ pub struct Started {
     pub host: String,
     /// Container port → published host port.
     pub ports: BTreeMap<u16, u16>,
+    /// A compose stack's (compose service, container port) → published host port.
+    pub stack_ports: BTreeMap<(String, u16), u16>,
     pub duration: Duration,
 }
 
@@ -94,6 +97,7 @@ pub struct Started {
 pub struct SweepReport {
     pub containers: usize,
     pub networks: usize,
+    pub volumes: usize,
 }
 
 /// A container engine as the agent uses it. Implementations pull only as a service's pull policy

@@ -266,7 +266,10 @@ impl ServicePool {
             }
             for (key, template) in &spec.exports {
                 let value = template
-                    .render(&one.started.host, &|p| one.started.ports.get(&p).copied())
+                    .render(&one.started.host, &|svc, p| match svc {
+                        None => one.started.ports.get(&p).copied(),
+                        Some(s) => one.started.stack_ports.get(&(s.to_owned(), p)).copied(),
+                    })
                     .map_err(|e| format!("service `{}`: export `{key}`: {e}", spec.name));
                 match value {
                     Ok(value) => {
@@ -516,6 +519,7 @@ mod tests {
                 container_id: id,
                 host: "127.0.0.1".into(),
                 ports: spec.ports.iter().map(|p| (*p, 10_000 + *p)).collect(),
+                stack_ports: BTreeMap::new(),
                 duration: Duration::from_millis(5),
             })
         }

@@ -155,8 +155,9 @@ pub(crate) async fn finish(
     })
 }
 
-/// Packs `content` and the services' build contexts (agents build their images from them) into
-/// a content-addressed bundle.
+/// Packs `content`, the services' build contexts (agents build their images from them) and the
+/// compose stacks' files with the `.env` beside them (what they build or mount is in the
+/// workspace's files) into a content-addressed bundle.
 async fn pack_bundle(
     args: &RunArgs,
     ws: &Workspace,
@@ -167,13 +168,31 @@ async fn pack_bundle(
         .iter()
         .flat_map(|s| s.manifest.services.iter().map(move |svc| (s, svc)))
     {
-        if let (suite, ImageSource::Build { context, .. }) = (s.0, &s.1.source) {
-            let src = suite.dir.join(context);
-            let rel = Path::new(&suite.bundle_dir(ws)).join(context);
+        let (suite, svc) = s;
+        let dirs: Vec<(String, &str)> = match &svc.source {
+            ImageSource::Build { context, .. } => vec![(context.clone(), "build context")],
+            ImageSource::Compose { files, .. } => files
+                .iter()
+                .flat_map(|f| {
+                    let env = Path::new(f).with_file_name(".env");
+                    let env = suite
+                        .dir
+                        .join(&env)
+                        .is_file()
+                        .then(|| (env.to_string_lossy().into_owned(), "compose .env"));
+                    std::iter::once((f.clone(), "compose file")).chain(env)
+                })
+                .collect(),
+            ImageSource::Image { .. } => vec![],
+        };
+        for (dir, what) in dirs {
+            // (A directory or, for a stack, a file.)
+            let src = suite.dir.join(&dir);
+            let rel = Path::new(&suite.bundle_dir(ws)).join(&dir);
             pack::collect_files(&src, &rel, &mut entries).map_err(|e| {
                 CliError::Bundle(format!(
-                    "cannot bundle the build context of service `{}` ({}): {e}",
-                    s.1.name,
+                    "cannot bundle the {what} of service `{}` ({}): {e}",
+                    svc.name,
                     src.display()
                 ))
             })?;

@@ -87,7 +87,7 @@ pub(super) fn build(
             .map(|s| s.manifest.services.clone())
             .unwrap_or_default(),
         workspace: match suite {
-            Some(s) if has_builds(&s.manifest) => {
+            Some(s) if has_workspace_files(&s.manifest) => {
                 if bundled {
                     s.bundle_dir(ws)
                 } else {
@@ -105,10 +105,14 @@ pub(super) fn build(
     })
 }
 
-fn has_builds(m: &testfleet_model::Manifest) -> bool {
-    m.services
-        .iter()
-        .any(|s| matches!(s.source, ImageSource::Build { .. }))
+/// Whether an agent reads service files from the workspace: build contexts, compose files.
+fn has_workspace_files(m: &testfleet_model::Manifest) -> bool {
+    m.services.iter().any(|s| {
+        matches!(
+            s.source,
+            ImageSource::Build { .. } | ImageSource::Compose { .. }
+        )
+    })
 }
 
 fn git_revision(root: &Path) -> (String, String) {

@@ -222,7 +222,9 @@ impl Run {
                             testfleet_model::ImageSource::Image { name, tag } => {
                                 Some(format!("{name}:{tag}"))
                             }
-                            testfleet_model::ImageSource::Build { .. } => None,
+                            // Built here, or a stack whose images only its files name.
+                            testfleet_model::ImageSource::Build { .. }
+                            | testfleet_model::ImageSource::Compose { .. } => None,
                         })
                         .collect();
                     images.sort();
