@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use testfleet_model::{
-    AttemptStatus, EventKind, Outcome, RunEvent, Scope, TestFinished, exit_code,
-};
+use testfleet_model::{AttemptStatus, EventKind, RunEvent, Scope, TestFinished, exit_code};
 
 use crate::fixture;
 use crate::support::*;
@@ -274,20 +272,6 @@ fn a_killed_agent_s_leftovers_are_swept_when_it_returns() {
         second.log()
     );
     assert_eq!(leftovers(&id), Vec::<String>::new());
-}
-
-fn infra_messages(events: &[RunEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::TestFinished(TestFinished {
-                result,
-                final_outcome: Some(Outcome::InfraError),
-                ..
-            }) => Some(result.message.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// `testfleet run --local 1 --json adds` on the basic fixture, with `manifest` instead of its own.

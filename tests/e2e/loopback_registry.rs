@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::support::{GUARD, tool_or_skip};
+use crate::support::{GUARD, docker, tool_or_skip};
 
 /// The user and password of the htpasswd-protected registries.
 pub const USER: &str = "fleet";
@@ -150,19 +150,6 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs `docker ARGS`, which must succeed.
-pub fn docker(args: &[&str]) {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Removes `reference` from the engine if it is there.

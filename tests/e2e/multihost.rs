@@ -89,15 +89,7 @@ impl Cluster {
     }
 
     fn docker(&self, args: &[&str]) {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("docker runs");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker(args);
     }
 
     fn logs(&self, service: &str) -> String {

@@ -352,6 +352,53 @@ pub fn docker_or_skip(test: &str) -> bool {
     false
 }
 
+/// The events of a run that must have ended with success and every test passed (or skipped).
+pub fn all_passed(out: &Output) -> Vec<RunEvent> {
+    assert_eq!(
+        out.status.code(),
+        Some(testfleet_model::exit_code::SUCCESS),
+        "{}",
+        stderr(out)
+    );
+    let events = events(out);
+    let outcomes = final_outcomes(&events);
+    assert!(
+        outcomes
+            .values()
+            .all(|o| matches!(o, Outcome::Passed | Outcome::Skipped)),
+        "{outcomes:?}"
+    );
+    events
+}
+
+/// The messages of the tests that ended as infrastructure errors.
+pub fn infra_messages(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TestFinished(TestFinished {
+                result,
+                final_outcome: Some(Outcome::InfraError),
+                ..
+            }) => Some(result.message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `docker ARGS`, which must succeed.
+pub fn docker(args: &[&str]) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Containers, networks and volumes still labelled as `agent`'s.
 pub fn leftovers(agent: &str) -> Vec<String> {
     let label = format!("label=testfleet.agent={agent}");

@@ -34,6 +34,8 @@ use super::{LABEL_AGENT, LABEL_SCOPE, ProvisionError, StartRequest, Started, wai
 /// The label compose puts on everything of a project.
 const PROJECT_LABEL: &str = "com.docker.compose.project";
 const SERVICE_LABEL: &str = "com.docker.compose.service";
+/// `down` that takes longer has hung (the engine's calls have their own limits).
+const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a started stack's `Started::container_id` begins with.
 pub const STACK_PREFIX: &str = "compose:";
 
@@ -108,7 +110,8 @@ fn published_host() -> String {
                 .to_owned(),
         )
     });
-    from_env.unwrap_or_else(|| "localhost".into())
+    // IPv4, as the ports read below are: "localhost" may resolve to ::1.
+    from_env.unwrap_or_else(|| "127.0.0.1".into())
 }
 
 impl Stacks {
@@ -247,7 +250,11 @@ impl Stacks {
             ) else {
                 continue;
             };
-            for p in c.ports.unwrap_or_default() {
+            // IPv4 first: an engine may publish a port on different host ports for IPv4 and
+            // IPv6 (Docker 20.10 does), and the published host is reached over IPv4.
+            let mut published = c.ports.unwrap_or_default();
+            published.sort_by_key(|p| p.ip.as_deref().is_some_and(|ip| ip.contains('.')));
+            for p in published {
                 if let Some(public) = p.public_port {
                     ports.insert((service.clone(), p.private_port), public);
                 }
@@ -324,8 +331,15 @@ async fn take_down(docker: &Docker, live: Option<&Live>, project: &str) {
     if let Some(live) = live {
         let mut down = live.command(project);
         down.args(["down", "-v", "--remove-orphans", "--timeout", "1"]);
-        if let Err(e) = run(&mut down, project, "down").await {
-            tracing::warn!(project, error = %e, "`down` failed; removing the stack by its labels");
+        match tokio::time::timeout(DOWN_TIMEOUT, run(&mut down, project, "down")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(project, error = %e, "`down` failed; removing the stack by its labels")
+            }
+            Err(_) => tracing::warn!(
+                project,
+                "`down` did not end within {DOWN_TIMEOUT:?}; removing the stack by its labels"
+            ),
         }
     }
     // Whatever `down` left (or all of it, when no tool holds the project any more).

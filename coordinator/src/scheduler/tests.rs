@@ -100,19 +100,9 @@ impl Harness {
         labels: HashMap<String, String>,
     ) -> FakeAgent {
         let hello = Hello {
-            agent_id: name.parse().unwrap(),
-            slots,
-            labels,
-            docker_available: docker,
-            version: "test".into(),
-            docker_status: if docker {
-                String::new()
-            } else {
-                format!("{name} has no Docker")
-            },
-            sandbox_status: String::new(),
             held_leases: held,
-            images: vec![],
+            labels,
+            ..hello(name, slots, docker)
         };
         self.connect_hello(hello, conn).await
     }
@@ -125,18 +115,10 @@ impl Harness {
         conn: ConnId,
         images: &[&str],
     ) -> FakeAgent {
-        let mut hello = Hello {
-            agent_id: name.parse().unwrap(),
-            slots,
-            labels: HashMap::new(),
-            docker_available: true,
-            version: "test".into(),
-            docker_status: String::new(),
-            sandbox_status: String::new(),
-            held_leases: vec![],
-            images: vec![],
+        let hello = Hello {
+            images: images.iter().map(|i| i.to_string()).collect(),
+            ..hello(name, slots, true)
         };
-        hello.images = images.iter().map(|i| i.to_string()).collect();
         self.connect_hello(hello, conn).await
     }
 
@@ -528,6 +510,25 @@ async fn cancelling_a_run_revokes_its_leases() {
 }
 
 /// Two binaries: `plain` (tests 0..n) needs nothing, `svc` (tests n..2n) needs an agent-scope service.
+/// A hello of an agent that holds no lease, no label and no image.
+fn hello(name: &str, slots: u32, docker: bool) -> Hello {
+    Hello {
+        agent_id: name.parse().unwrap(),
+        slots,
+        labels: HashMap::new(),
+        docker_available: docker,
+        version: "test".into(),
+        docker_status: if docker {
+            String::new()
+        } else {
+            format!("{name} has no Docker")
+        },
+        sandbox_status: String::new(),
+        held_leases: vec![],
+        images: vec![],
+    }
+}
+
 fn service_spec(n: usize) -> Arc<RunSpec> {
     let mut spec = (*spec(2 * n, 0)).clone();
     let mut svc_binary = spec.binaries[0].clone();
@@ -543,6 +544,12 @@ fn service_spec(n: usize) -> Arc<RunSpec> {
         .services;
     spec.validate().unwrap();
     Arc::new(spec)
+}
+
+/// Every test of `g` is of `binary`.
+fn assert_only(g: &LeaseGrant, binary: &str) {
+    let all = binaries_of(g);
+    assert!(all.iter().all(|b| *b == binary), "{all:?}");
 }
 
 fn binaries_of(g: &LeaseGrant) -> Vec<&str> {
@@ -676,18 +683,10 @@ async fn an_agent_whose_engine_holds_the_images_gets_the_tests_that_need_them_fi
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
     assert!(!g.tests.is_empty());
-    assert!(
-        binaries_of(&g).iter().all(|b| *b == "svc"),
-        "{:?}",
-        binaries_of(&g)
-    );
+    assert_only(&g, "svc");
     h.from(&c, ask(1));
     let g = lease(&mut c).await;
-    assert!(
-        binaries_of(&g).iter().all(|b| *b == "b"),
-        "{:?}",
-        binaries_of(&g)
-    );
+    assert_only(&g, "b");
 }
 
 #[tokio::test]
@@ -718,11 +717,7 @@ async fn an_image_pulled_counts_as_held_by_its_agent() {
     h.settle().await;
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
-    assert!(
-        binaries_of(&g).iter().all(|b| *b == "svc"),
-        "{:?}",
-        binaries_of(&g)
-    );
+    assert_only(&g, "svc");
 }
 
 #[tokio::test]
