@@ -224,6 +224,7 @@ struct RawCompose {
     exports: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     binaries: Vec<String>,
+    host_ports: Option<Spanned<String>>,
 }
 
 /// A stack waits this long by default: several containers, some of them with healthchecks.
@@ -393,6 +394,21 @@ fn parse_compose(
             .map_err(|m| at(span, format!("{what}: key `wait.{svc}`: {m}")))?;
         waits.insert(svc, w);
     }
+    let pinned = match c.host_ports {
+        None => false,
+        Some(h) => match h.get_ref().as_str() {
+            "engine" => false,
+            "file" => true,
+            other => {
+                return Err(at(
+                    h.span().start,
+                    format!(
+                        "{what}: key `host_ports`: `{other}` is neither `engine` (the engine picks them) nor `file` (as the files pin them)"
+                    ),
+                ));
+            }
+        },
+    };
     let life = Lifecycle::parse(
         at,
         &what,
@@ -413,6 +429,7 @@ fn parse_compose(
         source: ImageSource::Compose {
             files: files.into_iter().map(|(_, f)| f).collect(),
             waits,
+            pinned,
         },
         env: BTreeMap::new(),
         cmd: vec![],
@@ -1109,9 +1126,18 @@ pull = "never"
         assert_eq!(stack.scope, Scope::Lease);
         assert_eq!(stack.pull, Some(PullPolicy::Never));
         assert_eq!(stack.startup_timeout, DEFAULT_STACK_STARTUP_TIMEOUT);
-        let ImageSource::Compose { files, waits } = &stack.source else {
+        let ImageSource::Compose {
+            files,
+            waits,
+            pinned,
+        } = &stack.source
+        else {
             panic!("{:?}", stack.source)
         };
+        assert!(
+            !pinned,
+            "the engine picks host ports unless the stack says otherwise"
+        );
         assert_eq!(files, &["compose.test.yaml", "compose.ci.yaml"]);
         assert_eq!(waits["front"], WaitStrategy::Port { port: 8080 });
         assert_eq!(
@@ -1152,6 +1178,10 @@ pull = "never"
             (
                 "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nimage = \"x\"\n",
                 "unknown field `image`",
+            ),
+            (
+                "[[compose]]\nname = \"s\"\nfile = \"a.yaml\"\nhost_ports = \"mine\"\n",
+                "key `host_ports`: `mine` is neither",
             ),
         ];
         for (text, wanted) in cases {

@@ -21,6 +21,9 @@ pub enum ImageSource {
     Compose {
         files: Vec<String>,
         waits: BTreeMap<String, WaitStrategy>,
+        /// Keep the host ports (and container names) the files pin, for suites that reach
+        /// `localhost:PORT` as written; such a stack cannot run twice at once on one engine.
+        pinned: bool,
     },
 }
 
@@ -315,8 +318,13 @@ impl ServiceSpec {
         {
             canon.push_str(&format!("{context}{SEP}{dockerfile}{SEP}"));
         }
-        if let ImageSource::Compose { files, waits } = &self.source {
-            canon.push_str(&format!("{files:?}{SEP}{waits:?}{SEP}"));
+        if let ImageSource::Compose {
+            files,
+            waits,
+            pinned,
+        } = &self.source
+        {
+            canon.push_str(&format!("{files:?}{SEP}{waits:?}{SEP}{pinned}{SEP}"));
         }
         for (k, v) in &self.env {
             canon.push_str(&format!("env{SEP}{k}{SEP}{v}{SEP}"));

@@ -68,7 +68,12 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 context: context.clone(),
                 dockerfile: dockerfile.clone(),
             }),
-            ImageSource::Compose { files, waits } => Source::Compose(pb::ComposeStack {
+            ImageSource::Compose {
+                files,
+                waits,
+                pinned,
+            } => Source::Compose(pb::ComposeStack {
+                pinned: *pinned,
                 files: files.clone(),
                 waits: waits
                     .iter()
@@ -150,6 +155,7 @@ impl TryFrom<pb::ServiceSpec> for ServiceSpec {
                 dockerfile: b.dockerfile,
             },
             Some(Source::Compose(c)) => ImageSource::Compose {
+                pinned: c.pinned,
                 files: c.files,
                 waits: c
                     .waits
@@ -224,6 +230,7 @@ wait = { log = "ready" }
 [[compose]]
 name = "stack"
 files = ["c.yaml", "d.yaml"]
+host_ports = "file"
 wait = { front = { http = "/ok", port = 80 }, db = { log = "up" }, q = { healthcheck = true } }
 exports = { FRONT = "http://{host}:{port:front:80}/" }
 "#;

@@ -223,3 +223,69 @@ fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
     again.stop();
     assert_eq!(leftovers(&c_id), Vec::<String>::new());
 }
+
+/// A suite written for its compose file reaches `127.0.0.1:PORT` as the file pins it.
+#[test]
+fn a_stack_keeps_the_host_ports_its_file_pins_when_asked() {
+    let name = "a_stack_keeps_the_host_ports_its_file_pins_when_asked";
+    if !docker_or_skip(name)
+        || !pytest_or_skip(name)
+        || !tool_or_skip(
+            "docker-compose",
+            &["version"],
+            "apt-get install docker-compose",
+            name,
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("suite");
+    std::fs::create_dir_all(suite.join("tests")).unwrap();
+    let port = crate::loopback_registry::free_port();
+    std::fs::write(
+        suite.join("compose.yaml"),
+        format!(
+            "services:\n  server:\n    image: {}\n    ports:\n      - \"127.0.0.1:{port}:7000\"\n",
+            fixture_server_image()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        suite.join("tests/test_pinned.py"),
+        format!(
+            "import socket\n\n\ndef test_the_pinned_port_answers():\n    with socket.create_connection(('127.0.0.1', {port}), timeout=10) as c:\n        c.sendall(b'PING\\n')\n        assert c.makefile().readline().strip() == 'PONG'\n"
+        ),
+    )
+    .unwrap();
+    let manifest = |host_ports: &str| {
+        format!(
+            "[runner]\nkind = \"pytest\"\npaths = [\"tests\"]\n\n[[compose]]\nname = \"stack\"\n\
+             file = \"compose.yaml\"\nscope = \"test\"\n{host_ports}\
+             wait = {{ server = {{ log = \"fixture-server ready\" }} }}\n"
+        )
+    };
+    let run = || {
+        RunLine::local(1)
+            .json()
+            .in_dir(&suite)
+            .data_dir(&dir.path().join("data"))
+            .output()
+    };
+    // As the file pins it: the suite passes as written.
+    std::fs::write(
+        suite.join("testfleet.toml"),
+        manifest("host_ports = \"file\"\n"),
+    )
+    .unwrap();
+    all_passed(&run());
+    // By default the engine picks the port, and a suite that hardcodes it cannot reach it.
+    std::fs::write(suite.join("testfleet.toml"), manifest("")).unwrap();
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(testfleet_model::exit_code::TESTS_FAILED),
+        "{}",
+        stderr(&out)
+    );
+}

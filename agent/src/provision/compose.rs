@@ -87,6 +87,14 @@ struct Live {
     project_dir: PathBuf,
 }
 
+/// A stack as its spec describes it.
+pub struct Stack<'a> {
+    pub files: &'a [String],
+    pub waits: &'a BTreeMap<String, WaitStrategy>,
+    /// Host ports and container names as the files pin them.
+    pub pinned: bool,
+}
+
 #[derive(Default)]
 pub struct Stacks {
     tool: OnceCell<Result<Tool, String>>,
@@ -121,9 +129,13 @@ impl Stacks {
         docker: &Docker,
         pulls: &Pulls,
         req: &StartRequest<'_>,
-        files: &[String],
-        waits: &BTreeMap<String, WaitStrategy>,
+        stack: Stack<'_>,
     ) -> Result<Started, ProvisionError> {
+        let Stack {
+            files,
+            waits,
+            pinned,
+        } = stack;
         let spec = req.image.spec;
         let name = &spec.name;
         let tool = self
@@ -154,7 +166,7 @@ impl Stacks {
         let rendered = run(config.arg("config"), name, "config").await?;
         let mut doc: Value = serde_yaml::from_str(&rendered)
             .map_err(|e| failed(name, format!("cannot read what `config` rendered: {e}")))?;
-        let images = rewrite(&mut doc, &req.labels).map_err(|e| failed(name, e))?;
+        let images = rewrite(&mut doc, &req.labels, pinned).map_err(|e| failed(name, e))?;
         for service in waits.keys() {
             if doc["services"].get(service).is_none() {
                 return Err(failed(
@@ -442,7 +454,11 @@ fn project_name(req: &StartRequest<'_>) -> String {
 
 /// Rewrites a rendered compose document for one agent (see the module's comment). Returns the
 /// images of services compose will not build.
-fn rewrite(doc: &mut Value, labels: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+fn rewrite(
+    doc: &mut Value,
+    labels: &BTreeMap<String, String>,
+    pinned: bool,
+) -> Result<Vec<String>, String> {
     let label_map = || {
         let mut m = Mapping::new();
         for (k, v) in labels {
@@ -478,10 +494,12 @@ fn rewrite(doc: &mut Value, labels: &BTreeMap<String, String>) -> Result<Vec<Str
         let Some(obj) = svc.as_mapping_mut() else {
             continue;
         };
-        obj.remove("container_name");
-        if let Some(ports) = obj.get_mut("ports").and_then(Value::as_sequence_mut) {
-            for p in ports.iter_mut() {
-                *p = unpinned(p)?;
+        if !pinned {
+            obj.remove("container_name");
+            if let Some(ports) = obj.get_mut("ports").and_then(Value::as_sequence_mut) {
+                for p in ports.iter_mut() {
+                    *p = unpinned(p)?;
+                }
             }
         }
         if obj.get("build").is_none()
@@ -682,7 +700,8 @@ volumes:
 "#;
         let mut doc: Value = serde_yaml::from_str(rendered).unwrap();
         let labels = BTreeMap::from([("testfleet.agent".to_owned(), "a1".to_owned())]);
-        let images = rewrite(&mut doc, &labels).unwrap();
+        let mut as_pinned = doc.clone();
+        let images = rewrite(&mut doc, &labels, false).unwrap();
         assert_eq!(
             images,
             ["postgres:16"],
@@ -711,5 +730,11 @@ volumes:
             doc["networks"]["shared"].get("labels").is_none(),
             "an external network is not ours to label"
         );
+        // `host_ports = "file"`: labelled, but ports and names as the file has them.
+        rewrite(&mut as_pinned, &labels, true).unwrap();
+        let front = &as_pinned["services"]["front"];
+        assert_eq!(front["container_name"], "pinned-front");
+        assert_eq!(front["ports"][0]["published"], 8080);
+        assert_eq!(front["labels"]["testfleet.agent"], "a1");
     }
 }

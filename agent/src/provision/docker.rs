@@ -395,12 +395,19 @@ impl Provisioner for DockerProvisioner {
 
     async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError> {
         let spec = req.image.spec;
-        if let ImageSource::Compose { files, waits } = &spec.source {
+        if let ImageSource::Compose {
+            files,
+            waits,
+            pinned,
+        } = &spec.source
+        {
             let docker = client().await?;
-            return self
-                .stacks
-                .start(&docker, &self.pulls, &req, files, waits)
-                .await;
+            let stack = super::compose::Stack {
+                files,
+                waits,
+                pinned: *pinned,
+            };
+            return self.stacks.start(&docker, &self.pulls, &req, stack).await;
         }
         let timeout = spec.startup_timeout;
         let (name, tag) = self.resolve(&req.image).await?;
