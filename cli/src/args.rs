@@ -205,6 +205,12 @@ pub enum QuarantineCommand {
 pub struct RunArgs {
     /// Run only tests whose name contains one of these strings.
     pub filters: Vec<String>,
+    /// Run only tests this filterset selects, in cargo-nextest's language (`test()`, `package()`,
+    /// `binary()`, `binary_id()`, `kind()`, `deps()`, `rdeps()`, `all()`, `none()`; `not` `!`,
+    /// `and` `&`, `or` `|` `+`, `-`; matchers `=exact`, `~contains`, `/regex/`, `#glob`).
+    /// Repeated: any of them. With name filters too: tests must match both.
+    #[arg(short = 'E', long = "filterset", value_name = "EXPR")]
+    pub filtersets: Vec<String>,
 
     /// Submit to this coordinator (e.g. `http://build-1:7420`) instead of running locally.
     #[arg(long, env = "TESTFLEET_COORDINATOR", conflicts_with = "local")]

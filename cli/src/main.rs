@@ -7,6 +7,7 @@ mod cargo;
 mod commands;
 mod environ;
 mod error;
+mod filterset;
 mod history_client;
 mod junit_import;
 mod local;

@@ -9,6 +9,7 @@ mod compose_stacks;
 mod containers;
 mod dashboard;
 mod deploy;
+mod filtersets;
 mod fixture;
 mod hermetic;
 mod history;

@@ -17,6 +17,9 @@ pub struct Workspace {
     pub target_dir: PathBuf,
     /// Package id → (name, version), for naming test binaries.
     pub packages: HashMap<String, (String, String)>,
+    /// Each member's dependencies (normal, dev and build) on other members, by name: the
+    /// graph filtersets' `deps()` and `rdeps()` walk.
+    pub member_deps: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// What building the tests produced besides the test binaries: what the tests run or load at run
@@ -94,10 +97,24 @@ pub fn locate_workspace(args: &CargoArgs) -> CliResult<Workspace> {
             )
         })
         .collect();
+    let member_deps = meta
+        .workspace_packages()
+        .iter()
+        .map(|p| {
+            let on_members = p
+                .dependencies
+                .iter()
+                .filter(|d| members.contains(&d.name) && d.name != p.name.as_str())
+                .map(|d| d.name.clone())
+                .collect();
+            (p.name.to_string(), on_members)
+        })
+        .collect();
     Ok(Workspace {
         root: meta.workspace_root.into_std_path_buf(),
         target_dir: meta.target_directory.into_std_path_buf(),
         packages,
+        member_deps,
     })
 }
 

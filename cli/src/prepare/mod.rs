@@ -41,6 +41,8 @@ pub(crate) async fn prepare(
     args: &RunArgs,
     remote: Option<(&str, &mut remote::Client)>,
 ) -> CliResult<Prepared> {
+    // A filterset that does not parse is said before anything is built.
+    crate::filterset::from_args(&args.filtersets)?;
     // A suite whose manifest names a runner is not a Cargo workspace's tests.
     if args.cargo.manifest_path.is_none()
         && let Some(suite) = suite_manifest::load_tool_suite(args.manifest.as_deref())?

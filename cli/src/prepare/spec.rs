@@ -27,11 +27,22 @@ pub(super) fn build(
     );
     let mut spec_binaries = Vec::new();
     let mut tests = Vec::new();
+    let filtersets = crate::filterset::from_args(&args.filtersets)?;
+    let graph = crate::filterset::Packages {
+        deps: ws.member_deps.clone(),
+    };
     for (mut b, listed) in binaries {
+        let target = crate::filterset::Target::of(&b);
         let selected: Vec<_> = listed
             .iter()
             .filter(|t| {
                 args.filters.is_empty() || args.filters.iter().any(|f| t.name.contains(f.as_str()))
+            })
+            .filter(|t| {
+                filtersets.is_empty()
+                    || filtersets
+                        .iter()
+                        .any(|f| f.matches(&target.item(&t.name), &graph))
             })
             .collect();
         if selected.is_empty() {
@@ -52,11 +63,14 @@ pub(super) fn build(
     }
     let runnable = tests.iter().filter(|t| !t.ignored).count();
     if runnable == 0 {
-        let filters = if args.filters.is_empty() {
+        let mut filters = if args.filters.is_empty() {
             String::new()
         } else {
             format!(" matching {:?}", args.filters)
         };
+        for f in &args.filtersets {
+            filters.push_str(&format!(" selected by -E {f:?}"));
+        }
         return Err(CliError::NoTests(format!(
             "no test to run{filters}: {binary_count} test binaries hold {listed_count} tests, {} selected, all others ignored",
             tests.len()

@@ -50,6 +50,7 @@ pub(super) async fn prepare(
         root: suite.dir.clone(),
         target_dir: std::env::temp_dir().join(scratch),
         packages: Default::default(),
+        member_deps: Default::default(),
     };
     let bundled = remote.is_some();
     // The suite's directory: its copy in the bundle, or itself. A program named by a path is
