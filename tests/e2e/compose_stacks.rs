@@ -208,14 +208,17 @@ fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
         "{:?}",
         stack_starts(&events)
     );
-    let left = leftovers(&c_id);
+    // (Its lease stacks may still be going down; its agent-scope stack stays while it lives.)
     assert!(
-        !left.is_empty(),
+        !leftovers(&c_id).is_empty(),
         "the agent scope stack is up while its agent is"
     );
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    assert_eq!(leftovers(&c_id), left, "SIGKILL leaves the stack behind");
+    assert!(
+        !leftovers(&c_id).is_empty(),
+        "SIGKILL leaves the stack behind"
+    );
     let mut again = agent(dir.path(), &url, &c_id, 2);
     wait_until("the restarted agent sweeps what it left", || {
         leftovers(&c_id).is_empty()

@@ -39,6 +39,9 @@ struct Cluster {
     client_token: String,
 }
 
+/// The first two octets of the clusters' subnets.
+const FLEET_SUBNET: &str = "10.213";
+
 impl Cluster {
     fn up(dir: &Path, net: u8) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -56,6 +59,8 @@ impl Cluster {
                 ("COORDINATOR_PORT".into(), port.to_string()),
                 ("DATA_DIR".into(), data.display().to_string()),
                 ("FLEET_NET".into(), net.to_string()),
+                // Outside Docker's default pools, which other tests' networks draw from.
+                ("FLEET_SUBNET".into(), FLEET_SUBNET.into()),
                 ("LEASE_TIMEOUT".into(), LEASE_TIMEOUT_SECS.to_string()),
                 ("CLIENT_TOKEN".into(), client_token.clone()),
                 ("AGENT_TOKEN".into(), agent_token),
@@ -209,7 +214,8 @@ fn a_cluster_of_containers_survives_kills_partitions_and_restarts() {
             c.logs("coordinator").contains("agent lost")
                 && c.logs("coordinator").contains("agent-3")
         });
-        c.docker(&["network", "connect", "--ip", "172.30.72.13", &net, &agent3]);
+        let ip = format!("{FLEET_SUBNET}.72.13");
+        c.docker(&["network", "connect", "--ip", &ip, &net, &agent3]);
     });
     check(&c, code, &events, &run.log());
     drop(c);

@@ -198,7 +198,7 @@ impl ServicePool {
         &self,
         spec: &ServiceSpec,
         ctx: &LeaseCtx,
-        network: String,
+        network: Option<String>,
     ) -> Result<Started, String> {
         let on_pull = self.pull_notes(ctx);
         self.prov
@@ -210,7 +210,7 @@ impl ServicePool {
                     on_pull: &on_pull,
                 },
                 labels: self.labels(ctx, Some(spec.scope), Some(&spec.name)),
-                network: Some(network),
+                network,
             })
             .await
             .map_err(|e| format!("service `{}` ({}): {e}", spec.name, spec.source))
@@ -299,10 +299,16 @@ impl ServicePool {
             ));
         }
         let fresh = AtomicBool::new(false);
+        // A compose stack brings its own networks; a network of the pool's would go unused.
+        let stack = matches!(spec.source, testfleet_model::ImageSource::Compose { .. });
         let started = match spec.scope {
             Scope::Test => {
-                let (cell, name) = self.lease_network_cell(ctx).await;
-                let net = self.network(cell, name, ctx).await?;
+                let net = if stack {
+                    None
+                } else {
+                    let (cell, name) = self.lease_network_cell(ctx).await;
+                    Some(self.network(cell, name, ctx).await?)
+                };
                 fresh.store(true, Ordering::Relaxed);
                 self.start(spec, ctx, net).await?
             }
@@ -325,7 +331,11 @@ impl ServicePool {
                     }
                 };
                 cell.get_or_try_init(|| async {
-                    let net = self.network(net_cell, net_name, ctx).await?;
+                    let net = if stack {
+                        None
+                    } else {
+                        Some(self.network(net_cell, net_name, ctx).await?)
+                    };
                     let s = self.start(spec, ctx, net).await?;
                     fresh.store(true, Ordering::Relaxed);
                     Ok::<_, String>(s)
