@@ -14,6 +14,7 @@ use crate::QuarantinePolicy;
 use crate::relative_path::is_relative_inside;
 use crate::service::{
     ImageSource, MAX_PULL_TIMEOUT, PullPolicy, Scope, ServiceSpec, Template, WaitStrategy,
+    is_service_name,
 };
 
 pub const FILE_NAME: &str = "testfleet.toml";
@@ -444,13 +445,6 @@ fn parse_compose(
     Ok((name, spec, c.binaries))
 }
 
-fn is_service_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 fn default_dockerfile() -> String {
     "Dockerfile".to_owned()
 }
@@ -538,11 +532,7 @@ impl Manifest {
         for s in raw.service {
             let name_at = s.name.span().start;
             let name = s.name.into_inner();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if !is_service_name(&name) {
                 return Err(at(
                     name_at,
                     format!(

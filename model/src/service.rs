@@ -287,6 +287,15 @@ impl Template {
     }
 }
 
+/// Names of services and stacks: ASCII letters, digits, `-` and `_` (they go into container,
+/// network and project names).
+pub(crate) fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
@@ -347,11 +356,7 @@ impl ServiceSpec {
     /// Checks a spec that arrived over the wire as strictly as the manifest parser would.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_service_name(name) {
             return Err(format!("service name `{name}` is invalid"));
         }
         if self.startup_timeout.is_zero() || self.startup_timeout > Duration::from_secs(3600) {

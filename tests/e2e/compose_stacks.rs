@@ -99,19 +99,22 @@ fn stack_starts(events: &[RunEvent]) -> Vec<(String, String, Scope)> {
         .collect()
 }
 
-#[test]
-fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
-    let name = "compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing";
-    if !docker_or_skip(name)
-        || !pytest_or_skip(name)
-        || !tool_or_skip(
+/// Whether Docker, pytest and the compose tool are there, as [`tool_or_skip`].
+fn stacks_or_skip(test: &str) -> bool {
+    docker_or_skip(test)
+        && pytest_or_skip(test)
+        && tool_or_skip(
             "docker-compose",
             &["version"],
             "apt-get install docker-compose",
-            name,
+            test,
         )
-        || !namespaces_or_skip(name)
-    {
+}
+
+#[test]
+fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
+    let name = "compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing";
+    if !stacks_or_skip(name) || !namespaces_or_skip(name) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -231,15 +234,7 @@ fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
 #[test]
 fn a_stack_keeps_the_host_ports_its_file_pins_when_asked() {
     let name = "a_stack_keeps_the_host_ports_its_file_pins_when_asked";
-    if !docker_or_skip(name)
-        || !pytest_or_skip(name)
-        || !tool_or_skip(
-            "docker-compose",
-            &["version"],
-            "apt-get install docker-compose",
-            name,
-        )
-    {
+    if !stacks_or_skip(name) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

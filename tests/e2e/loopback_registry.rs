@@ -108,8 +108,17 @@ impl Registry {
         }
     }
 
+    /// Two registries on one storage in `dir`: an open one to push to, and one that only
+    /// [`USER`] with [`PASSWORD`] may pull from.
+    pub fn pair(dir: &Path) -> (Registry, Registry) {
+        let storage = dir.join("storage");
+        let open = Registry::start(dir, &storage, None);
+        let closed = Registry::start(dir, &storage, Some(&Registry::htpasswd(dir)));
+        (open, closed)
+    }
+
     /// An htpasswd file for [`USER`] and [`PASSWORD`] in `dir`.
-    pub fn htpasswd(dir: &Path) -> PathBuf {
+    fn htpasswd(dir: &Path) -> PathBuf {
         let out = Command::new("htpasswd")
             .args(["-nbB", USER, PASSWORD])
             .output()

@@ -181,10 +181,7 @@ fn failed_pulls_are_infrastructure_errors_that_name_the_image_the_registry_and_t
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let open = Registry::start(dir.path(), &storage, None);
-    let htpasswd = Registry::htpasswd(dir.path());
-    let closed = Registry::start(dir.path(), &storage, Some(&htpasswd));
+    let (open, closed) = Registry::pair(dir.path());
     let repo = format!("team/{}", unique("pull-errors"));
     let image = open.push(&fixture_server_image(), &repo, "1");
     let protected = format!("{}/{repo}:1", closed.host);
@@ -338,10 +335,7 @@ fn credentials_from_a_helper_pull_images_and_the_base_images_of_builds() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let open = Registry::start(dir.path(), &storage, None);
-    let htpasswd = Registry::htpasswd(dir.path());
-    let closed = Registry::start(dir.path(), &storage, Some(&htpasswd));
+    let (open, closed) = Registry::pair(dir.path());
     let (server, base) = (unique("team/helper-server"), unique("team/helper-base"));
     open.push(&fixture_server_image(), &server, "1");
     open.push(&fixture_server_image(), &base, "1");

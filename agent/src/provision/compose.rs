@@ -105,6 +105,13 @@ fn failed(stack: &str, why: impl std::fmt::Display) -> ProvisionError {
     ProvisionError::Engine(format!("compose stack `{stack}`: {why}"))
 }
 
+/// When a stack must be ready by, and the `startup_timeout` that set it (for messages).
+#[derive(Clone, Copy)]
+struct Limit {
+    at: Instant,
+    timeout: Duration,
+}
+
 /// The host that reaches ports the engine publishes.
 fn published_host() -> String {
     let from_env = std::env::var("DOCKER_HOST").ok().and_then(|h| {
@@ -163,7 +170,17 @@ impl Stacks {
         for p in &paths {
             config.arg("-f").arg(p);
         }
-        let rendered = run(config.arg("config"), name, "config").await?;
+        let rendered = tokio::time::timeout(
+            spec.startup_timeout,
+            run(config.arg("config"), name, "config"),
+        )
+        .await
+        .map_err(|_| {
+            failed(
+                name,
+                "`config` did not end within the stack's startup_timeout",
+            )
+        })??;
         let mut doc: Value = serde_yaml::from_str(&rendered)
             .map_err(|e| failed(name, format!("cannot read what `config` rendered: {e}")))?;
         let images = rewrite(&mut doc, &req.labels, pinned).map_err(|e| failed(name, e))?;
@@ -200,7 +217,11 @@ impl Stacks {
         let deadline = began + spec.startup_timeout;
         let up = async {
             run(live.command(&project).args(["up", "-d"]), name, "up").await?;
-            self.ready(docker, name, &project, waits, deadline).await
+            let limit = Limit {
+                at: deadline,
+                timeout: spec.startup_timeout,
+            };
+            self.ready(docker, name, &project, waits, limit).await
         };
         let result = tokio::time::timeout(spec.startup_timeout, up).await;
         let result = match result {
@@ -236,8 +257,9 @@ impl Stacks {
         name: &str,
         project: &str,
         waits: &BTreeMap<String, WaitStrategy>,
-        deadline: Instant,
+        limit: Limit,
     ) -> Result<BTreeMap<(String, u16), u16>, ProvisionError> {
+        let deadline = limit.at;
         let containers = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -274,7 +296,7 @@ impl Stacks {
             by_service.entry(service).or_insert(id);
         }
         for (service, id) in &by_service {
-            wait_healthy(docker, name, service, id, deadline).await?;
+            wait_healthy(docker, name, service, id, limit).await?;
         }
         for (service, how) in waits {
             let Some(id) = by_service.get(service) else {
@@ -292,14 +314,12 @@ impl Stacks {
                 })
             };
             let not_ready = |reason: String| ProvisionError::NotReady {
-                timeout: deadline.saturating_duration_since(Instant::now()),
+                timeout: limit.timeout,
                 reason: format!("compose service `{service}`: {reason}"),
             };
             match how {
                 WaitStrategy::None => {}
-                WaitStrategy::Healthcheck => {
-                    wait_healthy(docker, name, service, id, deadline).await?
-                }
+                WaitStrategy::Healthcheck => wait_healthy(docker, name, service, id, limit).await?,
                 WaitStrategy::Port { port } => {
                     let addr = format!("{host}:{}", published(*port)?);
                     wait::until_port(&addr, deadline).await.map_err(not_ready)?;
@@ -582,7 +602,7 @@ async fn wait_healthy(
     stack: &str,
     service: &str,
     id: &str,
-    deadline: Instant,
+    limit: Limit,
 ) -> Result<(), ProvisionError> {
     loop {
         let c = docker
@@ -608,15 +628,15 @@ async fn wait_healthy(
             "" | "none" | "healthy" => return Ok(()),
             "unhealthy" => {
                 return Err(ProvisionError::NotReady {
-                    timeout: Duration::ZERO,
+                    timeout: limit.timeout,
                     reason: format!("compose service `{service}` reports unhealthy"),
                 });
             }
             _ => {}
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= limit.at {
             return Err(ProvisionError::NotReady {
-                timeout: Duration::ZERO,
+                timeout: limit.timeout,
                 reason: format!("compose service `{service}` was still `{health}`"),
             });
         }
