@@ -155,12 +155,18 @@ impl Pulls {
         let registry = registry_of(reference).to_owned();
         let turn = self.machine_turn(docker, reference, timeout).await;
         let result = match turn {
-            // Another agent on this engine pulled it while this one waited: that pull is ours.
-            Ok(Turn { waited: true, .. }) if present().await? => {
-                memo.pulled_for_run = Some(want.run.to_owned());
-                return Ok(());
-            }
-            Ok(_turn) => {
+            Ok(mut turn) => {
+                // Another agent on this engine may have pulled it since this one looked (while
+                // it waited for the turn, or just before): that pull is ours. For `always` it
+                // must have been for this run, as the turn's file records.
+                let theirs = match policy {
+                    PullPolicy::Always => turn.pulled_for().as_deref() == Some(want.run),
+                    _ => true,
+                };
+                if theirs && present().await? {
+                    memo.pulled_for_run = Some(want.run.to_owned());
+                    return Ok(());
+                }
                 let left = timeout.saturating_sub(began.elapsed());
                 let pulled = self.pull(docker, reference, &registry, left, timeout).await;
                 on_pull(PullReport {
@@ -169,6 +175,9 @@ impl Pulls {
                     duration: began.elapsed(),
                     error: pulled.as_ref().err().map(ToString::to_string),
                 });
+                if pulled.is_ok() {
+                    turn.record(want.run);
+                }
                 pulled
             }
             Err(e) => Err(e),
@@ -278,6 +287,7 @@ impl Pulls {
             std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
+                .read(true)
                 .write(true)
                 .open(&path)
         })
@@ -286,19 +296,13 @@ impl Pulls {
             return Ok(Turn::alone());
         };
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            return Ok(Turn {
-                waited: false,
-                _file: Some(file),
-            });
+            return Ok(Turn { file: Some(file) });
         }
         tracing::info!(image = %reference, "another agent on this engine is pulling the image; waiting for it");
         let waiting =
             tokio::task::spawn_blocking(move || flock(&file, libc::LOCK_EX).then_some(file));
         match tokio::time::timeout(timeout, waiting).await {
-            Ok(Ok(Some(file))) => Ok(Turn {
-                waited: true,
-                _file: Some(file),
-            }),
+            Ok(Ok(Some(file))) => Ok(Turn { file: Some(file) }),
             Ok(_) => Ok(Turn::alone()),
             Err(_) => Err(ProvisionError::PullFailed {
                 image: reference.to_owned(),
@@ -312,18 +316,35 @@ impl Pulls {
     }
 }
 
-/// This process's turn at an image's lock file; released when dropped (the file closes).
+/// This process's turn at an image's lock file; released when dropped (the file closes). The
+/// file holds the run the image was last pulled for.
 struct Turn {
-    /// Another agent held the turn first, and has just finished.
-    waited: bool,
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
 }
 
 impl Turn {
     fn alone() -> Self {
-        Turn {
-            waited: false,
-            _file: None,
+        Turn { file: None }
+    }
+
+    /// The run whose pull last took this turn, if any.
+    fn pulled_for(&mut self) -> Option<String> {
+        use std::io::{Read, Seek};
+        let file = self.file.as_mut()?;
+        let mut run = String::new();
+        file.rewind().ok()?;
+        file.read_to_string(&mut run).ok()?;
+        (!run.is_empty()).then_some(run)
+    }
+
+    fn record(&mut self, run: &str) {
+        use std::io::{Seek, Write};
+        if let Some(file) = self.file.as_mut() {
+            // Best effort: without it a later `always` pull of this run pulls again.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(run.as_bytes()));
         }
     }
 }
