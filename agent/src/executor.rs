@@ -27,6 +27,9 @@ pub struct TestCommand {
     pub guard: crate::guard::Guard,
     /// The run's namespace on this agent, which starts the process when there is one.
     pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    /// After the test exits, how long processes it started may hold its output open before they
+    /// are killed and the test is said to leak; `None` kills them at once and says nothing.
+    pub leak_timeout: Option<Duration>,
 }
 
 /// A started test process, wherever it runs.
@@ -117,6 +120,8 @@ pub struct Finished {
     pub duration: Duration,
     pub output: Vec<u8>,
     pub omitted: u64,
+    /// Processes the test started still held its output open a leak timeout after it exited.
+    pub leaked: bool,
 }
 
 /// How long to wait for output pipes after the process group is gone. Only a process that escaped
@@ -179,11 +184,12 @@ pub async fn run_stopping_with(
                 duration: started.elapsed(),
                 output: vec![],
                 omitted: 0,
+                leaked: false,
             };
         }
     };
     let capture = Arc::new(Mutex::new(Capture::new(cmd.output_cap)));
-    let readers = [
+    let mut readers = [
         tokio::spawn(pump(stdout, capture.clone())),
         tokio::spawn(pump(stderr, capture.clone())),
     ];
@@ -201,12 +207,25 @@ pub async fn run_stopping_with(
         () = cancelled(&mut cancel) => Exit::Cancelled,
     };
     let duration = started.elapsed();
+    // A test that exited may have left processes that hold its output open: with a leak timeout
+    // they get that long to close it (nextest's leaky tests), and then go like the rest.
+    let mut leaked = false;
+    if let (Exit::Status(_), Some(wait)) = (&exit, cmd.leak_timeout) {
+        let closed = async {
+            for r in &mut readers {
+                let _ = r.await;
+            }
+        };
+        leaked = tokio::time::timeout(wait, closed).await.is_err();
+    }
     // Whatever is left of the group (the test's own children, or the test after a timeout) goes now.
     process.signal_group(libc::SIGKILL);
     let _ = process.wait().await;
     process.release(&cmd.guard);
     for r in readers {
-        let _ = tokio::time::timeout(PIPE_DRAIN_LIMIT, r).await;
+        if !r.is_finished() {
+            let _ = tokio::time::timeout(PIPE_DRAIN_LIMIT, r).await;
+        }
     }
     let capture = std::mem::replace(&mut *capture.lock().expect("capture lock"), Capture::new(0));
     let (output, omitted) = capture.finish();
@@ -215,6 +234,7 @@ pub async fn run_stopping_with(
         duration,
         output,
         omitted,
+        leaked,
     }
 }
 
@@ -251,6 +271,7 @@ mod tests {
             output_cap: 1024,
             guard: Default::default(),
             sandbox: None,
+            leak_timeout: None,
         }
     }
 
@@ -287,6 +308,26 @@ mod tests {
             out.contains("before-hang") && !out.contains("never"),
             "{out}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_holding_the_output_past_the_leak_timeout_is_a_leak_and_is_killed() {
+        // The test exits at once; its child keeps the pipes open for 1000 s.
+        let mut cmd = sh("sleep 1000 & echo parent-done", Duration::from_secs(60));
+        cmd.leak_timeout = Some(Duration::from_millis(100));
+        let f = run(&cmd, never()).await;
+        assert!(
+            matches!(f.exit, Exit::Status(s) if s.success()),
+            "{:?}",
+            f.exit
+        );
+        assert!(f.leaked);
+        assert!(String::from_utf8(f.output).unwrap().contains("parent-done"));
+        // A child that closes its output (here: ends) well within the timeout is no leak.
+        let mut cmd = sh("(sleep 0.05) & echo done", Duration::from_secs(60));
+        cmd.leak_timeout = Some(Duration::from_secs(30));
+        let f = run(&cmd, never()).await;
+        assert!(!f.leaked);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use testfleet_model::session::{AgentMessage, Lease, LeasedTest, ServiceStarted};
 use testfleet_model::{
     AttemptKey, AttemptResult, IdStyle, LeaseId, OriginTree, Runner, Scope, ServiceSpec,
+    TestSettings,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -45,6 +46,12 @@ pub(crate) struct Job {
     /// Its tests may run in a process that outlives the job (a pytest worker): the lease runs
     /// in batches, and its tests start no service of their own.
     pub reuse: bool,
+    /// Slots it takes while it runs (a test's `threads-required`).
+    pub slots: usize,
+    /// Its one test has limits of its own and shares its process with no other.
+    pub alone: bool,
+    /// A test that leaves processes holding its output open past its leak timeout fails.
+    pub leak_fails: bool,
 }
 
 impl Job {
@@ -67,6 +74,8 @@ pub(crate) struct Ready {
     pub cmd: TestCommand,
     pub runner: Runner,
     pub services: Vec<ServiceSpec>,
+    /// Its settings: a test with limits of its own runs alone, and may take several slots.
+    pub settings: TestSettings,
 }
 
 /// Turns a lease's resolved tests into jobs. With `per_process` above 1, consecutive tests share
@@ -93,8 +102,11 @@ pub(crate) fn jobs(
     let mut jobs: Vec<Job> = vec![];
     for r in ready {
         let own_services = r.services.iter().any(|s| s.scope == Scope::Test);
-        let batchable = chunk > 1 && !own_services;
+        let alone = r.settings.runs_alone();
+        let batchable = chunk > 1 && !own_services && !alone;
         if let Some(last) = jobs.last_mut()
+            && !alone
+            && !last.alone
             && ((batchable && last.tests.len() < chunk && last.group.is_none() && r.group.is_none())
                 || (r.group.is_some() && last.group == r.group))
             && last.cmd.program == r.cmd.program
@@ -130,7 +142,14 @@ pub(crate) fn jobs(
             ctx: ctx.clone(),
             trace: trace.clone(),
             // A lease of one test in batch mode (the tail of a run) still goes to a worker.
-            reuse: per_process > 1 && !own_services,
+            reuse: per_process > 1 && !own_services && !alone,
+            alone,
+            leak_fails: r.settings.leak_timeout.is_some_and(|l| l.fails),
+            slots: if alone {
+                r.settings.slots_on(slots as u32) as usize
+            } else {
+                1
+            },
         });
     }
     jobs
@@ -204,7 +223,12 @@ async fn run_tests(
     } else if let [JobTest { key, .. }] = job.tests.as_slice() {
         let timeout_secs = cmd.timeout.as_secs_f64();
         let finished = executor::run(&cmd, job.cancel.clone()).await;
-        vec![(*key, libtest::interpret(finished, timeout_secs))]
+        let leaked = finished.leaked;
+        let mut result = libtest::interpret(finished, timeout_secs);
+        if leaked {
+            libtest::leaked(&mut result, job.leak_fails);
+        }
+        vec![(*key, result)]
     } else {
         let names = job.names();
         let results = libtest_batch::run(&cmd, &names, job.cancel.clone()).await;
@@ -340,6 +364,19 @@ pub(crate) fn command_for(
         env.insert("TMPDIR".into(), seen.join(name).display().to_string());
     }
     env.insert("TESTFLEET_ATTEMPT".into(), t.attempt.to_string());
+    // What nextest tells each test of its attempt and its test group (tests that coordinate on a
+    // shared resource read the group's slot).
+    env.insert("NEXTEST_ATTEMPT".into(), t.attempt.to_string());
+    match &t.test_group {
+        Some(g) => {
+            env.insert("NEXTEST_TEST_GROUP".into(), g.name.clone());
+            env.insert("NEXTEST_TEST_GROUP_SLOT".into(), g.slot.to_string());
+        }
+        None => {
+            env.insert("NEXTEST_TEST_GROUP".into(), "@global".into());
+            env.insert("NEXTEST_TEST_GROUP_SLOT".into(), "none".into());
+        }
+    }
     env.insert("TESTFLEET_RUN_ID".into(), lease.run_id.to_string());
     env.insert("TESTFLEET_LEASE_ID".into(), lease.lease_id.to_string());
     env.insert(
@@ -359,8 +396,13 @@ pub(crate) fn command_for(
         args,
         cwd,
         env,
-        timeout: lease.test_timeout.max(Duration::from_millis(1)),
-        kill_grace: lease.kill_grace,
+        timeout: t
+            .settings
+            .timeout
+            .unwrap_or(lease.test_timeout)
+            .max(Duration::from_millis(1)),
+        kill_grace: t.settings.kill_grace.unwrap_or(lease.kill_grace),
+        leak_timeout: t.settings.leak_timeout.map(|l| l.period),
         output_cap: lease.output_cap_bytes.clamp(1024, 64 << 20) as usize,
         guard: config.guard.clone(),
         sandbox: sandbox.cloned(),
@@ -399,9 +441,11 @@ mod tests {
                 output_cap: 1024,
                 guard: Default::default(),
                 sandbox: None,
+                leak_timeout: None,
             },
             runner: runner.clone(),
             services: vec![],
+            settings: TestSettings::default(),
         }
     }
 

@@ -215,8 +215,8 @@ async fn run_sessions(
                     while w.running > 0 {
                         match tokio::time::timeout(Duration::from_secs(10), w.done_rx.recv()).await
                         {
-                            Ok(Some(results)) => {
-                                w.job_done();
+                            Ok(Some((slots, results))) => {
+                                w.job_done(slots);
                                 for (key, result) in results {
                                     w.finished(key, result);
                                 }

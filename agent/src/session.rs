@@ -240,6 +240,7 @@ pub(crate) async fn run(
                             cmd,
                             runner,
                             services,
+                            settings: t.settings.clone(),
                         }),
                         Err(reason) => {
                             let m = w.finished(key, AttemptResult::infra_error(reason));
@@ -257,8 +258,8 @@ pub(crate) async fn run(
                     let _ = out.send(released(lease.lease_id, given)).await;
                 }
             }
-            Some(results) = w.done_rx.recv() => {
-                w.job_done();
+            Some((slots, results)) = w.done_rx.recv() => {
+                w.job_done(slots);
                 for (key, result) in results {
                     let m = w.finished(key, result);
                     let _ = out.send(m).await;

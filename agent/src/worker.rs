@@ -16,6 +16,9 @@ use crate::job::{self, Job};
 use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::pytest_worker::Workers;
 
+/// A job's end: the slots it held, and its tests' results.
+pub(crate) type JobDone = (usize, Vec<(AttemptKey, AttemptResult)>);
+
 /// A lease the agent holds.
 pub(crate) struct HeldLease {
     /// Cancels its running tests.
@@ -37,6 +40,7 @@ pub(crate) type Ready = (
 
 pub(crate) struct Worker {
     pub slots: usize,
+    /// Slots taken by running jobs (a test may take several: its `threads-required`).
     pub running: usize,
     /// Tests of leases whose bundle is still being fetched.
     pub preparing: usize,
@@ -45,8 +49,8 @@ pub(crate) struct Worker {
     pub leases: HashMap<LeaseId, HeldLease>,
     /// Results sent (or to be sent) and not yet acknowledged.
     pub unacked: BTreeMap<AttemptKey, AttemptResult>,
-    pub done_tx: mpsc::UnboundedSender<Vec<(AttemptKey, AttemptResult)>>,
-    pub done_rx: mpsc::UnboundedReceiver<Vec<(AttemptKey, AttemptResult)>>,
+    pub done_tx: mpsc::UnboundedSender<JobDone>,
+    pub done_rx: mpsc::UnboundedReceiver<JobDone>,
     pub ready_tx: mpsc::UnboundedSender<Ready>,
     pub ready_rx: mpsc::UnboundedReceiver<Ready>,
     /// Messages from test tasks (service starts) for whichever session is up.
@@ -170,11 +174,14 @@ impl Worker {
 
     /// Starts a pending job in its own task; returns its tests' keys, for TestStarted messages.
     pub fn start_next(&mut self) -> Option<Vec<AttemptKey>> {
-        if self.running >= self.slots {
+        // A job that takes several slots waits at the head until that many are idle, so the
+        // jobs behind it cannot keep it waiting for ever.
+        let need = self.pending.front()?.slots.clamp(1, self.slots.max(1));
+        if self.running + need > self.slots {
             return None;
         }
         let job = self.pending.pop_front()?;
-        self.running += 1;
+        self.running += need;
         let keys = job.tests.iter().map(|t| t.key).collect();
         let done = self.done_tx.clone();
         let notes = self.notes_tx.clone();
@@ -183,7 +190,7 @@ impl Worker {
         let workers = self.pytest_workers.clone();
         tokio::spawn(async move {
             let results = job::run_job(job, pool, no_docker, notes, workers).await;
-            let _ = done.send(results);
+            let _ = done.send((need, results));
         });
         Some(keys)
     }
@@ -227,9 +234,9 @@ impl Worker {
         given
     }
 
-    /// A job ended: its slot is free.
-    pub fn job_done(&mut self) {
-        self.running -= 1;
+    /// A job ended: the slots it held are free.
+    pub fn job_done(&mut self, slots: usize) {
+        self.running = self.running.saturating_sub(slots);
     }
 
     /// Records a test's result (run, or one the agent could not even start: a bad lease, an

@@ -123,7 +123,7 @@ impl Floor {
                 attempt: 1,
                 name: t.name.clone(),
                 binary: Some(spec.binaries[t.binary as usize].clone()),
-                group: String::new(),
+                ..Default::default()
             })
             .collect();
         let (open, open_rx) = watch::channel(false);

@@ -13,6 +13,7 @@ pub mod runner;
 pub mod service;
 pub mod session;
 pub mod spec;
+pub mod test_settings;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 
@@ -30,3 +31,4 @@ pub use service::{
 };
 pub use session::AttemptKey;
 pub use spec::{Binary, OriginTree, QuarantinePolicy, RunSpec, SpecError, TestSpec};
+pub use test_settings::{LeakTimeout, RetryPolicy, TestGroup, TestSettings};

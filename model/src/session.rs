@@ -106,6 +106,19 @@ pub struct LeasedTest {
     pub binary: Binary,
     /// Its group ([`crate::TestSpec::group`]): run in one process with the lease's other tests of it.
     pub group: Option<String>,
+    /// Its settings ([`crate::RunSpec::settings`]), or the defaults.
+    pub settings: crate::TestSettings,
+    /// Its test group and the slot of it this attempt holds (nextest's `NEXTEST_TEST_GROUP` and
+    /// `NEXTEST_TEST_GROUP_SLOT`).
+    pub test_group: Option<GroupSlot>,
+}
+
+/// A test group's name and one of its `max_threads` slots, numbered from 0: no two tests of the
+/// group that run at once hold the same slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSlot {
+    pub name: String,
+    pub slot: u32,
 }
 
 /// Tests leased to one agent, with what it needs of their run to run them.

@@ -60,6 +60,9 @@ pub struct TestSpec {
     /// first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<String>,
+    /// Index into [`RunSpec::settings`]; `None`: the run's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +93,14 @@ pub struct RunSpec {
     /// manifest's `pass_env`); a trailing `*` matches a prefix.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// The distinct per-test settings of the run's tests ([`TestSpec::settings`] points here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<crate::TestSettings>,
+    /// Bounds on how many tests of a group run at once across the fleet
+    /// ([`crate::TestSettings::test_group`] points here). Unlike [`TestSpec::group`], which runs
+    /// tests together in one process, these keep them apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_groups: Vec<crate::TestGroup>,
 }
 
 fn one() -> u32 {
@@ -169,6 +180,8 @@ pub enum SpecError {
         path: String,
         reason: &'static str,
     },
+    #[error("per-test settings: {0}")]
+    BadSettings(String),
     #[error("pass_env `{0}`: {1}")]
     BadPassEnv(String, &'static str),
 }
@@ -190,6 +203,64 @@ impl RunSpec {
     pub const MIN_OUTPUT_CAP: u64 = 1024;
     pub const MAX_SERVICES: usize = 64;
     pub const MAX_TESTS_PER_PROCESS: u32 = 1000;
+    /// Distinct per-test settings and test groups a run may declare.
+    pub const MAX_SETTINGS: usize = 4096;
+    /// The longest retry wait a test may ask for.
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+    /// Test groups with a positive bound and distinct names; settings that point at a group the
+    /// run has, retries within the limit, waits and timeouts that are not absurd.
+    fn validate_settings(&self) -> Result<(), SpecError> {
+        let bad = |m: String| Err(SpecError::BadSettings(m));
+        if self.settings.len() > Self::MAX_SETTINGS || self.test_groups.len() > Self::MAX_SETTINGS {
+            return bad(format!(
+                "{} settings and {} test groups, more than the limit of {}",
+                self.settings.len(),
+                self.test_groups.len(),
+                Self::MAX_SETTINGS
+            ));
+        }
+        let mut names = HashSet::new();
+        for g in &self.test_groups {
+            if g.name.is_empty() || g.max_threads == 0 {
+                return bad(format!(
+                    "test group `{}` needs a name and a max-threads of at least 1",
+                    g.name
+                ));
+            }
+            if !names.insert(g.name.as_str()) {
+                return bad(format!("test group `{}` is declared twice", g.name));
+            }
+        }
+        for s in &self.settings {
+            if let Some(g) = s
+                .test_group
+                .filter(|g| *g as usize >= self.test_groups.len())
+            {
+                return bad(format!(
+                    "settings refer to test group #{g}, but the run has {}",
+                    self.test_groups.len()
+                ));
+            }
+            if let Some(r) = &s.retries {
+                if r.count > Self::MAX_RETRIES {
+                    return Err(SpecError::TooManyRetries(r.count));
+                }
+                if r.delay > Self::MAX_RETRY_DELAY
+                    || r.max_delay.is_some_and(|d| d > Self::MAX_RETRY_DELAY)
+                {
+                    return bad(format!(
+                        "a retry delay is longer than {} s",
+                        Self::MAX_RETRY_DELAY.as_secs()
+                    ));
+                }
+            }
+            if s.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(SpecError::ZeroTimeout);
+            }
+        }
+        Ok(())
+    }
 
     /// Checks everything the coordinator relies on; called at the edge before a run is accepted.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -235,6 +306,7 @@ impl RunSpec {
                 )));
             }
         }
+        self.validate_settings()?;
         self.validate_origin()?;
         for name in &self.pass_env {
             check_pass_env(name).map_err(|why| SpecError::BadPassEnv(name.clone(), why))?;
@@ -307,6 +379,13 @@ impl RunSpec {
                     })?;
             if t.name.is_empty() {
                 return Err(SpecError::EmptyTestName(binary.binary_id.clone()));
+            }
+            if let Some(i) = t.settings.filter(|i| *i as usize >= self.settings.len()) {
+                return Err(SpecError::BadSettings(format!(
+                    "test `{}` refers to settings #{i}, but the run has {}",
+                    t.name,
+                    self.settings.len()
+                )));
             }
             if !seen.insert((t.binary, t.name.as_str())) {
                 return Err(SpecError::DuplicateTest(TestId {

@@ -34,6 +34,7 @@ pub fn spec(n: usize) -> RunSpec {
                 ignored: false,
                 group: None,
                 shares: None,
+                settings: None,
             })
             .collect(),
         retries: Some(0),
@@ -49,6 +50,8 @@ pub fn spec(n: usize) -> RunSpec {
         tests_per_process: 1,
         origin: vec![],
         pass_env: vec![],
+        settings: vec![],
+        test_groups: vec![],
     }
 }
 

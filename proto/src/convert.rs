@@ -121,6 +121,7 @@ impl From<&RunSpec> for pb::RunSpec {
                     ignored: t.ignored,
                     group: t.group.clone().unwrap_or_default(),
                     shares: t.shares.clone().unwrap_or_default(),
+                    settings: t.settings,
                 })
                 .collect(),
             retries: s.retries,
@@ -139,6 +140,8 @@ impl From<&RunSpec> for pb::RunSpec {
             tests_per_process: s.tests_per_process,
             origin: s.origin.iter().map(Into::into).collect(),
             pass_env: s.pass_env.clone(),
+            settings: s.settings.iter().map(Into::into).collect(),
+            test_groups: s.test_groups.iter().map(Into::into).collect(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                     ignored: t.ignored,
                     group: Some(t.group).filter(|g| !g.is_empty()),
                     shares: Some(t.shares).filter(|s| !s.is_empty()),
+                    settings: t.settings,
                 })
                 .collect(),
             retries: s.retries,
@@ -189,6 +193,8 @@ impl TryFrom<pb::RunSpec> for RunSpec {
             tests_per_process: s.tests_per_process.max(1),
             origin: s.origin.into_iter().map(Into::into).collect(),
             pass_env: s.pass_env,
+            settings: s.settings.into_iter().map(Into::into).collect(),
+            test_groups: s.test_groups.into_iter().map(Into::into).collect(),
         };
         spec.validate()
             .map_err(|e| ConvertError::new("run spec", e.to_string()))?;

@@ -11,6 +11,7 @@ mod convert;
 mod reports;
 mod services;
 mod session;
+mod settings;
 pub mod trace;
 
 pub use chunks::file_chunks;

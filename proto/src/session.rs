@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use testfleet_model::session::{
-    AgentMessage, CoordinatorMessage, Hello, ImagePulled, Lease, LeasedTest, ServiceStarted,
-    WorkRequest,
+    AgentMessage, CoordinatorMessage, GroupSlot, Hello, ImagePulled, Lease, LeasedTest,
+    ServiceStarted, WorkRequest,
 };
-use testfleet_model::{AttemptKey, Binary, IdError, LeaseId, RunId, ServiceSpec};
+use testfleet_model::{AttemptKey, Binary, IdError, LeaseId, RunId, ServiceSpec, TestSettings};
 
 use crate::convert::{parse_run_id, required};
 use crate::services::scope_from_wire;
@@ -197,6 +197,13 @@ impl From<Lease> for pb::Lease {
                     name: t.name,
                     binary: Some(t.binary.into()),
                     group: t.group.unwrap_or_default(),
+                    settings: (t.settings != TestSettings::default()).then(|| (&t.settings).into()),
+                    test_group: t
+                        .test_group
+                        .as_ref()
+                        .map(|g| g.name.clone())
+                        .unwrap_or_default(),
+                    group_slot: t.test_group.as_ref().map_or(0, |g| g.slot),
                 })
                 .collect(),
             test_timeout_ms: l.test_timeout.as_millis() as u64,
@@ -252,6 +259,11 @@ impl TryFrom<pb::Lease> for Lease {
                         name: t.name.clone(),
                         binary: Binary::try_from(required(t.binary.clone(), "binary")?)?,
                         group: Some(t.group.clone()).filter(|g| !g.is_empty()),
+                        settings: t.settings.map(Into::into).unwrap_or_default(),
+                        test_group: (!t.test_group.is_empty()).then(|| GroupSlot {
+                            name: t.test_group.clone(),
+                            slot: t.group_slot,
+                        }),
                     })
                 })
                 .collect::<Result<_, ConvertError>>()?;
@@ -367,6 +379,14 @@ mod tests {
                     library_path: vec![],
                 },
                 group: Some("g".into()),
+                settings: TestSettings {
+                    threads_required: 2,
+                    ..Default::default()
+                },
+                test_group: Some(GroupSlot {
+                    name: "serial".into(),
+                    slot: 0,
+                }),
             }],
             test_timeout: Duration::from_secs(3),
             kill_grace: Duration::from_millis(500),

@@ -75,6 +75,7 @@ async fn once(
                 duration: Default::default(),
                 output: vec![],
                 omitted: 0,
+                leaked: false,
             };
             return (vec![None; names.len()], f);
         }

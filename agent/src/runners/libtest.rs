@@ -95,6 +95,21 @@ pub fn interpret(f: Finished, timeout_secs: f64) -> AttemptResult {
     }
 }
 
+/// Marks a test whose leftover processes held its output open past its leak timeout: a failure
+/// when its leak timeout says so (`result = "fail"`), else a note on its result, as nextest does.
+pub fn leaked(result: &mut AttemptResult, fails: bool) {
+    let what = "processes it started still held its output open at the end of its leak timeout, \
+                and were killed";
+    if fails && result.status == AttemptStatus::Passed {
+        result.status = AttemptStatus::Failed;
+        result.message = format!("leaked: {what}");
+    } else if result.message.is_empty() {
+        result.message = format!("leaky: {what}");
+    } else {
+        result.message = format!("{}; leaky: {what}", result.message);
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

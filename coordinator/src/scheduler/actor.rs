@@ -48,6 +48,8 @@ pub fn spawn(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A retry that waits for its backoff is leased as soon as its wait is over.
+            let wake = s.next_delayed_retry();
             tokio::select! {
                 biased;
                 // In this order, so neither the tick nor a shutdown starves under load.
@@ -56,6 +58,7 @@ pub fn spawn(
                     s.expire_agents();
                     s.dispatch();
                 }
+                () = sleep_until_some(wake) => s.dispatch(),
                 Some(cmd) = priority_rx.recv() => s.handle(cmd),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => s.handle(cmd),
@@ -68,7 +71,20 @@ pub fn spawn(
     (SchedulerHandle { tx, priority }, task)
 }
 
+/// Sleeps until `at`; forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Scheduler {
+    /// When the first retry waiting for its backoff may be leased, in any running run.
+    fn next_delayed_retry(&self) -> Option<tokio::time::Instant> {
+        self.runs.values().filter_map(|r| r.next_delayed()).min()
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit {

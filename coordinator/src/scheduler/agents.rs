@@ -19,6 +19,8 @@ pub struct LeaseGrant {
     pub spec: Arc<RunSpec>,
     /// (test index, attempt) pairs.
     pub tests: Vec<(u32, u32)>,
+    /// The slot of its test group each grouped test holds, by test index.
+    pub group_slots: HashMap<u32, u32>,
     /// The run's trace context, for the attempts' spans.
     pub traceparent: String,
 }
@@ -37,12 +39,26 @@ impl LeaseGrant {
                 .iter()
                 .map(|&(index, attempt)| {
                     let t = &spec.tests[index as usize];
+                    let settings = t
+                        .settings
+                        .and_then(|i| spec.settings.get(i as usize))
+                        .cloned()
+                        .unwrap_or_default();
+                    let test_group = settings
+                        .test_group
+                        .and_then(|g| spec.test_groups.get(g as usize))
+                        .map(|g| session::GroupSlot {
+                            name: g.name.clone(),
+                            slot: self.group_slots.get(&index).copied().unwrap_or(0),
+                        });
                     LeasedTest {
                         index,
                         attempt,
                         name: t.name.clone(),
                         binary: spec.binaries[t.binary as usize].clone(),
                         group: t.group.clone(),
+                        settings,
+                        test_group,
                     }
                 })
                 .collect(),

@@ -93,6 +93,8 @@ impl Scheduler {
                     docker: agent.hello.docker_available,
                     warm: &agent.warm,
                     images: &agent.images,
+                    slots: agent.hello.slots,
+                    free_slots: wanted.free,
                 };
                 // In batch mode a slot runs a whole process's worth of tests at a time.
                 let per_slot = batch::TESTS_PER_SLOT.max(run.spec.tests_per_process as usize);
@@ -119,11 +121,16 @@ impl Scheduler {
                         failed: 0,
                     },
                 );
+                let group_slots = tests
+                    .iter()
+                    .filter_map(|(i, _)| run.group_slot_of(*i).map(|s| (*i, s)))
+                    .collect();
                 agent.send(AgentCommand::Lease(LeaseGrant {
                     lease_id,
                     run_id: run.id,
                     spec: run.spec.clone(),
                     tests,
+                    group_slots,
                     traceparent: run.traceparent().to_owned(),
                 }));
                 break;

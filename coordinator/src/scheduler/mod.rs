@@ -69,6 +69,10 @@ pub(crate) struct Candidate<'a> {
     pub warm: &'a std::collections::HashSet<String>,
     /// The tagged images its engine holds.
     pub images: &'a std::collections::HashSet<String>,
+    /// Its slots, and how many of them are idle now: a test that takes several slots, or one of
+    /// a test group, is leased only to run at once, never to wait behind others there.
+    pub slots: u32,
+    pub free_slots: u32,
 }
 
 /// The scheduler's state: runs, agents and leases, owned by its task alone ([`actor`]).

@@ -1269,3 +1269,131 @@ async fn an_agent_goes_on_with_the_module_it_ran_last() {
         "the agent goes on with module 0: {second:?}"
     );
 }
+
+/// `n` tests; those in `grouped` are in test group `serial` (max-threads `max`), those in `heavy`
+/// take two slots.
+fn settings_spec(n: usize, grouped: &[u32], max: u32, heavy: &[u32]) -> Arc<RunSpec> {
+    use testfleet_model::{TestGroup, TestSettings};
+    let mut s = testfleet_model::test_support::spec(n);
+    s.test_groups = vec![TestGroup {
+        name: "serial".into(),
+        max_threads: max,
+    }];
+    s.settings = vec![
+        TestSettings {
+            test_group: Some(0),
+            ..Default::default()
+        },
+        TestSettings {
+            threads_required: 2,
+            ..Default::default()
+        },
+    ];
+    for i in grouped {
+        s.tests[*i as usize].settings = Some(0);
+    }
+    for i in heavy {
+        s.tests[*i as usize].settings = Some(1);
+    }
+    Arc::new(s)
+}
+
+/// A test group's bound holds across agents: never more of its tests leased at once than its
+/// max-threads, each holding a slot of its own, and the next one leased once one finishes.
+#[tokio::test(start_paused = true)]
+async fn a_test_group_s_bound_holds_across_the_fleet() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 2, 1).await;
+    let mut b = h.agent("b", 2, 2).await;
+    let grouped = [0u32, 2, 4, 6, 8];
+    let mut events = h.submit(1, settings_spec(10, &grouped, 2, &[])).await;
+    let mut open: Vec<(LeaseGrant, usize, char)> = vec![];
+    let mut finished_tests = 0;
+    let mut max_open_grouped = 0;
+    while finished_tests < 10 {
+        for (agent, name) in [(&mut a, 'a'), (&mut b, 'b')] {
+            h.from(agent, ask(2));
+            h.settle().await;
+            while let Ok(cmd) = agent.rx.try_recv() {
+                if let AgentCommand::Lease(g) = cmd {
+                    for i in 0..g.tests.len() {
+                        open.push((g.clone(), i, name));
+                    }
+                }
+            }
+        }
+        let grouped_open: Vec<u32> = open
+            .iter()
+            .filter(|(g, i, _)| grouped.contains(&g.tests[*i].0))
+            .map(|(g, i, _)| g.group_slots[&g.tests[*i].0])
+            .collect();
+        max_open_grouped = max_open_grouped.max(grouped_open.len());
+        assert!(grouped_open.len() <= 2, "{grouped_open:?}");
+        let mut slots = grouped_open.clone();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), grouped_open.len(), "two tests hold one slot");
+        assert!(slots.iter().all(|s| *s < 2));
+        // Finish the oldest open test.
+        let (g, i, name) = open.remove(0);
+        let agent = if name == 'a' { &a } else { &b };
+        h.from(agent, finished(&g, i, AttemptStatus::Passed));
+        finished_tests += 1;
+    }
+    assert_eq!(max_open_grouped, 2, "the group ran two at a time");
+    let all = until_finished(&mut events).await;
+    assert!(matches!(
+        all.last().unwrap().kind,
+        EventKind::RunFinished { ref summary, .. } if summary.passed == 10
+    ));
+}
+
+/// A test that takes two slots is leased only to an agent with two idle ones.
+#[tokio::test(start_paused = true)]
+async fn a_test_that_takes_two_slots_waits_for_two_idle_ones() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 2, 1).await;
+    let _events = h.submit(1, settings_spec(1, &[], 1, &[0])).await;
+    h.from(&a, ask(1));
+    h.settle().await;
+    assert_no_lease(&mut a, "one idle slot is not enough");
+    h.from(&a, ask(2));
+    let g = lease(&mut a).await;
+    assert_eq!(g.tests, vec![(0, 1)]);
+}
+
+/// A retry with a backoff is not leased before its wait is over, and is leased when it is.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_its_backoff() {
+    use testfleet_model::{RetryPolicy, TestSettings};
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut s = testfleet_model::test_support::spec(1);
+    s.settings = vec![TestSettings {
+        retries: Some(RetryPolicy {
+            count: 1,
+            delay: Duration::from_secs(10),
+            ..Default::default()
+        }),
+        flaky_fails: true,
+        ..Default::default()
+    }];
+    s.tests[0].settings = Some(0);
+    let mut events = h.submit(1, Arc::new(s)).await;
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    let failed_at = tokio::time::Instant::now();
+    h.from(&a, finished(&g, 0, AttemptStatus::Failed));
+    h.from(&a, ask(1));
+    let retry = lease(&mut a).await;
+    assert_eq!(retry.tests, vec![(0, 2)]);
+    assert!(failed_at.elapsed() >= Duration::from_secs(10));
+    h.from(&a, finished(&retry, 0, AttemptStatus::Passed));
+    let all = until_finished(&mut events).await;
+    // Its flaky-result is "fail": a flaky test fails the run.
+    let outcome = all.iter().find_map(|e| match &e.kind {
+        EventKind::TestFinished(TestFinished { final_outcome, .. }) => *final_outcome,
+        _ => None,
+    });
+    assert_eq!(outcome, Some(Outcome::Failed));
+}

@@ -38,7 +38,12 @@ impl Run {
     ) -> Vec<(u32, u32)> {
         // A retry avoids the agent that failed it only when another agent could run it: without
         // that, a test needing services whose only other agent lacks Docker would wait forever.
+        let now = tokio::time::Instant::now();
         let eligible = |i: u32| {
+            let t = &self.tests[i as usize];
+            if t.not_before.is_some_and(|at| at > now) {
+                return false;
+            }
             let needs_docker = self.needs_docker(i);
             let others = if needs_docker {
                 agent.others_with_docker
@@ -87,6 +92,7 @@ impl Run {
                 (!warm(i), !pulled(i))
             });
         }
+        self.admit_constrained(&mut chosen, agent);
         chosen.truncate(max_tests);
         let n = take_count(
             chosen
@@ -123,9 +129,64 @@ impl Run {
                 .expect("position came from the queue");
             let t = &mut self.tests[index as usize];
             t.leased = Some(lease);
+            if t.not_before.take().is_some() {
+                self.delayed -= 1;
+            }
             self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+            self.hold_group_slot(index);
         }
         batch
+    }
+
+    /// The slot of its test group test `index` holds while leased, if it is in one.
+    pub fn group_slot_of(&self, index: u32) -> Option<u32> {
+        self.tests[index as usize].group_slot
+    }
+
+    /// Drops from `chosen` (queue positions, in lease order) the tests that cannot start at once
+    /// on the agent: a test that takes several slots needs that many idle ones left after the
+    /// tests before it, and a test of a test group needs a free slot of the group, across all
+    /// agents. Other tests stay, and may wait behind busy slots as usual.
+    fn admit_constrained(&self, chosen: &mut Vec<usize>, agent: &Candidate<'_>) {
+        if self.spec.settings.is_empty() {
+            return;
+        }
+        let mut idle = agent.free_slots;
+        let mut group_free: Vec<usize> = self
+            .group_held
+            .iter()
+            .map(|h| h.iter().filter(|held| !**held).count())
+            .collect();
+        chosen.retain(|pos| {
+            let index = self.queue[*pos];
+            let Some(s) = self.settings_of(index) else {
+                idle = idle.saturating_sub(1);
+                return true;
+            };
+            let need = s.slots_on(agent.slots);
+            let group = s.test_group.map(|g| g as usize);
+            let constrained = need > 1 || group.is_some();
+            if constrained && (need > idle || group.is_some_and(|g| group_free[g] == 0)) {
+                return false;
+            }
+            if let Some(g) = group {
+                group_free[g] -= 1;
+            }
+            idle = idle.saturating_sub(need);
+            true
+        });
+    }
+
+    /// Marks the lowest free slot of test `index`'s group as held by it.
+    fn hold_group_slot(&mut self, index: u32) {
+        let Some(group) = self.settings_of(index).and_then(|s| s.test_group) else {
+            return;
+        };
+        let held = &mut self.group_held[group as usize];
+        if let Some(slot) = held.iter().position(|h| !*h) {
+            held[slot] = true;
+            self.tests[index as usize].group_slot = Some(slot as u32);
+        }
     }
 
     /// Keeps the batch's size but fills it, head first, with queued tests that share fixtures

@@ -30,6 +30,11 @@ pub(super) struct TestState {
     /// The agent and cause of the last infrastructure error, to see the same one again.
     last_infra: Option<(AgentId, String)>,
     leased: Option<LeaseId>,
+    /// The slot of its test group the current lease holds.
+    group_slot: Option<u32>,
+    /// A retry with a backoff waits in the queue until then (on the runtime's clock, which the
+    /// scheduler's timers follow).
+    not_before: Option<tokio::time::Instant>,
     outcome: Option<Outcome>,
     quarantined: bool,
 }
@@ -69,6 +74,10 @@ pub(super) struct Run {
     /// Per agent: what the tests of its last lease shared ([`testfleet_model::TestSpec::shares`]),
     /// whose fixtures its pytest workers may still hold.
     recent_shares: HashMap<AgentId, HashSet<String>>,
+    /// Per test group ([`RunSpec::test_groups`]): which of its slots leased tests hold.
+    group_held: Vec<Vec<bool>>,
+    /// Queued retries that wait for their backoff.
+    delayed: usize,
 }
 
 /// Where a run's events go besides its watchers: the history writer and the metrics.
@@ -158,6 +167,8 @@ impl Run {
                 avoid: None,
                 last_infra: None,
                 leased: None,
+                group_slot: None,
+                not_before: None,
                 outcome: None,
                 quarantined: quarantined.get(i).copied().unwrap_or(false),
             })
@@ -191,6 +202,12 @@ impl Run {
             trace: Some(trace),
             warned_unsandboxed: false,
             recent_shares: HashMap::new(),
+            group_held: spec
+                .test_groups
+                .iter()
+                .map(|g| vec![false; g.max_threads as usize])
+                .collect(),
+            delayed: 0,
             needs_docker: spec
                 .binaries
                 .iter()
@@ -421,10 +438,11 @@ impl Run {
             self.summary.busy_ms += ms;
             self.summary.longest_ms = self.summary.longest_ms.max(ms);
         }
-        let retries = self.retries;
+        let retries = self.retries_of(index);
+        let settings = self.settings_of(index).cloned();
         let needs_docker = self.needs_docker(index);
+        self.unlease(index);
         let t = &mut self.tests[index as usize];
-        t.leased = None;
         t.statuses.push(result.status);
         let quarantined = t.quarantined;
         let only_here = !(if needs_docker {
@@ -447,6 +465,17 @@ impl Run {
                 );
                 RetryDecision::Settle(Outcome::InfraError)
             }
+            RetryDecision::Settle(Outcome::Flaky)
+                if settings.as_ref().is_some_and(|s| s.flaky_fails) =>
+            {
+                result.message = format!(
+                    "{}; flaky (it failed, then passed), and its flaky-result is \"fail\"",
+                    result.message
+                )
+                .trim_start_matches("; ")
+                .to_owned();
+                RetryDecision::Settle(Outcome::Failed)
+            }
             d => d,
         };
         if infra.is_some() {
@@ -460,6 +489,16 @@ impl Run {
             RetryDecision::Retry { counts_as_attempt } => {
                 if counts_as_attempt {
                     t.attempt += 1;
+                    // A retry with a backoff waits; an infrastructure error's retry never does.
+                    let wait = settings
+                        .as_ref()
+                        .and_then(|s| s.retries)
+                        .map(|p| p.jittered(t.attempt - 1, fastrand::f64()))
+                        .filter(|d| !d.is_zero());
+                    if let Some(wait) = wait {
+                        t.not_before = Some(tokio::time::Instant::now() + wait);
+                        self.delayed += 1;
+                    }
                 }
                 t.avoid = Some(agent.clone());
                 (None, true)
@@ -510,7 +549,7 @@ impl Run {
             ));
             self.on_finished(index, attempt, agent, lease, result, Context::ASSUMED);
         } else {
-            self.tests[index as usize].leased = None;
+            self.unlease(index);
             self.requeue_front(index);
         }
     }
@@ -519,6 +558,47 @@ impl Run {
         self.tests
             .get(index as usize)
             .is_some_and(|t| t.leased.is_some() && t.outcome.is_none())
+    }
+
+    /// The test's settings ([`RunSpec::settings`]), if it has any.
+    pub(super) fn settings_of(&self, index: u32) -> Option<&testfleet_model::TestSettings> {
+        let i = self.spec.tests[index as usize].settings?;
+        self.spec.settings.get(i as usize)
+    }
+
+    /// Retries of the test: its own policy's, else the run's.
+    fn retries_of(&self, index: u32) -> u32 {
+        self.settings_of(index)
+            .and_then(|s| s.retries)
+            .map_or(self.retries, |r| r.count)
+    }
+
+    /// The test is no longer leased: the slot of its test group is free again.
+    fn unlease(&mut self, index: u32) {
+        let t = &mut self.tests[index as usize];
+        t.leased = None;
+        if let Some(slot) = t.group_slot.take()
+            && let Some(group) = self
+                .spec
+                .tests
+                .get(index as usize)
+                .and_then(|s| s.settings)
+                .and_then(|i| self.spec.settings.get(i as usize))
+                .and_then(|s| s.test_group)
+        {
+            self.group_held[group as usize][slot as usize] = false;
+        }
+    }
+
+    /// When the first retry that waits for its backoff may go, if one waits.
+    pub fn next_delayed(&self) -> Option<tokio::time::Instant> {
+        if self.delayed == 0 || !self.is_running() {
+            return None;
+        }
+        self.queue
+            .iter()
+            .filter_map(|i| self.tests[*i as usize].not_before)
+            .min()
     }
 
     fn requeue_front(&mut self, index: u32) {
@@ -551,8 +631,12 @@ impl Run {
             if t.outcome.is_none() {
                 t.outcome = Some(Outcome::Cancelled);
                 t.leased = None;
+                t.group_slot = None;
                 self.summary.record(Outcome::Cancelled);
             }
+        }
+        for held in &mut self.group_held {
+            held.fill(false);
         }
         self.queue.clear();
         self.queued_estimate = Duration::ZERO;

@@ -31,7 +31,7 @@ impl Run {
             let statuses: Vec<AttemptStatus> = r.attempts.iter().map(|a| a.status).collect();
             let decision = match r.outcome {
                 Some(o) => RetryDecision::Settle(o),
-                None => decide_after_attempt(&statuses, self.retries),
+                None => decide_after_attempt(&statuses, self.retries_of(index)),
             };
             if let Some(pos) = self.queue.iter().position(|i| *i == index) {
                 self.queue.remove(pos);
@@ -89,6 +89,9 @@ impl Run {
         };
         self.queue.remove(pos);
         self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+        if self.tests[index as usize].not_before.take().is_some() {
+            self.delayed -= 1;
+        }
         self.tests[index as usize].leased = Some(lease);
         self.on_finished(index, attempt, agent, lease, result, Context::ASSUMED);
         true
