@@ -211,6 +211,14 @@ pub struct RunArgs {
     /// Repeated: any of them. With name filters too: tests must match both.
     #[arg(short = 'E', long = "filterset", value_name = "EXPR")]
     pub filtersets: Vec<String>,
+    /// The profile of the workspace's `.config/nextest.toml` whose settings apply: test groups
+    /// (held fleet-wide), threads-required, slow-timeout, leak-timeout, retries and overrides
+    /// [default: `default`].
+    #[arg(long = "profile", env = "NEXTEST_PROFILE", value_name = "NAME")]
+    pub nextest_profile: Option<String>,
+    /// Also run the tests the nextest profile's `default-filter` leaves out.
+    #[arg(long)]
+    pub ignore_default_filter: bool,
 
     /// Submit to this coordinator (e.g. `http://build-1:7420`) instead of running locally.
     #[arg(long, env = "TESTFLEET_COORDINATOR", conflicts_with = "local")]

@@ -11,6 +11,7 @@ mod filterset;
 mod history_client;
 mod junit_import;
 mod local;
+mod nextest_config;
 mod prepare;
 mod process;
 mod remote;

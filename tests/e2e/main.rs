@@ -18,6 +18,7 @@ mod limits;
 mod local_run;
 mod loopback_registry;
 mod multihost;
+mod nextest_profiles;
 mod orders_example;
 mod pulls;
 mod pytest_outcomes;

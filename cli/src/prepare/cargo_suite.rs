@@ -4,6 +4,7 @@
 use crate::args::RunArgs;
 use crate::cargo::{self, TestBinary, Workspace};
 use crate::error::{CliError, CliResult};
+use crate::nextest_config::NextestConfig;
 use crate::remote;
 use crate::suite_manifest::SuiteManifest;
 
@@ -18,6 +19,15 @@ pub(super) async fn prepare(
     ws: Workspace,
     suite: Option<SuiteManifest>,
 ) -> CliResult<Prepared> {
+    // The workspace's nextest profile is read, and a mistake in it said, before anything is built.
+    let nextest = NextestConfig::load(
+        &ws.root,
+        args.nextest_profile.as_deref(),
+        crate::process::default_slots(),
+    )?;
+    if let Some(w) = nextest.as_ref().and_then(NextestConfig::warning) {
+        eprintln!("{w}");
+    }
     let (cargo_args, ws2) = (args.cargo.clone(), ws.clone());
     let (binaries, outputs) = tokio::task::spawn_blocking(move || -> CliResult<_> {
         let (binaries, outputs) = cargo::build_tests(&cargo_args, &ws2)?;
@@ -41,7 +51,15 @@ pub(super) async fn prepare(
         .iter()
         .map(|(b, tests)| (layout.binary(b), tests.clone()))
         .collect();
-    let mut spec = super::spec::build(args, &ws, listed, bundled, suite.as_ref(), 1)?;
+    let mut spec = super::spec::build(
+        args,
+        &ws,
+        listed,
+        bundled,
+        suite.as_ref(),
+        1,
+        nextest.as_ref(),
+    )?;
     let mut content = vec![];
     if bundled {
         spec.origin = layout.origin();

@@ -9,10 +9,12 @@ use testfleet_model::{Binary, ImageSource, RunSpec, TestSpec};
 use crate::args::RunArgs;
 use crate::cargo::{self, Workspace};
 use crate::error::{CliError, CliResult};
+use crate::nextest_config::NextestConfig;
 use crate::suite_manifest::SuiteManifest;
 
-/// The run's spec from its binaries and their listed tests (filtered); `batch` is the tests per
-/// process unless `--tests-per-process` says otherwise.
+/// The run's spec from its binaries and their listed tests (filtered), with the settings of the
+/// workspace's nextest profile (`nextest`) for each test; `batch` is the tests per process unless
+/// `--tests-per-process` says otherwise.
 pub(super) fn build(
     args: &RunArgs,
     ws: &Workspace,
@@ -20,6 +22,7 @@ pub(super) fn build(
     bundled: bool,
     suite: Option<&SuiteManifest>,
     batch: u32,
+    nextest: Option<&NextestConfig>,
 ) -> CliResult<RunSpec> {
     let (binary_count, listed_count) = (
         binaries.len(),
@@ -44,6 +47,10 @@ pub(super) fn build(
                         .iter()
                         .any(|f| f.matches(&target.item(&t.name), &graph))
             })
+            .filter(|t| {
+                args.ignore_default_filter
+                    || nextest.is_none_or(|c| c.selects(&target.item(&t.name), &graph))
+            })
             .collect();
         if selected.is_empty() {
             continue;
@@ -59,6 +66,7 @@ pub(super) fn build(
             ignored: t.ignored,
             group: t.group.clone(),
             shares: t.shares.clone(),
+            settings: None,
         }));
     }
     let runnable = tests.iter().filter(|t| !t.ignored).count();
@@ -71,6 +79,14 @@ pub(super) fn build(
         for f in &args.filtersets {
             filters.push_str(&format!(" selected by -E {f:?}"));
         }
+        if let Some(c) = nextest.filter(|_| !args.ignore_default_filter)
+            && c.has_default_filter()
+        {
+            filters.push_str(&format!(
+                " in the default-filter of nextest profile `{}` (--ignore-default-filter runs the others)",
+                c.profile
+            ));
+        }
         return Err(CliError::NoTests(format!(
             "no test to run{filters}: {binary_count} test binaries hold {listed_count} tests, {} selected, all others ignored",
             tests.len()
@@ -82,7 +98,7 @@ pub(super) fn build(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "workspace".to_owned());
     let (revision, branch) = git_revision(&ws.root);
-    Ok(RunSpec {
+    let mut spec = RunSpec {
         suite: suite_name,
         binaries: spec_binaries,
         tests,
@@ -116,7 +132,13 @@ pub(super) fn build(
         pass_env: suite
             .map(|s| s.manifest.pass_env.clone())
             .unwrap_or_default(),
-    })
+        settings: vec![],
+        test_groups: vec![],
+    };
+    if let Some(c) = nextest {
+        crate::nextest_config::apply(c, &mut spec, &graph, args.retries.is_some());
+    }
+    Ok(spec)
 }
 
 /// Whether an agent reads service files from the workspace: build contexts, compose files.

@@ -90,6 +90,7 @@ pub(super) async fn prepare(
         bundled,
         Some(&suite),
         tool_suite::DEFAULT_BATCH,
+        None,
     )?;
     let mut spec = spec;
     let mut content = vec![];
