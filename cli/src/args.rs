@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// Also run the tests the nextest profile's `default-filter` leaves out.
     #[arg(long)]
     pub ignore_default_filter: bool,
+    /// Run again only the tests that did not pass in the last finished run of this suite (or in
+    /// run RUN): those that failed, timed out, hit an infrastructure error or were cancelled. The
+    /// history is the coordinator's, or with `--local` the suite's local one.
+    #[arg(long, value_name = "RUN", num_args = 0..=1, default_missing_value = "last")]
+    pub failed: Option<String>,
 
     /// Submit to this coordinator (e.g. `http://build-1:7420`) instead of running locally.
     #[arg(long, env = "TESTFLEET_COORDINATOR", conflicts_with = "local")]
@@ -420,6 +425,11 @@ pub struct CiArgs {
     /// Run this job's tests without a private namespace (see `testfleet agent --no-sandbox`).
     #[arg(long)]
     pub no_sandbox: bool,
+    /// The pipeline's attempt, from 1: a re-run of the pipeline (or of its failed jobs) under the
+    /// same run key runs only the tests that did not pass in its earlier attempts, and each job
+    /// exits with the status of the whole [default: `GITHUB_RUN_ATTEMPT`, else 1].
+    #[arg(long, env = "TESTFLEET_CI_ATTEMPT", value_name = "N")]
+    pub attempt: Option<u32>,
     #[command(flatten)]
     pub run: RunArgs,
 }

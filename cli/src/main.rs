@@ -16,6 +16,7 @@ mod prepare;
 mod process;
 mod remote;
 mod reporter;
+mod rerun;
 mod security_args;
 mod suite_manifest;
 mod telemetry;

@@ -246,7 +246,7 @@ impl From<Outcome> for pb::Outcome {
     }
 }
 
-pub(crate) fn outcome_from_wire(v: i32) -> Result<Outcome, ConvertError> {
+pub fn outcome_from_wire(v: i32) -> Result<Outcome, ConvertError> {
     Ok(match pb::Outcome::try_from(v) {
         Ok(pb::Outcome::Passed) => Outcome::Passed,
         Ok(pb::Outcome::Failed) => Outcome::Failed,

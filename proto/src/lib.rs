@@ -16,7 +16,7 @@ pub mod trace;
 
 pub use chunks::file_chunks;
 
-pub use convert::{ConvertError, parse_run_id, run_state_from_wire};
+pub use convert::{ConvertError, outcome_from_wire, parse_run_id, run_state_from_wire};
 pub use services::scope_from_wire;
 pub use session::{LeaseError, coordinator_message_from_wire};
 

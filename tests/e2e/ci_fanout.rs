@@ -181,7 +181,7 @@ fn ci_refuses_what_cannot_be_a_pipeline_job_and_says_why() {
                 "--local",
                 "2",
             ],
-            "--local, --detach and --data-dir do not apply",
+            "--local, --detach, --data-dir and --failed do not apply",
         ),
     ] {
         let out = run_output(testfleet().arg("ci").args(&args));

@@ -23,6 +23,7 @@ mod orders_example;
 mod pulls;
 mod pytest_outcomes;
 mod remote_run;
+mod reruns;
 mod runners;
 mod security;
 mod support;

@@ -22,8 +22,17 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
         nodes,
         work_dir,
         no_sandbox,
+        attempt,
         run,
     } = *args;
+    let attempt = attempt
+        .or_else(|| std::env::var("GITHUB_RUN_ATTEMPT").ok()?.parse().ok())
+        .unwrap_or(1);
+    if attempt == 0 {
+        return Err(CliError::Config(
+            "--attempt 0: attempts are counted from 1".into(),
+        ));
+    }
     if node >= nodes {
         return Err(CliError::Config(format!(
             "--node {node} is not below --nodes {nodes} (nodes are counted from 0)"
@@ -34,9 +43,9 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
             "--run-key is empty: give the pipeline's id, the same for all its jobs".into(),
         ));
     }
-    if run.local.is_some() || run.detach || run.data_dir.is_some() {
+    if run.local.is_some() || run.detach || run.data_dir.is_some() || run.failed.is_some() {
         return Err(CliError::Config(
-            "testfleet ci works on a coordinator's run: --local, --detach and --data-dir do not apply"
+            "testfleet ci works on a coordinator's run: --local, --detach, --data-dir and --failed do not apply (a retried pipeline gives --attempt)"
                 .into(),
         ));
     }
@@ -50,11 +59,18 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     let security = run.connect.security()?;
     let mut client = remote::connect(&url, &security).await?;
     // A job that comes after the run exists joins it without building anything.
-    let (run_id, how) = match submit(&mut client, &url, &run_key, None).await? {
+    let key = attempt_key(&run_key, attempt);
+    let (run_id, how) = match submit(&mut client, &url, &key, None).await? {
         Some((id, _)) => (id, "joined"),
         None => {
-            let prepared = crate::prepare::prepare(&run, Some((&url, &mut client))).await?;
-            match submit(&mut client, &url, &run_key, Some(&prepared.spec)).await? {
+            let mut prepared = crate::prepare::prepare(&run, Some((&url, &mut client))).await?;
+            if attempt > 1
+                && !only_not_passed(&mut client, &url, &run_key, attempt, &mut prepared.spec)
+                    .await?
+            {
+                return Ok(exit_code::SUCCESS);
+            }
+            match submit(&mut client, &url, &key, Some(&prepared.spec)).await? {
                 Some((id, true)) => (id, "joined"),
                 Some((id, false)) => (id, "created"),
                 None => {
@@ -65,7 +81,9 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
             }
         }
     };
-    eprintln!("node {node} of {nodes}: {how} run {run_id} (key `{run_key}`) on {url}");
+    eprintln!(
+        "node {node} of {nodes}: {how} run {run_id} (key `{run_key}`, attempt {attempt}) on {url}"
+    );
 
     let agent_id = node_agent_id(&run_key, node)?;
     let mut config = AgentConfig::new(
@@ -119,6 +137,68 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     let (summary, _state) = followed?;
     report.finish()?;
     Ok(summary.exit_code())
+}
+
+/// The key of a pipeline's attempt: the pipeline's own for the first (as before attempts were
+/// counted), one per later attempt.
+fn attempt_key(key: &str, attempt: u32) -> String {
+    if attempt == 1 {
+        key.to_owned()
+    } else {
+        format!("{key}#attempt-{attempt}")
+    }
+}
+
+/// A later attempt of a pipeline: cuts the spec down to the tests no earlier attempt passed (a run
+/// an earlier attempt left running, its jobs gone, is cancelled first, so its record is final).
+/// False when every test passed already: the whole pipeline passed, and there is nothing to run.
+async fn only_not_passed(
+    client: &mut Client,
+    url: &str,
+    key: &str,
+    attempt: u32,
+    spec: &mut RunSpec,
+) -> CliResult<bool> {
+    let mut passed = std::collections::HashSet::new();
+    let mut earlier_runs = vec![];
+    for n in 1..attempt {
+        let Some((run_id, _)) = submit(client, url, &attempt_key(key, n), None).await? else {
+            continue;
+        };
+        let mut earlier = crate::rerun::tests_of(client, url, run_id).await?;
+        if earlier.state == testfleet_model::RunState::Running {
+            client
+                .cancel_run(pb::CancelRunRequest {
+                    run_id: run_id.to_string(),
+                })
+                .await
+                .map_err(|s| CliError::from_status(url, s))?;
+            earlier = crate::rerun::tests_of(client, url, run_id).await?;
+        }
+        passed.extend(earlier.passed);
+        earlier_runs.push(run_id.to_string());
+    }
+    if earlier_runs.is_empty() {
+        // No earlier attempt got as far as a run: this one runs everything.
+        return Ok(true);
+    }
+    let keep: std::collections::HashSet<crate::rerun::TestKey> = spec
+        .tests
+        .iter()
+        .map(|t| {
+            let b = &spec.binaries[t.binary as usize].binary_id;
+            (b.clone(), t.name.clone())
+        })
+        .filter(|k| !passed.contains(k))
+        .collect();
+    let left = crate::rerun::keep_only(spec, &keep);
+    let runs = earlier_runs.join(", ");
+    if left == 0 {
+        eprintln!("attempt {attempt}: every test passed in run(s) {runs}; nothing to run again");
+        return Ok(false);
+    }
+    eprintln!("attempt {attempt}: running the {left} test(s) that did not pass in run(s) {runs}");
+    Ok(true)
 }
 
 /// Submits with the run key: the run it names (joined) or, with a spec, a new one. `None`: no run
@@ -178,7 +258,13 @@ fn node_agent_id(key: &str, node: u32) -> CliResult<AgentId> {
 
 #[cfg(test)]
 mod tests {
-    use super::node_agent_id;
+    use super::{attempt_key, node_agent_id};
+
+    #[test]
+    fn the_first_attempt_keeps_the_pipeline_s_key() {
+        assert_eq!(attempt_key("1234", 1), "1234");
+        assert_eq!(attempt_key("1234", 3), "1234#attempt-3");
+    }
 
     #[test]
     fn node_names_are_stable_plain_and_distinct() {

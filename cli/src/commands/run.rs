@@ -45,11 +45,66 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
         }
     };
 
-    let result = submit_and_follow(&mut client, &url, &prepared.spec, &args, mode).await;
+    let mut spec = prepared.spec;
+    let result = match &args.failed {
+        Some(which) => match only_failed(&mut client, &url, &mut spec, which).await {
+            Ok(true) => submit_and_follow(&mut client, &url, &spec, &args, mode).await,
+            Ok(false) => Ok(testfleet_model::exit_code::SUCCESS),
+            Err(e) => Err(e),
+        },
+        None => submit_and_follow(&mut client, &url, &spec, &args, mode).await,
+    };
     if let Some(f) = fleet {
         f.shutdown().await;
     }
     result
+}
+
+/// `--failed [RUN]`: cuts the spec down to the tests that did not pass in run `which` (`last`:
+/// the suite's last finished run). False when there is nothing to run again.
+async fn only_failed(
+    client: &mut remote::Client,
+    url: &str,
+    spec: &mut RunSpec,
+    which: &str,
+) -> CliResult<bool> {
+    let run_id = match which {
+        "last" => crate::rerun::last_of_suite(client, url, &spec.suite).await?,
+        id => id
+            .parse()
+            .map_err(|e| CliError::Config(format!("--failed {id}: {e}")))?,
+    };
+    let earlier = crate::rerun::tests_of(client, url, run_id).await?;
+    if earlier.suite != spec.suite {
+        return Err(CliError::Config(format!(
+            "run {run_id} is of suite `{}`, not of this one (`{}`)",
+            earlier.suite, spec.suite
+        )));
+    }
+    let named = earlier.not_passed.len();
+    let left = crate::rerun::keep_only(spec, &earlier.not_passed);
+    if left == 0 {
+        eprintln!(
+            "run {run_id} of {}: {}nothing to run again",
+            spec.suite,
+            if named == 0 {
+                "every test passed, ".to_owned()
+            } else {
+                format!("the {named} test(s) that did not pass are no longer selected or built; ")
+            }
+        );
+        return Ok(false);
+    }
+    let gone = named - left;
+    eprintln!(
+        "running again the {left} test(s) that did not pass in run {run_id}{}",
+        if gone > 0 {
+            format!(" ({gone} others are no longer selected or built)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(true)
 }
 
 async fn submit_and_follow(

@@ -12,6 +12,7 @@ const AGENT_METHODS: &[&str] = &[
 const READER_METHODS: &[&str] = &[
     "/testfleet.v1.Coordinator/WatchRun",
     "/testfleet.v1.Coordinator/GetRun",
+    "/testfleet.v1.Coordinator/GetRunTests",
     "/testfleet.v1.Coordinator/ListRuns",
     "/testfleet.v1.Coordinator/ListAgents",
     "/testfleet.v1.Coordinator/ListFlaky",
@@ -45,6 +46,7 @@ mod tests {
             ("Coordinator/ImportRun", Role::Client),
             ("Coordinator/WatchRun", Role::Reader),
             ("Coordinator/GetRun", Role::Reader),
+            ("Coordinator/GetRunTests", Role::Reader),
             ("Coordinator/ListRuns", Role::Reader),
             ("Coordinator/ListAgents", Role::Reader),
             ("Coordinator/ListFlaky", Role::Reader),

@@ -137,6 +137,13 @@ impl Coordinator for ClientApi {
         runs::get(self, req).await
     }
 
+    async fn get_run_tests(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunTests>, Status> {
+        runs::tests(self, req).await
+    }
+
     async fn list_runs(
         &self,
         req: Request<pb::ListRunsRequest>,

@@ -184,6 +184,43 @@ pub(super) async fn get(
         .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
 }
 
+/// A run's tests and their outcomes from its history records, once the history writer has written
+/// what it was sent (a run that just finished is there whole).
+pub(super) async fn tests(
+    api: &ClientApi,
+    req: Request<pb::GetRunRequest>,
+) -> Result<Response<pb::RunTests>, Status> {
+    let run_id = parse_run_id(&req.into_inner().run_id)?;
+    let written = api.history_written().await;
+    let store = api.store.clone();
+    let (record, tests) = blocking(move || {
+        let Some(record) = store.run(run_id)? else {
+            return Ok(None);
+        };
+        Ok(Some((record, store.run_tests(run_id)?)))
+    })
+    .await?
+    .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+    let tests = tests
+        .into_iter()
+        .map(|t| pb::RunTest {
+            binary_id: t.binary_id,
+            name: t.name,
+            outcome: t
+                .outcome
+                .map_or(pb::Outcome::Unspecified, pb::Outcome::from)
+                .into(),
+        })
+        .collect();
+    Ok(super::history_answer(
+        pb::RunTests {
+            run: Some(record_info(record)),
+            tests,
+        },
+        written,
+    ))
+}
+
 pub(super) async fn list(
     api: &ClientApi,
     req: Request<pb::ListRunsRequest>,
