@@ -268,6 +268,20 @@ pub struct RunArgs {
     /// its largest directories.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 30)]
     pub max_bundle_bytes: u64,
+    /// Print a GitHub Actions `::error` annotation for each failed test at the end of the run, at
+    /// the file and line of its panic (or of pytest's traceback) [default: on when
+    /// `GITHUB_ACTIONS=true`; `--github-annotations=false` turns it off].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub github_annotations: Option<bool>,
+    /// The branch whose last run of each failed test tells, in the Markdown summary, whether it
+    /// was failing already (else: new, known flaky, or quarantined).
+    #[arg(
+        long,
+        env = "TESTFLEET_DEFAULT_BRANCH",
+        default_value = "main",
+        value_name = "NAME"
+    )]
+    pub default_branch: String,
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
@@ -300,6 +314,10 @@ pub struct RunArgs {
     /// Git revision recorded with the run [default: the workspace's HEAD].
     #[arg(long)]
     pub revision: Option<String>,
+    /// Branch recorded with the run [default: the workspace's current branch; on a detached
+    /// checkout, GitHub Actions' `GITHUB_HEAD_REF` or `GITHUB_REF_NAME`].
+    #[arg(long, env = "TESTFLEET_BRANCH", value_name = "NAME")]
+    pub branch: Option<String>,
 
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -338,6 +356,14 @@ pub struct CargoArgs {
     /// Build with this Cargo profile.
     #[arg(long, value_name = "NAME", conflicts_with = "release")]
     pub cargo_profile: Option<String>,
+}
+
+impl RunArgs {
+    /// Whether to print GitHub Actions annotations: as asked, else inside GitHub Actions.
+    pub fn annotate(&self) -> bool {
+        self.github_annotations
+            .unwrap_or_else(|| std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true"))
+    }
 }
 
 impl CargoArgs {

@@ -14,6 +14,38 @@ use crate::args::{CargoArgs, QueryArgs};
 use crate::error::{CliError, CliResult};
 use crate::remote::{self, Client};
 
+/// What history says of run `run_id`'s failures, for its summary; `None` (with a note) when the
+/// coordinator cannot say (an older one, or an error): the summary then goes without.
+pub async fn failure_classes(
+    client: &mut Client,
+    url: &str,
+    run_id: RunId,
+    default_branch: &str,
+) -> Option<Vec<testfleet_model::report::FailureClass>> {
+    let reply = client
+        .classify_failures(pb::ClassifyFailuresRequest {
+            run_id: run_id.to_string(),
+            default_branch: default_branch.to_owned(),
+        })
+        .await;
+    match reply {
+        Ok(r) => Some(
+            answered(url, r)
+                .failures
+                .into_iter()
+                .filter_map(|c| c.try_into().ok())
+                .collect(),
+        ),
+        Err(s) => {
+            eprintln!(
+                "note: the summary does not say which failures are new: {}",
+                s.message()
+            );
+            None
+        }
+    }
+}
+
 pub enum Backend {
     Local(Arc<SledStore>),
     Remote { client: Box<Client>, url: String },

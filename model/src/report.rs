@@ -134,3 +134,25 @@ pub struct RunOverview {
     pub total_tests: u32,
     pub summary: Option<RunSummary>,
 }
+
+/// What history says of a test that failed a run, for the run's summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FailureKind {
+    /// Nothing in history explains it: most likely the change under test.
+    New,
+    /// The test is known to be flaky (it passed and failed on one revision before).
+    Flaky,
+    /// The test is quarantined: its failure does not fail the run.
+    Quarantined,
+    /// It failed too in the last run on the default branch that ran it.
+    FailingOnDefault { branch: String, run_id: u64 },
+}
+
+/// One failed test of a run and what history says of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureClass {
+    pub binary_id: String,
+    pub name: String,
+    pub kind: FailureKind,
+}

@@ -2,8 +2,8 @@
 //! so wire → model is lenient only where proto3 leaves fields out.
 
 use testfleet_model::report::{
-    FlakyEvidence, FlakyTest, HistoryAttempt, QuarantineInfo, Slowdown, SuiteTiming, TestHistory,
-    TestName, TestTiming, Timings,
+    FailureClass, FailureKind, FlakyEvidence, FlakyTest, HistoryAttempt, QuarantineInfo, Slowdown,
+    SuiteTiming, TestHistory, TestName, TestTiming, Timings,
 };
 
 use crate::convert::{attempt_status_from_wire, outcome_from_wire};
@@ -248,6 +248,58 @@ impl TryFrom<pb::TestHistory> for TestHistory {
                     })
                 })
                 .collect::<Result<_, ConvertError>>()?,
+        })
+    }
+}
+
+impl From<&FailureClass> for pb::FailureClass {
+    fn from(c: &FailureClass) -> Self {
+        use pb::failure_class::Kind;
+        let (kind, branch, run_id) = match &c.kind {
+            FailureKind::New => (Kind::New, String::new(), String::new()),
+            FailureKind::Flaky => (Kind::Flaky, String::new(), String::new()),
+            FailureKind::Quarantined => (Kind::Quarantined, String::new(), String::new()),
+            FailureKind::FailingOnDefault { branch, run_id } => {
+                (Kind::FailingOnDefault, branch.clone(), run_id.to_string())
+            }
+        };
+        pb::FailureClass {
+            binary_id: c.binary_id.clone(),
+            name: c.name.clone(),
+            kind: kind.into(),
+            branch,
+            run_id,
+        }
+    }
+}
+
+/// An unknown kind (a newer coordinator's) reads as no class at all.
+impl TryFrom<pb::FailureClass> for FailureClass {
+    type Error = ConvertError;
+    fn try_from(c: pb::FailureClass) -> Result<Self, ConvertError> {
+        use pb::failure_class::Kind;
+        let kind = match Kind::try_from(c.kind) {
+            Ok(Kind::New) => FailureKind::New,
+            Ok(Kind::Flaky) => FailureKind::Flaky,
+            Ok(Kind::Quarantined) => FailureKind::Quarantined,
+            Ok(Kind::FailingOnDefault) => FailureKind::FailingOnDefault {
+                run_id: c
+                    .run_id
+                    .parse()
+                    .map_err(|_| ConvertError::new("failure class", "a bad run id"))?,
+                branch: c.branch,
+            },
+            _ => {
+                return Err(ConvertError::new(
+                    "failure class",
+                    format!("unknown kind {}", c.kind),
+                ));
+            }
+        };
+        Ok(FailureClass {
+            binary_id: c.binary_id,
+            name: c.name,
+            kind,
         })
     }
 }

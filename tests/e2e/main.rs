@@ -2,6 +2,7 @@
 //! The fixture suites under `tests/fixtures/` are built and run; their expected outcomes are in
 //! `fixture.rs`.
 
+mod annotations;
 mod bad_input;
 mod bundles;
 mod ci_fanout;

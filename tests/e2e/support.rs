@@ -675,6 +675,12 @@ impl RunLine {
         self
     }
 
+    /// A variable of this process's environment the run must not see.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.0.env_remove(key);
+        self
+    }
+
     /// The suite manifest (`testfleet.toml`) to use instead of the suite's own.
     pub fn suite_manifest(mut self, path: &Path) -> Self {
         self.0.arg("--manifest").arg(path);

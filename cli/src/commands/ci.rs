@@ -116,7 +116,9 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     .with_case_names(crate::suite_manifest::tool_id_style(
         run.manifest.as_deref(),
     ))
-    .with_markdown(run.markdown_summary.clone());
+    .with_markdown(run.markdown_summary.clone())
+    // One job annotates the run's failures; every job doing it would show each one N times.
+    .with_annotations((node == 0 && run.annotate()).then(|| annotation_base(&run)));
     let followed = tokio::select! {
         r = crate::watch::follow(&mut client, &url, run_id, &mut report, None) => Some(r),
         () = signals.recv() => None,
@@ -135,8 +137,29 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     let _ = stop.send(Stop::Drain);
     let _ = agent.await;
     let (summary, _state) = followed?;
+    if report.wants_failure_classes() && summary.exit_code() != 0 {
+        let classes =
+            crate::history_client::failure_classes(&mut client, &url, run_id, &run.default_branch)
+                .await;
+        report.set_failure_classes(classes.unwrap_or_default());
+    }
     report.finish()?;
     Ok(summary.exit_code())
+}
+
+/// Where the suite's relative paths start, for a job that may not have built anything: the
+/// directory of `--manifest-path`, else the current one (a job starts at the workspace's root).
+fn annotation_base(run: &crate::args::RunArgs) -> std::path::PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match run
+        .cargo
+        .manifest_path
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        Some(dir) if !dir.as_os_str().is_empty() => cwd.join(dir),
+        _ => cwd,
+    }
 }
 
 /// The key of a pipeline's attempt: the pipeline's own for the first (as before attempts were

@@ -46,13 +46,14 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     };
 
     let mut spec = prepared.spec;
+    let base = prepared.workspace_root;
     let result = match &args.failed {
         Some(which) => match only_failed(&mut client, &url, &mut spec, which).await {
-            Ok(true) => submit_and_follow(&mut client, &url, &spec, &args, mode).await,
+            Ok(true) => submit_and_follow(&mut client, &url, &spec, &args, mode, &base).await,
             Ok(false) => Ok(testfleet_model::exit_code::SUCCESS),
             Err(e) => Err(e),
         },
-        None => submit_and_follow(&mut client, &url, &spec, &args, mode).await,
+        None => submit_and_follow(&mut client, &url, &spec, &args, mode, &base).await,
     };
     if let Some(f) = fleet {
         f.shutdown().await;
@@ -113,6 +114,7 @@ async fn submit_and_follow(
     spec: &RunSpec,
     args: &RunArgs,
     mode: String,
+    base: &std::path::Path,
 ) -> CliResult<i32> {
     let signals = crate::watch::StopSignals::new();
     // The root of the run's trace (when traces are on): the coordinator's run span continues it.
@@ -149,9 +151,15 @@ async fn submit_and_follow(
     }
     let mut report = Report::new(args.json, args.junit.clone(), mode)
         .with_case_names(spec.case_style())
-        .with_markdown(args.markdown_summary.clone());
+        .with_markdown(args.markdown_summary.clone())
+        .with_annotations(args.annotate().then(|| base.to_path_buf()));
     let (summary, _state) =
         crate::watch::follow(client, url, run_id, &mut report, Some(signals)).await?;
+    if report.wants_failure_classes() && summary.exit_code() != 0 {
+        let classes =
+            crate::history_client::failure_classes(client, url, run_id, &args.default_branch).await;
+        report.set_failure_classes(classes.unwrap_or_default());
+    }
     report.finish()?;
     Ok(summary.exit_code())
 }

@@ -112,7 +112,7 @@ pub(super) fn build(
         output_cap_bytes: args.output_cap.max(RunSpec::MIN_OUTPUT_CAP),
         bundle_digest: None,
         revision: args.revision.clone().unwrap_or(revision),
-        branch,
+        branch: args.branch.clone().unwrap_or_else(|| ci_branch(branch)),
         services: suite
             .map(|s| s.manifest.services.clone())
             .unwrap_or_default(),
@@ -149,6 +149,19 @@ fn has_workspace_files(m: &testfleet_model::Manifest) -> bool {
             ImageSource::Build { .. } | ImageSource::Compose { .. }
         )
     })
+}
+
+/// The branch git names, unless the checkout is detached (CI checkouts often are): then the one
+/// GitHub Actions names, if any.
+fn ci_branch(git: String) -> String {
+    if !git.is_empty() && git != "HEAD" {
+        return git;
+    }
+    ["GITHUB_HEAD_REF", "GITHUB_REF_NAME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|b| !b.is_empty())
+        .unwrap_or(git)
 }
 
 fn git_revision(root: &Path) -> (String, String) {

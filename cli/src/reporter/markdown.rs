@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use testfleet_model::report::{FailureClass, FailureKind};
 use testfleet_model::{
     AttemptStatus, EventKind, Outcome, RunEvent, RunState, RunSummary, TestFinished,
 };
@@ -21,6 +22,30 @@ pub struct MarkdownReporter {
     /// Per test: its attempts (status, ms, agent) and the last failing output.
     tests: BTreeMap<(String, String), TestLines>,
     end: Option<(RunSummary, RunState)>,
+    /// What history says of each failure, when the coordinator was asked.
+    classes: BTreeMap<(String, String), FailureKind>,
+}
+
+/// How a failure's class reads in the summary.
+fn class_text(k: &FailureKind) -> String {
+    match k {
+        FailureKind::New => "new".into(),
+        FailureKind::Flaky => "known flaky".into(),
+        FailureKind::Quarantined => "quarantined".into(),
+        FailureKind::FailingOnDefault { branch, run_id } => {
+            format!("already failing on {} (run {run_id})", html(branch))
+        }
+    }
+}
+
+/// The same, without the run: for counting alike failures together.
+fn class_group(k: &FailureKind) -> String {
+    match k {
+        FailureKind::FailingOnDefault { branch, .. } => {
+            format!("already failing on `{}`", branch.replace('`', "'"))
+        }
+        other => class_text(other),
+    }
 }
 
 #[derive(Default)]
@@ -64,6 +89,14 @@ fn shown_binary<'a>(binary: &'a str, name: &str) -> &'a str {
 }
 
 impl MarkdownReporter {
+    /// What history says of the run's failures (`ClassifyFailures`).
+    pub fn set_classes(&mut self, classes: Vec<FailureClass>) {
+        self.classes = classes
+            .into_iter()
+            .map(|c| ((c.binary_id, c.name), c.kind))
+            .collect();
+    }
+
     pub fn on_event(&mut self, e: &RunEvent) {
         self.run_id = e.run_id.to_string();
         match &e.kind {
@@ -164,8 +197,29 @@ impl MarkdownReporter {
             })
             .collect();
         if !failing.is_empty() {
-            let _ = writeln!(out, "#### Failed ({})\n", failing.len());
+            let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+            for (key, _) in &failing {
+                if let Some(k) = self.classes.get(*key) {
+                    *groups.entry(class_group(k)).or_default() += 1;
+                }
+            }
+            let counted: Vec<String> = groups.iter().map(|(g, n)| format!("{n} {g}")).collect();
+            let _ = writeln!(
+                out,
+                "#### Failed ({}){}\n",
+                failing.len(),
+                if counted.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", counted.join(", "))
+                }
+            );
             for ((binary, name), t) in failing {
+                let class = self
+                    .classes
+                    .get(&(binary.clone(), name.clone()))
+                    .map(|k| format!(" — {}", class_text(k)))
+                    .unwrap_or_default();
                 let outcome = t.outcome.map(|o| o.as_str()).unwrap_or("");
                 let attempts: Vec<String> = t
                     .attempts
@@ -174,7 +228,7 @@ impl MarkdownReporter {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "<details><summary><code>{}</code> {} — {outcome}{} ({})</summary>\n\n```text\n{}\n```\n\n</details>\n",
+                    "<details><summary><code>{}</code> {} — {outcome}{} ({}){class}</summary>\n\n```text\n{}\n```\n\n</details>\n",
                     html(name),
                     html(shown_binary(binary, name)),
                     if t.quarantined { ", quarantined" } else { "" },
@@ -308,5 +362,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("| `t::fails` | 1.5 s |"), "{text}");
+        r.set_classes(vec![FailureClass {
+            binary_id: "bin".into(),
+            name: "t::fails".into(),
+            kind: FailureKind::FailingOnDefault {
+                branch: "main".into(),
+                run_id: 3,
+            },
+        }]);
+        let text = r.to_markdown();
+        assert!(
+            text.contains("#### Failed (1): 1 already failing on `main`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(1.5 s on ci-node-1) — already failing on main (run 3)</summary>"),
+            "{text}"
+        );
     }
 }

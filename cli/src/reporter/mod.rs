@@ -1,6 +1,7 @@
 //! Reporters turn the run's event stream into what people and machines read: a live human report,
 //! JSON lines, and a JUnit file at the end. They see only events.
 
+mod annotations;
 mod human;
 mod markdown;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use testfleet_model::{IdStyle, RunEvent};
 
 use crate::error::{CliError, CliResult};
+pub use annotations::GithubAnnotations;
 pub use human::HumanReporter;
 pub use markdown::MarkdownReporter;
 pub use testfleet_model::junit::JunitReporter;
@@ -20,6 +22,7 @@ pub struct Report {
     json: bool,
     junit: Option<(JunitReporter, PathBuf)>,
     markdown: Option<(MarkdownReporter, PathBuf)>,
+    annotations: Option<GithubAnnotations>,
 }
 
 impl Report {
@@ -29,6 +32,7 @@ impl Report {
             json,
             junit: junit.map(|p| (JunitReporter::default(), p)),
             markdown: None,
+            annotations: None,
         }
     }
 
@@ -43,6 +47,13 @@ impl Report {
     /// Also appends a Markdown summary to `path` when the run ends.
     pub fn with_markdown(mut self, path: Option<PathBuf>) -> Self {
         self.markdown = path.map(|p| (MarkdownReporter::default(), p));
+        self
+    }
+
+    /// Also prints GitHub Actions annotations for the failed tests when the run ends; `base` is
+    /// where the suite's relative paths start.
+    pub fn with_annotations(mut self, base: Option<PathBuf>) -> Self {
+        self.annotations = base.map(GithubAnnotations::new);
         self
     }
 
@@ -67,6 +78,20 @@ impl Report {
         if let Some((m, _)) = &mut self.markdown {
             m.on_event(e);
         }
+        if let Some(a) = &mut self.annotations {
+            a.on_event(e);
+        }
+    }
+
+    /// Whether the report wants to know what history says of the run's failures.
+    pub fn wants_failure_classes(&self) -> bool {
+        self.markdown.is_some()
+    }
+
+    pub fn set_failure_classes(&mut self, classes: Vec<testfleet_model::report::FailureClass>) {
+        if let Some((m, _)) = &mut self.markdown {
+            m.set_classes(classes);
+        }
     }
 
     /// Prints a line for people (on stderr, so JSON on stdout stays clean).
@@ -78,6 +103,13 @@ impl Report {
     }
 
     pub fn finish(self) -> CliResult<()> {
+        if let Some(a) = &self.annotations {
+            let mut out = std::io::stdout().lock();
+            for line in a.lines() {
+                // The runner reads workflow commands from stdout; a closed stdout loses only them.
+                let _ = writeln!(out, "{line}");
+            }
+        }
         if let Some((m, path)) = &self.markdown {
             use std::io::Write;
             std::fs::OpenOptions::new()

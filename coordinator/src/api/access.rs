@@ -18,6 +18,7 @@ const READER_METHODS: &[&str] = &[
     "/testfleet.v1.Coordinator/ListFlaky",
     "/testfleet.v1.Coordinator/GetTimings",
     "/testfleet.v1.Coordinator/GetTestHistory",
+    "/testfleet.v1.Coordinator/ClassifyFailures",
 ];
 
 pub fn required_role(path: &str) -> Role {
@@ -52,6 +53,7 @@ mod tests {
             ("Coordinator/ListFlaky", Role::Reader),
             ("Coordinator/GetTimings", Role::Reader),
             ("Coordinator/GetTestHistory", Role::Reader),
+            ("Coordinator/ClassifyFailures", Role::Reader),
             ("Coordinator/DownloadBundle", Role::Agent),
             ("AgentGateway/Session", Role::Agent),
         ];

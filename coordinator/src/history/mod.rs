@@ -3,6 +3,7 @@
 //! precomputed per test when results are recorded, so queries only scan small summaries.
 
 mod estimate;
+pub mod failures;
 pub mod import;
 mod plan;
 pub mod policy;

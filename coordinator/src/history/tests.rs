@@ -15,6 +15,8 @@ struct Pipeline {
     store: Arc<SledStore>,
     _dir: tempfile::TempDir,
     next_run: u64,
+    /// The branch of the runs made from now on.
+    branch: &'static str,
 }
 
 /// One attempt of test `name` in a run: (name, status, duration ms, final outcome).
@@ -27,6 +29,7 @@ impl Pipeline {
             store: Arc::new(SledStore::open(dir.path()).unwrap()),
             _dir: dir,
             next_run: 1,
+            branch: "main",
         }
     }
 
@@ -46,7 +49,7 @@ impl Pipeline {
             suite: "s".into(),
             total_tests: steps.len() as u32,
             revision: revision.into(),
-            branch: "main".into(),
+            branch: self.branch.into(),
             created_unix_ms: 1000 * run.0,
             state: RunState::Running,
             summary: None,
@@ -75,9 +78,11 @@ impl Pipeline {
                 let mut result = AttemptResult::infra_error("");
                 result.status = *status;
                 result.duration = Duration::from_millis(*ms);
+                // A test's index in the run: where its name first appears.
+                let index = steps.iter().position(|s| s.0 == *name).unwrap_or(0) as u32;
                 send(EventKind::TestFinished(TestFinished {
                     test: TestRef {
-                        index: 0,
+                        index,
                         binary_id: "b".into(),
                         name: (*name).into(),
                     },
@@ -300,4 +305,87 @@ fn timings_report_exact_percentiles_of_passing_attempts() {
         (5, 300, 500, 500)
     );
     assert_eq!(t.suites[0].total_p50_ms, 300);
+}
+
+/// A run's failures as history explains them: already failing in the default branch's last run of
+/// the test, known to be flaky, quarantined, or new.
+#[test]
+fn failures_are_told_apart_by_what_history_says_of_them() {
+    use testfleet_model::report::FailureKind;
+    let mut p = Pipeline::new();
+    let pol = QuarantinePolicy::default();
+    p.run(
+        "r1",
+        pol,
+        &[
+            ("broken", Failed, 10, Some(Outcome::Failed)),
+            ("regressed", Passed, 10, Some(Outcome::Passed)),
+            ("flaky", Failed, 10, None),
+            ("flaky", Passed, 10, Some(Outcome::Flaky)),
+            ("muted", Passed, 10, Some(Outcome::Passed)),
+        ],
+        1,
+    );
+    // A feature branch's run in between does not count as the default branch's.
+    p.branch = "feature";
+    p.run(
+        "r2",
+        pol,
+        &[("regressed", Failed, 10, Some(Outcome::Failed))],
+        1,
+    );
+    let id = |n: &str| TestId {
+        binary_id: "b".into(),
+        name: n.into(),
+    };
+    let entry = QuarantineEntry {
+        since_ms: 0,
+        by: "manual".into(),
+        reason: "known".into(),
+        clean_streak: 0,
+    };
+    p.store
+        .set_quarantine("s", &id("muted"), Some(&entry))
+        .unwrap();
+    let run = p.run(
+        "r3",
+        pol,
+        &[
+            ("broken", Failed, 10, Some(Outcome::Failed)),
+            ("regressed", Failed, 10, Some(Outcome::Failed)),
+            ("flaky", Failed, 10, Some(Outcome::Failed)),
+            ("muted", Failed, 10, Some(Outcome::Failed)),
+            (
+                "fresh",
+                AttemptStatus::TimedOut,
+                10,
+                Some(Outcome::TimedOut),
+            ),
+            ("fine", Passed, 10, Some(Outcome::Passed)),
+        ],
+        1,
+    );
+    let classes: std::collections::BTreeMap<String, FailureKind> =
+        super::failures::classify_failures(p.store.as_ref(), run, "main")
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.kind))
+            .collect();
+    let expected: std::collections::BTreeMap<String, FailureKind> = [
+        (
+            "broken",
+            FailureKind::FailingOnDefault {
+                branch: "main".into(),
+                run_id: 1,
+            },
+        ),
+        ("regressed", FailureKind::New),
+        ("flaky", FailureKind::Flaky),
+        ("muted", FailureKind::Quarantined),
+        ("fresh", FailureKind::New),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n.to_owned(), k))
+    .collect();
+    assert_eq!(classes, expected);
 }

@@ -144,6 +144,13 @@ impl Coordinator for ClientApi {
         runs::tests(self, req).await
     }
 
+    async fn classify_failures(
+        &self,
+        req: Request<pb::ClassifyFailuresRequest>,
+    ) -> Result<Response<pb::FailureClasses>, Status> {
+        queries::classify_failures(self, req).await
+    }
+
     async fn list_runs(
         &self,
         req: Request<pb::ListRunsRequest>,

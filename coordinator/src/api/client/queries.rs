@@ -40,6 +40,29 @@ pub(super) async fn timings(
     Ok(history_answer((&t).into(), written))
 }
 
+/// A run's failures as history explains them, once the history writer has written the run.
+pub(super) async fn classify_failures(
+    api: &ClientApi,
+    req: Request<pb::ClassifyFailuresRequest>,
+) -> Result<Response<pb::FailureClasses>, Status> {
+    let req = req.into_inner();
+    let run_id = super::parse_run_id(&req.run_id)?;
+    let branch = req.default_branch;
+    if branch.is_empty() {
+        return Err(Status::invalid_argument("name the default branch"));
+    }
+    let written = api.history_written().await;
+    let store = api.store.clone();
+    let classes = blocking(move || {
+        crate::history::failures::classify_failures(store.as_ref(), run_id, &branch)
+    })
+    .await?;
+    let list = pb::FailureClasses {
+        failures: classes.iter().map(Into::into).collect(),
+    };
+    Ok(history_answer(list, written))
+}
+
 pub(super) async fn test_history(
     api: &ClientApi,
     req: Request<pb::TestHistoryQuery>,
