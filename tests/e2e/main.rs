@@ -22,6 +22,7 @@ mod multihost;
 mod nextest_profiles;
 mod orders_example;
 mod pulls;
+mod pytest_collectors;
 mod pytest_outcomes;
 mod remote_run;
 mod reruns;

@@ -92,8 +92,13 @@ class _Worker:
             report = collect_one_node(node)
             if not report.passed:
                 raise RuntimeError(str(report.longrepr))
-            child = next((c for c in report.result if c.path == target), None)
-            if child is not None and not isinstance(child, Directory):
+            # A file may be collected by several collectors (its Module, and its DoctestModule
+            # under --doctest-modules): the tests are those of all of them.
+            files = [
+                c for c in report.result
+                if c.path == target and not isinstance(c, Directory)
+            ]
+            if files:
                 break
             child = next(
                 (c for c in report.result
@@ -104,7 +109,7 @@ class _Worker:
                 return []  # not a test file pytest collects (collect_ignore, python_files)
             self.dirs.setdefault(child.path, child)
             node = child
-        items = list(session.genitems(child))
+        items = [item for f in files for item in session.genitems(f)]
         # As a collection does: conftest and plugin hooks see, mark or deselect the items.
         session.config.hook.pytest_collection_modifyitems(
             session=session, config=session.config, items=items
