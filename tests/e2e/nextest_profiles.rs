@@ -166,19 +166,22 @@ fn every_outcome_equals_cargo_nextest_s_under_both_profiles_locally_and_on_hidde
         ("default", &default, DEFAULT_IGNORED),
         ("ci", &ci, CI_IGNORED),
     ];
-    for (profile, reference, ignored) in runs {
-        let out = RunLine::local(2)
-            .args(&["--slots", "2", "--profile", profile])
-            .json()
-            .manifest(&manifest())
-            .output();
-        check(
-            &out,
-            reference,
-            ignored,
-            &format!("local, profile {profile}"),
-        );
-    }
+    // Each profile's run by `line` (which names the profile) against nextest's.
+    let check_all = |line: &dyn Fn(&str) -> RunLine, place: &str| {
+        for (profile, reference, ignored) in runs {
+            let out = line(profile).json().manifest(&manifest()).output();
+            check(
+                &out,
+                reference,
+                ignored,
+                &format!("{place}, profile {profile}"),
+            );
+        }
+    };
+    check_all(
+        &|profile| RunLine::local(2).args(&["--slots", "2", "--profile", profile]),
+        "local",
+    );
 
     if !namespaces_or_skip("nextest profiles on hidden agents") {
         return;
@@ -196,19 +199,10 @@ fn every_outcome_equals_cargo_nextest_s_under_both_profiles_locally_and_on_hidde
         })
         .collect();
     wait_for_agents(&url, 2);
-    for (profile, reference, ignored) in runs {
-        let out = RunLine::on(&url)
-            .env("NEXTEST_PROFILE", profile)
-            .json()
-            .manifest(&manifest())
-            .output();
-        check(
-            &out,
-            reference,
-            ignored,
-            &format!("hidden agents, profile {profile}"),
-        );
-    }
+    check_all(
+        &|profile| RunLine::on(&url).env("NEXTEST_PROFILE", profile),
+        "hidden agents",
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::pytest_outcomes::{Verdicts, verdicts};
+use crate::pytest_outcomes::{pytest_junit, verdicts};
 use crate::support::*;
 
 const FIRST: &str = r#"
@@ -55,26 +55,6 @@ fn write_suite(dir: &Path) {
     std::fs::write(dir.join("tests/test_second.py"), SECOND).unwrap();
 }
 
-fn pytest_own(suite: &Path, report: &Path) -> Verdicts {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            ".",
-        ])
-        .arg(format!("--junitxml={}", report.display()))
-        .arg("tests")
-        .current_dir(suite)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    verdicts(&std::fs::read_to_string(report).unwrap())
-}
-
 #[test]
 fn one_worker_finds_every_test_of_files_collected_twice() {
     let name = "one_worker_finds_every_test_of_files_collected_twice";
@@ -84,7 +64,7 @@ fn one_worker_finds_every_test_of_files_collected_twice() {
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("suite");
     write_suite(&suite);
-    let pytest = pytest_own(&suite, &dir.path().join("pytest.xml"));
+    let pytest = pytest_junit(&suite, &dir.path().join("pytest.xml"), "tests");
     // Both doctests are cases of their own: one passes, one fails.
     assert_eq!(pytest.len(), 6, "{pytest:?}");
     let ours = dir.path().join("ours.xml");

@@ -116,6 +116,11 @@ fn of_file(v: &Verdicts, classname_prefix: &str) -> Verdicts {
 
 /// What pytest itself reports of the file that lets it finish.
 fn pytest_own(suite: &Path, report: &Path) -> Verdicts {
+    pytest_junit(suite, report, "tests/test_outcomes.py")
+}
+
+/// What pytest reports (in `report`) of `target` in `suite`, where some tests fail.
+pub(crate) fn pytest_junit(suite: &Path, report: &Path, target: &str) -> Verdicts {
     let out = std::process::Command::new("python3")
         .args([
             "-m",
@@ -127,7 +132,7 @@ fn pytest_own(suite: &Path, report: &Path) -> Verdicts {
             ".",
         ])
         .arg(format!("--junitxml={}", report.display()))
-        .arg("tests/test_outcomes.py")
+        .arg(target)
         .current_dir(suite)
         .output()
         .unwrap();

@@ -1,9 +1,14 @@
 //! One run's state inside the scheduler: its queue, each test's attempts, its summary and event log.
-//! Cutting leases from its queue is `leasing`; rebuilding it after a restart, and adopting results
-//! whose lease is gone, is `resume`.
+//! Cutting leases from its queue is `leasing`; what per-test settings ask of it (test groups'
+//! slots, retries and their backoff) is `limits`; rebuilding it after a restart, and adopting
+//! results whose lease is gone, is `resume`.
 
+mod context;
 mod leasing;
+mod limits;
 mod resume;
+
+pub(crate) use context::{Context, Elsewhere, LeaseTally};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -85,50 +90,6 @@ pub(super) struct Run {
 pub(crate) struct Sinks {
     pub history: UnboundedSender<HistoryUpdate>,
     pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// Whether an agent other than the one that just reported could take a test's retry. Where none
-/// can, the same agent retries an infrastructure error once (it may have been passing), and the
-/// same error there again settles the test, saying why, instead of failing the same way until the
-/// retries run out.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Elsewhere {
-    /// Another agent is connected...
-    pub connected: bool,
-    /// ...and one with Docker, for tests that need services.
-    pub with_docker: bool,
-}
-
-impl Elsewhere {
-    /// For results that do not come from a live agent's report (a lost agent, a resumed run):
-    /// that agent, or another, may well take the retry.
-    pub const ASSUMED: Elsewhere = Elsewhere {
-        connected: true,
-        with_docker: true,
-    };
-}
-
-/// What the scheduler knows of a result besides the attempt itself.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Context {
-    /// Set when this was the last result of its lease.
-    pub tally: Option<LeaseTally>,
-    pub elsewhere: Elsewhere,
-}
-
-impl Context {
-    /// A result the scheduler made itself (a lost agent's test, a resumed run's result).
-    pub const ASSUMED: Context = Context {
-        tally: None,
-        elsewhere: Elsewhere::ASSUMED,
-    };
-}
-
-/// A lease's results once all are in.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LeaseTally {
-    pub tests: u32,
-    pub failed: u32,
 }
 
 /// How far down the queue a lease looks for tests whose services (or fixtures) are already warm on
@@ -558,47 +519,6 @@ impl Run {
         self.tests
             .get(index as usize)
             .is_some_and(|t| t.leased.is_some() && t.outcome.is_none())
-    }
-
-    /// The test's settings ([`RunSpec::settings`]), if it has any.
-    pub(super) fn settings_of(&self, index: u32) -> Option<&testfleet_model::TestSettings> {
-        let i = self.spec.tests[index as usize].settings?;
-        self.spec.settings.get(i as usize)
-    }
-
-    /// Retries of the test: its own policy's, else the run's.
-    fn retries_of(&self, index: u32) -> u32 {
-        self.settings_of(index)
-            .and_then(|s| s.retries)
-            .map_or(self.retries, |r| r.count)
-    }
-
-    /// The test is no longer leased: the slot of its test group is free again.
-    fn unlease(&mut self, index: u32) {
-        let t = &mut self.tests[index as usize];
-        t.leased = None;
-        if let Some(slot) = t.group_slot.take()
-            && let Some(group) = self
-                .spec
-                .tests
-                .get(index as usize)
-                .and_then(|s| s.settings)
-                .and_then(|i| self.spec.settings.get(i as usize))
-                .and_then(|s| s.test_group)
-        {
-            self.group_held[group as usize][slot as usize] = false;
-        }
-    }
-
-    /// When the first retry that waits for its backoff may go, if one waits.
-    pub fn next_delayed(&self) -> Option<tokio::time::Instant> {
-        if self.delayed == 0 || !self.is_running() {
-            return None;
-        }
-        self.queue
-            .iter()
-            .filter_map(|i| self.tests[*i as usize].not_before)
-            .min()
     }
 
     fn requeue_front(&mut self, index: u32) {
