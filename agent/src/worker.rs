@@ -65,6 +65,11 @@ pub(crate) struct Worker {
     prefetched: VecDeque<RunId>,
 }
 
+/// Results the coordinator has not acknowledged, past which the agent asks for no more work: a
+/// coordinator that acknowledges slowly (its history writer is behind) slows its agents down,
+/// instead of their results piling up on both sides.
+pub(crate) const UNACKED_LIMIT: usize = 1024;
+
 /// Runs remembered as prefetched: far more than an agent works on at once.
 const PREFETCHED_KEEP: usize = 256;
 
@@ -146,8 +151,12 @@ impl Worker {
     }
 
     /// What to ask the coordinator for, if anything: idle slots, and busy slots whose queue of
-    /// waiting tests is running low (asked for early, so no slot waits for a round trip).
+    /// waiting tests is running low (asked for early, so no slot waits for a round trip); nothing
+    /// while too many results wait for the coordinator's acknowledgement.
     pub fn wanted(&self) -> Option<WorkRequest> {
+        if self.unacked.len() >= UNACKED_LIMIT {
+            return None;
+        }
         let free = self.free();
         let queued = self.preparing + self.pending.len();
         let queue = if queued < self.slots {

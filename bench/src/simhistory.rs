@@ -51,6 +51,7 @@ pub fn send_run(
             kind,
         };
         tx.send(HistoryUpdate::Event {
+            credit: None,
             suite: suite.clone(),
             event,
         })

@@ -146,6 +146,11 @@ pub struct LimitArgs {
     /// Most agents connected at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_agents)]
     pub max_agents: usize,
+    /// Results (with their output) waiting between agents and the disk, in bytes. Past it the
+    /// coordinator acknowledges results only as the history writer catches up, and agents wait
+    /// before taking more tests: the fleet slows down, the coordinator's memory does not grow.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_pending_result_bytes)]
+    pub max_pending_result_bytes: u64,
 }
 
 impl LimitArgs {
@@ -162,6 +167,11 @@ impl LimitArgs {
         at_least("max-output-bytes", self.max_output_bytes, 1024)?;
         at_least("max-concurrent-runs", self.max_concurrent_runs as u64, 1)?;
         at_least("max-agents", self.max_agents as u64, 1)?;
+        at_least(
+            "max-pending-result-bytes",
+            self.max_pending_result_bytes,
+            self.max_output_bytes + (64 << 10),
+        )?;
         Ok(Limits {
             max_message_bytes: self.max_message_bytes,
             max_tests_per_run: self.max_tests_per_run,
@@ -169,6 +179,7 @@ impl LimitArgs {
             max_bundle_bytes: self.max_bundle_bytes,
             max_concurrent_runs: self.max_concurrent_runs,
             max_agents: self.max_agents,
+            max_pending_result_bytes: self.max_pending_result_bytes,
         })
     }
 }

@@ -155,6 +155,7 @@ pub async fn serve_with_http(
         keyed_submits: tokio::sync::Mutex::default(),
     };
     let gateway = api::Gateway {
+        credits: history::credits::Credits::new(limits.max_pending_result_bytes),
         scheduler,
         next_conn: AtomicU64::new(1),
         sessions: Arc::new(permits(limits.max_agents)),

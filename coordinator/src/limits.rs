@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_concurrent_runs: usize,
     /// Agent sessions at one time.
     pub max_agents: usize,
+    /// Results (with their output) between agents' sessions and the disk, in bytes: past it,
+    /// sessions wait for the history writer, and agents, their results unacknowledged, wait
+    /// before asking for more work. It slows the fleet; it refuses nothing.
+    pub max_pending_result_bytes: u64,
 }
 
 impl Default for Limits {
@@ -29,6 +33,7 @@ impl Default for Limits {
             max_bundle_bytes: 8 << 30,
             max_concurrent_runs: 256,
             max_agents: 10_000,
+            max_pending_result_bytes: crate::history::credits::DEFAULT_PENDING_RESULT_BYTES,
         }
     }
 }

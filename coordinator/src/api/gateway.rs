@@ -13,6 +13,7 @@ use testfleet_proto::{ConvertError, pb};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::history::credits::Credits;
 use crate::limits::{Limit, Limits, exceeded};
 use crate::scheduler::{AgentCommand, Command, SchedulerHandle};
 
@@ -27,6 +28,51 @@ pub struct Gateway {
     /// session lasts; the same mechanism as the concurrent-runs limit.
     pub(crate) sessions: Arc<tokio::sync::Semaphore>,
     pub(crate) limits: Limits,
+    /// The budget of results between sessions and the disk.
+    pub(crate) credits: Credits,
+}
+
+/// What a session hands on in the order the agent said it.
+enum InOrder {
+    Message(AgentMessage),
+    Ended(String),
+}
+
+/// Hands a session's messages to the scheduler in order, each result once it has its credits
+/// (which may take a while when the history writer is behind); the session's end comes last, so
+/// no result arrives after it.
+async fn forward_in_order(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<InOrder>,
+    scheduler: SchedulerHandle,
+    credits: Credits,
+    agent: testfleet_model::AgentId,
+    conn: u64,
+) {
+    while let Some(next) = rx.recv().await {
+        let msg = match next {
+            InOrder::Message(msg) => msg,
+            InOrder::Ended(why) => {
+                let _ = scheduler.send(Command::AgentDisconnected { agent, conn, why });
+                return;
+            }
+        };
+        let credit = match &msg {
+            // The result's size as it will sit in memory: its output and a little for the rest.
+            AgentMessage::TestFinished(_, r) => {
+                Some(credits.take(r.output.len() + r.message.len() + 512).await)
+            }
+            _ => None,
+        };
+        let cmd = Command::FromAgent {
+            agent: agent.clone(),
+            conn,
+            msg,
+            credit,
+        };
+        if scheduler.send(cmd).is_err() {
+            return;
+        }
+    }
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -117,6 +163,14 @@ impl AgentGateway for Gateway {
 
         let scheduler = self.scheduler.clone();
         let limits = self.limits.clone();
+        let (in_order, ordered) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(forward_in_order(
+            ordered,
+            scheduler.clone(),
+            self.credits.clone(),
+            agent.clone(),
+            conn,
+        ));
         tokio::spawn(async move {
             let _slot = slot;
             let why = loop {
@@ -124,13 +178,23 @@ impl AgentGateway for Gateway {
                     None => break "the agent closed its session".to_owned(),
                     Some(Err(status)) => break format!("session broken: {}", status.message()),
                     Some(Ok(m)) => match message_from_wire(m, &limits) {
-                        Ok(Some(msg)) => {
+                        // That the agent is alive, and wants work, never waits behind results
+                        // waiting for credits.
+                        Ok(Some(
+                            msg @ (AgentMessage::Heartbeat | AgentMessage::WorkRequest(_)),
+                        )) => {
                             let cmd = Command::FromAgent {
                                 agent: agent.clone(),
                                 conn,
                                 msg,
+                                credit: None,
                             };
                             if scheduler.send(cmd).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(msg)) => {
+                            if in_order.send(InOrder::Message(msg)).is_err() {
                                 return;
                             }
                         }
@@ -142,7 +206,7 @@ impl AgentGateway for Gateway {
                     },
                 }
             };
-            let _ = scheduler.send(Command::AgentDisconnected { agent, conn, why });
+            let _ = in_order.send(InOrder::Ended(why));
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|c| Ok(command_to_wire(c)));

@@ -61,6 +61,7 @@ pub fn import(
     let mut seq = 0;
     let mut send = |kind: EventKind| {
         let _ = history.send(HistoryUpdate::Event {
+            credit: None,
             suite: suite.clone(),
             event: RunEvent {
                 seq,

@@ -2,6 +2,7 @@
 //! touches it: the history writer turns events into records, and the API reads. Verdicts are
 //! precomputed per test when results are recorded, so queries only scan small summaries.
 
+pub mod credits;
 mod estimate;
 pub mod failures;
 pub mod import;

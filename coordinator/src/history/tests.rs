@@ -61,6 +61,7 @@ impl Pipeline {
         let mut send = |kind: EventKind| {
             seq += 1;
             tx.send(HistoryUpdate::Event {
+                credit: None,
                 suite: "s".into(),
                 event: RunEvent {
                     seq,

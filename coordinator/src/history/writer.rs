@@ -25,6 +25,8 @@ pub enum HistoryUpdate {
     Event {
         suite: Arc<str>,
         event: RunEvent,
+        /// The credits of the agent's result this event records, given back once it is written.
+        credit: Option<super::credits::Credit>,
     },
     /// Answered once everything sent before it is written.
     Synced(SyncAck),
@@ -76,6 +78,7 @@ pub fn spawn_writer(
                 revisions: HashMap::new(),
                 pending: HashMap::new(),
                 synced: Vec::new(),
+                credits: Vec::new(),
             };
             let mut group = Vec::with_capacity(GROUP_MAX);
             while let Some(first) = rx.blocking_recv() {
@@ -104,6 +107,8 @@ pub fn spawn_writer(
                 for ack in w.synced.drain(..) {
                     ack.answer();
                 }
+                // The group is committed: its results' credits go back to their sessions.
+                w.credits.clear();
             }
             if let Err(e) = w.store.flush() {
                 tracing::error!(error = %e, "failed to flush history");
@@ -134,6 +139,8 @@ struct Writer {
     pending: HashMap<(RunId, u64), Vec<(TestId, LoggedAttempt)>>,
     /// Syncs to answer once the group they came in is committed.
     synced: Vec<SyncAck>,
+    /// Credits of the group's results, held until it is committed.
+    credits: Vec<super::credits::Credit>,
 }
 
 impl Writer {
@@ -148,7 +155,14 @@ impl Writer {
                     .insert(RunId(rec.run_id), rec.revision.clone());
                 return store.put_run(&rec);
             }
-            HistoryUpdate::Event { suite, event } => (suite, event),
+            HistoryUpdate::Event {
+                suite,
+                event,
+                credit,
+            } => {
+                self.credits.extend(credit);
+                (suite, event)
+            }
             HistoryUpdate::Synced(ack) => {
                 self.synced.push(ack);
                 return Ok(());

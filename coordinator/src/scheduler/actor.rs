@@ -175,7 +175,12 @@ impl Scheduler {
                 let _ = reply.send(self.gauges());
             }
             Command::AgentConnected { hello, conn, tx } => self.on_connected(hello, conn, tx),
-            Command::FromAgent { agent, conn, msg } => self.on_agent_message(agent, conn, msg),
+            Command::FromAgent {
+                agent,
+                conn,
+                msg,
+                credit,
+            } => self.on_agent_message(agent, conn, msg, credit),
             Command::AgentDisconnected { agent, conn, why } => {
                 self.on_disconnected(&agent, conn, &why);
             }

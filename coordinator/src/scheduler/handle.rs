@@ -82,6 +82,8 @@ pub enum Command {
         agent: AgentId,
         conn: ConnId,
         msg: AgentMessage,
+        /// A result's credits ([`crate::history::credits`]), which go with its history update.
+        credit: Option<crate::history::credits::Credit>,
     },
     AgentDisconnected {
         agent: AgentId,

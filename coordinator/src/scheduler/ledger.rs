@@ -9,9 +9,16 @@ use testfleet_model::{AgentId, AttemptKey, AttemptResult, LeaseId, Scope};
 
 use super::agents::{ConnId, WorkWanted};
 use super::{Context, Elsewhere, LeaseTally, Scheduler};
+use crate::history::credits::Credit;
 
 impl Scheduler {
-    pub(super) fn on_agent_message(&mut self, agent_id: AgentId, conn: ConnId, msg: AgentMessage) {
+    pub(super) fn on_agent_message(
+        &mut self,
+        agent_id: AgentId,
+        conn: ConnId,
+        msg: AgentMessage,
+        credit: Option<Credit>,
+    ) {
         let Some(agent) = self
             .agents
             .get_mut(&agent_id)
@@ -25,7 +32,9 @@ impl Scheduler {
             AgentMessage::Hello(_) | AgentMessage::Heartbeat => {}
             AgentMessage::WorkRequest(wanted) => self.on_work_request(agent_id, wanted),
             AgentMessage::TestStarted(key) => self.on_started(&agent_id, key),
-            AgentMessage::TestFinished(key, result) => self.on_finished(&agent_id, key, result),
+            AgentMessage::TestFinished(key, result) => {
+                self.on_finished(&agent_id, key, result, credit)
+            }
             AgentMessage::ServiceStarted(ServiceStarted {
                 run_id,
                 service,
@@ -108,7 +117,13 @@ impl Scheduler {
     /// A result: acknowledged in any case, counted once if its lease and attempt are current (or
     /// adopted, for a lease this coordinator took back), the lease closed with its tally once its
     /// last test is in.
-    fn on_finished(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
+    fn on_finished(
+        &mut self,
+        agent_id: &AgentId,
+        key: AttemptKey,
+        result: AttemptResult,
+        credit: Option<Credit>,
+    ) {
         let fleet = self.fleet();
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return;
@@ -125,7 +140,7 @@ impl Scheduler {
             .get_mut(&key.lease_id)
             .filter(|l| l.agent == *agent_id && l.run == key.run_id)
         else {
-            self.on_unleased_result(agent_id, key, result);
+            self.on_unleased_result(agent_id, key, result, credit);
             return;
         };
         if lease.outstanding.remove(&key.test_index).is_none() {
@@ -153,7 +168,11 @@ impl Scheduler {
             agent_id,
             key.lease_id,
             result,
-            Context { tally, elsewhere },
+            Context {
+                tally,
+                elsewhere,
+                credit,
+            },
         );
         if !run.is_running() {
             self.on_run_closed(key.run_id);
@@ -165,12 +184,25 @@ impl Scheduler {
     /// lost in a restart). It still counts if its test waits, unleased, for exactly this attempt;
     /// otherwise it is late and ignored. Only a lease that existed and was this agent's can be
     /// adopted: an agent cannot settle tests nobody gave it by inventing lease ids.
-    fn on_unleased_result(&mut self, agent_id: &AgentId, key: AttemptKey, result: AttemptResult) {
+    fn on_unleased_result(
+        &mut self,
+        agent_id: &AgentId,
+        key: AttemptKey,
+        result: AttemptResult,
+        credit: Option<Credit>,
+    ) {
         let issued_to_it = key.lease_id.0 < self.first_lease
             || self.lost_leases.get(&key.lease_id) == Some(agent_id);
         if issued_to_it
             && let Some(run) = self.runs.get_mut(&key.run_id).filter(|r| r.is_running())
-            && run.adopt(key.test_index, key.attempt, agent_id, key.lease_id, result)
+            && run.adopt(
+                key.test_index,
+                key.attempt,
+                agent_id,
+                key.lease_id,
+                result,
+                credit,
+            )
         {
             if !run.is_running() {
                 self.on_run_closed(key.run_id);

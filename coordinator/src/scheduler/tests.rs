@@ -141,6 +141,7 @@ impl Harness {
                 agent: a.id.clone(),
                 conn: a.conn,
                 msg,
+                credit: None,
             })
             .unwrap();
     }

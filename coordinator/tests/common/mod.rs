@@ -23,10 +23,17 @@ pub struct Served {
 /// A coordinator over `dir` on a free loopback port.
 pub async fn serve(dir: &std::path::Path) -> Served {
     let store = Arc::new(SledStore::open(dir).unwrap());
+    serve_with(CoordinatorConfig::new(dir), store).await
+}
+
+/// A coordinator with `config` over `store` on a free loopback port.
+pub async fn serve_with(
+    config: CoordinatorConfig,
+    store: Arc<dyn testfleet_coordinator::HistoryStore>,
+) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = CoordinatorConfig::new(dir);
     let server = tokio::spawn(async move {
         testfleet_coordinator::serve(listener, config, store, async {
             let _ = stopped.await;

@@ -23,10 +23,12 @@ impl Elsewhere {
 }
 
 /// What the scheduler knows of a result besides the attempt itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Context {
     /// Set when this was the last result of its lease.
     pub tally: Option<LeaseTally>,
+    /// The result's credits, which go with its history update.
+    pub credit: Option<crate::history::credits::Credit>,
     pub elsewhere: Elsewhere,
 }
 
@@ -35,6 +37,7 @@ impl Context {
     pub const ASSUMED: Context = Context {
         tally: None,
         elsewhere: Elsewhere::ASSUMED,
+        credit: None,
     };
 }
 

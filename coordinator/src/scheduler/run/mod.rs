@@ -24,6 +24,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use super::batch::take_count;
 use super::{Candidate, Subscription};
 use crate::history::HistoryUpdate;
+use crate::history::credits::Credit;
 
 pub(super) struct TestState {
     estimate: Duration,
@@ -266,6 +267,12 @@ impl Run {
     }
 
     pub fn emit(&mut self, kind: EventKind) {
+        self.emit_with(kind, None);
+    }
+
+    /// Emits an event that records an agent's result, whose credits go with it to the history
+    /// writer.
+    fn emit_with(&mut self, kind: EventKind, credit: Option<Credit>) {
         let event = RunEvent {
             seq: self.seq_base + self.events.len() as u64,
             run_id: self.id,
@@ -282,6 +289,7 @@ impl Run {
         let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
             event: event.clone(),
+            credit,
         });
         self.events.push(event);
     }
@@ -387,7 +395,11 @@ impl Run {
         agent: &AgentId,
         lease: LeaseId,
         mut result: AttemptResult,
-        Context { tally, elsewhere }: Context,
+        Context {
+            tally,
+            elsewhere,
+            credit,
+        }: Context,
     ) {
         *self
             .summary
@@ -466,15 +478,18 @@ impl Run {
             }
         };
         let test = self.test_ref(index);
-        self.emit(EventKind::TestFinished(TestFinished {
-            test,
-            attempt,
-            agent_id: agent.to_string(),
-            result,
-            final_outcome,
-            lease_id: Some(lease.0),
-            quarantined,
-        }));
+        self.emit_with(
+            EventKind::TestFinished(TestFinished {
+                test,
+                attempt,
+                agent_id: agent.to_string(),
+                result,
+                final_outcome,
+                lease_id: Some(lease.0),
+                quarantined,
+            }),
+            credit,
+        );
         // Before the run can close, so the history writer sees the lease whole.
         if let Some(t) = tally {
             self.emit(EventKind::LeaseFinished {

@@ -77,6 +77,7 @@ impl Run {
         agent: &AgentId,
         lease: LeaseId,
         result: AttemptResult,
+        credit: Option<Credit>,
     ) -> bool {
         let Some(t) = self.tests.get(index as usize) else {
             return false;
@@ -93,7 +94,11 @@ impl Run {
             self.delayed -= 1;
         }
         self.tests[index as usize].leased = Some(lease);
-        self.on_finished(index, attempt, agent, lease, result, Context::ASSUMED);
+        let context = Context {
+            credit,
+            ..Context::ASSUMED
+        };
+        self.on_finished(index, attempt, agent, lease, result, context);
         true
     }
 }
