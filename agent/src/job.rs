@@ -52,6 +52,8 @@ pub(crate) struct Job {
     pub alone: bool,
     /// A test that leaves processes holding its output open past its leak timeout fails.
     pub leak_fails: bool,
+    /// A test that runs longer than this is said to be slow (nextest's `slow-timeout` period).
+    pub slow_after: Option<Duration>,
 }
 
 impl Job {
@@ -145,6 +147,7 @@ pub(crate) fn jobs(
             reuse: per_process > 1 && !own_services && !alone,
             alone,
             leak_fails: r.settings.leak_timeout.is_some_and(|l| l.fails),
+            slow_after: r.settings.slow_after,
             slots: if alone {
                 r.settings.slots_on(slots as u32) as usize
             } else {
@@ -227,6 +230,9 @@ async fn run_tests(
         let mut result = libtest::interpret(finished, timeout_secs);
         if leaked {
             libtest::leaked(&mut result, job.leak_fails);
+        }
+        if let Some(period) = job.slow_after {
+            libtest::slow(&mut result, period);
         }
         vec![(*key, result)]
     } else {

@@ -124,6 +124,16 @@ fn check(
     let err = stderr(out);
     let events = events(out);
     assert_eq!(&final_outcomes(&events), reference, "{what}\n{err}");
+    // Past its slow-timeout period, and not terminated: a pass that says it was slow.
+    let slow = attempts(&events, "slow_but_passes");
+    assert!(
+        slow[0].2.message.starts_with("slow: ran ")
+            && slow[0]
+                .2
+                .message
+                .ends_with("past its slow-timeout period of 1.0 s"),
+        "{what}: {slow:?}"
+    );
     assert_limits_held(&events, what);
     let warnings: Vec<&str> = err
         .lines()
@@ -155,7 +165,8 @@ fn every_outcome_equals_cargo_nextest_s_under_both_profiles_locally_and_on_hidde
     let ci = nextest_outcomes("ci");
     // What the fixture is made to show, so a change to nextest or the fixture is noticed here.
     let key = |n: &str| ("fixture-nextest::profiles".to_owned(), n.to_owned());
-    assert_eq!(default.len(), 14, "{default:?}");
+    assert_eq!(default.len(), 15, "{default:?}");
+    assert_eq!(default[&key("slow_but_passes")], Outcome::Passed);
     assert_eq!(default[&key("flaky_twice")], Outcome::Flaky);
     assert_eq!(default[&key("slow_is_terminated")], Outcome::TimedOut);
     assert_eq!(default[&key("leaks_a_child")], Outcome::Failed);

@@ -110,6 +110,23 @@ pub fn leaked(result: &mut AttemptResult, fails: bool) {
     }
 }
 
+/// Says so when a test that ended by itself ran past its slow-timeout period (nextest's SLOW).
+pub fn slow(result: &mut AttemptResult, period: std::time::Duration) {
+    if result.duration < period || result.status == AttemptStatus::TimedOut {
+        return;
+    }
+    let note = format!(
+        "slow: ran {:.1} s, past its slow-timeout period of {:.1} s",
+        result.duration.as_secs_f64(),
+        period.as_secs_f64()
+    );
+    result.message = if result.message.is_empty() {
+        note
+    } else {
+        format!("{}; {note}", result.message)
+    };
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -118,11 +118,7 @@ impl HumanReporter {
                 if self.quarantined.contains(&test.index) {
                     attempt_note.push_str(" (quarantined)");
                 }
-                let why = if outcome.fails_run() || *outcome == Outcome::InfraError {
-                    why
-                } else {
-                    String::new()
-                };
+                // A pass says why only when its runner had something to say (slow, leaky).
                 self.println(&format!(
                     "{tag:>12} [{d}] {}{attempt_note} on {agent_id}{why}",
                     label(test)
