@@ -2,7 +2,8 @@
 //! budget (`--max-pending-result-bytes`): past it, results are acknowledged only as the writer
 //! catches up, while dispatch (leases for work requests) goes on. Here the writer's disk is held
 //! shut on purpose: exactly the results that fit in the budget are acknowledged until it opens,
-//! and then every one is, and recorded.
+//! and then every one is, and recorded. Their outputs live in history, not in the run's event log
+//! in memory, and a watcher from the start gets them back.
 
 mod common;
 
@@ -74,6 +75,9 @@ impl HistoryStore for GatedStore {
     }
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError> {
         self.inner.run_tests(id)
+    }
+    fn outputs(&self, run: RunId, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, HistoryError> {
+        self.inner.outputs(run, seqs)
     }
     fn for_each_summary(
         &self,
@@ -293,6 +297,25 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
             .all(|t| t.outcome == pb::Outcome::Passed as i32),
         "{tests:?}"
     );
+    // The run's event log in memory keeps no output: a watcher from the start gets each one
+    // back from history, whole.
+    let mut events = client
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.clone(),
+            from_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outputs = 0;
+    while let Some(e) = tokio::time::timeout(GUARD, events.next()).await.unwrap() {
+        if let Some(pb::run_event::Kind::TestFinished(f)) = e.unwrap().kind {
+            let output = f.result.unwrap().output;
+            assert_eq!(output, vec![b'o'; 16 << 10]);
+            outputs += 1;
+        }
+    }
+    assert_eq!(outputs, TESTS, "every result, with its output");
     drop(tx);
     let _ = served.stop.send(());
 }

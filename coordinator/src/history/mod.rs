@@ -57,6 +57,9 @@ pub trait HistoryWrites {
     /// One attempt into the run's record of the test (every attempt, infrastructure errors too).
     #[allow(clippy::too_many_arguments)]
     fn record_result(&mut self, run: RunId, finished: &TestFinished) -> Result<(), HistoryError>;
+    /// The whole captured output of the result the run's event `seq` carries: kept on disk, so
+    /// that the run's event log in memory need not keep it.
+    fn record_output(&mut self, run: RunId, seq: u64, output: &[u8]) -> Result<(), HistoryError>;
     /// Attempts that count for the tests' statistics.
     fn record_attempts(
         &mut self,
@@ -102,6 +105,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Newest first; with `before`, only the runs older than it (the next page).
     fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<RunRecord>, HistoryError>;
     fn run_tests(&self, id: RunId) -> Result<Vec<TestRecord>, HistoryError>;
+    /// The outputs recorded for the run's events `seqs` (`None` where none is).
+    fn outputs(&self, run: RunId, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, HistoryError>;
     /// Visits every test's summary, of one suite or all, in key order, without copying them.
     fn for_each_summary(
         &self,

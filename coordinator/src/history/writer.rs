@@ -180,6 +180,9 @@ impl Writer {
             }
             EventKind::TestFinished(finished) => {
                 store.record_result(run, finished)?;
+                if !finished.result.output.is_empty() {
+                    store.record_output(run, event.seq, &finished.result.output)?;
+                }
                 let id = TestId {
                     binary_id: finished.test.binary_id.clone(),
                     name: finished.test.name.clone(),

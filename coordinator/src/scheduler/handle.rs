@@ -15,6 +15,8 @@ use crate::metrics::Gauges;
 /// A watcher's view of a run: the events so far from the requested position, then live ones.
 pub struct Subscription {
     pub backlog: Vec<RunEvent>,
+    /// Seqs of backlog results whose output is in history, not in the event (read it back).
+    pub outputs_on_disk: Vec<u64>,
     /// `None` when the run has already finished: the backlog is all there is.
     pub live: Option<mpsc::UnboundedReceiver<RunEvent>>,
 }

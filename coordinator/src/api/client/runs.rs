@@ -95,6 +95,33 @@ pub(super) async fn submit(
     }))
 }
 
+/// Puts back into the backlog's results the outputs the run's event log left to history, once the
+/// history writer has written what it was sent (it is at most the results' budget behind).
+async fn read_back_outputs(
+    api: &ClientApi,
+    run_id: RunId,
+    sub: &mut crate::scheduler::Subscription,
+) -> Result<(), Status> {
+    if sub.outputs_on_disk.is_empty() {
+        return Ok(());
+    }
+    api.history_written().await;
+    let seqs = std::mem::take(&mut sub.outputs_on_disk);
+    let store = api.store.clone();
+    let wanted = seqs.clone();
+    let outputs = blocking(move || store.outputs(run_id, &wanted)).await?;
+    let by_seq: std::collections::HashMap<u64, Option<Vec<u8>>> =
+        seqs.into_iter().zip(outputs).collect();
+    for e in &mut sub.backlog {
+        if let (EventKind::TestFinished(f), Some(output)) = (&mut e.kind, by_seq.get(&e.seq)) {
+            f.result.output = output.clone().unwrap_or_else(|| {
+                b"[output not readable from history yet: its writer is behind]\n".to_vec()
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn watch(
     api: &ClientApi,
     req: Request<pb::WatchRunRequest>,
@@ -110,7 +137,8 @@ pub(super) async fn watch(
         })
         .await?;
     let events: EventStream = match sub {
-        Some(sub) => {
+        Some(mut sub) => {
+            read_back_outputs(api, run_id, &mut sub).await?;
             let backlog = tokio_stream::iter(sub.backlog);
             match sub.live {
                 Some(rx) => Box::pin(

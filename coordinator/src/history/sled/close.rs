@@ -113,6 +113,11 @@ impl SledStore {
                 batch.remove(k?);
             }
             self.run_tests.apply_batch(batch)?;
+            let mut batch = sled::Batch::default();
+            for k in self.outputs.scan_prefix(&key).keys() {
+                batch.remove(k?);
+            }
+            self.outputs.apply_batch(batch)?;
             self.runs.remove(key)?;
         }
         Ok(())

@@ -43,6 +43,8 @@ pub struct SledStore {
     run_specs: sled::Tree,
     /// CI fan-out keys: key → run id.
     run_keys: sled::Tree,
+    /// Captured outputs of results: run id and event seq (both big-endian) → the output.
+    pub(super) outputs: sled::Tree,
     keep_runs: u64,
     /// Every test's summary, in memory once first asked for: queries and plans read here, and
     /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
@@ -92,6 +94,7 @@ impl SledStore {
             quarantine: db.open_tree("quarantine")?,
             run_specs: db.open_tree("run_specs")?,
             run_keys: db.open_tree("run_keys")?,
+            outputs: db.open_tree("outputs")?,
             keep_runs: DEFAULT_KEEP_RUNS,
             summaries: Arc::default(),
             db,
@@ -178,6 +181,17 @@ impl HistoryStore for SledStore {
             .map(|kv| {
                 let (k, v) = kv?;
                 decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn outputs(&self, run: RunId, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, HistoryError> {
+        seqs.iter()
+            .map(|seq| {
+                Ok(self
+                    .outputs
+                    .get(keys::output_key(run, *seq))?
+                    .map(|v| v.to_vec()))
             })
             .collect()
     }

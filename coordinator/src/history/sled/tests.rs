@@ -324,6 +324,7 @@ fn old_runs_are_pruned_beyond_the_retention() {
             .write(&mut |w| {
                 w.put_run(&run)?;
                 w.record_skipped(id, std::slice::from_ref(&test), &[])?;
+                w.record_output(id, 7, b"printed")?;
                 w.finish_run(id, RunState::Finished, &RunSummary::default())
             })
             .unwrap();
@@ -348,4 +349,10 @@ fn old_runs_are_pruned_beyond_the_retention() {
     assert!(ids(3, 10).is_empty(), "nothing kept before run 3");
     assert!(store.run_tests(RunId(1)).unwrap().is_empty());
     assert_eq!(store.run_tests(RunId(4)).unwrap().len(), 1);
+    // The results' outputs go with their runs.
+    assert_eq!(store.outputs(RunId(1), &[7]).unwrap(), [None]);
+    assert_eq!(
+        store.outputs(RunId(4), &[7, 8]).unwrap(),
+        [Some(b"printed".to_vec()), None]
+    );
 }

@@ -53,6 +53,8 @@ pub(super) struct WriteTx<'a> {
     tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
+    /// Results' outputs, by key: written as one batch.
+    outputs: sled::Batch,
 }
 
 impl SledStore {
@@ -68,6 +70,7 @@ impl<'a> WriteTx<'a> {
             store,
             tests: HashMap::new(),
             run_entries: BTreeMap::new(),
+            outputs: sled::Batch::default(),
         }
     }
 
@@ -86,6 +89,9 @@ impl<'a> WriteTx<'a> {
     /// Writes what the group changed: the run records on this thread, the tests' summaries and
     /// logs on one thread per shard meanwhile.
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
+        self.store
+            .outputs
+            .apply_batch(std::mem::take(&mut self.outputs))?;
         let shards = shard(std::mem::take(&mut self.tests));
         let store = self.store;
         std::thread::scope(|scope| {
@@ -232,6 +238,12 @@ impl HistoryWrites for WriteTx<'_> {
                 attempt,
                 outcome: finished.final_outcome,
             });
+        Ok(())
+    }
+
+    fn record_output(&mut self, run: RunId, seq: u64, output: &[u8]) -> Result<(), HistoryError> {
+        self.outputs
+            .insert(&super::keys::output_key(run, seq), output);
         Ok(())
     }
 

@@ -84,6 +84,8 @@ pub(super) struct Run {
     group_held: Vec<Vec<bool>>,
     /// Queued retries that wait for their backoff.
     delayed: usize,
+    /// Seqs of results in `events` whose output was left to history.
+    outputs_on_disk: HashSet<u64>,
 }
 
 /// Where a run's events go besides its watchers: the history writer and the metrics.
@@ -170,6 +172,7 @@ impl Run {
                 .map(|g| vec![false; g.max_threads as usize])
                 .collect(),
             delayed: 0,
+            outputs_on_disk: HashSet::new(),
             needs_docker: spec
                 .binaries
                 .iter()
@@ -286,12 +289,21 @@ impl Run {
             trace.finish(summary);
         }
         self.watchers.retain(|w| w.send(event.clone()).is_ok());
+        let mut kept = event.clone();
         let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
-            event: event.clone(),
+            event,
             credit,
         });
-        self.events.push(event);
+        // The log keeps a result without its output, which the history writer keeps on disk: a
+        // run's memory does not grow with what its tests print.
+        if let EventKind::TestFinished(f) = &mut kept.kind
+            && !f.result.output.is_empty()
+        {
+            f.result.output = Vec::new();
+            self.outputs_on_disk.insert(kept.seq);
+        }
+        self.events.push(kept);
     }
 
     pub fn notice(&mut self, level: NoticeLevel, message: String) {
@@ -316,11 +328,16 @@ impl Run {
     }
 
     pub fn subscribe(&mut self, from_seq: u64) -> Subscription {
-        let backlog = self
+        let backlog: Vec<RunEvent> = self
             .events
             .iter()
             .filter(|e| e.seq >= from_seq)
             .cloned()
+            .collect();
+        let outputs_on_disk = backlog
+            .iter()
+            .map(|e| e.seq)
+            .filter(|seq| self.outputs_on_disk.contains(seq))
             .collect();
         let live = if self.is_running() {
             let (tx, rx) = unbounded_channel();
@@ -329,7 +346,11 @@ impl Run {
         } else {
             None
         };
-        Subscription { backlog, live }
+        Subscription {
+            backlog,
+            outputs_on_disk,
+            live,
+        }
     }
 
     pub fn on_service_started(
