@@ -28,6 +28,11 @@ pub struct Args {
     pub agents: usize,
     #[arg(long, default_value_t = 64)]
     pub slots: u32,
+    /// Every Nth result carries `--output-bytes` of output (0: none does), as noisy tests do.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub output_every: u64,
+    #[arg(long, default_value_t = 64 << 10, value_name = "BYTES")]
+    pub output_bytes: usize,
     /// The testfleet binary [default: next to this one].
     #[arg(long)]
     pub testfleet: Option<PathBuf>,
@@ -45,6 +50,19 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
     let coordinator = CoordinatorProc::start(&testfleet, &data, &[])?;
     let rt = tokio::runtime::Runtime::new()?;
     let shared = Arc::new(Shared::default());
+    shared
+        .output_every
+        .store(args.output_every, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .output_bytes
+        .store(args.output_bytes, std::sync::atomic::Ordering::Relaxed);
+    if args.output_every > 0 {
+        println!(
+            "ingest: every {}th result carries {} KiB of output",
+            args.output_every,
+            args.output_bytes >> 10
+        );
+    }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let url = coordinator.url.clone();
     let (run_ids, until_finished, agents) = rt.block_on(async {

@@ -131,6 +131,8 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         runs: if quick { 2 } else { 10 },
         agents: 8,
         slots: 64,
+        output_every: 0,
+        output_bytes: 64 << 10,
         testfleet: tf(),
     })?);
     step(scale::run(scale::Args {

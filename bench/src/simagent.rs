@@ -26,6 +26,11 @@ pub struct Shared {
     /// Work request to lease, in microseconds, of every request made while the agent was busy
     /// (an agent's first request waits for a run to be submitted, and is not counted).
     pub latencies_us: std::sync::Mutex<Vec<u64>>,
+    /// Every `output_every`th result (0: none) carries `output_bytes` of output.
+    pub output_bytes: AtomicUsize,
+    pub output_every: AtomicU64,
+    /// Results sent so far, to pick those that carry output.
+    pub sent: AtomicU64,
 }
 
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {
@@ -56,7 +61,14 @@ fn work_request(slots: u32) -> pb::AgentMessage {
     }))
 }
 
-fn passed(lease: &pb::Lease, t: &pb::LeasedTest) -> pb::AgentMessage {
+fn passed(lease: &pb::Lease, t: &pb::LeasedTest, shared: &Shared) -> pb::AgentMessage {
+    let every = shared.output_every.load(Ordering::Relaxed);
+    let n = shared.sent.fetch_add(1, Ordering::Relaxed);
+    let output = if every > 0 && n % every == 0 {
+        vec![b'x'; shared.output_bytes.load(Ordering::Relaxed)]
+    } else {
+        vec![]
+    };
     msg(pb::agent_message::Kind::TestFinished(pb::TestFinished {
         key: Some(pb::AttemptKey {
             run_id: lease.run_id.clone(),
@@ -67,6 +79,7 @@ fn passed(lease: &pb::Lease, t: &pb::LeasedTest) -> pb::AgentMessage {
         result: Some(pb::AttemptResult {
             status: pb::AttemptStatus::Passed as i32,
             duration_ms: 1,
+            output,
             ..Default::default()
         }),
     }))
@@ -134,7 +147,7 @@ pub async fn agent(
                             let jitter = 0.5 + fastrand::f64();
                             tokio::time::sleep(test_time.mul_f64(jitter) / slots).await;
                         }
-                        out.send(passed(&lease, t))?;
+                        out.send(passed(&lease, t, &shared))?;
                     }
                     let n = lease.tests.len() as u64;
                     let total = shared.results.fetch_add(n, Ordering::Relaxed) + n;
