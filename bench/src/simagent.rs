@@ -64,7 +64,7 @@ fn work_request(slots: u32) -> pb::AgentMessage {
 fn passed(lease: &pb::Lease, t: &pb::LeasedTest, shared: &Shared) -> pb::AgentMessage {
     let every = shared.output_every.load(Ordering::Relaxed);
     let n = shared.sent.fetch_add(1, Ordering::Relaxed);
-    let output = if every > 0 && n % every == 0 {
+    let output = if every > 0 && n.is_multiple_of(every) {
         vec![b'x'; shared.output_bytes.load(Ordering::Relaxed)]
     } else {
         vec![]
