@@ -48,12 +48,9 @@ pub(crate) struct Job {
     pub reuse: bool,
     /// Slots it takes while it runs (a test's `threads-required`).
     pub slots: usize,
-    /// Its one test has limits of its own and shares its process with no other.
-    pub alone: bool,
-    /// A test that leaves processes holding its output open past its leak timeout fails.
-    pub leak_fails: bool,
-    /// A test that runs longer than this is said to be slow (nextest's `slow-timeout` period).
-    pub slow_after: Option<Duration>,
+    /// The settings of its first test: a test with limits of its own
+    /// ([`TestSettings::runs_alone`]) is the only one in its job.
+    pub settings: TestSettings,
 }
 
 impl Job {
@@ -108,7 +105,7 @@ pub(crate) fn jobs(
         let batchable = chunk > 1 && !own_services && !alone;
         if let Some(last) = jobs.last_mut()
             && !alone
-            && !last.alone
+            && !last.settings.runs_alone()
             && ((batchable && last.tests.len() < chunk && last.group.is_none() && r.group.is_none())
                 || (r.group.is_some() && last.group == r.group))
             && last.cmd.program == r.cmd.program
@@ -145,14 +142,12 @@ pub(crate) fn jobs(
             trace: trace.clone(),
             // A lease of one test in batch mode (the tail of a run) still goes to a worker.
             reuse: per_process > 1 && !own_services && !alone,
-            alone,
-            leak_fails: r.settings.leak_timeout.is_some_and(|l| l.fails),
-            slow_after: r.settings.slow_after,
             slots: if alone {
                 r.settings.slots_on(slots as u32) as usize
             } else {
                 1
             },
+            settings: r.settings,
         });
     }
     jobs
@@ -229,9 +224,12 @@ async fn run_tests(
         let leaked = finished.leaked;
         let mut result = libtest::interpret(finished, timeout_secs);
         if leaked {
-            libtest::leaked(&mut result, job.leak_fails);
+            libtest::leaked(
+                &mut result,
+                job.settings.leak_timeout.is_some_and(|l| l.fails),
+            );
         }
-        if let Some(period) = job.slow_after {
+        if let Some(period) = job.settings.slow_after {
             libtest::slow(&mut result, period);
         }
         vec![(*key, result)]

@@ -299,17 +299,9 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
     );
     // The run's event log in memory keeps no output: a watcher from the start gets each one
     // back from history, whole.
-    let mut events = client
-        .watch_run(pb::WatchRunRequest {
-            run_id: run_id.clone(),
-            from_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let mut outputs = 0;
-    while let Some(e) = tokio::time::timeout(GUARD, events.next()).await.unwrap() {
-        if let Some(pb::run_event::Kind::TestFinished(f)) = e.unwrap().kind {
+    for e in common::watch_to_end(&mut client, &run_id, GUARD).await {
+        if let Some(pb::run_event::Kind::TestFinished(f)) = e.kind {
             let output = f.result.unwrap().output;
             assert_eq!(output, vec![b'o'; 16 << 10]);
             outputs += 1;

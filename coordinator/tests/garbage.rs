@@ -246,24 +246,14 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
 
     // The run still goes to its end on an honest agent, and nothing invented was counted.
     let agent = tokio::spawn(honest_agent(channel.clone()));
-    let mut events = client
-        .watch_run(pb::WatchRunRequest {
-            run_id: run_id.clone(),
-            from_seq: 0,
-        })
+    let summary = common::watch_to_end(&mut client, &run_id, GUARD)
         .await
-        .unwrap()
-        .into_inner();
-    let summary = tokio::time::timeout(GUARD, async {
-        while let Some(e) = events.next().await {
-            if let Some(pb::run_event::Kind::RunFinished(f)) = e.unwrap().kind {
-                return f.summary.unwrap();
-            }
-        }
-        panic!("the event stream ended before the run finished");
-    })
-    .await
-    .expect("the run finished");
+        .into_iter()
+        .find_map(|e| match e.kind {
+            Some(pb::run_event::Kind::RunFinished(f)) => f.summary,
+            _ => None,
+        })
+        .expect("the run finished");
     assert_eq!(summary.passed, 20, "{summary:?}");
     assert_eq!(summary.failed + summary.infra_errors, 0, "{summary:?}");
 

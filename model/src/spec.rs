@@ -187,6 +187,12 @@ pub enum SpecError {
 }
 
 impl RunSpec {
+    /// Test `index`'s settings ([`RunSpec::settings`]), if it has any.
+    pub fn settings_of(&self, index: u32) -> Option<&crate::TestSettings> {
+        let i = self.tests.get(index as usize)?.settings?;
+        self.settings.get(i as usize)
+    }
+
     /// How the suite's tool names its tests in its own reports, when its ids say (pytest).
     pub fn case_style(&self) -> Option<crate::IdStyle> {
         self.binaries.iter().find_map(|b| match &b.runner {

@@ -172,17 +172,29 @@ pub fn locate(output: &str) -> Option<Location> {
         })
 }
 
-/// The first panic's message (the lines after `panicked at FILE:LINE:COL:` up to the note or
-/// backtrace), at most a few lines.
+/// The first panic's message: the lines after `panicked at FILE:LINE:COL:`, at most a few, up to
+/// the note, the backtrace, a blank line or a line of libtest's own (stdout and stderr are
+/// captured from two pipes, so libtest's `running 1 test` may land right after the message).
 fn panic_message(output: &str) -> Option<String> {
     let at = PANIC.find(output)?;
     let rest = output[at.end()..]
         .strip_prefix(':')
         .unwrap_or(&output[at.end()..]);
+    let libtest = |l: &str| {
+        [
+            "note:",
+            "stack backtrace:",
+            "running ",
+            "test ",
+            "failures:",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
     let lines: Vec<&str> = rest
         .lines()
         .skip_while(|l| l.trim().is_empty())
-        .take_while(|l| !l.starts_with("note:") && !l.starts_with("stack backtrace:"))
+        .take_while(|l| !l.trim().is_empty() && !libtest(l))
         .take(8)
         .collect();
     (!lines.is_empty()).then(|| lines.join("\n"))
@@ -219,6 +231,10 @@ mod tests {
             panic_message(out).unwrap(),
             "assertion `left == right` failed\n  left: 1\n right: 2"
         );
+        // libtest's own stdout, read after the message from its other pipe, is not part of it.
+        let late =
+            "thread 't' panicked at src/lib.rs:3:5:\nboom\n\nrunning 1 test\ntest t ... FAILED\n";
+        assert_eq!(panic_message(late).unwrap(), "boom");
         let old = "thread 'x' panicked at 'boom, really', tests/it.rs:7:5\n";
         assert_eq!(locate(old).unwrap().file, "tests/it.rs");
         assert_eq!(locate(old).unwrap().line, 7);

@@ -39,11 +39,7 @@ impl LeaseGrant {
                 .iter()
                 .map(|&(index, attempt)| {
                     let t = &spec.tests[index as usize];
-                    let settings = t
-                        .settings
-                        .and_then(|i| spec.settings.get(i as usize))
-                        .cloned()
-                        .unwrap_or_default();
+                    let settings = spec.settings_of(index).cloned().unwrap_or_default();
                     let test_group = settings
                         .test_group
                         .and_then(|g| spec.test_groups.get(g as usize))

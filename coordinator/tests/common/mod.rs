@@ -83,3 +83,30 @@ pub fn model_spec(n: usize) -> RunSpec {
         ..test_support::spec(n)
     }
 }
+
+/// Every event of run `run_id` from the start, until its stream ends after the run finishes
+/// (within `guard`).
+pub async fn watch_to_end(
+    client: &mut CoordinatorClient<Channel>,
+    run_id: &str,
+    guard: Duration,
+) -> Vec<pb::RunEvent> {
+    use tokio_stream::StreamExt;
+    let mut stream = client
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.to_owned(),
+            from_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(guard, async {
+        let mut events = vec![];
+        while let Some(e) = stream.next().await {
+            events.push(e.unwrap());
+        }
+        events
+    })
+    .await
+    .expect("the run's event stream ends")
+}

@@ -32,8 +32,8 @@ pub(super) fn split_test_key(key: &[u8]) -> Option<(String, TestId)> {
     Some((suite, TestId { binary_id, name }))
 }
 
-/// A result's output: its run, then its event's seq, both big-endian (a run's outputs are one
-/// prefix, pruned with it).
+/// The prefix of a result's output pieces: its run, then its event's seq, both big-endian (a
+/// run's outputs are one prefix, pruned with it); each piece adds its number (u32 BE).
 pub(super) fn output_key(run: testfleet_model::RunId, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&run.0.to_be_bytes());

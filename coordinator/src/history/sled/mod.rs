@@ -29,6 +29,12 @@ use summary_index::SummaryIndex;
 use writes::WriteTx;
 
 pub(crate) const OUTPUT_EXCERPT_BYTES: usize = 4096;
+/// Large values (run specs, results' outputs) are stored in pieces of this size under their key
+/// and a piece number: sled keeps small values in its tree nodes, but writes a node holding large
+/// ones to a file of its own whenever it changes, so whole specs (megabytes for a suite of 100,000
+/// tests) made every submission and every finished run rewrite the specs of all the runs in
+/// flight.
+pub(super) const PIECE_BYTES: usize = 4096;
 /// Runs kept by default; older runs and their per-test records are pruned.
 pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 
@@ -43,7 +49,8 @@ pub struct SledStore {
     run_specs: sled::Tree,
     /// CI fan-out keys: key → run id.
     run_keys: sled::Tree,
-    /// Captured outputs of results: run id and event seq (both big-endian) → the output.
+    /// Captured outputs of results: run id, event seq and piece (big-endian) → a piece of the
+    /// output.
     pub(super) outputs: sled::Tree,
     keep_runs: u64,
     /// Every test's summary, in memory once first asked for: queries and plans read here, and
@@ -188,10 +195,16 @@ impl HistoryStore for SledStore {
     fn outputs(&self, run: RunId, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, HistoryError> {
         seqs.iter()
             .map(|seq| {
-                Ok(self
+                // Its pieces, in key order.
+                let mut output = Vec::new();
+                for piece in self
                     .outputs
-                    .get(keys::output_key(run, *seq))?
-                    .map(|v| v.to_vec()))
+                    .scan_prefix(keys::output_key(run, *seq))
+                    .values()
+                {
+                    output.extend_from_slice(&piece?);
+                }
+                Ok((!output.is_empty()).then_some(output))
             })
             .collect()
     }

@@ -1,22 +1,16 @@
 //! Run specs, kept from submission until their run closes so an unfinished run resumes after a
-//! restart, stored in pieces under (run, piece).
+//! restart, stored in pieces ([`PIECE_BYTES`]) under (run, piece).
 
 use testfleet_model::{RunId, RunSpec, RunState};
 
 use super::super::records::{decode, encode_json};
 use super::super::{HistoryError, HistoryStore};
-use super::SledStore;
-
-/// A run's spec is stored in pieces of this size under (run, piece): sled keeps small values in
-/// its tree nodes, but writes a node holding large ones to a file of its own whenever it changes,
-/// so whole specs (megabytes for a suite of 100,000 tests) made every submission and every
-/// finished run rewrite the specs of all the runs in flight.
-pub(super) const SPEC_PIECE_BYTES: usize = 4096;
+use super::{PIECE_BYTES, SledStore};
 
 impl SledStore {
     pub(super) fn put_spec_pieces(&self, run: RunId, spec: &RunSpec) -> Result<(), HistoryError> {
         let encoded = encode_json(spec);
-        for (i, piece) in encoded.chunks(SPEC_PIECE_BYTES).enumerate() {
+        for (i, piece) in encoded.chunks(PIECE_BYTES).enumerate() {
             let key = [&run.0.to_be_bytes()[..], &(i as u32).to_be_bytes()].concat();
             self.run_specs.insert(key, piece)?;
         }

@@ -21,7 +21,7 @@ use super::super::records::{
 use super::super::{HistoryError, HistoryWrites, verdict};
 use super::keys::{run_group_key, test_key};
 use super::summary_index::new_summary;
-use super::{OUTPUT_EXCERPT_BYTES, SledStore};
+use super::{OUTPUT_EXCERPT_BYTES, PIECE_BYTES, SledStore};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
 const PARALLEL_MIN_TESTS: usize = 512;
@@ -53,8 +53,8 @@ pub(super) struct WriteTx<'a> {
     tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
-    /// Results' outputs, by key: written as one batch.
-    outputs: sled::Batch,
+    /// Results' outputs, by the prefix of their pieces.
+    outputs: Vec<([u8; 16], Vec<u8>)>,
 }
 
 impl SledStore {
@@ -70,7 +70,7 @@ impl<'a> WriteTx<'a> {
             store,
             tests: HashMap::new(),
             run_entries: BTreeMap::new(),
-            outputs: sled::Batch::default(),
+            outputs: Vec::new(),
         }
     }
 
@@ -86,12 +86,9 @@ impl<'a> WriteTx<'a> {
             .push(op);
     }
 
-    /// Writes what the group changed: the run records on this thread, the tests' summaries and
-    /// logs on one thread per shard meanwhile.
+    /// Writes what the group changed: the run records and results' outputs on this thread, the
+    /// tests' summaries and logs on one thread per shard meanwhile.
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
-        self.store
-            .outputs
-            .apply_batch(std::mem::take(&mut self.outputs))?;
         let shards = shard(std::mem::take(&mut self.tests));
         let store = self.store;
         std::thread::scope(|scope| {
@@ -107,6 +104,12 @@ impl<'a> WriteTx<'a> {
                     store
                         .run_tests
                         .insert(run_group_key(RunId(run), group), encode(&chunk))?;
+                }
+            }
+            for (prefix, output) in std::mem::take(&mut self.outputs) {
+                for (i, piece) in output.chunks(PIECE_BYTES).enumerate() {
+                    let key = [&prefix[..], &(i as u32).to_be_bytes()].concat();
+                    store.outputs.insert(key, piece)?;
                 }
             }
             let mut written = match first {
@@ -243,7 +246,7 @@ impl HistoryWrites for WriteTx<'_> {
 
     fn record_output(&mut self, run: RunId, seq: u64, output: &[u8]) -> Result<(), HistoryError> {
         self.outputs
-            .insert(&super::keys::output_key(run, seq), output);
+            .push((super::keys::output_key(run, seq), output.to_vec()));
         Ok(())
     }
 

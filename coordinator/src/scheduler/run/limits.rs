@@ -6,8 +6,7 @@ use super::*;
 impl Run {
     /// The test's settings ([`RunSpec::settings`]), if it has any.
     pub(super) fn settings_of(&self, index: u32) -> Option<&testfleet_model::TestSettings> {
-        let i = self.spec.tests[index as usize].settings?;
-        self.spec.settings.get(i as usize)
+        self.spec.settings_of(index)
     }
 
     /// Retries of the test: its own policy's, else the run's.
@@ -19,17 +18,10 @@ impl Run {
 
     /// The test is no longer leased: the slot of its test group is free again.
     pub(super) fn unlease(&mut self, index: u32) {
+        let group = self.settings_of(index).and_then(|s| s.test_group);
         let t = &mut self.tests[index as usize];
         t.leased = None;
-        if let Some(slot) = t.group_slot.take()
-            && let Some(group) = self
-                .spec
-                .tests
-                .get(index as usize)
-                .and_then(|s| s.settings)
-                .and_then(|i| self.spec.settings.get(i as usize))
-                .and_then(|s| s.test_group)
-        {
+        if let (Some(slot), Some(group)) = (t.group_slot.take(), group) {
             self.group_held[group as usize][slot as usize] = false;
         }
     }

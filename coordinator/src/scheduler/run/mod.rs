@@ -462,12 +462,12 @@ impl Run {
             RetryDecision::Settle(Outcome::Flaky)
                 if settings.as_ref().is_some_and(|s| s.flaky_fails) =>
             {
-                result.message = format!(
-                    "{}; flaky (it failed, then passed), and its flaky-result is \"fail\"",
-                    result.message
-                )
-                .trim_start_matches("; ")
-                .to_owned();
+                let why = "flaky (it failed, then passed), and its flaky-result is \"fail\"";
+                result.message = if result.message.is_empty() {
+                    why.to_owned()
+                } else {
+                    format!("{}; {why}", result.message)
+                };
                 RetryDecision::Settle(Outcome::Failed)
             }
             d => d,
