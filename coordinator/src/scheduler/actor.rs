@@ -58,12 +58,13 @@ pub fn spawn(
                     s.expire_agents();
                     s.dispatch();
                 }
-                () = sleep_until_some(wake) => s.dispatch(),
                 Some(cmd) = priority_rx.recv() => s.handle(cmd),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => s.handle(cmd),
                     None => break,
                 },
+                // Last: a wake-up never keeps commands waiting.
+                () = sleep_until_some(wake) => s.dispatch(),
             }
         }
         tracing::debug!("scheduler stopped");

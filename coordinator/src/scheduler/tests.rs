@@ -1398,3 +1398,34 @@ async fn a_retry_waits_for_its_backoff() {
     });
     assert_eq!(outcome, Some(Outcome::Failed));
 }
+
+/// A retry whose backoff runs out while no agent asks for work waits like any queued test: the
+/// scheduler goes on answering (it once woke for it again and again, and answered nothing else),
+/// and the next request gets it.
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_backoff_ran_out_unasked_is_leased_at_the_next_request() {
+    use testfleet_model::{RetryPolicy, TestSettings};
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut s = testfleet_model::test_support::spec(1);
+    s.settings = vec![TestSettings {
+        retries: Some(RetryPolicy {
+            count: 1,
+            delay: Duration::from_secs(5),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    s.tests[0].settings = Some(0);
+    let _events = h.submit(1, Arc::new(s)).await;
+    h.from(&a, ask(1));
+    let g = lease(&mut a).await;
+    h.from(&a, finished(&g, 0, AttemptStatus::Failed));
+    h.settle().await;
+    // The backoff runs out with no request parked.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    h.settle().await;
+    h.from(&a, ask(1));
+    let retry = lease(&mut a).await;
+    assert_eq!(retry.tests, vec![(0, 2)]);
+}

@@ -26,14 +26,17 @@ impl Run {
         }
     }
 
-    /// When the first retry that waits for its backoff may go, if one waits.
+    /// When the first retry still waiting for its backoff may go, if one waits. A retry whose
+    /// time has come waits for an agent like any queued test: it is no reason to wake again.
     pub fn next_delayed(&self) -> Option<tokio::time::Instant> {
         if self.delayed == 0 || !self.is_running() {
             return None;
         }
+        let now = tokio::time::Instant::now();
         self.queue
             .iter()
             .filter_map(|i| self.tests[*i as usize].not_before)
+            .filter(|at| *at > now)
             .min()
     }
 }
