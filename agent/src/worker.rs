@@ -65,10 +65,7 @@ pub(crate) struct Worker {
     prefetched: VecDeque<RunId>,
 }
 
-/// Results the coordinator has not acknowledged, past which the agent asks for no more work: a
-/// coordinator that acknowledges slowly (its history writer is behind) slows its agents down,
-/// instead of their results piling up on both sides.
-pub(crate) const UNACKED_LIMIT: usize = 1024;
+use testfleet_model::session::UNACKED_RESULTS_LIMIT as UNACKED_LIMIT;
 
 /// Runs remembered as prefetched: far more than an agent works on at once.
 const PREFETCHED_KEEP: usize = 256;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use testfleet_model::session::UNACKED_RESULTS_LIMIT;
 use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_proto::{MAX_MESSAGE_BYTES, pb};
@@ -135,6 +136,9 @@ pub async fn agent(
     let mut requested_at: Option<Instant> = None;
     out.send(work_request(slots))?;
     let mut latencies = Vec::new();
+    // As a real agent: no work asked for while too many results wait for their acknowledgement.
+    let mut unacked = 0usize;
+    let mut wants_work = false;
     loop {
         tokio::select! {
             m = inbound.message() => match m?.and_then(|m| m.kind) {
@@ -148,6 +152,7 @@ pub async fn agent(
                             tokio::time::sleep(test_time.mul_f64(jitter) / slots).await;
                         }
                         out.send(passed(&lease, t, &shared))?;
+                        unacked += 1;
                     }
                     let n = lease.tests.len() as u64;
                     let total = shared.results.fetch_add(n, Ordering::Relaxed) + n;
@@ -156,8 +161,21 @@ pub async fn agent(
                     if expected > 0 && total >= expected && total - n < expected {
                         shared.all_reported.notify_one();
                     }
-                    requested_at = Some(Instant::now());
-                    out.send(work_request(slots))?;
+                    if unacked < UNACKED_RESULTS_LIMIT {
+                        requested_at = Some(Instant::now());
+                        out.send(work_request(slots))?;
+                    } else {
+                        requested_at = None;
+                        wants_work = true;
+                    }
+                }
+                Some(pb::coordinator_message::Kind::Ack(_)) => {
+                    unacked = unacked.saturating_sub(1);
+                    if wants_work && unacked < UNACKED_RESULTS_LIMIT {
+                        wants_work = false;
+                        requested_at = Some(Instant::now());
+                        out.send(work_request(slots))?;
+                    }
                 }
                 Some(_) => {}
                 None => break,

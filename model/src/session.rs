@@ -157,6 +157,12 @@ impl Lease {
 /// A message from the coordinator to an agent. The lease is a type parameter so the scheduler can
 /// send a cheap handle on the run's spec and leave the copying of test names and binaries to the
 /// session's task.
+/// Results the coordinator has not acknowledged, past which an agent asks for no more work: a
+/// coordinator that acknowledges slowly (its history writer is behind) slows its agents down,
+/// instead of their results piling up on both sides. The coordinator reads at most a few times
+/// this from one session ahead of the scheduler.
+pub const UNACKED_RESULTS_LIMIT: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CoordinatorMessage<L = Lease> {
     Welcome {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use testfleet_model::session::UNACKED_RESULTS_LIMIT;
 use testfleet_model::session::{AgentMessage, Hello};
 use testfleet_proto::pb::agent_gateway_server::AgentGateway;
 use testfleet_proto::{ConvertError, pb};
@@ -32,6 +33,12 @@ pub struct Gateway {
     pub(crate) credits: Credits,
 }
 
+/// Messages a session reads ahead of the scheduler while its results wait for credits. An agent
+/// stops asking for work at [`UNACKED_RESULTS_LIMIT`] unacknowledged results, and so never fills
+/// it (a result and its start are two messages); one that does not stop is no longer read from
+/// until the scheduler has taken what is queued, so it cannot fill the coordinator's memory.
+const IN_ORDER_MESSAGES: usize = 4 * UNACKED_RESULTS_LIMIT;
+
 /// What a session hands on in the order the agent said it.
 enum InOrder {
     Message(AgentMessage),
@@ -42,7 +49,7 @@ enum InOrder {
 /// (which may take a while when the history writer is behind); the session's end comes last, so
 /// no result arrives after it.
 async fn forward_in_order(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<InOrder>,
+    mut rx: tokio::sync::mpsc::Receiver<InOrder>,
     scheduler: SchedulerHandle,
     credits: Credits,
     agent: testfleet_model::AgentId,
@@ -163,7 +170,7 @@ impl AgentGateway for Gateway {
 
         let scheduler = self.scheduler.clone();
         let limits = self.limits.clone();
-        let (in_order, ordered) = tokio::sync::mpsc::unbounded_channel();
+        let (in_order, ordered) = tokio::sync::mpsc::channel(IN_ORDER_MESSAGES);
         tokio::spawn(forward_in_order(
             ordered,
             scheduler.clone(),
@@ -194,7 +201,7 @@ impl AgentGateway for Gateway {
                             }
                         }
                         Ok(Some(msg)) => {
-                            if in_order.send(InOrder::Message(msg)).is_err() {
+                            if in_order.send(InOrder::Message(msg)).await.is_err() {
                                 return;
                             }
                         }
@@ -206,7 +213,7 @@ impl AgentGateway for Gateway {
                     },
                 }
             };
-            let _ = in_order.send(InOrder::Ended(why));
+            let _ = in_order.send(InOrder::Ended(why)).await;
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|c| Ok(command_to_wire(c)));
