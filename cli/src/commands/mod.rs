@@ -17,6 +17,9 @@ pub fn run(cli: Cli) -> CliResult<i32> {
         testfleet_agent::guard::serve(std::io::stdin().lock(), token.as_deref());
         return Ok(0);
     }
+    if matches!(cli.command, Command::Coordinator(_)) {
+        coordinator::before_runtime();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
