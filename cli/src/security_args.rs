@@ -151,6 +151,15 @@ pub struct LimitArgs {
     /// before taking more tests: the fleet slows down, the coordinator's memory does not grow.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_pending_result_bytes)]
     pub max_pending_result_bytes: u64,
+    /// What runs may hold in memory in all: their specs, their tests' state and the in-memory part
+    /// of their event logs (about 200 bytes per test, plus each run's log share). Past it,
+    /// finished runs leave memory early, and then new runs are refused until running ones finish.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_runs_memory_bytes)]
+    pub max_runs_memory_bytes: u64,
+    /// How much of each run's event log stays in memory; older events go to the data dir and are
+    /// read back from there when a client watches the run from its start.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().run_log_memory_bytes)]
+    pub run_log_memory_bytes: u64,
 }
 
 impl LimitArgs {
@@ -172,6 +181,8 @@ impl LimitArgs {
             self.max_pending_result_bytes,
             self.max_output_bytes + (64 << 10),
         )?;
+        at_least("max-runs-memory-bytes", self.max_runs_memory_bytes, 1 << 20)?;
+        at_least("run-log-memory-bytes", self.run_log_memory_bytes, 256 << 10)?;
         Ok(Limits {
             max_message_bytes: self.max_message_bytes,
             max_tests_per_run: self.max_tests_per_run,
@@ -180,6 +191,8 @@ impl LimitArgs {
             max_concurrent_runs: self.max_concurrent_runs,
             max_agents: self.max_agents,
             max_pending_result_bytes: self.max_pending_result_bytes,
+            max_runs_memory_bytes: self.max_runs_memory_bytes,
+            run_log_memory_bytes: self.run_log_memory_bytes,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct CoordinatorConfig {
     pub scheduler: SchedulerConfig,
     /// Where uploaded bundles are kept.
     pub bundle_dir: PathBuf,
+    /// Where runs' event logs go past their share of memory (emptied at start: a resumed run's
+    /// log starts anew); `None` keeps them in memory.
+    pub event_log_dir: Option<PathBuf>,
     pub limits: Limits,
     /// The tokens accepted; `None` lets every request in (only sensible where nobody else can
     /// connect: the CLI refuses it on a non-loopback address unless told otherwise).
@@ -49,6 +52,7 @@ impl CoordinatorConfig {
         CoordinatorConfig {
             scheduler: SchedulerConfig::default(),
             bundle_dir: data_dir.join("bundles"),
+            event_log_dir: Some(data_dir.join("event-logs")),
             limits: Limits::default(),
             tokens: None,
             tls: None,
@@ -105,12 +109,25 @@ pub async fn serve_with_http(
             source,
         },
     )?;
+    if let Some(dir) = &config.event_log_dir
+        && let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot empty the event log dir");
+    }
+    let mut scheduler_config = config.scheduler.clone();
+    scheduler_config.memory_budget =
+        usize::try_from(limits.max_runs_memory_bytes).unwrap_or(usize::MAX);
+    scheduler_config.log = Arc::new(scheduler::LogConfig {
+        memory: usize::try_from(limits.run_log_memory_bytes).unwrap_or(usize::MAX),
+        dir: config.event_log_dir.clone(),
+    });
     let (history_tx, writer) = history::spawn_writer(store.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_scheduler = stop_rx.clone();
     let metrics = Arc::new(metrics::Metrics::default());
     let (scheduler, scheduler_task) = scheduler::spawn(
-        config.scheduler.clone(),
+        scheduler_config,
         history_tx.clone(),
         metrics.clone(),
         async move {

@@ -22,6 +22,13 @@ pub struct Limits {
     /// sessions wait for the history writer, and agents, their results unacknowledged, wait
     /// before asking for more work. It slows the fleet; it refuses nothing.
     pub max_pending_result_bytes: u64,
+    /// What runs may hold in memory in all (specs, tests' state, the in-memory part of event
+    /// logs): past it, finished runs leave memory early (`WatchRun` then answers from history),
+    /// and then new runs are refused until running ones finish.
+    pub max_runs_memory_bytes: u64,
+    /// How much of each run's event log stays in memory; the rest is written to the data dir and
+    /// read back from there.
+    pub run_log_memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +41,8 @@ impl Default for Limits {
             max_concurrent_runs: 256,
             max_agents: 10_000,
             max_pending_result_bytes: crate::history::credits::DEFAULT_PENDING_RESULT_BYTES,
+            max_runs_memory_bytes: 1 << 30,
+            run_log_memory_bytes: 2 << 20,
         }
     }
 }
@@ -46,6 +55,7 @@ pub enum Limit {
     BundleBytes,
     ConcurrentRuns,
     Agents,
+    RunsMemory,
 }
 
 impl Limit {
@@ -58,6 +68,7 @@ impl Limit {
             Limit::BundleBytes => "--max-bundle-bytes",
             Limit::ConcurrentRuns => "--max-concurrent-runs",
             Limit::Agents => "--max-agents",
+            Limit::RunsMemory => "--max-runs-memory-bytes",
         }
     }
 }

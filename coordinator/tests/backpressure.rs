@@ -18,7 +18,6 @@ use testfleet_coordinator::history::{
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
 use testfleet_model::{RunId, RunSpec, TestId};
 use testfleet_proto::pb;
-use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tokio_stream::StreamExt;
 
@@ -125,52 +124,9 @@ impl HistoryStore for GatedStore {
     }
 }
 
-fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
-    pb::AgentMessage { kind: Some(kind) }
-}
-
-fn work(free: u32) -> pb::AgentMessage {
-    msg(pb::agent_message::Kind::WorkRequest(pb::WorkRequest {
-        free_slots: free,
-        queue_slots: 0,
-    }))
-}
-
 /// A passing result of `t` in `lease` with 16 KiB of output.
 fn passed(lease: &pb::Lease, t: &pb::LeasedTest) -> pb::AgentMessage {
-    msg(pb::agent_message::Kind::TestFinished(pb::TestFinished {
-        key: Some(pb::AttemptKey {
-            run_id: lease.run_id.clone(),
-            test_index: t.index,
-            attempt: t.attempt,
-            lease_id: lease.lease_id.clone(),
-        }),
-        result: Some(pb::AttemptResult {
-            status: pb::AttemptStatus::Passed as i32,
-            duration_ms: 1,
-            output: vec![b'o'; 16 << 10],
-            ..Default::default()
-        }),
-    }))
-}
-
-/// Reads the session until a lease comes, counting acknowledgements on the way.
-async fn next_lease(
-    inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
-    acks: &mut usize,
-) -> pb::Lease {
-    loop {
-        let m = tokio::time::timeout(GUARD, inbound.next())
-            .await
-            .expect("the coordinator answers")
-            .expect("the session stays open")
-            .unwrap();
-        match m.kind {
-            Some(pb::coordinator_message::Kind::Lease(l)) => return l,
-            Some(pb::coordinator_message::Kind::Ack(_)) => *acks += 1,
-            _ => {}
-        }
-    }
+    common::passed(lease, t, vec![b'o'; 16 << 10])
 }
 
 async fn serve(dir: &Path, gate: Arc<(Mutex<bool>, Condvar)>) -> common::Served {
@@ -200,19 +156,7 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
         .into_inner()
         .run_id;
 
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(msg(pb::agent_message::Kind::Hello(pb::Hello {
-        agent_id: "slow-disk".into(),
-        slots: 6,
-        version: "test".into(),
-        ..Default::default()
-    })))
-    .unwrap();
-    let mut inbound = AgentGatewayClient::new(served.channel.clone())
-        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = common::agent_session(&served.channel, "slow-disk", 6).await;
     let mut acks = 0;
 
     // The disk stalls; the agent finishes four tests with 16 KiB of output each, of which
@@ -220,8 +164,8 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
     set_gate(&gate, false);
     let mut leased = vec![];
     while leased.len() < 4 {
-        tx.send(work(6)).unwrap();
-        let lease = next_lease(&mut inbound, &mut acks).await;
+        tx.send(common::work(6)).unwrap();
+        let lease = common::next_lease(&mut inbound, &mut acks).await;
         leased.extend(lease.tests.iter().map(|t| passed(&lease, t)));
     }
     let mut results = leased.into_iter();
@@ -229,8 +173,8 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
         tx.send(r).unwrap();
     }
     // Dispatch goes on meanwhile: the next work request is served.
-    tx.send(work(6)).unwrap();
-    let more = next_lease(&mut inbound, &mut acks).await;
+    tx.send(common::work(6)).unwrap();
+    let more = common::next_lease(&mut inbound, &mut acks).await;
     let mut rest: Vec<pb::AgentMessage> = results.collect();
     rest.extend(more.tests.iter().map(|t| passed(&more, t)));
     while acks < 3 {
@@ -266,7 +210,7 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
         tx.send(r).unwrap();
     }
     while acks < TESTS {
-        tx.send(work(6)).unwrap();
+        tx.send(common::work(6)).unwrap();
         let m = tokio::time::timeout(GUARD, inbound.next())
             .await
             .unwrap()

@@ -123,7 +123,11 @@ impl From<&RunSpec> for pb::RunSpec {
                     shares: t.shares.clone().unwrap_or_default(),
                     settings: t.settings,
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                // Built in place over the decoded message's vector, which grew by doubling: a
+                // coordinator holds a million tests' specs, and the slack would be a third more.
+                .into_boxed_slice()
+                .into_vec(),
             retries: s.retries,
             test_timeout_ms: s.test_timeout.as_millis() as u64,
             kill_grace_ms: s.kill_grace.as_millis() as u64,
@@ -168,7 +172,11 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                     shares: Some(t.shares).filter(|s| !s.is_empty()),
                     settings: t.settings,
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                // Built in place over the decoded message's vector, which grew by doubling: a
+                // coordinator holds a million tests' specs, and the slack would be a third more.
+                .into_boxed_slice()
+                .into_vec(),
             retries: s.retries,
             test_timeout: Duration::from_millis(s.test_timeout_ms),
             kill_grace: Duration::from_millis(s.kill_grace_ms),

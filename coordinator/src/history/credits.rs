@@ -27,9 +27,11 @@ impl std::fmt::Debug for Credit {
     }
 }
 
-/// The default budget: results of well over a hundred thousand tests with small outputs, or
-/// thousands with the largest outputs, between the sessions and the disk.
-pub const DEFAULT_PENDING_RESULT_BYTES: u64 = 256 << 20;
+/// The default budget: results of some sixty thousand tests with small outputs (about one group of
+/// the history writer's, so it always has the next group waiting), or thousands with large
+/// outputs, between the sessions and the disk. Four times this measured the same throughput with a
+/// higher peak (docs/benchmarks.md, ingest).
+pub const DEFAULT_PENDING_RESULT_BYTES: u64 = 64 << 20;
 
 impl Credits {
     pub fn new(budget_bytes: u64) -> Self {

@@ -129,6 +129,9 @@ impl Scheduler {
                 self.hold_slot(run_id, slot);
                 let _ = reply.send(());
             }
+            Command::MakeRoom { bytes, reply } => {
+                let _ = reply.send(self.make_room(bytes));
+            }
             Command::Watch {
                 run_id,
                 from_seq,
@@ -215,6 +218,7 @@ impl Scheduler {
             run::Sinks {
                 history: self.history.clone(),
                 metrics: self.metrics.clone(),
+                log: self.config.log.clone(),
             },
             resumes,
             trace,

@@ -14,9 +14,9 @@ use crate::metrics::Gauges;
 
 /// A watcher's view of a run: the events so far from the requested position, then live ones.
 pub struct Subscription {
-    pub backlog: Vec<RunEvent>,
-    /// Seqs of backlog results whose output is in history, not in the event (read it back).
-    pub outputs_on_disk: Vec<u64>,
+    /// The events so far, to read away from the scheduler (older ones may be on disk); results'
+    /// outputs are in history.
+    pub backlog: super::LogSnapshot,
     /// `None` when the run has already finished: the backlog is all there is.
     pub live: Option<mpsc::UnboundedReceiver<RunEvent>>,
 }
@@ -56,6 +56,11 @@ pub enum Command {
         resumes: u32,
         slot: Option<RunSlot>,
         reply: oneshot::Sender<()>,
+    },
+    /// Makes room in the runs' memory budget for a run about to be submitted.
+    MakeRoom {
+        bytes: usize,
+        reply: oneshot::Sender<Result<(), super::RoomRefused>>,
     },
     Watch {
         run_id: RunId,

@@ -9,6 +9,7 @@ mod connections;
 mod dispatch;
 mod handle;
 mod ledger;
+mod memory;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ mod tests;
 pub use actor::spawn;
 pub use agents::{AgentCommand, AgentSnapshot, ConnId, LeaseGrant};
 pub use handle::{Command, RunSlot, RunSnapshot, SchedulerGone, SchedulerHandle, Subscription};
+pub use memory::{RoomRefused, memory_of};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::metrics::Metrics;
 use agents::{Agent, Lease};
 use run::Run;
 pub(crate) use run::now_unix_ms;
+pub use run::{Backlog, LogConfig, LogSnapshot};
 pub(crate) use run::{Context, Elsewhere, LeaseTally};
 
 #[derive(Clone, Debug)]
@@ -44,6 +47,11 @@ pub struct SchedulerConfig {
     /// An agent that is disconnected, or sends nothing (heartbeats included), for this long loses
     /// its leases.
     pub lease_timeout: Duration,
+    /// How much of each run's event log stays in memory, and where the rest goes
+    /// ([`crate::Limits::run_log_memory_bytes`] and the data dir, when serving).
+    pub log: Arc<LogConfig>,
+    /// What runs may hold in memory in all ([`crate::Limits::max_runs_memory_bytes`]).
+    pub memory_budget: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +62,8 @@ impl Default for SchedulerConfig {
             keep_finished_runs: 64,
             service_grace: Duration::from_secs(15),
             lease_timeout: Duration::from_secs(30),
+            log: Arc::new(LogConfig::default()),
+            memory_budget: 1 << 30,
         }
     }
 }

@@ -146,6 +146,18 @@ impl Harness {
             .unwrap();
     }
 
+    /// Run `run`'s events from the start, if it is in memory.
+    async fn watch(&self, run: u64) -> Option<super::Subscription> {
+        self.handle
+            .ask(|reply| Command::Watch {
+                run_id: RunId(run),
+                from_seq: 0,
+                reply,
+            })
+            .await
+            .unwrap()
+    }
+
     async fn submit(&self, run: u64, spec: Arc<RunSpec>) -> mpsc::UnboundedReceiver<RunEvent> {
         let estimates = vec![(Duration::from_secs(1), false); spec.tests.len()];
         let quarantined = vec![false; spec.tests.len()];
@@ -161,18 +173,9 @@ impl Harness {
             })
             .await
             .unwrap();
-        let sub = self
-            .handle
-            .ask(|reply| Command::Watch {
-                run_id: RunId(run),
-                from_seq: 0,
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let sub = self.watch(run).await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        for e in sub.backlog {
+        for e in sub.backlog.read().unwrap().events {
             tx.send(e).unwrap();
         }
         if let Some(mut live) = sub.live {
@@ -1129,18 +1132,14 @@ async fn a_resumed_run_continues_from_its_records() {
         })
         .await
         .unwrap();
-    let sub = h
-        .handle
-        .ask(|reply| Command::Watch {
-            run_id: RunId(9),
-            from_seq: 0,
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let sub = h.watch(9).await.unwrap();
     assert!(
-        sub.backlog.iter().all(|e| e.seq >= 1 << 40),
+        sub.backlog
+            .read()
+            .unwrap()
+            .events
+            .iter()
+            .all(|e| e.seq >= 1 << 40),
         "a resumed run's events are a new epoch"
     );
     let leased = pass_until(&h, &mut a, 4, 2).await;
@@ -1428,4 +1427,47 @@ async fn a_retry_whose_backoff_ran_out_unasked_is_leased_at_the_next_request() {
     h.from(&a, ask(1));
     let retry = lease(&mut a).await;
     assert_eq!(retry.tests, vec![(0, 2)]);
+}
+
+async fn make_room(h: &Harness, bytes: usize) -> Result<(), super::RoomRefused> {
+    h.handle
+        .ask(|reply| Command::MakeRoom { bytes, reply })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_memory_budget_drops_finished_runs_first_then_refuses_while_runs_run() {
+    let one = spec(200, 0);
+    let needed = super::memory_of(&one);
+    // Room for two such runs, not three.
+    let h = Harness::with(SchedulerConfig {
+        memory_budget: needed * 5 / 2,
+        service_grace: Duration::ZERO,
+        ..SchedulerConfig::default()
+    });
+    let mut a = h.agent("a", 200, 1).await;
+    let mut first = h.submit(1, one.clone()).await;
+    pass_until(&h, &mut a, 200, 200).await;
+    until_finished(&mut first).await;
+    let _second = h.submit(2, one.clone()).await;
+    // A third fits once the finished first run leaves memory.
+    make_room(&h, needed)
+        .await
+        .expect("the finished run makes room");
+    assert!(h.watch(1).await.is_none(), "the finished run left memory");
+    let _third = h.submit(3, one.clone()).await;
+    // A fourth does not: both runs in memory are running.
+    let refused = make_room(&h, needed).await.unwrap_err();
+    assert_eq!(refused.running, 2);
+    assert_eq!(refused.needed, needed);
+    assert!(refused.held >= 2 * needed);
+    let said = refused.to_string();
+    assert!(
+        said.contains("2 running run(s)") && said.contains("submit again"),
+        "{said}"
+    );
+    // A run larger than the whole budget is told so.
+    let alone = make_room(&h, needed * 3).await.unwrap_err().to_string();
+    assert!(alone.contains("more than the"), "{alone}");
 }

@@ -110,3 +110,79 @@ pub async fn watch_to_end(
     .await
     .expect("the run's event stream ends")
 }
+
+pub fn msg(kind: pb::agent_message::Kind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+pub fn work(free: u32) -> pb::AgentMessage {
+    msg(pb::agent_message::Kind::WorkRequest(pb::WorkRequest {
+        free_slots: free,
+        queue_slots: 0,
+    }))
+}
+
+/// A passing result of `t` in `lease` with `output`.
+pub fn passed(lease: &pb::Lease, t: &pb::LeasedTest, output: Vec<u8>) -> pb::AgentMessage {
+    msg(pb::agent_message::Kind::TestFinished(pb::TestFinished {
+        key: Some(pb::AttemptKey {
+            run_id: lease.run_id.clone(),
+            test_index: t.index,
+            attempt: t.attempt,
+            lease_id: lease.lease_id.clone(),
+        }),
+        result: Some(pb::AttemptResult {
+            status: pb::AttemptStatus::Passed as i32,
+            duration_ms: 1,
+            output,
+            ..Default::default()
+        }),
+    }))
+}
+
+/// Reads an agent's session until a lease comes (within a minute), counting acknowledgements on
+/// the way.
+pub async fn next_lease(
+    inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
+    acks: &mut usize,
+) -> pb::Lease {
+    use tokio_stream::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(60), inbound.next())
+            .await
+            .expect("the coordinator answers")
+            .expect("the session stays open")
+            .unwrap();
+        match m.kind {
+            Some(pb::coordinator_message::Kind::Lease(l)) => return l,
+            Some(pb::coordinator_message::Kind::Ack(_)) => *acks += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Opens an agent session as `agent` with `slots`: what sends its messages, and what it reads.
+pub async fn agent_session(
+    channel: &Channel,
+    agent: &str,
+    slots: u32,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<pb::AgentMessage>,
+    tonic::Streaming<pb::CoordinatorMessage>,
+) {
+    use testfleet_proto::pb::agent_gateway_client::AgentGatewayClient;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(msg(pb::agent_message::Kind::Hello(pb::Hello {
+        agent_id: agent.into(),
+        slots,
+        version: "test".into(),
+        ..Default::default()
+    })))
+    .unwrap();
+    let inbound = AgentGatewayClient::new(channel.clone())
+        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}

@@ -48,6 +48,14 @@ pub(super) async fn submit(
         }
     })?;
     let spec = RunSpec::try_from(wire)?;
+    let needed = crate::scheduler::memory_of(&spec);
+    api.scheduler
+        .ask(|reply| Command::MakeRoom {
+            bytes: needed,
+            reply,
+        })
+        .await?
+        .map_err(|refused| crate::limits::exceeded(crate::limits::Limit::RunsMemory, refused))?;
     let Admitted {
         spec,
         record,
@@ -95,31 +103,38 @@ pub(super) async fn submit(
     }))
 }
 
-/// Puts back into the backlog's results the outputs the run's event log left to history, once the
-/// history writer has written what it was sent (it is at most the results' budget behind).
-async fn read_back_outputs(
+/// Reads a watcher's backlog (from disk, for a long run's older events), then puts back into its
+/// results the outputs the run's log left to history, once the history writer has written what it
+/// was sent (it is at most the results' budget behind).
+async fn read_backlog(
     api: &ClientApi,
     run_id: RunId,
-    sub: &mut crate::scheduler::Subscription,
-) -> Result<(), Status> {
-    if sub.outputs_on_disk.is_empty() {
-        return Ok(());
+    snapshot: crate::scheduler::LogSnapshot,
+) -> Result<Vec<RunEvent>, Status> {
+    let crate::scheduler::Backlog {
+        mut events,
+        outputs_on_disk,
+    } = tokio::task::spawn_blocking(move || snapshot.read())
+        .await
+        .map_err(|e| Status::internal(format!("reading run {run_id}'s events: {e}")))?
+        .map_err(|e| Status::internal(format!("reading run {run_id}'s events: {e}")))?;
+    if outputs_on_disk.is_empty() {
+        return Ok(events);
     }
     api.history_written().await;
-    let seqs = std::mem::take(&mut sub.outputs_on_disk);
     let store = api.store.clone();
-    let wanted = seqs.clone();
+    let wanted = outputs_on_disk.clone();
     let outputs = blocking(move || store.outputs(run_id, &wanted)).await?;
     let by_seq: std::collections::HashMap<u64, Option<Vec<u8>>> =
-        seqs.into_iter().zip(outputs).collect();
-    for e in &mut sub.backlog {
+        outputs_on_disk.into_iter().zip(outputs).collect();
+    for e in &mut events {
         if let (EventKind::TestFinished(f), Some(output)) = (&mut e.kind, by_seq.get(&e.seq)) {
             f.result.output = output.clone().unwrap_or_else(|| {
                 b"[output not readable from history yet: its writer is behind]\n".to_vec()
             });
         }
     }
-    Ok(())
+    Ok(events)
 }
 
 pub(super) async fn watch(
@@ -137,9 +152,8 @@ pub(super) async fn watch(
         })
         .await?;
     let events: EventStream = match sub {
-        Some(mut sub) => {
-            read_back_outputs(api, run_id, &mut sub).await?;
-            let backlog = tokio_stream::iter(sub.backlog);
+        Some(sub) => {
+            let backlog = tokio_stream::iter(read_backlog(api, run_id, sub.backlog).await?);
             match sub.live {
                 Some(rx) => Box::pin(
                     backlog

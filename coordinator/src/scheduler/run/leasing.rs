@@ -41,7 +41,7 @@ impl Run {
         let now = tokio::time::Instant::now();
         let eligible = |i: u32| {
             let t = &self.tests[i as usize];
-            if t.not_before.is_some_and(|at| at > now) {
+            if t.not_before().is_some_and(|at| at > now) {
                 return false;
             }
             let needs_docker = self.needs_docker(i);
@@ -50,7 +50,7 @@ impl Run {
             } else {
                 agent.others_connected
             };
-            (!others || self.tests[i as usize].avoid.as_ref() != Some(agent.id))
+            (!others || self.tests[i as usize].avoid() != Some(agent.id))
                 && (agent.docker || !needs_docker)
         };
         // Warm: the agent runs the test's agent-scope services already, or its workers ran the
@@ -129,7 +129,7 @@ impl Run {
                 .expect("position came from the queue");
             let t = &mut self.tests[index as usize];
             t.leased = Some(lease);
-            if t.not_before.take().is_some() {
+            if t.take_not_before().is_some() {
                 self.delayed -= 1;
             }
             self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
@@ -140,7 +140,7 @@ impl Run {
 
     /// The slot of its test group test `index` holds while leased, if it is in one.
     pub fn group_slot_of(&self, index: u32) -> Option<u32> {
-        self.tests[index as usize].group_slot
+        self.tests[index as usize].group_slot()
     }
 
     /// Drops from `chosen` (queue positions, in lease order) the tests that cannot start at once
@@ -185,7 +185,7 @@ impl Run {
         let held = &mut self.group_held[group as usize];
         if let Some(slot) = held.iter().position(|h| !*h) {
             held[slot] = true;
-            self.tests[index as usize].group_slot = Some(slot as u32);
+            self.tests[index as usize].set_group_slot(slot as u32);
         }
     }
 

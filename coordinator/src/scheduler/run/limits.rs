@@ -21,7 +21,7 @@ impl Run {
         let group = self.settings_of(index).and_then(|s| s.test_group);
         let t = &mut self.tests[index as usize];
         t.leased = None;
-        if let (Some(slot), Some(group)) = (t.group_slot.take(), group) {
+        if let (Some(slot), Some(group)) = (t.take_group_slot(), group) {
             self.group_held[group as usize][slot as usize] = false;
         }
     }
@@ -35,7 +35,7 @@ impl Run {
         let now = tokio::time::Instant::now();
         self.queue
             .iter()
-            .filter_map(|i| self.tests[*i as usize].not_before)
+            .filter_map(|i| self.tests[*i as usize].not_before())
             .filter(|at| *at > now)
             .min()
     }

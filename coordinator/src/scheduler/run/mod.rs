@@ -6,9 +6,14 @@
 mod context;
 mod leasing;
 mod limits;
+mod log;
 mod resume;
+mod test_state;
 
 pub(crate) use context::{Context, Elsewhere, LeaseTally};
+use log::EventLog;
+pub use log::{Backlog, LogConfig, LogSnapshot};
+use test_state::TestState;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -26,25 +31,6 @@ use super::{Candidate, Subscription};
 use crate::history::HistoryUpdate;
 use crate::history::credits::Credit;
 
-pub(super) struct TestState {
-    estimate: Duration,
-    statuses: Vec<AttemptStatus>,
-    /// The attempt number the next (or current) execution carries, from 1.
-    attempt: u32,
-    /// The agent that failed the last attempt: the retry goes elsewhere when it can.
-    avoid: Option<AgentId>,
-    /// The agent and cause of the last infrastructure error, to see the same one again.
-    last_infra: Option<(AgentId, String)>,
-    leased: Option<LeaseId>,
-    /// The slot of its test group the current lease holds.
-    group_slot: Option<u32>,
-    /// A retry with a backoff waits in the queue until then (on the runtime's clock, which the
-    /// scheduler's timers follow).
-    not_before: Option<tokio::time::Instant>,
-    outcome: Option<Outcome>,
-    quarantined: bool,
-}
-
 pub(super) struct Run {
     pub id: RunId,
     /// Held while the run is running (see [`super::RunSlot`]).
@@ -61,10 +47,10 @@ pub(super) struct Run {
     queue: VecDeque<u32>,
     queued_estimate: Duration,
     unsettled: usize,
-    events: Vec<RunEvent>,
-    /// Sequence numbers of this coordinator's events for the run start here: each resume by a
+    /// Every event so far, packed (older ones on disk past the run's share of memory). Sequence
+    /// numbers of this coordinator's events for the run start at a base: each resume by a
     /// restarted coordinator is a new epoch above the last, so a watcher's position stays valid.
-    seq_base: u64,
+    log: EventLog,
     watchers: Vec<UnboundedSender<RunEvent>>,
     sinks: Sinks,
     /// Open until the run finishes.
@@ -84,20 +70,42 @@ pub(super) struct Run {
     group_held: Vec<Vec<bool>>,
     /// Queued retries that wait for their backoff.
     delayed: usize,
-    /// Seqs of results in `events` whose output was left to history.
-    outputs_on_disk: HashSet<u64>,
+    /// What the spec takes in memory, counted once.
+    spec_bytes: usize,
 }
 
-/// Where a run's events go besides its watchers: the history writer and the metrics.
+/// Where a run's events go besides its watchers: the history writer, the metrics, and the run's
+/// log (in memory, then on disk).
 #[derive(Clone)]
 pub(crate) struct Sinks {
     pub history: UnboundedSender<HistoryUpdate>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub log: Arc<LogConfig>,
 }
 
 /// How far down the queue a lease looks for tests whose services (or fixtures) are already warm on
 /// the agent.
 const AFFINITY_WINDOW: usize = 4096;
+
+/// What a spec takes in memory, roughly: its tests and their names, and its binaries.
+fn spec_bytes(spec: &RunSpec) -> usize {
+    let tests: usize = spec
+        .tests
+        .iter()
+        .map(|t| {
+            std::mem::size_of::<testfleet_model::TestSpec>()
+                + t.name.len()
+                + t.group.as_ref().map_or(0, String::len)
+                + t.shares.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    let binaries: usize = spec
+        .binaries
+        .iter()
+        .map(|b| std::mem::size_of_val(b) + b.binary_id.len() + b.path.len())
+        .sum();
+    tests + binaries
+}
 
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -124,18 +132,7 @@ impl Run {
         let tests: Vec<TestState> = estimates
             .iter()
             .enumerate()
-            .map(|(i, (e, _))| TestState {
-                estimate: *e,
-                statuses: vec![],
-                attempt: 1,
-                avoid: None,
-                last_infra: None,
-                leased: None,
-                group_slot: None,
-                not_before: None,
-                outcome: None,
-                quarantined: quarantined.get(i).copied().unwrap_or(false),
-            })
+            .map(|(i, (e, _))| TestState::new(*e, quarantined.get(i).copied().unwrap_or(false)))
             .collect();
         let mut order: Vec<u32> = (0..spec.tests.len() as u32)
             .filter(|i| !spec.tests[*i as usize].ignored)
@@ -159,8 +156,8 @@ impl Run {
             unsettled: order.len(),
             queue: order.into(),
             tests,
-            events: vec![],
-            seq_base: u64::from(resumes) << 40,
+            log: EventLog::new(id, u64::from(resumes) << 40, sinks.log.clone()),
+            spec_bytes: spec_bytes(&spec),
             watchers: vec![],
             sinks,
             trace: Some(trace),
@@ -172,7 +169,6 @@ impl Run {
                 .map(|g| vec![false; g.max_threads as usize])
                 .collect(),
             delayed: 0,
-            outputs_on_disk: HashSet::new(),
             needs_docker: spec
                 .binaries
                 .iter()
@@ -277,7 +273,7 @@ impl Run {
     /// writer.
     fn emit_with(&mut self, kind: EventKind, credit: Option<Credit>) {
         let event = RunEvent {
-            seq: self.seq_base + self.events.len() as u64,
+            seq: self.log.next_seq(),
             run_id: self.id,
             at_unix_ms: now_unix_ms(),
             kind,
@@ -289,21 +285,29 @@ impl Run {
             trace.finish(summary);
         }
         self.watchers.retain(|w| w.send(event.clone()).is_ok());
-        let mut kept = event.clone();
+        // The log keeps a result without its output, which the history writer keeps on disk: a
+        // run's memory does not grow with what its tests print.
+        self.log.push(event.clone());
         let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
             event,
             credit,
         });
-        // The log keeps a result without its output, which the history writer keeps on disk: a
-        // run's memory does not grow with what its tests print.
-        if let EventKind::TestFinished(f) = &mut kept.kind
-            && !f.result.output.is_empty()
-        {
-            f.result.output = Vec::new();
-            self.outputs_on_disk.insert(kept.seq);
-        }
-        self.events.push(kept);
+    }
+
+    /// What a run of `spec` holds in memory before its log grows.
+    pub fn footprint_of(spec: &RunSpec) -> usize {
+        spec_bytes(spec)
+            + spec.tests.len() * (std::mem::size_of::<TestState>() + std::mem::size_of::<u32>())
+    }
+
+    /// What the run holds in memory, roughly: its spec, its tests' state and queue, and the part of
+    /// its log not on disk.
+    pub fn memory_bytes(&self) -> usize {
+        self.spec_bytes
+            + self.tests.capacity() * std::mem::size_of::<TestState>()
+            + self.queue.capacity() * std::mem::size_of::<u32>()
+            + self.log.memory_bytes()
     }
 
     pub fn notice(&mut self, level: NoticeLevel, message: String) {
@@ -328,17 +332,7 @@ impl Run {
     }
 
     pub fn subscribe(&mut self, from_seq: u64) -> Subscription {
-        let backlog: Vec<RunEvent> = self
-            .events
-            .iter()
-            .filter(|e| e.seq >= from_seq)
-            .cloned()
-            .collect();
-        let outputs_on_disk = backlog
-            .iter()
-            .map(|e| e.seq)
-            .filter(|seq| self.outputs_on_disk.contains(seq))
-            .collect();
+        let backlog = self.log.snapshot(from_seq, self.spec.clone());
         let live = if self.is_running() {
             let (tx, rx) = unbounded_channel();
             self.watchers.push(tx);
@@ -346,11 +340,7 @@ impl Run {
         } else {
             None
         };
-        Subscription {
-            backlog,
-            outputs_on_disk,
-            live,
-        }
+        Subscription { backlog, live }
     }
 
     pub fn on_service_started(
@@ -437,7 +427,7 @@ impl Run {
         let needs_docker = self.needs_docker(index);
         self.unlease(index);
         let t = &mut self.tests[index as usize];
-        t.statuses.push(result.status);
+        t.push_status(result.status);
         let quarantined = t.quarantined;
         let only_here = !(if needs_docker {
             elsewhere.with_docker
@@ -446,8 +436,8 @@ impl Run {
         });
         let infra = (result.status == AttemptStatus::InfraError)
             .then(|| (agent.clone(), result.message.clone()));
-        let again = infra.is_some() && t.last_infra == infra;
-        let decision = match decide_after_attempt(&t.statuses, retries) {
+        let again = infra.is_some() && t.last_infra() == infra.as_ref();
+        let decision = match decide_after_attempt(t.statuses(), retries) {
             RetryDecision::Retry {
                 counts_as_attempt: false,
             } if only_here && again => {
@@ -472,8 +462,8 @@ impl Run {
             }
             d => d,
         };
-        if infra.is_some() {
-            t.last_infra = infra;
+        if let Some(infra) = infra {
+            t.set_last_infra(infra);
         }
         let (final_outcome, requeued) = match decision {
             RetryDecision::Settle(o) => {
@@ -490,11 +480,11 @@ impl Run {
                         .map(|p| p.jittered(t.attempt - 1, fastrand::f64()))
                         .filter(|d| !d.is_zero());
                     if let Some(wait) = wait {
-                        t.not_before = Some(tokio::time::Instant::now() + wait);
+                        t.set_not_before(tokio::time::Instant::now() + wait);
                         self.delayed += 1;
                     }
                 }
-                t.avoid = Some(agent.clone());
+                t.set_avoid(Some(agent.clone()));
                 (None, true)
             }
         };
@@ -587,7 +577,7 @@ impl Run {
             if t.outcome.is_none() {
                 t.outcome = Some(Outcome::Cancelled);
                 t.leased = None;
-                t.group_slot = None;
+                t.take_group_slot();
                 self.summary.record(Outcome::Cancelled);
             }
         }

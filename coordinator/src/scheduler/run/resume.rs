@@ -40,7 +40,7 @@ impl Run {
                     .saturating_sub(self.tests[index as usize].estimate);
             }
             let t = &mut self.tests[index as usize];
-            t.statuses = statuses;
+            t.set_statuses(statuses);
             match decision {
                 RetryDecision::Settle(o) => {
                     t.outcome = Some(o);
@@ -50,7 +50,7 @@ impl Run {
                 RetryDecision::Retry { counts_as_attempt } => {
                     let last = r.attempts.last().expect("retries follow attempts");
                     t.attempt = last.attempt + u32::from(counts_as_attempt);
-                    t.avoid = last.agent_id.parse().ok();
+                    t.set_avoid(last.agent_id.parse().ok());
                     retried += 1;
                     self.requeue_front(index);
                 }
@@ -90,7 +90,7 @@ impl Run {
         };
         self.queue.remove(pos);
         self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
-        if self.tests[index as usize].not_before.take().is_some() {
+        if self.tests[index as usize].take_not_before().is_some() {
             self.delayed -= 1;
         }
         self.tests[index as usize].leased = Some(lease);

@@ -1,0 +1,159 @@
+//! One test's state within a run, packed small: a coordinator holding runs of a million tests holds
+//! a million of these, and most tests pass at their first attempt, outside any test group. What
+//! only retried or grouped tests need lives apart, allocated for them alone.
+
+use std::time::Duration;
+
+use testfleet_model::{AgentId, AttemptStatus, LeaseId, Outcome};
+
+pub(super) struct TestState {
+    pub estimate: Duration,
+    pub leased: Option<LeaseId>,
+    /// The attempt number the next (or current) execution carries, from 1.
+    pub attempt: u32,
+    pub outcome: Option<Outcome>,
+    pub quarantined: bool,
+    /// The first attempt's status; the others' are in `rare` with it.
+    first_status: Option<AttemptStatus>,
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
+    /// Every attempt's status, once there are two.
+    statuses: Vec<AttemptStatus>,
+    /// The agent that failed the last attempt: the retry goes elsewhere when it can.
+    avoid: Option<AgentId>,
+    /// The agent and cause of the last infrastructure error, to see the same one again.
+    last_infra: Option<(AgentId, String)>,
+    /// The slot of its test group the current lease holds.
+    group_slot: Option<u32>,
+    /// A retry with a backoff waits in the queue until then (on the runtime's clock, which the
+    /// scheduler's timers follow).
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl TestState {
+    pub fn new(estimate: Duration, quarantined: bool) -> Self {
+        TestState {
+            estimate,
+            leased: None,
+            attempt: 1,
+            outcome: None,
+            quarantined,
+            first_status: None,
+            rare: None,
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Every attempt's status so far, oldest first.
+    pub fn statuses(&self) -> &[AttemptStatus] {
+        match (&self.rare, &self.first_status) {
+            (Some(r), _) if !r.statuses.is_empty() => &r.statuses,
+            (_, Some(first)) => std::slice::from_ref(first),
+            _ => &[],
+        }
+    }
+
+    pub fn push_status(&mut self, status: AttemptStatus) {
+        match self.first_status {
+            None => self.first_status = Some(status),
+            Some(first) => {
+                let rare = self.rare.get_or_insert_with(Box::default);
+                if rare.statuses.is_empty() {
+                    rare.statuses.push(first);
+                }
+                rare.statuses.push(status);
+            }
+        }
+    }
+
+    pub fn set_statuses(&mut self, statuses: Vec<AttemptStatus>) {
+        self.first_status = statuses.first().copied();
+        if statuses.len() > 1 {
+            self.rare_mut().statuses = statuses;
+        } else if let Some(r) = &mut self.rare {
+            r.statuses.clear();
+        }
+    }
+
+    pub fn avoid(&self) -> Option<&AgentId> {
+        self.rare.as_ref().and_then(|r| r.avoid.as_ref())
+    }
+
+    pub fn set_avoid(&mut self, agent: Option<AgentId>) {
+        if agent.is_some() || self.rare.is_some() {
+            self.rare_mut().avoid = agent;
+        }
+    }
+
+    pub fn last_infra(&self) -> Option<&(AgentId, String)> {
+        self.rare.as_ref().and_then(|r| r.last_infra.as_ref())
+    }
+
+    pub fn set_last_infra(&mut self, infra: (AgentId, String)) {
+        self.rare_mut().last_infra = Some(infra);
+    }
+
+    pub fn group_slot(&self) -> Option<u32> {
+        self.rare.as_ref().and_then(|r| r.group_slot)
+    }
+
+    pub fn set_group_slot(&mut self, slot: u32) {
+        self.rare_mut().group_slot = Some(slot);
+    }
+
+    pub fn take_group_slot(&mut self) -> Option<u32> {
+        self.rare.as_mut().and_then(|r| r.group_slot.take())
+    }
+
+    pub fn not_before(&self) -> Option<tokio::time::Instant> {
+        self.rare.as_ref().and_then(|r| r.not_before)
+    }
+
+    pub fn set_not_before(&mut self, at: tokio::time::Instant) {
+        self.rare_mut().not_before = Some(at);
+    }
+
+    pub fn take_not_before(&mut self) -> Option<tokio::time::Instant> {
+        self.rare.as_mut().and_then(|r| r.not_before.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_enough_for_millions() {
+        // A coordinator holds one per test of every run in memory.
+        assert!(std::mem::size_of::<TestState>() <= 48);
+    }
+
+    #[test]
+    fn statuses_in_order_across_the_inline_and_the_rare() {
+        let mut t = TestState::new(Duration::ZERO, false);
+        assert!(t.statuses().is_empty());
+        t.push_status(AttemptStatus::Failed);
+        assert_eq!(t.statuses(), [AttemptStatus::Failed]);
+        assert!(t.rare.is_none(), "a single attempt allocates nothing");
+        t.push_status(AttemptStatus::InfraError);
+        t.push_status(AttemptStatus::Passed);
+        assert_eq!(
+            t.statuses(),
+            [
+                AttemptStatus::Failed,
+                AttemptStatus::InfraError,
+                AttemptStatus::Passed
+            ]
+        );
+        t.set_statuses(vec![AttemptStatus::Passed]);
+        assert_eq!(t.statuses(), [AttemptStatus::Passed]);
+        t.set_avoid(None);
+        assert_eq!(t.avoid(), None);
+    }
+}
