@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use testfleet_model::session::{AgentMessage, Lease, LeasedTest, ServiceStarted};
 use testfleet_model::{
-    AttemptKey, AttemptResult, IdStyle, LeaseId, OriginTree, Runner, Scope, ServiceSpec,
-    TestSettings,
+    AttemptKey, AttemptResult, AttemptStatus, IdStyle, LeaseId, OriginTree, Runner, Scope,
+    ServiceSpec, TestSettings,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -210,7 +210,7 @@ async fn run_tests(
         }
         cmd.env.extend(p.env.clone());
     }
-    let results = if let Runner::Junit { args, ids } = &job.runner {
+    let mut results = if let Runner::Junit { args, ids } = &job.runner {
         let names = job.names();
         let results = if job.reuse && *ids == IdStyle::Pytest {
             workers.run(&cmd, args, &names, job.cancel.clone()).await
@@ -239,9 +239,32 @@ async fn run_tests(
         job.tests.iter().map(|t| t.key).zip(results).collect()
     };
     if let (Some(pool), Some(p)) = (&pool, prepared) {
+        let failed =
+            |r: &AttemptResult| matches!(r.status, AttemptStatus::Failed | AttemptStatus::TimedOut);
+        if results.iter().any(|(_, r)| failed(r))
+            && let Some(why) = pool.lost_service(&p).await
+        {
+            for (_, r) in results.iter_mut().filter(|(_, r)| failed(r)) {
+                lost_its_service(r, &why);
+            }
+        }
         pool.finish_test(p).await;
     }
     results
+}
+
+/// A test that failed without its service: an infrastructure error (retried, and not counted
+/// against the test), with what the test said kept.
+fn lost_its_service(r: &mut AttemptResult, why: &str) {
+    r.status = AttemptStatus::InfraError;
+    r.message = if r.message.is_empty() {
+        format!("{why}: the test ran without it, so its failure is not counted")
+    } else {
+        format!(
+            "{why}: the test ran without it, so its failure is not counted (it said: {})",
+            r.message
+        )
+    };
 }
 
 /// The services a leased test needs, from the lease's list.

@@ -162,7 +162,11 @@ pub async fn run(
         );
     }
     let services = services(&config, provisioner).await;
+    let watching = services.pool.as_ref().map(|p| p.watch_engine());
     let result = run_sessions(&config, &services, stop).await;
+    if let Some(w) = watching {
+        w.abort();
+    }
     if let Some(pool) = &services.pool
         && let Some(r) = pool.shutdown().await
     {

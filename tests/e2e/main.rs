@@ -10,6 +10,8 @@ mod compose_stacks;
 mod containers;
 mod dashboard;
 mod deploy;
+mod docker_proxy;
+mod engine_restart;
 mod filtersets;
 mod fixture;
 mod hermetic;

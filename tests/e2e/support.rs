@@ -9,7 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use testfleet_model::{AttemptResult, EventKind, Outcome, RunEvent, RunSummary, TestFinished};
+use testfleet_model::{
+    AttemptResult, AttemptStatus, EventKind, Outcome, RunEvent, RunSummary, TestFinished,
+};
 
 pub const GUARD: Duration = Duration::from_secs(120);
 
@@ -373,14 +375,19 @@ pub fn all_passed(out: &Output) -> Vec<RunEvent> {
 
 /// The messages of the tests that ended as infrastructure errors.
 pub fn infra_messages(events: &[RunEvent]) -> Vec<String> {
+    messages_of(events, |f| f.final_outcome == Some(Outcome::InfraError))
+}
+
+/// The messages of every attempt that was an infrastructure error, retried or not.
+pub fn infra_attempts(events: &[RunEvent]) -> Vec<String> {
+    messages_of(events, |f| f.result.status == AttemptStatus::InfraError)
+}
+
+fn messages_of(events: &[RunEvent], keep: impl Fn(&TestFinished) -> bool) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TestFinished(TestFinished {
-                result,
-                final_outcome: Some(Outcome::InfraError),
-                ..
-            }) => Some(result.message.clone()),
+            EventKind::TestFinished(f) if keep(f) => Some(f.result.message.clone()),
             _ => None,
         })
         .collect()

@@ -533,6 +533,24 @@ impl Provisioner for DockerProvisioner {
         }
     }
 
+    async fn running(&self, container_id: &str) -> Result<bool, ProvisionError> {
+        // A compose stack's containers are the stack's business; its services are checked by
+        // their own health, not here.
+        if container_id.starts_with(STACK_PREFIX) {
+            return Ok(true);
+        }
+        let docker = client().await?;
+        let inspect = docker.inspect_container(container_id, None);
+        match tokio::time::timeout(PING_TIMEOUT, inspect).await {
+            Ok(Ok(c)) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+            Ok(Err(e)) if is_not_found(&e) => Ok(false),
+            Ok(Err(e)) => Err(engine(e)),
+            Err(_) => Err(ProvisionError::Engine(format!(
+                "it did not answer within {PING_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     async fn sweep(&self, agent: &AgentId) -> Result<SweepReport, ProvisionError> {
         let docker = client().await?;
         let filter = HashMap::from([("label".to_owned(), vec![format!("{LABEL_AGENT}={agent}")])]);

@@ -123,6 +123,11 @@ pub trait Provisioner: Send + Sync + 'static {
     async fn remove_network(&self, name: &str) -> Result<(), ProvisionError>;
     async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProvisionError>;
     async fn remove(&self, container_id: &str) -> Result<(), ProvisionError>;
+    /// Whether a started container still runs (`Ok(false)` when it is gone); `Ok(true)` where the
+    /// engine cannot tell.
+    async fn running(&self, _container_id: &str) -> Result<bool, ProvisionError> {
+        Ok(true)
+    }
     /// Removes every container and network labelled as this agent's.
     async fn sweep(&self, agent: &AgentId) -> Result<SweepReport, ProvisionError>;
 }
