@@ -90,6 +90,11 @@ impl BundleCache {
         }
     }
 
+    /// Where bundles are kept.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The extracted root of bundle `digest`, downloading it first if needed, and a hold on it
     /// that the lease keeps until its last test is done.
     pub async fn ensure(

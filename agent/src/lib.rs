@@ -4,6 +4,7 @@
 
 pub mod bundle_cache;
 pub mod capture;
+pub mod disk_room;
 pub mod executor;
 pub mod guard;
 mod job;
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub security: testfleet_security::ClientSecurity,
     /// How remote runs' tests get their private namespace (see [`sandbox`]); off by default.
     pub sandbox: sandbox::Launcher,
+    /// Free space on the work dir's filesystem below which the agent takes no work.
+    pub min_free_bytes: u64,
 }
 
 impl AgentConfig {
@@ -66,6 +69,7 @@ impl AgentConfig {
             guard: guard::Guard::default(),
             security: Default::default(),
             sandbox: sandbox::Launcher::off("this agent was not given a sandbox helper"),
+            min_free_bytes: disk_room::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -197,7 +201,8 @@ async fn run_sessions(
             .join("sandboxes")
             .join(config.agent_id.as_str()),
     );
-    let mut w = Worker::new(config.slots, services);
+    let room = disk_room::DiskRoom::new(config.work_dir.clone(), config.min_free_bytes);
+    let mut w = Worker::new(config.slots, services, room);
     let mut delay = Duration::from_millis(100);
     loop {
         match session::run(config, &endpoint, &cache, &sandboxes, &mut w, &mut stop).await {

@@ -180,7 +180,9 @@ pub(crate) async fn run(
                 Ok(Some(m)) => match coordinator_message_from_wire(m) {
                     Ok(Some(CoordinatorMessage::Lease(lease))) => {
                         requested = None;
-                        if *stop.borrow() != Stop::Running {
+                        // Draining, or a disk that filled since the work was asked for: the lease
+                        // goes back whole (requeued without penalty).
+                        if *stop.borrow() != Stop::Running || !w.has_room() {
                             let _ = out.send(released(lease.lease_id, vec![])).await;
                             continue;
                         }
@@ -309,7 +311,7 @@ fn accept(
             None => (Ok(None), None),
             Some(digest) => match cache.ensure(digest, &mut client).await {
                 Ok((root, held)) => (Ok(Some(root)), Some(held)),
-                Err(e) => (Err(e.to_string()), None),
+                Err(e) => (Err(with_room(e.to_string(), cache.dir())), None),
             },
         };
         // The run's namespace, made once per run on this agent.
@@ -322,4 +324,17 @@ fn accept(
         };
         let _ = ready.send((lease, root, held, sandbox));
     });
+}
+
+/// A bundle that could not be fetched for want of space says how much there is. The error comes
+/// from several layers (download, unpacking, the cache), each with the OS's words for ENOSPC.
+fn with_room(error: String, dir: &std::path::Path) -> String {
+    if error.contains("No space left on device") || error.contains("Disk quota exceeded") {
+        format!(
+            "{error} (the agent's disk is full: {})",
+            crate::disk_room::describe(dir)
+        )
+    } else {
+        error
+    }
 }

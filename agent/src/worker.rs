@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Services;
 use crate::bundle_cache::InUse;
+use crate::disk_room::DiskRoom;
 use crate::job::{self, Job};
 use crate::provision::{LeaseCtx, ServicePool};
 use crate::runners::pytest_worker::Workers;
@@ -63,6 +64,8 @@ pub(crate) struct Worker {
     pub no_docker: String,
     /// Runs whose images this agent started pulling (newest last, bounded).
     prefetched: VecDeque<RunId>,
+    /// Whether the work dir has room for more work.
+    room: DiskRoom,
 }
 
 use testfleet_model::session::UNACKED_RESULTS_LIMIT as UNACKED_LIMIT;
@@ -96,7 +99,7 @@ fn report_pulls(pool: &ServicePool, notes: mpsc::UnboundedSender<AgentMessage>) 
 }
 
 impl Worker {
-    pub fn new(slots: u32, services: &Services) -> Self {
+    pub fn new(slots: u32, services: &Services, room: DiskRoom) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
@@ -120,6 +123,7 @@ impl Worker {
             pytest_workers: Arc::default(),
             no_docker: services.status.clone(),
             prefetched: VecDeque::new(),
+            room,
         }
     }
 
@@ -141,6 +145,11 @@ impl Worker {
         pool.prefetch(&ctx, &lease.services);
     }
 
+    /// Whether the work dir has room for more work.
+    pub fn has_room(&self) -> bool {
+        self.room.has_room()
+    }
+
     /// Slots neither running, waiting nor being prepared.
     pub fn free(&self) -> usize {
         self.slots
@@ -149,9 +158,10 @@ impl Worker {
 
     /// What to ask the coordinator for, if anything: idle slots, and busy slots whose queue of
     /// waiting tests is running low (asked for early, so no slot waits for a round trip); nothing
-    /// while too many results wait for the coordinator's acknowledgement.
+    /// while too many results wait for the coordinator's acknowledgement, or while the work dir is
+    /// nearly full.
     pub fn wanted(&self) -> Option<WorkRequest> {
-        if self.unacked.len() >= UNACKED_LIMIT {
+        if self.unacked.len() >= UNACKED_LIMIT || !self.room.has_room() {
             return None;
         }
         let free = self.free();

@@ -475,6 +475,10 @@ pub struct AgentArgs {
     /// downloaded again when needed). 0 keeps every bundle.
     #[arg(long, value_name = "HOURS", default_value_t = testfleet_agent::bundle_cache::DEFAULT_RETENTION_HOURS)]
     pub bundle_cache_hours: u32,
+    /// Free space on the work dir's filesystem below which the agent takes no more work (it says
+    /// so, and takes work again by itself once there is room).
+    #[arg(long, value_name = "BYTES", default_value_t = testfleet_agent::disk_room::DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_bytes: u64,
     /// This agent's name [default: kept in the work dir, created on first start].
     #[arg(long, env = "TESTFLEET_AGENT_ID")]
     pub agent_id: Option<String>,

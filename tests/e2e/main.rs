@@ -14,6 +14,7 @@ mod docker_proxy;
 mod engine_restart;
 mod filtersets;
 mod fixture;
+mod full_disk;
 mod hermetic;
 mod history;
 mod import;

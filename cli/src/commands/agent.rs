@@ -52,6 +52,7 @@ pub async fn run(args: AgentArgs) -> CliResult<i32> {
     config.guard = crate::process::start_guard();
     config.bundle_retention = (args.bundle_cache_hours > 0)
         .then(|| std::time::Duration::from_secs(u64::from(args.bundle_cache_hours) * 3600));
+    config.min_free_bytes = args.min_free_bytes;
     config.security = args.connect.security()?;
     config.sandbox =
         crate::process::sandbox_launcher(args.no_sandbox, &args.work_dir, &args.connect).await;
