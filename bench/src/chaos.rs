@@ -5,12 +5,12 @@
 //! twice (else a result was counted twice).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use testfleet_coordinator::{HistoryStore, SledStore};
-use testfleet_model::{AttemptStatus, RunId, RunState};
+
+use crate::process_fleet::{Audit, Fleet, audit, kill};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,70 +29,6 @@ pub struct Args {
     /// The testfleet binary [default: next to this one].
     #[arg(long)]
     pub testfleet: Option<PathBuf>,
-}
-
-struct Fleet {
-    testfleet: PathBuf,
-    dir: PathBuf,
-    addr: String,
-    coordinator: Child,
-    agents: Vec<Child>,
-}
-
-impl Fleet {
-    fn start_coordinator(
-        testfleet: &Path,
-        dir: &Path,
-        listen: &str,
-    ) -> anyhow::Result<(Child, String)> {
-        let mut child = Command::new(testfleet)
-            .args([
-                "coordinator",
-                "--lease-timeout",
-                "3",
-                "--listen",
-                listen,
-                "--data-dir",
-            ])
-            .arg(dir.join("coordinator"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
-            &mut line,
-        )?;
-        let addr = line
-            .trim()
-            .strip_prefix("testfleet coordinator listening on ")
-            .context("the coordinator did not say where it listens")?
-            .to_owned();
-        Ok((child, addr))
-    }
-
-    fn start_agent(&self, i: usize) -> anyhow::Result<Child> {
-        Ok(Command::new(&self.testfleet)
-            .args([
-                "agent",
-                "--slots",
-                "2",
-                "--agent-id",
-                &format!("chaos-{i}"),
-                "--coordinator",
-            ])
-            .arg(format!("http://{}", self.addr))
-            .arg("--work-dir")
-            .arg(self.dir.join(format!("agent-{i}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?)
-    }
-}
-
-fn kill(c: &mut Child) {
-    let _ = c.kill();
-    let _ = c.wait();
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -171,28 +107,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     kill(&mut fleet.coordinator);
 
-    let store = SledStore::open(&fleet.dir.join("coordinator"))?;
-    let (mut completed, mut lost, mut duplicated) = (0, 0, 0);
-    for id in &run_ids {
-        let rec = store.run(*id)?.context("a run vanished")?;
-        if rec.state == RunState::Finished {
-            completed += 1;
-        }
-        let tests = store.run_tests(RunId(id.0))?;
-        lost += rec.total_tests as usize - tests.iter().filter(|t| t.outcome.is_some()).count();
-        for t in &tests {
-            let real: Vec<u32> = t
-                .attempts
-                .iter()
-                .filter(|a| a.status != AttemptStatus::InfraError)
-                .map(|a| a.attempt)
-                .collect();
-            let mut unique = real.clone();
-            unique.sort_unstable();
-            unique.dedup();
-            duplicated += real.len() - unique.len();
-        }
-    }
+    let Audit {
+        completed,
+        lost,
+        duplicated,
+    } = audit(&fleet.dir, &run_ids)?;
     println!(
         "chaos: {} runs, {agent_kills} agent kills, {coordinator_kills} coordinator restarts",
         run_ids.len()

@@ -11,12 +11,14 @@ mod ingest;
 mod makespan;
 mod orders_example;
 mod overhead;
+mod process_fleet;
 mod pytest_suite;
 mod queries;
 mod sandbox;
 mod scale;
 mod simagent;
 mod simhistory;
+mod soak;
 mod suite;
 mod turns;
 
@@ -75,6 +77,9 @@ enum Bench {
     /// Many runs while agents are SIGKILLed and the coordinator restarts: nothing may be lost
     /// or counted twice.
     Chaos(chaos::Args),
+    /// Runs for a set time (10 minutes) while agents come and go and the coordinator restarts:
+    /// results lost and duplicated, the coordinator's RSS over time and its open descriptors.
+    Soak(soak::Args),
     /// What hermetic remote runs cost: per test with the agent's sandbox against without it, and
     /// each bundle's size and time to pack, upload, download and extract.
     Sandbox(sandbox::Args),
@@ -98,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Sandbox(a) => sandbox::run(a)?,
         Bench::Detection(a) => return detection::run(a),
         Bench::Chaos(a) => return chaos::run(a),
+        Bench::Soak(a) => return soak::run(a),
     };
     figures::print(&figures);
     Ok(())

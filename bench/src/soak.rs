@@ -1,0 +1,257 @@
+//! The soak run: a coordinator and agents as real processes for a set time (10 minutes unless
+//! told), the fixture suite submitted again and again, several runs at once, while agents come and
+//! go (drained or killed, in turn, and started again) and the coordinator is stopped and started
+//! again on its data dir at intervals. Afterwards history is audited as the chaos run does
+//! (results lost, results counted twice); meanwhile the coordinator's RSS and open file
+//! descriptors are sampled every second, and printed as peaks and as slopes within each of the
+//! coordinator's lives (memory that only grows shows as a positive slope in every life).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::process_fleet::{Audit, Fleet, audit, kill};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How long to keep submitting runs, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Runs going at once.
+    #[arg(long, default_value_t = 3)]
+    pub concurrent_runs: usize,
+    /// Seconds between coordinator restarts (SIGTERM, then started again on its data dir).
+    #[arg(long, default_value_t = 150)]
+    pub restart_every: u64,
+    /// Chance per second that an agent goes (drained and killed in turn) and comes back.
+    #[arg(long, default_value_t = 0.1)]
+    pub agent_churn: f64,
+    #[arg(long, default_value_t = 11)]
+    pub seed: u64,
+    /// The testfleet binary [default: next to this one].
+    #[arg(long)]
+    pub testfleet: Option<PathBuf>,
+}
+
+/// A run's CLI and what it prints.
+struct Submitted {
+    cli: Child,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+fn submit(fleet: &Fleet, manifest: &Path) -> anyhow::Result<Submitted> {
+    let mut cli = Command::new(&fleet.testfleet)
+        .args([
+            "run",
+            "--retries",
+            "1",
+            "--timeout",
+            "2",
+            "--kill-grace",
+            "1",
+        ])
+        .args(["--json", "--coordinator"])
+        .arg(format!("http://{}", fleet.addr))
+        .arg("--manifest-path")
+        .arg(manifest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = cli.stdout.take().context("stdout")?;
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(out), &mut s);
+        s
+    });
+    Ok(Submitted { cli, stdout })
+}
+
+/// The run id in the first event a finished CLI printed.
+fn run_id_of(s: Submitted) -> anyhow::Result<testfleet_model::RunId> {
+    let out = s.stdout.join().map_err(|_| anyhow::anyhow!("reader"))?;
+    let first = out.lines().next().context("the run printed no event")?;
+    let e: testfleet_model::RunEvent = serde_json::from_str(first)?;
+    Ok(e.run_id)
+}
+
+/// RSS in MiB and open file descriptors of process `pid`.
+fn sample(pid: u32) -> Option<(f64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((kb / 1024.0, fds))
+}
+
+/// Least-squares slope of `(seconds, MiB)` samples, in MiB per minute.
+fn slope_per_minute(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len() as f64;
+    let (mx, my) = samples
+        .iter()
+        .fold((0.0, 0.0), |(x, y), (a, b)| (x + a / n, y + b / n));
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, y) in samples {
+        num += (x - mx) * (y - my);
+        den += (x - mx) * (x - mx);
+    }
+    if den == 0.0 { 0.0 } else { num / den * 60.0 }
+}
+
+/// One life of the coordinator process: its samples from start to stop.
+#[derive(Default)]
+struct Life {
+    rss: Vec<(f64, f64)>,
+    fds: Vec<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let testfleet = crate::testfleet_path(args.testfleet.clone())?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/basic/Cargo.toml");
+    let work = tempfile::tempdir()?;
+    let dir = work.path().to_path_buf();
+    let (coordinator, addr) = Fleet::start_coordinator(&testfleet, &dir, "127.0.0.1:0")?;
+    let mut fleet = Fleet {
+        testfleet,
+        dir,
+        addr,
+        coordinator,
+        agents: vec![],
+    };
+    for i in 0..args.agents {
+        let a = fleet.start_agent(i)?;
+        fleet.agents.push(a);
+    }
+    let mut rng = fastrand::Rng::with_seed(args.seed);
+    let soak = Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut life_started = Instant::now();
+    let mut lives = vec![Life::default()];
+    let (mut drained, mut killed, mut restarts) = (0, 0, 0);
+    let mut going: Vec<Submitted> = Vec::new();
+    let mut run_ids = Vec::new();
+    let mut next_sample = Instant::now();
+    loop {
+        let soaking = started.elapsed() < soak;
+        while soaking && going.len() < args.concurrent_runs {
+            going.push(submit(&fleet, &manifest)?);
+        }
+        let mut i = 0;
+        while i < going.len() {
+            if going[i].cli.try_wait()?.is_some() {
+                run_ids.push(run_id_of(going.swap_remove(i))?);
+            } else {
+                i += 1;
+            }
+        }
+        if !soaking && going.is_empty() {
+            break;
+        }
+        if started.elapsed() > soak + Duration::from_secs(300) {
+            bail!("runs still going 5 minutes after the soak ended");
+        }
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            if let Some((rss, fds)) = sample(fleet.coordinator.id()) {
+                let life = lives.last_mut().expect("one life at least");
+                life.rss.push((life_started.elapsed().as_secs_f64(), rss));
+                life.fds.push(fds);
+            }
+            if soaking && rng.f64() < args.agent_churn {
+                let i = rng.usize(..fleet.agents.len());
+                if (drained + killed) % 2 == 0 {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(fleet.agents[i].id() as i32, libc::SIGTERM) };
+                    let _ = fleet.agents[i].wait();
+                    drained += 1;
+                } else {
+                    kill(&mut fleet.agents[i]);
+                    killed += 1;
+                }
+                fleet.agents[i] = fleet.start_agent(i)?;
+            }
+            if soaking && life_started.elapsed() >= Duration::from_secs(args.restart_every) {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(fleet.coordinator.id() as i32, libc::SIGTERM) };
+                let _ = fleet.coordinator.wait();
+                let (c, _) = Fleet::start_coordinator(&fleet.testfleet, &fleet.dir, &fleet.addr)?;
+                fleet.coordinator = c;
+                restarts += 1;
+                life_started = Instant::now();
+                lives.push(Life::default());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for a in &mut fleet.agents {
+        kill(a);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(fleet.coordinator.id() as i32, libc::SIGTERM) };
+    let _ = fleet.coordinator.wait();
+
+    let Audit {
+        completed,
+        lost,
+        duplicated,
+    } = audit(&fleet.dir, &run_ids)?;
+    println!(
+        "soak: {:.0} s, {} runs, {drained} agents drained and {killed} killed (and started again), {restarts} coordinator restarts",
+        started.elapsed().as_secs_f64(),
+        run_ids.len()
+    );
+    println!("runs completed: {completed} of {}", run_ids.len());
+    println!("results lost: {lost}");
+    println!("results duplicated: {duplicated}");
+    for (n, life) in lives.iter().enumerate() {
+        // The first 30 s of a life are its warm-up (history opened, runs resumed).
+        let steady: Vec<(f64, f64)> = life
+            .rss
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t >= 30.0)
+            .collect();
+        let peak = life.rss.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+        let last = life.rss.last().map_or(0.0, |(_, r)| *r);
+        println!(
+            "coordinator life {}: {:.0} s, RSS peak {peak:.0} MiB, at the end {last:.0} MiB, slope after 30 s {:+.2} MiB/min; open fds max {}, at the end {}",
+            n + 1,
+            life.rss.last().map_or(0.0, |(t, _)| *t),
+            if steady.len() >= 10 {
+                slope_per_minute(&steady)
+            } else {
+                0.0
+            },
+            life.fds.iter().max().copied().unwrap_or(0),
+            life.fds.last().copied().unwrap_or(0),
+        );
+    }
+    if lost > 0 || duplicated > 0 || completed != run_ids.len() {
+        bail!("the soak found lost or duplicated results");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slope_per_minute;
+
+    #[test]
+    fn the_slope_is_per_minute_and_flat_samples_have_none() {
+        let rising: Vec<(f64, f64)> = (0..60)
+            .map(|s| (s as f64, 100.0 + s as f64 / 10.0))
+            .collect();
+        assert!((slope_per_minute(&rising) - 6.0).abs() < 1e-9);
+        let flat: Vec<(f64, f64)> = (0..60).map(|s| (s as f64, 100.0)).collect();
+        assert_eq!(slope_per_minute(&flat), 0.0);
+    }
+}
