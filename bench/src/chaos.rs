@@ -4,13 +4,12 @@
 //! finished, every test must have settled (else a result was lost), and no attempt may be recorded
 //! twice (else a result was counted twice).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::process_fleet::{Audit, Fleet, audit, kill};
+use crate::process_fleet::{Fleet, kill};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,94 +32,38 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let testfleet = crate::testfleet_path(args.testfleet.clone())?;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/basic/Cargo.toml");
     let work = tempfile::tempdir()?;
-    let dir = work.path().to_path_buf();
-    let (coordinator, addr) = Fleet::start_coordinator(&testfleet, &dir, "127.0.0.1:0")?;
-    let mut fleet = Fleet {
-        testfleet,
-        dir,
-        addr,
-        coordinator,
-        agents: vec![],
-    };
-    for i in 0..args.agents {
-        let a = fleet.start_agent(i)?;
-        fleet.agents.push(a);
-    }
+    let mut fleet = Fleet::start(testfleet, work.path().to_path_buf(), args.agents)?;
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let (mut agent_kills, mut coordinator_kills) = (0, 0);
     let mut run_ids = Vec::new();
     for n in 0..args.runs {
-        let mut cli = Command::new(&fleet.testfleet)
-            .args([
-                "run",
-                "--retries",
-                "1",
-                "--timeout",
-                "2",
-                "--kill-grace",
-                "1",
-                "--json",
-                "--coordinator",
-            ])
-            .arg(format!("http://{}", fleet.addr))
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = cli.stdout.take().context("stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s);
-            s
-        });
+        let mut run = fleet.submit()?;
         let started = Instant::now();
-        while cli.try_wait()?.is_none() {
+        while run.cli.try_wait()?.is_none() {
             if started.elapsed() > Duration::from_secs(300) {
-                kill(&mut cli);
+                kill(&mut run.cli);
                 bail!("run {n} did not finish within 5 minutes");
             }
             std::thread::sleep(Duration::from_millis(250));
             if rng.f64() < args.agent_kill_rate / 4.0 {
                 let i = rng.usize(..fleet.agents.len());
-                kill(&mut fleet.agents[i]);
+                fleet.restart_agent(i, false)?;
                 agent_kills += 1;
-                fleet.agents[i] = fleet.start_agent(i)?;
             }
             if rng.f64() < args.coordinator_kill_rate / 4.0 {
-                kill(&mut fleet.coordinator);
+                fleet.restart_coordinator(false)?;
                 coordinator_kills += 1;
-                let (c, _) = Fleet::start_coordinator(&fleet.testfleet, &fleet.dir, &fleet.addr)?;
-                fleet.coordinator = c;
             }
         }
-        let first = reader.join().map_err(|_| anyhow::anyhow!("reader"))?;
-        let first = first.lines().next().context("the run printed no event")?;
-        let e: testfleet_model::RunEvent = serde_json::from_str(first)?;
-        run_ids.push(e.run_id);
-        println!("run {} ({} of {}) done", e.run_id, n + 1, args.runs);
+        let id = run.run_id()?;
+        run_ids.push(id);
+        println!("run {id} ({} of {}) done", n + 1, args.runs);
     }
-    for a in &mut fleet.agents {
-        kill(a);
-    }
-    kill(&mut fleet.coordinator);
-
-    let Audit {
-        completed,
-        lost,
-        duplicated,
-    } = audit(&fleet.dir, &run_ids)?;
+    let audit = fleet.finish(false, &run_ids)?;
     println!(
         "chaos: {} runs, {agent_kills} agent kills, {coordinator_kills} coordinator restarts",
         run_ids.len()
     );
-    println!("runs completed: {completed} of {}", run_ids.len());
-    println!("results lost: {lost}");
-    println!("results duplicated: {duplicated}");
-    if lost > 0 || duplicated > 0 || completed != run_ids.len() {
-        bail!("chaos found lost or duplicated results");
-    }
-    Ok(())
+    audit.check(run_ids.len())
 }

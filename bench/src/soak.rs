@@ -6,13 +6,12 @@
 //! descriptors are sampled every second, and printed as peaks and as slopes within each of the
 //! coordinator's lives (memory that only grows shows as a positive slope in every life).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::process_fleet::{Audit, Fleet, audit, kill};
+use crate::process_fleet::{Fleet, Submitted};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,47 +34,6 @@ pub struct Args {
     /// The testfleet binary [default: next to this one].
     #[arg(long)]
     pub testfleet: Option<PathBuf>,
-}
-
-/// A run's CLI and what it prints.
-struct Submitted {
-    cli: Child,
-    stdout: std::thread::JoinHandle<String>,
-}
-
-fn submit(fleet: &Fleet, manifest: &Path) -> anyhow::Result<Submitted> {
-    let mut cli = Command::new(&fleet.testfleet)
-        .args([
-            "run",
-            "--retries",
-            "1",
-            "--timeout",
-            "2",
-            "--kill-grace",
-            "1",
-        ])
-        .args(["--json", "--coordinator"])
-        .arg(format!("http://{}", fleet.addr))
-        .arg("--manifest-path")
-        .arg(manifest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = cli.stdout.take().context("stdout")?;
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(out), &mut s);
-        s
-    });
-    Ok(Submitted { cli, stdout })
-}
-
-/// The run id in the first event a finished CLI printed.
-fn run_id_of(s: Submitted) -> anyhow::Result<testfleet_model::RunId> {
-    let out = s.stdout.join().map_err(|_| anyhow::anyhow!("reader"))?;
-    let first = out.lines().next().context("the run printed no event")?;
-    let e: testfleet_model::RunEvent = serde_json::from_str(first)?;
-    Ok(e.run_id)
 }
 
 /// RSS in MiB and open file descriptors of process `pid`.
@@ -116,21 +74,8 @@ struct Life {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let testfleet = crate::testfleet_path(args.testfleet.clone())?;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/basic/Cargo.toml");
     let work = tempfile::tempdir()?;
-    let dir = work.path().to_path_buf();
-    let (coordinator, addr) = Fleet::start_coordinator(&testfleet, &dir, "127.0.0.1:0")?;
-    let mut fleet = Fleet {
-        testfleet,
-        dir,
-        addr,
-        coordinator,
-        agents: vec![],
-    };
-    for i in 0..args.agents {
-        let a = fleet.start_agent(i)?;
-        fleet.agents.push(a);
-    }
+    let mut fleet = Fleet::start(testfleet, work.path().to_path_buf(), args.agents)?;
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let soak = Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -139,16 +84,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut drained, mut killed, mut restarts) = (0, 0, 0);
     let mut going: Vec<Submitted> = Vec::new();
     let mut run_ids = Vec::new();
+    // CLIs that ended without printing an event (so without a run id to audit), and what they
+    // said.
+    let mut not_submitted: Vec<String> = Vec::new();
     let mut next_sample = Instant::now();
     loop {
         let soaking = started.elapsed() < soak;
         while soaking && going.len() < args.concurrent_runs {
-            going.push(submit(&fleet, &manifest)?);
+            going.push(fleet.submit()?);
         }
         let mut i = 0;
         while i < going.len() {
             if going[i].cli.try_wait()?.is_some() {
-                run_ids.push(run_id_of(going.swap_remove(i))?);
+                match going.swap_remove(i).outcome()? {
+                    Ok(id) => run_ids.push(id),
+                    Err(why) => not_submitted.push(why),
+                }
             } else {
                 i += 1;
             }
@@ -168,23 +119,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             if soaking && rng.f64() < args.agent_churn {
                 let i = rng.usize(..fleet.agents.len());
-                if (drained + killed) % 2 == 0 {
-                    // SAFETY: kill(2) on our own child's pid.
-                    unsafe { libc::kill(fleet.agents[i].id() as i32, libc::SIGTERM) };
-                    let _ = fleet.agents[i].wait();
+                let graceful = (drained + killed) % 2 == 0;
+                fleet.restart_agent(i, graceful)?;
+                if graceful {
                     drained += 1;
                 } else {
-                    kill(&mut fleet.agents[i]);
                     killed += 1;
                 }
-                fleet.agents[i] = fleet.start_agent(i)?;
             }
             if soaking && life_started.elapsed() >= Duration::from_secs(args.restart_every) {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(fleet.coordinator.id() as i32, libc::SIGTERM) };
-                let _ = fleet.coordinator.wait();
-                let (c, _) = Fleet::start_coordinator(&fleet.testfleet, &fleet.dir, &fleet.addr)?;
-                fleet.coordinator = c;
+                fleet.restart_coordinator(true)?;
                 restarts += 1;
                 life_started = Instant::now();
                 lives.push(Life::default());
@@ -192,38 +136,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    for a in &mut fleet.agents {
-        kill(a);
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(fleet.coordinator.id() as i32, libc::SIGTERM) };
-    let _ = fleet.coordinator.wait();
-
-    let Audit {
-        completed,
-        lost,
-        duplicated,
-    } = audit(&fleet.dir, &run_ids)?;
+    let audit = fleet.finish(true, &run_ids)?;
     println!(
         "soak: {:.0} s, {} runs, {drained} agents drained and {killed} killed (and started again), {restarts} coordinator restarts",
         started.elapsed().as_secs_f64(),
         run_ids.len()
     );
-    println!("runs completed: {completed} of {}", run_ids.len());
-    println!("results lost: {lost}");
-    println!("results duplicated: {duplicated}");
+    if !not_submitted.is_empty() {
+        println!(
+            "runs whose CLI ended without an event (not audited), and what it said: {}",
+            not_submitted.len()
+        );
+        let mut said = not_submitted.clone();
+        said.sort();
+        said.dedup();
+        for s in said {
+            println!("  {s}");
+        }
+    }
     for (n, life) in lives.iter().enumerate() {
-        // The first 30 s of a life are its warm-up (history opened, runs resumed).
+        // A life warms up (history's cache, the finished runs kept for watchers): its second half
+        // is where memory that only grows shows.
+        let half = life.rss.last().map_or(0.0, |(t, _)| *t) / 2.0;
         let steady: Vec<(f64, f64)> = life
             .rss
             .iter()
             .copied()
-            .filter(|(t, _)| *t >= 30.0)
+            .filter(|(t, _)| *t >= half)
             .collect();
         let peak = life.rss.iter().map(|(_, r)| *r).fold(0.0, f64::max);
         let last = life.rss.last().map_or(0.0, |(_, r)| *r);
         println!(
-            "coordinator life {}: {:.0} s, RSS peak {peak:.0} MiB, at the end {last:.0} MiB, slope after 30 s {:+.2} MiB/min; open fds max {}, at the end {}",
+            "coordinator life {}: {:.0} s, RSS peak {peak:.0} MiB, at the end {last:.0} MiB, slope over its second half {:+.2} MiB/min; open fds max {}, at the end {}",
             n + 1,
             life.rss.last().map_or(0.0, |(t, _)| *t),
             if steady.len() >= 10 {
@@ -235,10 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             life.fds.last().copied().unwrap_or(0),
         );
     }
-    if lost > 0 || duplicated > 0 || completed != run_ids.len() {
-        bail!("the soak found lost or duplicated results");
-    }
-    Ok(())
+    audit.check(run_ids.len())
 }
 
 #[cfg(test)]
