@@ -182,7 +182,11 @@ pub(crate) async fn run(
                         requested = None;
                         // Draining, or a disk that filled since the work was asked for: the lease
                         // goes back whole (requeued without penalty).
-                        if *stop.borrow() != Stop::Running || !w.has_room() {
+                        let draining = *stop.borrow() != Stop::Running;
+                        if draining || !w.has_room() {
+                            if !draining {
+                                tracing::info!(lease = %lease.lease_id, "a lease came while the work dir is nearly full: given back");
+                            }
                             let _ = out.send(released(lease.lease_id, vec![])).await;
                             continue;
                         }
@@ -311,7 +315,7 @@ fn accept(
             None => (Ok(None), None),
             Some(digest) => match cache.ensure(digest, &mut client).await {
                 Ok((root, held)) => (Ok(Some(root)), Some(held)),
-                Err(e) => (Err(with_room(e.to_string(), cache.dir())), None),
+                Err(e) => (Err(with_room(&e, cache.dir())), None),
             },
         };
         // The run's namespace, made once per run on this agent.
@@ -326,15 +330,23 @@ fn accept(
     });
 }
 
-/// A bundle that could not be fetched for want of space says how much there is. The error comes
-/// from several layers (download, unpacking, the cache), each with the OS's words for ENOSPC.
-fn with_room(error: String, dir: &std::path::Path) -> String {
-    if error.contains("No space left on device") || error.contains("Disk quota exceeded") {
-        format!(
-            "{error} (the agent's disk is full: {})",
-            crate::disk_room::describe(dir)
-        )
-    } else {
-        error
+/// A bundle that could not be fetched for want of space says how much there is: the cause is
+/// found by its kind among the error's sources (download, unpacking and the cache each wrap it).
+fn with_room(error: &crate::bundle_cache::CacheError, dir: &std::path::Path) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return format!(
+                "{error} (the agent's disk is full: {})",
+                crate::disk_room::describe(dir)
+            );
+        }
+        cause = e.source();
     }
+    error.to_string()
 }

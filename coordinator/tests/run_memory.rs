@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use testfleet_coordinator::CoordinatorConfig;
+use testfleet_coordinator::Limits;
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 
@@ -35,10 +35,11 @@ fn spill_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_run_s_log_goes_to_disk_and_a_watcher_from_the_start_reads_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = CoordinatorConfig::new(dir.path());
-    config.limits.run_log_memory_bytes = 256 << 10;
-    let store = std::sync::Arc::new(testfleet_coordinator::SledStore::open(dir.path()).unwrap());
-    let served = common::serve_with(config, store).await;
+    let limits = Limits {
+        run_log_memory_bytes: 256 << 10,
+        ..Limits::default()
+    };
+    let served = common::serve_limited(dir.path(), limits).await;
     let mut client = CoordinatorClient::new(served.channel.clone());
     const TESTS: usize = 40_000;
     let run_id = submit(&mut client, TESTS).await.unwrap();
@@ -83,8 +84,7 @@ async fn a_long_run_s_log_goes_to_disk_and_a_watcher_from_the_start_reads_it_bac
         .unwrap();
     assert!(spill_files(dir.path()).is_empty());
     std::fs::write(dir.path().join("event-logs").join("run-1.events"), b"stale").unwrap();
-    let store = std::sync::Arc::new(testfleet_coordinator::SledStore::open(dir.path()).unwrap());
-    let again = common::serve_with(CoordinatorConfig::new(dir.path()), store).await;
+    let again = common::serve(dir.path()).await;
     assert!(spill_files(dir.path()).is_empty());
     again.stop.send(()).unwrap();
     tokio::time::timeout(GUARD, again.server)
@@ -96,11 +96,12 @@ async fn a_long_run_s_log_goes_to_disk_and_a_watcher_from_the_start_reads_it_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_runs_memory_budget_a_new_run_waits_for_a_running_one_to_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = CoordinatorConfig::new(dir.path());
-    // Room for two runs of 3,000 tests (about 0.45 MiB each), not three.
-    config.limits.max_runs_memory_bytes = 1 << 20;
-    let store = std::sync::Arc::new(testfleet_coordinator::SledStore::open(dir.path()).unwrap());
-    let served = common::serve_with(config, store).await;
+    let limits = Limits {
+        // Room for two runs of 3,000 tests (about 0.45 MiB each), not three.
+        max_runs_memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let served = common::serve_limited(dir.path(), limits).await;
     let mut client = CoordinatorClient::new(served.channel.clone());
     let first = submit(&mut client, 3000).await.unwrap();
     submit(&mut client, 3000).await.unwrap();

@@ -187,6 +187,16 @@ pub enum SpecError {
 }
 
 impl RunSpec {
+    /// Test `index` as run events name it: its place, its binary and its name.
+    pub fn test_ref(&self, index: u32) -> crate::TestRef {
+        let t = &self.tests[index as usize];
+        crate::TestRef {
+            index,
+            binary_id: self.binaries[t.binary as usize].binary_id.clone(),
+            name: t.name.clone(),
+        }
+    }
+
     /// Test `index`'s settings ([`RunSpec::settings`]), if it has any.
     pub fn settings_of(&self, index: u32) -> Option<&crate::TestSettings> {
         let i = self.tests.get(index as usize)?.settings?;

@@ -1362,24 +1362,30 @@ async fn a_test_that_takes_two_slots_waits_for_two_idle_ones() {
     assert_eq!(g.tests, vec![(0, 1)]);
 }
 
-/// A retry with a backoff is not leased before its wait is over, and is leased when it is.
-#[tokio::test(start_paused = true)]
-async fn a_retry_waits_for_its_backoff() {
+/// One test retried once after a fixed backoff of `secs`; `flaky_fails`: its flaky-result is
+/// "fail".
+fn one_test_retried_after(secs: u64, flaky_fails: bool) -> Arc<RunSpec> {
     use testfleet_model::{RetryPolicy, TestSettings};
-    let h = Harness::new();
-    let mut a = h.agent("a", 1, 1).await;
     let mut s = testfleet_model::test_support::spec(1);
     s.settings = vec![TestSettings {
         retries: Some(RetryPolicy {
             count: 1,
-            delay: Duration::from_secs(10),
+            delay: Duration::from_secs(secs),
             ..Default::default()
         }),
-        flaky_fails: true,
+        flaky_fails,
         ..Default::default()
     }];
     s.tests[0].settings = Some(0);
-    let mut events = h.submit(1, Arc::new(s)).await;
+    Arc::new(s)
+}
+
+/// A retry with a backoff is not leased before its wait is over, and is leased when it is.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_its_backoff() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 1, 1).await;
+    let mut events = h.submit(1, one_test_retried_after(10, true)).await;
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
     let failed_at = tokio::time::Instant::now();
@@ -1403,20 +1409,9 @@ async fn a_retry_waits_for_its_backoff() {
 /// and the next request gets it.
 #[tokio::test(start_paused = true)]
 async fn a_retry_whose_backoff_ran_out_unasked_is_leased_at_the_next_request() {
-    use testfleet_model::{RetryPolicy, TestSettings};
     let h = Harness::new();
     let mut a = h.agent("a", 1, 1).await;
-    let mut s = testfleet_model::test_support::spec(1);
-    s.settings = vec![TestSettings {
-        retries: Some(RetryPolicy {
-            count: 1,
-            delay: Duration::from_secs(5),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    s.tests[0].settings = Some(0);
-    let _events = h.submit(1, Arc::new(s)).await;
+    let _events = h.submit(1, one_test_retried_after(5, false)).await;
     h.from(&a, ask(1));
     let g = lease(&mut a).await;
     h.from(&a, finished(&g, 0, AttemptStatus::Failed));

@@ -26,6 +26,13 @@ pub async fn serve(dir: &std::path::Path) -> Served {
     serve_with(CoordinatorConfig::new(dir), store).await
 }
 
+/// A coordinator over `dir` with `limits`, on a free loopback port.
+pub async fn serve_limited(dir: &std::path::Path, limits: testfleet_coordinator::Limits) -> Served {
+    let mut config = CoordinatorConfig::new(dir);
+    config.limits = limits;
+    serve_with(config, Arc::new(SledStore::open(dir).unwrap())).await
+}
+
 /// A coordinator with `config` over `store` on a free loopback port.
 pub async fn serve_with(
     config: CoordinatorConfig,

@@ -235,12 +235,7 @@ impl Run {
     }
 
     pub fn test_ref(&self, index: u32) -> TestRef {
-        let t = &self.spec.tests[index as usize];
-        TestRef {
-            index,
-            binary_id: self.spec.binaries[t.binary as usize].binary_id.clone(),
-            name: t.name.clone(),
-        }
+        self.spec.test_ref(index)
     }
 
     pub fn is_running(&self) -> bool {

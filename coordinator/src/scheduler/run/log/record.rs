@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use testfleet_model::{
     AttemptResult, AttemptStatus, CaseName, EventKind, Outcome, RunEvent, RunId, RunSpec,
-    TestFinished, TestRef,
+    TestFinished,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -129,15 +129,6 @@ pub(super) struct Unpacked {
 }
 
 impl Unpacker<'_> {
-    fn test(&self, index: u32) -> TestRef {
-        let t = &self.spec.tests[index as usize];
-        TestRef {
-            index,
-            binary_id: self.spec.binaries[t.binary as usize].binary_id.clone(),
-            name: t.name.clone(),
-        }
-    }
-
     /// Unpacks the first record of `bytes` as event `seq`; returns the rest. `skip`: only step
     /// over it.
     pub fn next<'b>(
@@ -166,7 +157,7 @@ impl Unpacker<'_> {
                 event: event(
                     at,
                     EventKind::TestStarted {
-                        test: self.test(index),
+                        test: self.spec.test_ref(index),
                         attempt,
                         agent_id: agent.into_owned(),
                     },
@@ -193,7 +184,7 @@ impl Unpacker<'_> {
                 event: event(
                     at,
                     EventKind::TestFinished(TestFinished {
-                        test: self.test(index),
+                        test: self.spec.test_ref(index),
                         attempt,
                         agent_id: agent.into_owned(),
                         result: AttemptResult {
