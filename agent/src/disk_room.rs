@@ -4,8 +4,11 @@
 //! least at every heartbeat, which wakes the session's loop).
 
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+pub(crate) use testfleet_bundle::room::describe;
+use testfleet_bundle::room::{free_bytes, mib};
 
 /// The free space below which an agent takes no work unless told otherwise.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
@@ -17,33 +20,6 @@ pub(crate) struct DiskRoom {
     min_free: u64,
     /// The last check: when, and whether there was room.
     last: Cell<Option<(Instant, bool)>>,
-}
-
-/// Bytes an unprivileged process may still write on `dir`'s filesystem.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: statvfs writes the struct it is given; the path is NUL-terminated.
-    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: initialised by the successful call above.
-    let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-/// `dir` and what is free there, for messages.
-pub fn describe(dir: &Path) -> String {
-    match free_bytes(dir) {
-        Ok(free) => format!("{} has {:.1} MiB free", dir.display(), mib(free)),
-        Err(e) => format!("{}: {e}", dir.display()),
-    }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / f64::from(1u32 << 20)
 }
 
 impl DiskRoom {
@@ -100,6 +76,5 @@ mod tests {
         assert!(DiskRoom::new(dir.path().into(), 0).has_room());
         let none = DiskRoom::new(dir.path().into(), u64::MAX);
         assert!(!none.has_room());
-        assert!(describe(dir.path()).contains("MiB free"));
     }
 }

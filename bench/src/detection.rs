@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "runs", "p=0.5%", "p=1%", "p=5%", "p=20%", args.tests_per_class
     );
     for run in 1..=args.runs {
-        let (tx, writer) = spawn_writer(store.clone());
+        let (tx, writer) = spawn_writer(store.clone(), None);
         let tests: Vec<(String, Vec<Attempt>)> = names
             .iter()
             .map(|(class, name)| {

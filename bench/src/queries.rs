@@ -48,7 +48,7 @@ fn populate(args: &Args, dir: &std::path::Path) -> anyhow::Result<f64> {
     let mut attempts = 0u64;
     for run in 1..=args.runs {
         // A writer per run, joined before the next: the queue of updates stays one run long.
-        let (tx, writer) = spawn_writer(store.clone());
+        let (tx, writer) = spawn_writer(store.clone(), None);
         let tests: Vec<(String, Vec<Attempt>)> = names
             .iter()
             .enumerate()

@@ -5,6 +5,7 @@
 mod digest;
 mod extract;
 mod pack;
+pub mod room;
 
 pub use digest::{Sha256Writer, digest_file};
 pub use extract::{ExtractLimits, extract};

@@ -160,6 +160,11 @@ pub struct LimitArgs {
     /// read back from there when a client watches the run from its start.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().run_log_memory_bytes)]
     pub run_log_memory_bytes: u64,
+    /// Free space to keep on the data dir's filesystem, in bytes. Below it the coordinator refuses
+    /// new runs, bundle uploads and imports, and holds results it has not written (agents keep
+    /// them, unacknowledged) until there is room again; running runs go on as far as that allows.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().min_free_bytes)]
+    pub min_free_bytes: u64,
 }
 
 impl LimitArgs {
@@ -193,6 +198,7 @@ impl LimitArgs {
             max_pending_result_bytes: self.max_pending_result_bytes,
             max_runs_memory_bytes: self.max_runs_memory_bytes,
             run_log_memory_bytes: self.run_log_memory_bytes,
+            min_free_bytes: self.min_free_bytes,
         })
     }
 }

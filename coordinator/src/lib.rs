@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod bundles;
+pub mod data_room;
 pub mod history;
 mod http;
 pub mod limits;
@@ -34,6 +35,8 @@ pub struct CoordinatorConfig {
     /// Where runs' event logs go past their share of memory (emptied at start: a resumed run's
     /// log starts anew); `None` keeps them in memory.
     pub event_log_dir: Option<PathBuf>,
+    /// The data dir whose free space is kept above `limits.min_free_bytes`; `None` checks none.
+    pub data_dir: Option<PathBuf>,
     pub limits: Limits,
     /// The tokens accepted; `None` lets every request in (only sensible where nobody else can
     /// connect: the CLI refuses it on a non-loopback address unless told otherwise).
@@ -53,6 +56,7 @@ impl CoordinatorConfig {
             scheduler: SchedulerConfig::default(),
             bundle_dir: data_dir.join("bundles"),
             event_log_dir: Some(data_dir.join("event-logs")),
+            data_dir: Some(data_dir.to_owned()),
             limits: Limits::default(),
             tokens: None,
             tls: None,
@@ -122,7 +126,11 @@ pub async fn serve_with_http(
         memory: usize::try_from(limits.run_log_memory_bytes).unwrap_or(usize::MAX),
         dir: config.event_log_dir.clone(),
     });
-    let (history_tx, writer) = history::spawn_writer(store.clone());
+    let room = config
+        .data_dir
+        .as_deref()
+        .map(|dir| Arc::new(data_room::DataRoom::new(dir, limits.min_free_bytes)));
+    let (history_tx, writer) = history::spawn_writer(store.clone(), room.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_scheduler = stop_rx.clone();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -170,6 +178,7 @@ pub async fn serve_with_http(
         limits: limits.clone(),
         run_slots,
         keyed_submits: tokio::sync::Mutex::default(),
+        room,
     };
     let gateway = api::Gateway {
         credits: history::credits::Credits::new(limits.max_pending_result_bytes),

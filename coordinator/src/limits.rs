@@ -29,6 +29,9 @@ pub struct Limits {
     /// How much of each run's event log stays in memory; the rest is written to the data dir and
     /// read back from there.
     pub run_log_memory_bytes: u64,
+    /// Free space the data dir keeps: below it, new runs, uploads and imports are refused and the
+    /// history writer waits for room (see `data_room.rs`).
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_pending_result_bytes: crate::history::credits::DEFAULT_PENDING_RESULT_BYTES,
             max_runs_memory_bytes: 1 << 30,
             run_log_memory_bytes: 2 << 20,
+            min_free_bytes: crate::data_room::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -56,6 +60,7 @@ pub enum Limit {
     ConcurrentRuns,
     Agents,
     RunsMemory,
+    DataDirRoom,
 }
 
 impl Limit {
@@ -69,6 +74,7 @@ impl Limit {
             Limit::ConcurrentRuns => "--max-concurrent-runs",
             Limit::Agents => "--max-agents",
             Limit::RunsMemory => "--max-runs-memory-bytes",
+            Limit::DataDirRoom => "--min-free-bytes",
         }
     }
 }

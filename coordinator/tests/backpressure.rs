@@ -3,7 +3,9 @@
 //! catches up, while dispatch (leases for work requests) goes on. Here the writer's disk is held
 //! shut on purpose: exactly the results that fit in the budget are acknowledged until it opens,
 //! and then every one is, and recorded. Their outputs live in history, not in the run's event log
-//! in memory, and a watcher from the start gets them back.
+//! in memory, and a watcher from the start gets them back. The same holds when the disk fails
+//! the writes instead (full): the writer keeps the group and its credits and writes it once
+//! it can, nothing lost and nothing written twice.
 
 mod common;
 
@@ -12,11 +14,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use testfleet_coordinator::history::{
-    HistoryError, HistoryStore, HistoryWrites, QuarantineEntry, RunRecord, TestLog, TestRecord,
-    TestSummary,
+    HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, QuarantineEntry, RunRecord, TestLog,
+    TestRecord, TestSummary,
 };
 use testfleet_coordinator::{CoordinatorConfig, SledStore};
-use testfleet_model::{RunId, RunSpec, TestId};
+use testfleet_model::{
+    Outcome, RunId, RunSpec, RunState, RunSummary, TestFinished, TestId, TestRef,
+};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use tokio_stream::StreamExt;
@@ -25,19 +29,59 @@ const GUARD: Duration = Duration::from_secs(60);
 /// Tests in the run: more than the first leases take.
 const TESTS: usize = 24;
 
-/// A sled store whose group writes wait while the gate is shut, as a disk that stalls would.
+/// A sled store whose group writes wait while the gate is shut, as a disk that stalls would, or
+/// with `fails` fail at once, as a full disk does.
 struct GatedStore {
     inner: SledStore,
     open: Arc<(Mutex<bool>, Condvar)>,
+    fails: bool,
 }
 
 impl GatedStore {
+    fn is_open(&self) -> bool {
+        *self.open.0.lock().unwrap()
+    }
+
     fn wait_open(&self) {
         let (lock, cvar) = &*self.open;
         let mut open = lock.lock().unwrap();
         while !*open {
             open = cvar.wait(open).unwrap();
         }
+    }
+}
+
+/// Writes that go nowhere: a group whose commit is going to fail.
+struct Discard;
+
+impl HistoryWrites for Discard {
+    fn put_run(&mut self, _: &RunRecord) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_skipped(&mut self, _: RunId, _: &[TestRef], _: &[u32]) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_result(&mut self, _: RunId, _: &TestFinished) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_output(&mut self, _: RunId, _: u64, _: &[u8]) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_attempts(
+        &mut self,
+        _: &str,
+        _: &[(TestId, LoggedAttempt)],
+    ) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_excluded(&mut self, _: &str, _: &[TestId]) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn record_settled(&mut self, _: &str, _: &TestId, _: Outcome) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    fn finish_run(&mut self, _: RunId, _: RunState, _: &RunSummary) -> Result<(), HistoryError> {
+        Ok(())
     }
 }
 
@@ -63,6 +107,12 @@ impl HistoryStore for GatedStore {
         &self,
         f: &mut dyn FnMut(&mut dyn HistoryWrites) -> Result<(), HistoryError>,
     ) -> Result<(), HistoryError> {
+        if self.fails && !self.is_open() {
+            // As sled does: the group's updates are applied, and its commit fails.
+            f(&mut Discard)?;
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(HistoryError::Storage(sled::Error::Io(full)));
+        }
         self.wait_open();
         self.inner.write(f)
     }
@@ -129,10 +179,16 @@ fn passed(lease: &pb::Lease, t: &pb::LeasedTest) -> pb::AgentMessage {
     common::passed(lease, t, vec![b'o'; 16 << 10])
 }
 
-async fn serve(dir: &Path, gate: Arc<(Mutex<bool>, Condvar)>) -> common::Served {
+async fn serve(
+    dir: &Path,
+    inner: SledStore,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    fails: bool,
+) -> common::Served {
     let store = Arc::new(GatedStore {
-        inner: SledStore::open(dir).unwrap(),
+        inner,
         open: gate,
+        fails,
     });
     let mut config = CoordinatorConfig::new(dir);
     // Three such results fit (17 KiB of credits each), a fourth does not.
@@ -142,9 +198,20 @@ async fn serve(dir: &Path, gate: Arc<(Mutex<bool>, Condvar)>) -> common::Served 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
+    results_past_the_budget_wait(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_a_group_the_disk_failed_are_held_then_written_once() {
+    results_past_the_budget_wait(true).await;
+}
+
+/// With `fails`, the shut disk fails writes instead of stalling them.
+async fn results_past_the_budget_wait(fails: bool) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new((Mutex::new(true), Condvar::new()));
-    let served = serve(dir.path(), gate.clone()).await;
+    let sled = SledStore::open(dir.path()).unwrap();
+    let served = serve(dir.path(), sled.clone(), gate.clone(), fails).await;
     let mut client = CoordinatorClient::new(served.channel.clone());
     let run_id = client
         .submit_run(pb::SubmitRunRequest {
@@ -159,7 +226,7 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
     let (tx, mut inbound) = common::agent_session(&served.channel, "slow-disk", 6).await;
     let mut acks = 0;
 
-    // The disk stalls; the agent finishes four tests with 16 KiB of output each, of which
+    // The disk stalls (or fails); the agent finishes four tests with 16 KiB of output each, of which
     // three fit in the budget.
     set_gate(&gate, false);
     let mut leased = vec![];
@@ -235,6 +302,18 @@ async fn results_past_the_budget_wait_for_the_writer_while_dispatch_goes_on() {
         .into_inner()
         .tests;
     assert_eq!(tests.len(), TESTS);
+    // Each result once: a group the disk failed was written whole when retried, not twice.
+    let records = sled.run_tests(RunId(run_id.parse().unwrap())).unwrap();
+    assert_eq!(records.len(), TESTS);
+    for r in &records {
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+    }
+    // And in the tests' statistics (written when each lease finished), each attempt once too.
+    let summaries = sled.summaries(None).unwrap();
+    assert_eq!(summaries.len(), TESTS);
+    for s in &summaries {
+        assert_eq!((s.attempts, s.runs), (1, 1), "{s:?}");
+    }
     assert!(
         tests
             .iter()

@@ -1,6 +1,8 @@
-//! An agent whose work dir fills up, on a small tmpfs of its own: a bundle that does not fit is an
+//! Disks that fill, on small tmpfs mounts. An agent's work dir: a bundle that does not fit is an
 //! infrastructure error that says the disk is full; below `--min-free-bytes` the agent takes no
-//! work at all, and once there is room it takes work again by itself.
+//! work at all, and once there is room it takes work again by itself. A coordinator's data dir:
+//! below its `--min-free-bytes` new runs are refused and history waits, holding its results, so
+//! nothing acknowledged is lost; once there is room the runs finish, every result in history once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +30,7 @@ impl Tmpfs {
     /// Fills it with a ballast file until `leave` bytes are free (written, not sparse: a sparse
     /// file takes no room).
     fn fill_leaving(&self, leave: u64) {
-        let free = testfleet_agent::disk_room::free_bytes(&self.0).unwrap();
+        let free = testfleet_bundle::room::free_bytes(&self.0).unwrap();
         let ballast = self.0.join("ballast");
         let now = std::fs::metadata(&ballast).map_or(0, |m| m.len());
         std::fs::write(
@@ -111,4 +113,115 @@ fn an_agent_whose_disk_fills_says_so_stops_taking_work_and_recovers_by_itself() 
     let out = run.finish();
     all_passed(&out);
     assert!(agent.log().contains("has room again"), "{}", agent.log());
+}
+
+/// The fixture suite on the coordinator at `url`, watched in the background.
+fn fixture_run(url: &str, log: PathBuf) -> Watched {
+    let cmd = RunLine::on(url)
+        .retries(1)
+        .timeout(5, 1)
+        .json()
+        .manifest(&fixture::manifest())
+        .command();
+    Watched::spawn(cmd, log)
+}
+
+/// The run's id, from its events.
+fn run_id(out: &std::process::Output) -> testfleet_model::RunId {
+    events(out)
+        .first()
+        .unwrap_or_else(|| panic!("no event: {}", stderr(out)))
+        .run_id
+}
+
+#[test]
+fn a_coordinator_whose_data_dir_fills_refuses_runs_holds_results_and_loses_none() {
+    if !namespaces_or_skip("a coordinator on a full disk (a tmpfs for its data dir)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The data dir `coordinator` starts the coordinator on.
+    let disk = Tmpfs::mount(&dir.path().join("coordinator"), 256);
+    let limits = [
+        "--min-free-bytes",
+        "16777216",
+        // A small budget of results between agents and the disk: the writer holding its
+        // results stops the sessions early.
+        "--max-output-bytes",
+        "65536",
+        "--max-pending-result-bytes",
+        "131072",
+    ];
+    let (mut coord, addr) = coordinator_with(dir.path(), "127.0.0.1:0", "coordinator.log", &limits);
+    let url = format!("http://{addr}");
+
+    // Runs accepted while there is room, before any agent can run them.
+    // One at a time: the first builds the suite.
+    let runs: Vec<Watched> = (1..=3)
+        .map(|i| {
+            let run = fixture_run(&url, dir.path().join(format!("run-{i}.log")));
+            wait_until("the run submitted", || {
+                coord.log().matches("run submitted").count() == i
+            });
+            run
+        })
+        .collect();
+
+    // The disk fills (far less than a run's results writes free): a new run is refused, saying
+    // why; the runs accepted go on, their results held by the history writer.
+    disk.fill_leaving(256 << 10);
+    let refused = run_remote(&url, &fixture::manifest(), &[]);
+    assert!(!refused.status.success());
+    let said = stderr(&refused);
+    assert!(
+        said.contains("--min-free-bytes") && said.contains("new runs are refused"),
+        "{said}"
+    );
+    let agent = Proc::spawn(
+        agent_command(dir.path(), &url, "disk-full", 2),
+        dir.path().join("agent.log"),
+    );
+    wait_until("history waiting for room", || {
+        coord
+            .log()
+            .contains("history waits for room on the data dir")
+    });
+
+    // Room again: everything held is written, the runs end as the fixture does.
+    disk.empty();
+    let ids: Vec<_> = runs
+        .into_iter()
+        .map(|run| {
+            let out = run.finish();
+            assert_eq!(
+                out.status.code(),
+                Some(exit_code::TESTS_FAILED),
+                "{}",
+                stderr(&out)
+            );
+            run_id(&out)
+        })
+        .collect();
+    assert!(coord.log().contains("history has room again"));
+    assert!(
+        !coord.log().contains("history cannot be written"),
+        "{}",
+        coord.log()
+    );
+
+    // It stops and opens cleanly, with every result of every run in history exactly once.
+    assert!(coord.stop().success(), "{}", coord.log());
+    for id in &ids {
+        assert_history_exact(&disk.0, *id);
+    }
+    let (_coord, _) = coordinator_with(dir.path(), &addr, "coordinator-2.log", &limits);
+    wait_for_agents(&url, 1);
+    let next = fixture_run(&url, dir.path().join("run-next.log")).finish();
+    assert_eq!(
+        next.status.code(),
+        Some(exit_code::TESTS_FAILED),
+        "{}",
+        stderr(&next)
+    );
+    drop(agent);
 }

@@ -106,7 +106,7 @@ fn import_local(
     let run_id = store
         .next_run_id()
         .map_err(|e| CliError::Server(e.to_string()))?;
-    let (tx, writer) = spawn_writer(store);
+    let (tx, writer) = spawn_writer(store, None);
     let rec = RunRecord {
         run_id: run_id.0,
         suite,

@@ -8,6 +8,7 @@ use testfleet_model::{RunSpec, RunState};
 use tonic::Status;
 
 use crate::bundles::{BundleStore, BundleStoreError};
+use crate::data_room::{DataRoom, NoRoom};
 use crate::history::{HistoryStore, Plan, RunRecord, plan};
 use crate::limits::{Limit, Limits, exceeded};
 use crate::scheduler::RunSlot;
@@ -20,6 +21,7 @@ pub(super) enum Refusal {
     OutputCap { asked: u64, max: u64 },
     Busy { max: usize },
     NoBundle(String),
+    NoRoom(NoRoom),
     Bundles(BundleStoreError),
     Store(StoreCallError),
 }
@@ -44,6 +46,7 @@ impl From<Refusal> for Status {
             Refusal::NoBundle(d) => Status::failed_precondition(format!(
                 "bundle {d} has not been uploaded to this coordinator"
             )),
+            Refusal::NoRoom(no_room) => no_room_for("new runs", &no_room),
             Refusal::Bundles(e) => e.into(),
             Refusal::Store(e) => e.into(),
         }
@@ -66,6 +69,15 @@ pub(super) struct Gate<'a> {
     pub run_slots: &'a Arc<tokio::sync::Semaphore>,
     pub bundles: &'a BundleStore,
     pub store: &'a Arc<dyn HistoryStore>,
+    pub room: Option<&'a DataRoom>,
+}
+
+/// The error for a request refused because the data dir is nearly full.
+pub(super) fn no_room_for(what: &str, no_room: &NoRoom) -> Status {
+    exceeded(
+        Limit::DataDirRoom,
+        format!("{no_room}: {what} are refused until there is room there (running runs go on)"),
+    )
 }
 
 pub(super) async fn admit(gate: Gate<'_>, spec: RunSpec) -> Result<Admitted, Refusal> {
@@ -81,6 +93,9 @@ pub(super) async fn admit(gate: Gate<'_>, spec: RunSpec) -> Result<Admitted, Ref
             asked: spec.output_cap_bytes,
             max: limits.max_output_bytes,
         });
+    }
+    if let Some(room) = gate.room {
+        room.check(0).map_err(Refusal::NoRoom)?;
     }
     let slot = gate
         .run_slots

@@ -8,9 +8,11 @@ use tonic::{Response, Status, Streaming};
 
 use crate::bundles::{BundleStore, BundleStoreError};
 
+/// Receives an upload; `room_for` refuses one the data dir has no room for (given its size).
 pub(super) async fn receive(
     store: &BundleStore,
     mut chunks: Streaming<pb::BundleChunk>,
+    room_for: impl FnOnce(u64) -> Result<(), Status>,
 ) -> Result<Response<pb::UploadBundleResponse>, Status> {
     let first = chunks.message().await?.ok_or_else(|| {
         Status::invalid_argument("empty upload: the first chunk must name the digest")
@@ -23,6 +25,7 @@ pub(super) async fn receive(
             stored: false,
         }));
     }
+    room_for(first.total_size)?;
     let mut upload = store.begin_upload(&digest, first.total_size).await?;
     upload.write(&first.data).await?;
     while let Some(chunk) = chunks.next().await {

@@ -165,7 +165,7 @@ mod tests {
     fn imported_results_become_a_finished_run_with_logs_and_flaky_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let (tx, writer) = spawn_writer(store.clone());
+        let (tx, writer) = spawn_writer(store.clone(), None);
         let run_id = store.next_run_id().unwrap();
         let rec = RunRecord {
             run_id: run_id.0,

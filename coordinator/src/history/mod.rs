@@ -44,6 +44,14 @@ pub enum HistoryError {
     Open { path: String, reason: String },
 }
 
+impl HistoryError {
+    /// Whether the disk failed (full, or an I/O error): not the record's fault, so the same write
+    /// may succeed later.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, HistoryError::Storage(::sled::Error::Io(_)))
+    }
+}
+
 /// The writes history takes; a store applies a group of them together (see
 /// [`HistoryStore::write`]).
 pub trait HistoryWrites {

@@ -43,7 +43,7 @@ impl Pipeline {
     ) -> RunId {
         let run = RunId(self.next_run);
         self.next_run += 1;
-        let (tx, writer) = spawn_writer(self.store.clone());
+        let (tx, writer) = spawn_writer(self.store.clone(), None);
         tx.send(HistoryUpdate::RunCreated(RunRecord {
             run_id: run.0,
             suite: "s".into(),

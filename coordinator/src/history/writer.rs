@@ -13,6 +13,7 @@ use testfleet_model::{EventKind, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
+use crate::data_room::DataRoom;
 
 /// Updates written as one group at most: large enough to amortise each record's read and write
 /// and the shard threads (65,536 ingested 8–14% faster than 16,384 in side-by-side runs), small enough that a
@@ -60,10 +61,15 @@ pub async fn written(history: &mpsc::UnboundedSender<HistoryUpdate>, limit: Dura
     matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
 }
 
+/// How long a group whose write failed waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Starts the writer; it ends (after flushing) when every sender is dropped. Join the handle to
-/// know that everything sent has been written.
+/// know that everything sent has been written. With `room`, it writes nothing while the data dir
+/// is below its minimum of free space: it holds what it has (see `data_room.rs`).
 pub fn spawn_writer(
     store: Arc<dyn HistoryStore>,
+    room: Option<Arc<DataRoom>>,
 ) -> (
     mpsc::UnboundedSender<HistoryUpdate>,
     std::thread::JoinHandle<()>,
@@ -77,38 +83,71 @@ pub fn spawn_writer(
                 store,
                 revisions: HashMap::new(),
                 pending: HashMap::new(),
-                synced: Vec::new(),
-                credits: Vec::new(),
             };
             let mut group = Vec::with_capacity(GROUP_MAX);
-            while let Some(first) = rx.blocking_recv() {
+            let mut failing = false;
+            loop {
+                if group.is_empty() {
+                    match rx.blocking_recv() {
+                        Some(first) => group.push(first),
+                        None => break,
+                    }
+                }
                 // Whatever else is already waiting goes into the same group of writes.
-                group.push(first);
                 while group.len() < GROUP_MAX {
                     match rx.try_recv() {
                         Ok(u) => group.push(u),
                         Err(_) => break,
                     }
                 }
-                let store = w.store.clone();
-                let written = store.write(&mut |tx| {
-                    for update in group.drain(..) {
-                        if let Err(e) = w.apply(tx, update) {
-                            // History is derived data: a failed write is reported, and the run goes on.
-                            tracing::error!(error = %e, "failed to write history");
+                if let Some(room) = &room
+                    && room.check(0).is_err()
+                {
+                    tracing::warn!(
+                        updates = group.len(),
+                        "history waits for room on the data dir, holding what it has not written: agents' results go unacknowledged once --max-pending-result-bytes of them wait"
+                    );
+                    if !room.wait_blocking(|| rx.is_closed()) {
+                        tracing::error!(
+                            updates = group.len() + rx.len(),
+                            "stopping with the data dir full: the last results are not in history; unfinished runs resume on the next start and run those tests again"
+                        );
+                        return;
+                    }
+                    tracing::info!("history has room again: writing what it held");
+                }
+                match w.write_group(&group) {
+                    Ok(()) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("history is written again");
+                        }
+                        // The group is committed: syncs are answered, and its results' credits
+                        // go back to their sessions as the group is dropped.
+                        for update in group.drain(..) {
+                            if let HistoryUpdate::Synced(ack) = update {
+                                ack.answer();
+                            }
                         }
                     }
-                    Ok(())
-                });
-                if let Err(e) = written {
-                    tracing::error!(error = %e, "failed to write history");
+                    Err(e) if e.is_storage() => {
+                        // Kept with its credits: agents stop being acknowledged and keep their
+                        // results instead of their being acknowledged and lost.
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::error!(error = %e, updates = group.len(), "history cannot be written: its results are held, and agents' results go unacknowledged, until it can (sled refuses every write after an I/O error until the coordinator restarts: restart it once the data dir has room; unfinished runs resume)");
+                        }
+                        if rx.is_closed() {
+                            tracing::error!(updates = group.len() + rx.len(), "stopping with history unwritten: unfinished runs resume on the next start and run those tests again");
+                            return;
+                        }
+                        std::thread::sleep(RETRY_AFTER);
+                    }
+                    Err(e) => {
+                        // Not the disk (a record that cannot be read): history is derived data,
+                        // the failure is reported and the runs go on.
+                        tracing::error!(error = %e, "failed to write history");
+                        group.clear();
+                    }
                 }
-                group.clear();
-                for ack in w.synced.drain(..) {
-                    ack.answer();
-                }
-                // The group is committed: its results' credits go back to their sessions.
-                w.credits.clear();
             }
             if let Err(e) = w.store.flush() {
                 tracing::error!(error = %e, "failed to flush history");
@@ -137,36 +176,45 @@ struct Writer {
     revisions: HashMap<RunId, String>,
     /// Attempts waiting for their lease to finish, by (run, lease).
     pending: HashMap<(RunId, u64), Vec<(TestId, LoggedAttempt)>>,
-    /// Syncs to answer once the group they came in is committed.
-    synced: Vec<SyncAck>,
-    /// Credits of the group's results, held until it is committed.
-    credits: Vec<super::credits::Credit>,
 }
 
 impl Writer {
+    /// Writes a group. If the disk fails it, the writer is left as it was before, so the same
+    /// group can be written again.
+    fn write_group(&mut self, group: &[HistoryUpdate]) -> Result<(), HistoryError> {
+        let before = (self.revisions.clone(), self.pending.clone());
+        let store = self.store.clone();
+        let written = store.write(&mut |tx| {
+            for update in group {
+                match self.apply(tx, update) {
+                    Err(e) if e.is_storage() => return Err(e),
+                    // History is derived data: an update it cannot make is reported, and the
+                    // rest of the group is written.
+                    Err(e) => tracing::error!(error = %e, "failed to write history"),
+                    Ok(()) => {}
+                }
+            }
+            Ok(())
+        });
+        if written.as_ref().is_err_and(HistoryError::is_storage) {
+            (self.revisions, self.pending) = before;
+        }
+        written
+    }
+
     fn apply(
         &mut self,
         store: &mut dyn HistoryWrites,
-        update: HistoryUpdate,
+        update: &HistoryUpdate,
     ) -> Result<(), HistoryError> {
         let (suite, event) = match update {
             HistoryUpdate::RunCreated(rec) => {
                 self.revisions
                     .insert(RunId(rec.run_id), rec.revision.clone());
-                return store.put_run(&rec);
+                return store.put_run(rec);
             }
-            HistoryUpdate::Event {
-                suite,
-                event,
-                credit,
-            } => {
-                self.credits.extend(credit);
-                (suite, event)
-            }
-            HistoryUpdate::Synced(ack) => {
-                self.synced.push(ack);
-                return Ok(());
-            }
+            HistoryUpdate::Event { suite, event, .. } => (suite, event),
+            HistoryUpdate::Synced(_) => return Ok(()),
         };
         let run = event.run_id;
         match &event.kind {
@@ -207,7 +255,7 @@ impl Writer {
                         .push((id.clone(), logged));
                 }
                 if let Some(o) = finished.final_outcome {
-                    store.record_settled(&suite, &id, o)?;
+                    store.record_settled(suite, &id, o)?;
                 }
             }
             EventKind::LeaseFinished {
@@ -220,9 +268,9 @@ impl Writer {
                 if super::policy::is_mass_failure(*tests, *failed) {
                     tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
                     let ids: Vec<TestId> = attempts.into_iter().map(|(id, _)| id).collect();
-                    store.record_excluded(&suite, &ids)?;
+                    store.record_excluded(suite, &ids)?;
                 } else {
-                    store.record_attempts(&suite, &attempts)?;
+                    store.record_attempts(suite, &attempts)?;
                 }
             }
             EventKind::RunFinished { summary, state } => {
@@ -235,7 +283,7 @@ impl Writer {
                     .collect();
                 for key in open {
                     let attempts = self.pending.remove(&key).unwrap_or_default();
-                    store.record_attempts(&suite, &attempts)?;
+                    store.record_attempts(suite, &attempts)?;
                 }
                 self.revisions.remove(&run);
                 store.finish_run(run, *state, summary)?;
@@ -276,7 +324,7 @@ mod tests {
     async fn a_sync_is_answered_after_everything_sent_before_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn HistoryStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let (tx, handle) = spawn_writer(store.clone());
+        let (tx, handle) = spawn_writer(store.clone(), None);
         for run in 1..=2_000 {
             tx.send(created(run)).unwrap();
         }
@@ -297,5 +345,22 @@ mod tests {
     async fn a_sync_not_reached_within_the_limit_reports_the_writer_behind() {
         let (tx, _never_read) = mpsc::unbounded_channel();
         assert!(!written(&tx, Duration::from_millis(50)).await);
+    }
+
+    /// Below the data dir's minimum of free space nothing is written; a writer told to stop
+    /// meanwhile stops without writing (what it held is not in history: unfinished runs resume).
+    #[tokio::test]
+    async fn a_writer_without_room_writes_nothing_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn HistoryStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let no_room = Arc::new(DataRoom::new(dir.path(), u64::MAX));
+        let (tx, handle) = spawn_writer(store.clone(), Some(no_room));
+        tx.send(created(1)).unwrap();
+        assert!(!written(&tx, Duration::from_millis(50)).await);
+        drop(tx);
+        tokio::task::spawn_blocking(move || handle.join().unwrap())
+            .await
+            .unwrap();
+        assert!(store.run(RunId(1)).unwrap().is_none());
     }
 }

@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bundles::BundleStore;
+use crate::data_room::DataRoom;
 use crate::history::{HistoryStore, HistoryUpdate, RunRecord};
 use crate::limits::Limits;
 use crate::scheduler::{RunSnapshot, SchedulerHandle};
@@ -30,6 +31,8 @@ pub struct ClientApi {
     /// Held while a submission with a run key looks the key up and creates its run, so that CI
     /// jobs submitting at once get one run between them.
     pub(crate) keyed_submits: tokio::sync::Mutex<()>,
+    /// Free space on the data dir: below its minimum, what would write more is refused.
+    pub(crate) room: Option<Arc<DataRoom>>,
 }
 
 impl ClientApi {
@@ -37,6 +40,16 @@ impl ClientApi {
     /// before now; false if it has not.
     async fn history_written(&self) -> bool {
         crate::store_call::caught_up(&self.history, crate::history::QUERY_WAIT).await
+    }
+
+    /// Refuses `what` if writing `bytes` more would leave the data dir below its minimum.
+    fn room_for(&self, what: &str, bytes: u64) -> Result<(), Status> {
+        match &self.room {
+            Some(room) => room
+                .check(bytes)
+                .map_err(|no_room| super::admission::no_room_for(what, &no_room)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -177,7 +190,10 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<Streaming<pb::BundleChunk>>,
     ) -> Result<Response<pb::UploadBundleResponse>, Status> {
-        super::bundles::receive(&self.bundles, req.into_inner()).await
+        super::bundles::receive(&self.bundles, req.into_inner(), |size| {
+            self.room_for("bundle uploads", size)
+        })
+        .await
     }
 
     async fn list_flaky(
@@ -205,6 +221,7 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::QuarantineRequest>,
     ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        self.room_for("quarantine changes", 0)?;
         queries::quarantine(self, req).await
     }
 
@@ -212,6 +229,7 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::ImportRunRequest>,
     ) -> Result<Response<pb::ImportRunResponse>, Status> {
+        self.room_for("imported runs", 0)?;
         queries::import(self, req).await
     }
 

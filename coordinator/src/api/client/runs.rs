@@ -67,6 +67,7 @@ pub(super) async fn submit(
             run_slots: &api.run_slots,
             bundles: &api.bundles,
             store: &api.store,
+            room: api.room.as_deref(),
         },
         spec,
     )

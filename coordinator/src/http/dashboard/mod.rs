@@ -87,7 +87,7 @@ mod note_tests {
     async fn a_page_says_so_only_when_the_writer_has_not_caught_up() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::SledStore::open(dir.path()).unwrap());
-        let (writer, thread) = crate::history::spawn_writer(store);
+        let (writer, thread) = crate::history::spawn_writer(store, None);
         assert_eq!(note_after(&writer, Duration::from_secs(60)).await, "");
         drop(writer);
         thread.join().unwrap();
