@@ -110,7 +110,9 @@ impl Backend {
     pub async fn open(args: &QueryArgs) -> CliResult<Self> {
         if let Some(url) = &args.coordinator {
             return Ok(Backend::Remote {
-                client: Box::new(remote::connect(url, &args.connect.security()?).await?),
+                client: Box::new(
+                    remote::connect(url, &args.connect.security()?, args.connect.wait()).await?,
+                ),
                 url: url.clone(),
             });
         }

@@ -47,9 +47,29 @@ pub struct ConnectArgs {
     /// The name the coordinator's certificate carries, when it differs from the URL's host.
     #[arg(long, value_name = "NAME", env = "TESTFLEET_TLS_DOMAIN", global = true)]
     pub tls_domain: Option<String>,
+    /// Seconds to keep trying a coordinator that refuses connections or says it is unavailable
+    /// (a restart, a rolling upgrade) before giving up; 0 gives up at once. Watching a run
+    /// already submitted always re-attaches for up to a minute.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "TESTFLEET_CONNECT_WAIT",
+        default_value_t = DEFAULT_CONNECT_WAIT_SECS,
+        global = true
+    )]
+    pub connect_wait: u64,
 }
 
+/// How long a client keeps trying a coordinator that is unavailable unless told otherwise: longer
+/// than a coordinator takes to restart and resume its runs.
+pub const DEFAULT_CONNECT_WAIT_SECS: u64 = 30;
+
 impl ConnectArgs {
+    /// How long to keep trying a coordinator that is unavailable.
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.connect_wait)
+    }
+
     pub fn security(&self) -> CliResult<ClientSecurity> {
         let token = Secret::load(self.token_file.as_deref(), TOKEN_ENV)
             .map_err(|e| CliError::Config(e.to_string()))?;

@@ -79,7 +79,11 @@ fn unreachable_coordinator_fails_fast_and_names_the_address() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
-    let out = RunLine::on(&url).manifest(&fixture::manifest()).output();
+    // Told not to wait for a coordinator that may be restarting.
+    let out = RunLine::on(&url)
+        .args(&["--connect-wait", "0"])
+        .manifest(&fixture::manifest())
+        .output();
     assert_clean_error(
         &out,
         exit_code::COORDINATOR_UNREACHABLE,

@@ -265,6 +265,34 @@ fn a_draining_agent_finishes_its_running_test_and_gives_back_the_rest() {
     assert_eq!(infra, 0, "a drain is not an infrastructure failure");
 }
 
+/// A run started while its coordinator is down (restarting, or not up yet) says it waits, and
+/// goes through once the coordinator is there.
+#[test]
+fn a_run_started_while_its_coordinator_is_down_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was just free: nothing listens on it yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let run = Watched::spawn(
+        RunLine::on(&format!("http://{addr}"))
+            .json()
+            .args(&["--connect-wait", "300"])
+            .filters(&["adds"])
+            .manifest(&fixture::manifest())
+            .command(),
+        dir.path().join("run.log"),
+    );
+    wait_until("the run saying it waits for the coordinator", || {
+        run.proc.log().contains("trying again for up to 300 s")
+    });
+    let (_coord, url) = coordinator_on(dir.path(), &addr, "coordinator.log");
+    let _agent = agent(dir.path(), &url, "late", 1);
+    all_passed(&run.finish());
+}
+
 #[test]
 fn a_run_survives_a_coordinator_restart_and_nothing_is_counted_twice() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,12 @@ fn pulls(a: &pb::AgentInfo) -> String {
 }
 
 pub async fn run(args: AgentsArgs) -> CliResult<i32> {
-    let mut client = crate::remote::connect(&args.coordinator, &args.connect.security()?).await?;
+    let mut client = crate::remote::connect(
+        &args.coordinator,
+        &args.connect.security()?,
+        args.connect.wait(),
+    )
+    .await?;
     let agents = client
         .list_agents(pb::ListAgentsRequest {})
         .await

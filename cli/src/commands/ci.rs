@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
 use testfleet_agent::provision::{DockerProvisioner, Provisioner};
 use testfleet_agent::{AgentConfig, Stop};
+
 use testfleet_model::session::ONLY_RUN_LABEL;
 use testfleet_model::{AgentId, RunId, RunSpec, exit_code};
 use testfleet_proto::pb;
@@ -57,10 +59,10 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
     // Installed before anything is submitted: a job stopped meanwhile leaves cleanly.
     let mut signals = StopSignals::new();
     let security = run.connect.security()?;
-    let mut client = remote::connect(&url, &security).await?;
+    let mut client = remote::connect(&url, &security, run.connect.wait()).await?;
     // A job that comes after the run exists joins it without building anything.
     let key = attempt_key(&run_key, attempt);
-    let (run_id, how) = match submit(&mut client, &url, &key, None).await? {
+    let (run_id, how) = match submit(&client, &url, &key, None, run.connect.wait()).await? {
         Some((id, _)) => (id, "joined"),
         None => {
             let mut prepared = crate::prepare::prepare(&run, Some((&url, &mut client))).await?;
@@ -70,7 +72,15 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
             {
                 return Ok(exit_code::SUCCESS);
             }
-            match submit(&mut client, &url, &key, Some(&prepared.spec)).await? {
+            match submit(
+                &client,
+                &url,
+                &key,
+                Some(&prepared.spec),
+                run.connect.wait(),
+            )
+            .await?
+            {
                 Some((id, true)) => (id, "joined"),
                 Some((id, false)) => (id, "created"),
                 None => {
@@ -185,7 +195,9 @@ async fn only_not_passed(
     let mut passed = std::collections::HashSet::new();
     let mut earlier_runs = vec![];
     for n in 1..attempt {
-        let Some((run_id, _)) = submit(client, url, &attempt_key(key, n), None).await? else {
+        let Some((run_id, _)) =
+            submit(client, url, &attempt_key(key, n), None, Duration::ZERO).await?
+        else {
             continue;
         };
         let mut earlier = crate::rerun::tests_of(client, url, run_id).await?;
@@ -225,12 +237,14 @@ async fn only_not_passed(
 }
 
 /// Submits with the run key: the run it names (joined) or, with a spec, a new one. `None`: no run
-/// has the key and no spec was given.
+/// has the key and no spec was given. Made again while the coordinator is unavailable (for up to
+/// `wait`): the key makes a repeated submission join the run the first one created.
 async fn submit(
-    client: &mut Client,
+    client: &Client,
     url: &str,
     key: &str,
     spec: Option<&RunSpec>,
+    wait: Duration,
 ) -> CliResult<Option<(RunId, bool)>> {
     let span = tracing::info_span!(
         target: testfleet_coordinator::run_trace::TRACE_TARGET,
@@ -238,15 +252,19 @@ async fn submit(
         otel.kind = "client",
         testfleet.run_key = key,
     );
-    let reply = client
-        .submit_run(crate::remote::traced(
+    let wire: Option<pb::RunSpec> = spec.map(Into::into);
+    let reply = remote::patiently(url, wait, || {
+        let mut client = client.clone();
+        let request = crate::remote::traced(
             &span,
             pb::SubmitRunRequest {
-                spec: spec.map(Into::into),
+                spec: wire.clone(),
                 run_key: key.to_owned(),
             },
-        ))
-        .await;
+        );
+        async move { client.submit_run(request).await }
+    })
+    .await;
     let reply = match reply {
         Ok(r) => r.into_inner(),
         Err(s) if spec.is_none() && s.code() == tonic::Code::NotFound => return Ok(None),

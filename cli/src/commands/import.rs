@@ -35,7 +35,8 @@ async fn junit(args: ImportJunitArgs) -> CliResult<i32> {
     let branch = args.branch.clone().unwrap_or_default();
     let (run_id, summary) = match &args.coordinator {
         Some(url) => {
-            let mut client = crate::remote::connect(url, &args.connect.security()?).await?;
+            let mut client =
+                crate::remote::connect(url, &args.connect.security()?, args.connect.wait()).await?;
             let reply = client
                 .import_run(pb::ImportRunRequest {
                     suite: suite.clone(),

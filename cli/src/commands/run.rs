@@ -14,7 +14,9 @@ use crate::reporter::Report;
 pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
     // Fail fast on an unreachable coordinator, before spending minutes on a build.
     let mut remote_client = match &args.coordinator {
-        Some(url) => Some(remote::connect(url, &args.connect.security()?).await?),
+        Some(url) => {
+            Some(remote::connect(url, &args.connect.security()?, args.connect.wait()).await?)
+        }
         None => None,
     };
     let remote = args.coordinator.as_deref().zip(remote_client.as_mut());
@@ -39,7 +41,8 @@ pub async fn run(args: Box<RunArgs>) -> CliResult<i32> {
             let f = LocalFleet::start(&data_dir, agents, slots, docker).await?;
             mode = format!("on {agents} local agent(s) × {slots} slot(s)");
             let url = f.url.clone();
-            let client = remote::connect(&url, &f.security).await?;
+            // Up already: nothing to wait for.
+            let client = remote::connect(&url, &f.security, std::time::Duration::ZERO).await?;
             fleet = Some(f);
             (url, client)
         }
@@ -126,22 +129,24 @@ async fn submit_and_follow(
         testfleet.tests = spec.tests.len() as u64,
         testfleet.run_id = tracing::field::Empty,
     );
-    let run_id: RunId = client
-        .submit_run(traced(
+    let wire: pb::RunSpec = spec.into();
+    let run_id: RunId = remote::patiently(url, args.connect.wait(), || {
+        let mut client = client.clone();
+        let request = traced(
             &span,
             pb::SubmitRunRequest {
-                spec: Some(spec.into()),
+                spec: Some(wire.clone()),
                 ..Default::default()
             },
-        ))
-        .await
-        .map_err(|s| CliError::from_status(url, s))?
-        .into_inner()
-        .run_id
-        .parse()
-        .map_err(|e| {
-            CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}"))
-        })?;
+        );
+        async move { client.submit_run(request).await }
+    })
+    .await
+    .map_err(|s| CliError::from_status(url, s))?
+    .into_inner()
+    .run_id
+    .parse()
+    .map_err(|e| CliError::Internal(anyhow::anyhow!("coordinator returned a bad run id: {e}")))?;
     span.record("testfleet.run_id", run_id.to_string());
     if args.detach {
         // Machine-readable: the id alone on stdout.

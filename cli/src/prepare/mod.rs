@@ -132,7 +132,7 @@ pub(crate) async fn finish(
     let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
     if let Some((url, client)) = remote {
         let packed = pack_bundle(args, ws, content, suite.as_ref()).await?;
-        let sent = remote::upload_bundle(client, url, &packed).await;
+        let sent = remote::upload_bundle(client, url, &packed, args.connect.wait()).await;
         // The next run packs afresh: once sent (or refused), the archive is of no more use here.
         if let Some(own) = packed.path.parent() {
             pack::remove_packed(own);
