@@ -36,6 +36,10 @@ pub struct Args {
     /// The testfleet binary [default: next to this one].
     #[arg(long)]
     pub testfleet: Option<PathBuf>,
+    /// An argument for the coordinator (repeat for more), to measure its settings side by side:
+    /// `--coordinator-arg=--history-cache-bytes --coordinator-arg=16777216`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub coordinator_arg: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
@@ -47,7 +51,8 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
         "ingest: {} runs of {per_run} tests, {} simulated agents of {} slots, coordinator persisting to sled",
         args.runs, args.agents, args.slots
     );
-    let coordinator = CoordinatorProc::start(&testfleet, &data, &[])?;
+    let extra: Vec<&str> = args.coordinator_arg.iter().map(String::as_str).collect();
+    let coordinator = CoordinatorProc::start(&testfleet, &data, &extra)?;
     let rt = tokio::runtime::Runtime::new()?;
     let shared = Arc::new(Shared::default());
     shared

@@ -140,6 +140,7 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         output_every: 0,
         output_bytes: 64 << 10,
         testfleet: tf(),
+        coordinator_arg: Vec::new(),
     })?);
     step(scale::run(scale::Args {
         agents: 1000,

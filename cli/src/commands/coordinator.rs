@@ -60,7 +60,7 @@ pub async fn run(args: CoordinatorArgs) -> CliResult<i32> {
              address, or pass --allow-unauthenticated on a network you trust"
         )));
     }
-    let store = SledStore::open(&args.data_dir)
+    let store = SledStore::open_with_cache(&args.data_dir, args.history_cache_bytes)
         .map_err(|e| CliError::Server(e.to_string()))?
         .with_retention(args.keep_runs);
     let listener = bind(args.listen)

@@ -23,7 +23,7 @@ pub use records::{
     AttemptRecord, Evidence, LoggedAttempt, QuarantineEntry, RunRecord, TestLog, TestRecord,
     TestSummary,
 };
-pub use sled::{DEFAULT_KEEP_RUNS, SledStore};
+pub use sled::{DEFAULT_CACHE_BYTES, DEFAULT_KEEP_RUNS, SledStore};
 pub use writer::{HistoryUpdate, QUERY_WAIT, spawn_writer, written};
 
 use testfleet_model::{

@@ -35,6 +35,8 @@ pub(crate) const OUTPUT_EXCERPT_BYTES: usize = 4096;
 /// tests) made every submission and every finished run rewrite the specs of all the runs in
 /// flight.
 pub(super) const PIECE_BYTES: usize = 4096;
+/// sled's page cache unless told otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 /// Runs kept by default; older runs and their per-test records are pruned.
 pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 
@@ -68,6 +70,11 @@ fn is_lock_error(io: &std::io::Error) -> bool {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens with `cache_bytes` of memory for sled's page cache.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, HistoryError> {
         let open_err = |reason: String| HistoryError::Open {
             path: dir.display().to_string(),
             reason,
@@ -75,7 +82,7 @@ impl SledStore {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let config = sled::Config::new()
             .path(dir.join("history"))
-            .cache_capacity(64 << 20)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500));
         // A store just closed may hold its lock a moment longer: sled's IO threads finish their
         // last writes after the handle is dropped. A lock held past that is another process's.
