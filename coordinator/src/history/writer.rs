@@ -123,11 +123,7 @@ pub fn spawn_writer(
                         }
                         // The group is committed: syncs are answered, and its results' credits
                         // go back to their sessions as the group is dropped.
-                        for update in group.drain(..) {
-                            if let HistoryUpdate::Synced(ack) = update {
-                                ack.answer();
-                            }
-                        }
+                        answer_syncs(group.drain(..));
                     }
                     Err(e) if e.is_storage() => {
                         // Kept with its credits: agents stop being acknowledged and keep their
@@ -145,7 +141,7 @@ pub fn spawn_writer(
                         // Not the disk (a record that cannot be read): history is derived data,
                         // the failure is reported and the runs go on.
                         tracing::error!(error = %e, "failed to write history");
-                        group.clear();
+                        answer_syncs(group.drain(..));
                     }
                 }
             }
@@ -155,6 +151,15 @@ pub fn spawn_writer(
         })
         .expect("spawning a thread succeeds");
     (tx, handle)
+}
+
+/// Answers the syncs among a group's updates, which are dropped (and their credits given back).
+fn answer_syncs(group: impl Iterator<Item = HistoryUpdate>) {
+    for update in group {
+        if let HistoryUpdate::Synced(ack) = update {
+            ack.answer();
+        }
+    }
 }
 
 /// History is throughput work; dispatching leases is latency work. When the two compete for a
