@@ -201,38 +201,58 @@ pub struct Backlog {
 }
 
 impl LogSnapshot {
-    pub fn read(self) -> std::io::Result<Backlog> {
+    /// How many parts the snapshot is read in: each chunk in order, then the open one. A watcher
+    /// of a long run from its start reads one at a time, so what it holds is a chunk's events,
+    /// not the whole run's.
+    pub fn parts(&self) -> usize {
+        self.chunks.len() + usize::from(self.open.is_some())
+    }
+
+    /// Reads part `i` (below [`Self::parts`]): its events from `from_seq` on.
+    pub fn read_part(&self, i: usize) -> std::io::Result<Backlog> {
+        let (first, bytes) = match self.chunks.get(i) {
+            Some((first, chunk)) => (*first, SpillFile::read(chunk, self.file.as_deref())?),
+            None => self
+                .open
+                .clone()
+                .filter(|_| i == self.chunks.len())
+                .ok_or_else(|| std::io::Error::other(format!("no part {i} in the log")))?,
+        };
         let unpacker = record::Unpacker {
             run_id: self.run_id,
             spec: &self.spec,
             whole: &self.whole,
         };
         let mut backlog = Backlog::default();
-        let mut parts = Vec::with_capacity(self.chunks.len() + 1);
-        for (first, chunk) in &self.chunks {
-            parts.push((*first, SpillFile::read(chunk, self.file.as_deref())?));
-        }
-        parts.extend(self.open);
-        for (first, bytes) in parts {
-            let mut rest: &[u8] = &bytes;
-            let mut seq = first;
-            while !rest.is_empty() {
-                let (unpacked, after) =
-                    unpacker.next(seq, rest, seq < self.from_seq).map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("run {}'s event log at {seq}: {e}", self.run_id),
-                        )
-                    })?;
-                if let Some(u) = unpacked {
-                    if u.output_on_disk {
-                        backlog.outputs_on_disk.push(seq);
-                    }
-                    backlog.events.push(u.event);
+        let mut rest: &[u8] = &bytes;
+        let mut seq = first;
+        while !rest.is_empty() {
+            let (unpacked, after) = unpacker.next(seq, rest, seq < self.from_seq).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("run {}'s event log at {seq}: {e}", self.run_id),
+                )
+            })?;
+            if let Some(u) = unpacked {
+                if u.output_on_disk {
+                    backlog.outputs_on_disk.push(seq);
                 }
-                rest = after;
-                seq += 1;
+                backlog.events.push(u.event);
             }
+            rest = after;
+            seq += 1;
+        }
+        Ok(backlog)
+    }
+
+    /// Reads every part at once.
+    #[cfg(test)]
+    pub fn read(self) -> std::io::Result<Backlog> {
+        let mut backlog = Backlog::default();
+        for i in 0..self.parts() {
+            let part = self.read_part(i)?;
+            backlog.events.extend(part.events);
+            backlog.outputs_on_disk.extend(part.outputs_on_disk);
         }
         Ok(backlog)
     }
