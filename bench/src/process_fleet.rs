@@ -132,6 +132,10 @@ impl Fleet {
                 "coordinator",
                 "--lease-timeout",
                 "3",
+                // Every run the fleet submits stays in history for the audit: a soak of half
+                // an hour submits more than the default 1,000 runs kept.
+                "--keep-runs",
+                "1000000",
                 "--listen",
                 listen,
                 "--data-dir",

@@ -136,7 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let audit = fleet.finish(true, &run_ids)?;
+    // Its figures are printed before an audit that fails says why.
+    let audit = fleet.finish(true, &run_ids);
     println!(
         "soak: {:.0} s, {} runs, {drained} agents drained and {killed} killed (and started again), {restarts} coordinator restarts",
         started.elapsed().as_secs_f64(),
@@ -179,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             life.fds.last().copied().unwrap_or(0),
         );
     }
-    audit.check(run_ids.len())
+    audit?.check(run_ids.len())
 }
 
 #[cfg(test)]
