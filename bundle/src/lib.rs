@@ -4,6 +4,7 @@
 
 mod digest;
 mod extract;
+pub mod manifest;
 mod pack;
 pub mod room;
 
