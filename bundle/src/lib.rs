@@ -2,6 +2,7 @@
 //! bytes. The same inputs always give the same digest, so a bundle is uploaded once and cached by
 //! agents once per digest. Extraction never writes outside its target directory.
 
+pub mod blob;
 mod digest;
 mod extract;
 pub mod manifest;
