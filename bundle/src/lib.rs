@@ -1,10 +1,14 @@
 //! Content-addressed test bundles: a deterministic tar + zstd archive named by the sha256 of its
 //! bytes. The same inputs always give the same digest, so a bundle is uploaded once and cached by
 //! agents once per digest. Extraction never writes outside its target directory.
+//!
+//! Also the parts of bundles made of content-addressed files, which runs do not use yet: a
+//! bundle's `manifest`, its files as verified `blob`s, and their `layout` from a cache.
 
 pub mod blob;
 mod digest;
 mod extract;
+pub mod layout;
 pub mod manifest;
 mod pack;
 pub mod room;
