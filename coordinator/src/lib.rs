@@ -3,6 +3,7 @@
 //! the CLI's local mode embed it the same way the `coordinator` command does.
 
 pub mod api;
+pub mod blobs;
 pub mod bundles;
 pub mod data_room;
 pub mod history;
