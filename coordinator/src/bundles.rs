@@ -92,6 +92,11 @@ impl BundleStore {
         Ok(collected)
     }
 
+    /// The store of content-addressed bundles beside the archives, under the same lock.
+    pub fn blobs(&self) -> std::io::Result<crate::blobs::BlobStore> {
+        crate::blobs::BlobStore::open(&self.dir, self.max_bytes, self.uses.clone())
+    }
+
     pub fn path_of(&self, digest: &str) -> Result<PathBuf, BundleStoreError> {
         if !testfleet_model::spec::is_sha256_hex(digest) {
             return Err(BundleStoreError::BadDigest(
@@ -174,7 +179,8 @@ pub(crate) async fn collect_unused(
     retention: std::time::Duration,
 ) {
     let (bundles, store) = (bundles.clone(), store.clone());
-    let pass = tokio::task::spawn_blocking(move || -> Result<Collected, String> {
+    type Passes = (Collected, crate::blobs::CollectedBlobs);
+    let pass = tokio::task::spawn_blocking(move || -> Result<Passes, String> {
         let mut keep = HashSet::new();
         for run in store.unfinished_runs().map_err(|e| e.to_string())? {
             let spec = store
@@ -185,19 +191,38 @@ pub(crate) async fn collect_unused(
         let cutoff = SystemTime::now()
             .checked_sub(retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        bundles.collect(cutoff, &keep).map_err(|e| e.to_string())
+        let archives = bundles.collect(cutoff, &keep).map_err(|e| e.to_string())?;
+        let blobs = bundles
+            .blobs()
+            .and_then(|b| b.collect(cutoff, &keep))
+            .map_err(|e| e.to_string())?;
+        Ok((archives, blobs))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
+    let retention_days = retention.as_secs() / 86_400;
     match pass {
-        Ok(c) if c == Collected::default() => {}
-        Ok(c) => tracing::info!(
-            bundles = c.bundles,
-            unfinished_uploads = c.leftovers,
-            mib = c.bytes / (1 << 20),
-            retention_days = retention.as_secs() / 86_400,
-            "removed bundles no run has used within the retention period"
-        ),
+        Ok((archives, blobs)) => {
+            if archives != Collected::default() {
+                tracing::info!(
+                    bundles = archives.bundles,
+                    unfinished_uploads = archives.leftovers,
+                    mib = archives.bytes / (1 << 20),
+                    retention_days,
+                    "removed bundles no run has used within the retention period"
+                );
+            }
+            if blobs != crate::blobs::CollectedBlobs::default() {
+                tracing::info!(
+                    manifests = blobs.manifests,
+                    files = blobs.files,
+                    unfinished_uploads = blobs.leftovers,
+                    mib = blobs.bytes / (1 << 20),
+                    retention_days,
+                    "removed bundle manifests and files no kept bundle needs"
+                );
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "could not remove old bundles"),
     }
 }

@@ -175,6 +175,10 @@ pub async fn serve_with_http(
         scheduler: scheduler.clone(),
         store,
         history: history_tx,
+        blobs: bundles.blobs().map_err(|source| ServeError::BundleDir {
+            path: config.bundle_dir.clone(),
+            source,
+        })?,
         bundles,
         limits: limits.clone(),
         run_slots,

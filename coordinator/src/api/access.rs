@@ -7,6 +7,8 @@ use testfleet_security::Role;
 const AGENT_METHODS: &[&str] = &[
     "/testfleet.v1.AgentGateway/Session",
     "/testfleet.v1.Coordinator/DownloadBundle",
+    "/testfleet.v1.Coordinator/GetManifest",
+    "/testfleet.v1.Coordinator/DownloadBlob",
 ];
 
 const READER_METHODS: &[&str] = &[
@@ -55,6 +57,11 @@ mod tests {
             ("Coordinator/GetTestHistory", Role::Reader),
             ("Coordinator/ClassifyFailures", Role::Reader),
             ("Coordinator/DownloadBundle", Role::Agent),
+            ("Coordinator/FindMissingBlobs", Role::Client),
+            ("Coordinator/UploadBlob", Role::Client),
+            ("Coordinator/PutManifest", Role::Client),
+            ("Coordinator/GetManifest", Role::Agent),
+            ("Coordinator/DownloadBlob", Role::Agent),
             ("AgentGateway/Session", Role::Agent),
         ];
         let proto = include_str!("../../../proto/proto/testfleet/v1/testfleet.proto");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use testfleet_model::{RunSpec, RunState};
 use tonic::Status;
 
+use crate::blobs::{BlobStore, BlobStoreError};
 use crate::bundles::{BundleStore, BundleStoreError};
 use crate::data_room::{DataRoom, NoRoom};
 use crate::history::{HistoryStore, Plan, RunRecord, plan};
@@ -23,6 +24,7 @@ pub(super) enum Refusal {
     NoBundle(String),
     NoRoom(NoRoom),
     Bundles(BundleStoreError),
+    Blobs(BlobStoreError),
     Store(StoreCallError),
 }
 
@@ -48,6 +50,7 @@ impl From<Refusal> for Status {
             )),
             Refusal::NoRoom(no_room) => no_room_for("new runs", &no_room),
             Refusal::Bundles(e) => e.into(),
+            Refusal::Blobs(e) => e.into(),
             Refusal::Store(e) => e.into(),
         }
     }
@@ -68,6 +71,7 @@ pub(super) struct Gate<'a> {
     pub limits: &'a Limits,
     pub run_slots: &'a Arc<tokio::sync::Semaphore>,
     pub bundles: &'a BundleStore,
+    pub blobs: &'a BlobStore,
     pub store: &'a Arc<dyn HistoryStore>,
     pub room: Option<&'a DataRoom>,
 }
@@ -106,6 +110,7 @@ pub(super) async fn admit(gate: Gate<'_>, spec: RunSpec) -> Result<Admitted, Ref
         })?;
     if let Some(d) = &spec.bundle_digest
         && !gate.bundles.has(d).map_err(Refusal::Bundles)?
+        && !gate.blobs.has_manifest(d).map_err(Refusal::Blobs)?
     {
         return Err(Refusal::NoBundle(d.clone()));
     }

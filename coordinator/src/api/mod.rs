@@ -4,6 +4,7 @@
 
 pub mod access;
 mod admission;
+mod blobs;
 mod bundles;
 mod client;
 mod gateway;
@@ -38,6 +39,19 @@ impl From<crate::bundles::BundleStoreError> for Status {
             E::DigestMismatch { .. } | E::SizeMismatch { .. } | E::BadDigest(_) => {
                 Status::invalid_argument(e.to_string())
             }
+        }
+    }
+}
+
+impl From<crate::blobs::BlobStoreError> for Status {
+    fn from(e: crate::blobs::BlobStoreError) -> Self {
+        use crate::blobs::BlobStoreError as E;
+        match e {
+            E::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            E::Refused(..) | E::BadManifest(_) | E::BadDigest(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            E::Io(_) => Status::internal(e.to_string()),
         }
     }
 }

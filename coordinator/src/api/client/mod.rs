@@ -11,6 +11,7 @@ use testfleet_proto::pb::coordinator_server::Coordinator;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::blobs::BlobStore;
 use crate::bundles::BundleStore;
 use crate::data_room::DataRoom;
 use crate::history::{HistoryStore, HistoryUpdate, RunRecord};
@@ -25,6 +26,8 @@ pub struct ClientApi {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) history: tokio::sync::mpsc::UnboundedSender<HistoryUpdate>,
     pub(crate) bundles: BundleStore,
+    /// Bundles of content-addressed files.
+    pub(crate) blobs: BlobStore,
     pub(crate) limits: Limits,
     /// One permit per running run (the concurrent-runs limit).
     pub(crate) run_slots: Arc<tokio::sync::Semaphore>,
@@ -182,7 +185,8 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::BundleRef>,
     ) -> Result<Response<pb::HasBundleResponse>, Status> {
-        let present = self.bundles.has(&req.into_inner().digest)?;
+        let digest = req.into_inner().digest;
+        let present = self.bundles.has(&digest)? || self.blobs.has_manifest(&digest)?;
         Ok(Response::new(pb::HasBundleResponse { present }))
     }
 
@@ -194,6 +198,47 @@ impl Coordinator for ClientApi {
             self.room_for("bundle uploads", size)
         })
         .await
+    }
+
+    async fn find_missing_blobs(
+        &self,
+        req: Request<pb::FindMissingBlobsRequest>,
+    ) -> Result<Response<pb::FindMissingBlobsResponse>, Status> {
+        super::blobs::find_missing(&self.blobs, req.into_inner()).await
+    }
+
+    async fn upload_blob(
+        &self,
+        req: Request<Streaming<pb::BundleChunk>>,
+    ) -> Result<Response<pb::UploadBlobResponse>, Status> {
+        super::blobs::receive(&self.blobs, req.into_inner(), |size| {
+            self.room_for("bundle uploads", size)
+        })
+        .await
+    }
+
+    async fn put_manifest(
+        &self,
+        req: Request<pb::PutManifestRequest>,
+    ) -> Result<Response<pb::PutManifestResponse>, Status> {
+        self.room_for("bundle uploads", 0)?;
+        super::blobs::put_manifest(&self.blobs, req.into_inner()).await
+    }
+
+    async fn get_manifest(
+        &self,
+        req: Request<pb::BundleRef>,
+    ) -> Result<Response<pb::ManifestData>, Status> {
+        super::blobs::get_manifest(&self.blobs, req.into_inner().digest).await
+    }
+
+    type DownloadBlobStream = ChunkStream;
+
+    async fn download_blob(
+        &self,
+        req: Request<pb::BlobDigest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        super::blobs::send(&self.blobs, req.into_inner()).await
     }
 
     async fn list_flaky(

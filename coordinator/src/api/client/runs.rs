@@ -66,6 +66,7 @@ pub(super) async fn submit(
             limits: &api.limits,
             run_slots: &api.run_slots,
             bundles: &api.bundles,
+            blobs: &api.blobs,
             store: &api.store,
             room: api.room.as_deref(),
         },
