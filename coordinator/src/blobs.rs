@@ -29,6 +29,8 @@ use testfleet_bundle::BundleError;
 use testfleet_bundle::blob::{BlobDigest, VerifyingDecoder};
 use testfleet_bundle::manifest::{Manifest, ManifestLimits};
 
+use crate::temp_names::unique_suffix;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobStoreError {
     #[error(
@@ -317,16 +319,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create_new(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A file being received; it becomes visible only once what it decompresses to is what its

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+
+use crate::temp_names::unique_suffix;
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -225,16 +227,6 @@ pub(crate) async fn collect_unused(
         }
         Err(e) => tracing::warn!(error = %e, "could not remove old bundles"),
     }
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A bundle being received; it becomes visible only once its size and digest check out.
