@@ -94,6 +94,14 @@ async fn a_long_run_s_log_goes_to_disk_and_a_watcher_from_the_start_reads_it_bac
     }
     std::fs::write(dir.path().join("event-logs").join("run-1.events"), b"stale").unwrap();
     let again = common::serve(dir.path()).await;
+    // A coordinator that answers has started, and emptied the directory before it did.
+    CoordinatorClient::new(again.channel.clone())
+        .list_runs(pb::ListRunsRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(spill_files(dir.path()).is_empty());
     again.stop.send(()).unwrap();
     tokio::time::timeout(GUARD, again.server)
