@@ -3,6 +3,7 @@
 //! so tests and the CLI's local mode embed it exactly as the `agent` command runs it.
 
 pub mod bundle_cache;
+pub mod bundle_files;
 pub mod capture;
 pub mod disk_room;
 pub mod executor;

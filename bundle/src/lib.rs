@@ -51,7 +51,8 @@ pub enum BundleError {
 }
 
 impl BundleError {
-    pub(crate) fn io(
+    /// Wraps an I/O error with what was being done to which path: `.map_err(BundleError::io(..))`.
+    pub fn io(
         context: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
