@@ -67,8 +67,15 @@ pub async fn run(args: Box<CiArgs>) -> CliResult<i32> {
         None => {
             let mut prepared = crate::prepare::prepare(&run, Some((&url, &mut client))).await?;
             if attempt > 1
-                && !only_not_passed(&mut client, &url, &run_key, attempt, &mut prepared.spec)
-                    .await?
+                && !only_not_passed(
+                    &mut client,
+                    &url,
+                    &run_key,
+                    attempt,
+                    &mut prepared.spec,
+                    run.connect.wait(),
+                )
+                .await?
             {
                 return Ok(exit_code::SUCCESS);
             }
@@ -191,13 +198,12 @@ async fn only_not_passed(
     key: &str,
     attempt: u32,
     spec: &mut RunSpec,
+    wait: Duration,
 ) -> CliResult<bool> {
     let mut passed = std::collections::HashSet::new();
     let mut earlier_runs = vec![];
     for n in 1..attempt {
-        let Some((run_id, _)) =
-            submit(client, url, &attempt_key(key, n), None, Duration::ZERO).await?
-        else {
+        let Some((run_id, _)) = submit(client, url, &attempt_key(key, n), None, wait).await? else {
             continue;
         };
         let mut earlier = crate::rerun::tests_of(client, url, run_id).await?;
