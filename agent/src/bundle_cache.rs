@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use testfleet_bundle::temp_name::unique_suffix;
 use testfleet_bundle::{BundleError, ExtractLimits};
 use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
@@ -147,7 +148,7 @@ impl BundleCache {
             return Ok(root);
         }
         // Names of this process and this download: another agent on the same dir has its own.
-        let own = format!("{digest}-{}-{}", std::process::id(), unique());
+        let own = format!("{digest}-{}", unique_suffix());
         let archive = self.dir.join(format!(".download-{own}"));
         let download_err = |status: String| CacheError::Download {
             digest: digest.to_owned(),
@@ -312,8 +313,7 @@ impl BundleCache {
                     if bundle {
                         // Out of sight first, under the lock: a tree half removed must never
                         // look like a bundle to a lease.
-                        let gone =
-                            dir.join(format!(".trash-{name}-{}-{}", std::process::id(), unique()));
+                        let gone = dir.join(format!(".trash-{name}-{}", unique_suffix()));
                         std::fs::rename(entry.path(), &gone)?;
                         doomed.push((gone, true));
                     } else {
@@ -402,12 +402,6 @@ pub fn collect_periodically(cache: BundleCache, retention: Duration) -> Collecto
             }
         }
     }))
-}
-
-/// A number no other download of this process has.
-fn unique() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use testfleet_bundle::BundleError;
 use testfleet_bundle::blob::{BlobDigest, VerifyingDecoder};
+use testfleet_bundle::temp_name::unique_suffix;
 
 #[derive(Clone, Debug)]
 pub struct FileCache {
@@ -52,10 +53,9 @@ impl FileCache {
         let shard = final_path.parent().expect("a file's path has a shard");
         std::fs::create_dir_all(shard).map_err(BundleError::io("failed to create", shard))?;
         let tmp = shard.join(format!(
-            ".incoming-{}-{}-{}",
+            ".incoming-{}-{}",
             digest.sha256_hex(),
-            std::process::id(),
-            unique()
+            unique_suffix()
         ));
         let file =
             std::fs::File::create_new(&tmp).map_err(BundleError::io("failed to create", &tmp))?;
@@ -103,12 +103,6 @@ fn mark_used(path: &Path) {
     if let Err(e) = std::fs::File::open(path).and_then(|f| f.set_modified(SystemTime::now())) {
         tracing::warn!(path = %path.display(), error = %e, "could not mark a cached bundle file as used");
     }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A file being received; kept only once its contents are what its digest names. Dropped

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod manifest;
 mod pack;
 pub mod room;
+pub mod temp_name;
 
 pub use digest::{Sha256Writer, digest_file};
 pub use extract::{ExtractLimits, extract};

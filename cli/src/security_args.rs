@@ -47,9 +47,10 @@ pub struct ConnectArgs {
     /// The name the coordinator's certificate carries, when it differs from the URL's host.
     #[arg(long, value_name = "NAME", env = "TESTFLEET_TLS_DOMAIN", global = true)]
     pub tls_domain: Option<String>,
-    /// Seconds to keep trying a coordinator that refuses connections or says it is unavailable
-    /// (a restart, a rolling upgrade) before giving up; 0 gives up at once. Watching a run
-    /// already submitted always re-attaches for up to a minute.
+    /// Seconds a client (run, ci, queries, import) keeps trying a coordinator that refuses
+    /// connections or says it is unavailable (a restart, a rolling upgrade) before giving up; 0
+    /// gives up at once. Watching a run already submitted always re-attaches for up to a minute;
+    /// an agent keeps trying for as long as it runs.
     #[arg(
         long,
         value_name = "SECS",

@@ -29,7 +29,7 @@ use testfleet_bundle::BundleError;
 use testfleet_bundle::blob::{BlobDigest, VerifyingDecoder};
 use testfleet_bundle::manifest::{Manifest, ManifestLimits};
 
-use crate::temp_names::unique_suffix;
+use testfleet_bundle::temp_name::unique_suffix;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobStoreError {

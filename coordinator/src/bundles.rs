@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::temp_names::unique_suffix;
+use testfleet_bundle::temp_name::unique_suffix;
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod run_trace;
 pub mod scheduler;
 mod store_call;
-mod temp_names;
 
 use std::future::Future;
 use std::path::PathBuf;

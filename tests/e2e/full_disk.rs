@@ -126,14 +126,6 @@ fn fixture_run(url: &str, log: PathBuf) -> Watched {
     Watched::spawn(cmd, log)
 }
 
-/// The run's id, from its events.
-fn run_id(out: &std::process::Output) -> testfleet_model::RunId {
-    events(out)
-        .first()
-        .unwrap_or_else(|| panic!("no event: {}", stderr(out)))
-        .run_id
-}
-
 #[test]
 fn a_coordinator_whose_data_dir_fills_refuses_runs_holds_results_and_loses_none() {
     if !namespaces_or_skip("a coordinator on a full disk (a tmpfs for its data dir)") {
@@ -199,7 +191,7 @@ fn a_coordinator_whose_data_dir_fills_refuses_runs_holds_results_and_loses_none(
                 "{}",
                 stderr(&out)
             );
-            run_id(&out)
+            run_id_of(&out)
         })
         .collect();
     assert!(coord.log().contains("history has room again"));

@@ -25,10 +25,6 @@ fn ran(out: &Output) -> BTreeMap<Key, Outcome> {
     final_outcomes(&events(out))
 }
 
-fn run_id_of(out: &Output) -> RunId {
-    events(out).first().expect("the run started").run_id
-}
-
 #[test]
 fn failed_runs_again_only_what_did_not_pass_locally_and_on_a_coordinator() {
     let dir = tempfile::tempdir().unwrap();

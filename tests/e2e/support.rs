@@ -318,6 +318,14 @@ pub fn attempts(events: &[RunEvent], name: &str) -> Vec<(u32, String, AttemptRes
         .collect()
 }
 
+/// A run's id, from the events its `testfleet run --json` printed.
+pub fn run_id_of(out: &Output) -> testfleet_model::RunId {
+    events(out)
+        .first()
+        .unwrap_or_else(|| panic!("the run printed no event: {}", stderr(out)))
+        .run_id
+}
+
 pub fn summary(events: &[RunEvent]) -> RunSummary {
     events
         .iter()
