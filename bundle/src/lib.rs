@@ -1,9 +1,7 @@
-//! Content-addressed test bundles: a deterministic tar + zstd archive named by the sha256 of its
-//! bytes. The same inputs always give the same digest, so a bundle is uploaded once and cached by
-//! agents once per digest. Extraction never writes outside its target directory.
-//!
-//! Also the parts of bundles made of content-addressed files, which runs do not use yet: a
-//! bundle's `manifest`, its files as verified `blob`s, and their `layout` from a cache.
+//! Content-addressed test bundles. A bundle is a `manifest` of files, each moved as a verified
+//! `blob` only to the side that lacks it and laid out from a cache (`layout`); or, as before
+//! manifests, one deterministic tar + zstd archive named by the sha256 of its bytes (still read
+//! for one release). Neither ever writes outside its target directory.
 
 pub mod blob;
 mod digest;
@@ -42,7 +40,7 @@ pub enum BundleError {
     UnsafeEntry { path: String, reason: String },
     #[error("bundle exceeds the limit of {limit}: {what}")]
     TooLarge { what: &'static str, limit: u64 },
-    #[error("{context} `{}`", path.display())]
+    #[error("{context} `{}`: {source}", path.display())]
     Io {
         context: &'static str,
         path: PathBuf,
