@@ -1,7 +1,6 @@
 //! The coordinator's store of content-addressed bundles: files by digest (each kept as the zstd
-//! frame it arrived as, so it is served without compressing again) and manifests naming them.
-//! Runs do not use it yet; it is the coordinator's part of bundles that move only the files the
-//! other side lacks.
+//! frame it arrived as, so it is served without compressing again) and manifests naming them:
+//! the coordinator's part of bundles that move only the files the other side lacks.
 //!
 //! Beside the archives, under the bundle directory:
 //!
@@ -43,6 +42,8 @@ pub enum BlobStoreError {
     BadManifest(String),
     #[error("`{0}` is not a sha256 hex digest")]
     BadDigest(String),
+    #[error("{0}")]
+    Damaged(String),
     #[error("bundle storage failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -187,20 +188,62 @@ impl BlobStore {
         Ok(Vec::new())
     }
 
-    /// Whether the manifest `digest` is here; if it is, it counts as used now.
+    /// Whether the manifest `digest` is here with every file it names; if it is, it counts as
+    /// used now. One whose file was removed as damaged is not: its client sends that file again.
     pub fn has_manifest(&self, digest: &str) -> Result<bool, BlobStoreError> {
         let path = self.manifest_path(digest)?;
         let _held = self.lock();
-        Ok(mark_used(&path))
+        if !mark_used(&path) {
+            return Ok(false);
+        }
+        let Some(manifest) = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| Manifest::parse(&bytes, &UNBOUNDED).ok())
+        else {
+            return Ok(false);
+        };
+        Ok(manifest.entries().iter().all(|e| {
+            e.size == 0
+                || self
+                    .path_of(&BlobDigest {
+                        sha256: e.sha256,
+                        size: e.size,
+                    })
+                    .is_file()
+        }))
     }
 
-    /// The manifest `digest`, if it is here.
+    /// The manifest `digest`, if it is here. One whose bytes no longer hash to its digest
+    /// (damaged on disk) is removed and said to be damaged: the next run uploads it again.
     pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobStoreError> {
-        match std::fs::read(self.manifest_path(digest)?) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let path = self.manifest_path(digest)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != digest {
+            let _held = self.lock();
+            let _ = std::fs::remove_file(&path);
+            tracing::error!(%digest, %actual, "a stored bundle manifest is damaged: removed; the next run of its bundle uploads it again");
+            return Err(BlobStoreError::Damaged(format!(
+                "the manifest of bundle {digest} is damaged on the coordinator (it hashes to {actual}); it was removed, and the next run of this bundle uploads it again"
+            )));
         }
+        Ok(Some(bytes))
+    }
+
+    /// Removes the stored file `d`, whose frame no longer decodes to what it names: the next
+    /// client that names it uploads it again.
+    pub fn remove_damaged(&self, d: &BlobDigest, why: &str) -> BlobStoreError {
+        let path = self.path_of(d);
+        let _held = self.lock();
+        let _ = std::fs::remove_file(&path);
+        tracing::error!(file = %d, error = why, "a stored bundle file is damaged: removed; the next run that names it uploads it again");
+        BlobStoreError::Damaged(format!(
+            "file {d} of the bundle is damaged on the coordinator ({why}); it was removed, and the next run of this bundle uploads it again"
+        ))
     }
 
     /// Removes what has not been used since `cutoff` and that no kept bundle needs: manifests not
@@ -236,13 +279,7 @@ impl BlobStore {
             let Ok(bytes) = std::fs::read(entry.path()) else {
                 continue;
             };
-            // Checked against the limits when it was stored.
-            let limits = ManifestLimits {
-                max_entries: u64::MAX,
-                max_total_bytes: u64::MAX,
-                max_manifest_bytes: u64::MAX,
-            };
-            match Manifest::parse(&bytes, &limits) {
+            match Manifest::parse(&bytes, &UNBOUNDED) {
                 Ok(m) => named.extend(m.entries().iter().map(|e| (e.sha256, e.size))),
                 Err(e) => {
                     tracing::warn!(manifest = %entry.path().display(), error = %e, "an unreadable manifest: its files are kept");
@@ -283,6 +320,13 @@ impl BlobStore {
         Ok(collected)
     }
 }
+
+/// Limits for reading back a stored manifest: it was checked against the real ones when stored.
+const UNBOUNDED: ManifestLimits = ManifestLimits {
+    max_entries: u64::MAX,
+    max_total_bytes: u64::MAX,
+    max_manifest_bytes: u64::MAX,
+};
 
 /// A file's digest from its name in `cas/`.
 fn parse_name(name: &str) -> Option<BlobDigest> {

@@ -1,11 +1,14 @@
 //! Content-addressed bundles on the wire: which files the coordinator lacks, a file's upload and
-//! download as one zstd frame in chunks, and manifests. The store's work (hashing, decompressing,
-//! the disk) runs on blocking threads.
+//! download as one zstd frame in chunks (checked again as it is sent), and manifests. The store's
+//! work (hashing, decompressing, the disk) runs on blocking threads.
 
 use std::pin::Pin;
 
-use testfleet_bundle::blob::BlobDigest;
-use testfleet_proto::pb;
+use std::io::{Read, Write};
+
+use testfleet_bundle::blob::{BlobDigest, VerifyingDecoder};
+use testfleet_proto::{BUNDLE_CHUNK_BYTES, pb};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Response, Status, Streaming};
 
@@ -128,29 +131,83 @@ pub(super) async fn get_manifest(
     let store = store.clone();
     let d = digest.clone();
     match on_store(move || store.manifest(&d)).await? {
-        Some(manifest) => Ok(Response::new(pb::ManifestData { manifest })),
+        Some(manifest) => {
+            tracing::info!(%digest, "bundle manifest sent");
+            Ok(Response::new(pb::ManifestData { manifest }))
+        }
         None => Err(Status::not_found(format!(
             "bundle {digest} has no manifest on this coordinator"
         ))),
     }
 }
 
+/// Streams the stored file `digest` names, checking on the way that its frame still decodes to
+/// what it names: a file damaged on disk ends the stream with `DATA_LOSS` (the agent throws away
+/// what it got) and is removed, so that the next run's client uploads it again.
 pub(super) async fn send(
     store: &BlobStore,
     digest: pb::BlobDigest,
 ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<pb::BundleChunk, Status>> + Send>>>, Status> {
     let d = digest_from_wire(&digest)?;
     let path = store.path_of(&d);
-    let file = match tokio::fs::File::open(&path).await {
+    let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Status::not_found(format!(
-                "file {d} of a bundle is not on this coordinator"
+                "file {d} of a bundle is not on this coordinator (it was found damaged and removed, or \
+                 its bundle was collected): the next run of the bundle uploads it again"
             )));
         }
         Err(e) => return Err(BlobStoreError::Io(e).into()),
     };
-    let chunks = testfleet_proto::file_chunks(file, digest.sha256, d.size)
-        .map(|c| c.map_err(|e| Status::internal(format!("failed to read a bundle's file: {e}"))));
-    Ok(Response::new(Box::pin(chunks)))
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut check = match VerifyingDecoder::new(d, std::io::sink()) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(BlobStoreError::Io(e).into()));
+                return;
+            }
+        };
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; BUNDLE_CHUNK_BYTES];
+            let n = match file.read(&mut data) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "failed to read a bundle's file: {e}"
+                    ))));
+                    return;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            data.truncate(n);
+            if let Err(e) = check.write_all(&data) {
+                let _ = tx.blocking_send(Err(store.remove_damaged(&d, &e.to_string()).into()));
+                return;
+            }
+            let chunk = pb::BundleChunk {
+                digest: if first {
+                    digest.sha256.clone()
+                } else {
+                    String::new()
+                },
+                total_size: if first { d.size } else { 0 },
+                data,
+            };
+            first = false;
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return; // the agent went away
+            }
+        }
+        if let Err(e) = check.finish() {
+            let _ = tx.blocking_send(Err(store.remove_damaged(&d, &e.to_string()).into()));
+        }
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }

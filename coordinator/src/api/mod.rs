@@ -51,6 +51,7 @@ impl From<crate::blobs::BlobStoreError> for Status {
             E::Refused(..) | E::BadManifest(_) | E::BadDigest(_) => {
                 Status::invalid_argument(e.to_string())
             }
+            E::Damaged(_) => Status::data_loss(e.to_string()),
             E::Io(_) => Status::internal(e.to_string()),
         }
     }
