@@ -1,28 +1,32 @@
-//! The agent's bundle cache: each digest is downloaded once, verified, and extracted into its own
-//! directory; concurrent leases for the same digest wait for the one download. Agents may share a
-//! cache dir (CI jobs on one machine): each downloads and extracts under names of its own, and the
-//! first to finish puts the bundle in place.
+//! The agent's bundle cache: each digest is fetched once, verified, and laid out in its own
+//! directory (from its manifest's files, `bundle_manifest`, or from one archive,
+//! `bundle_archive`); concurrent leases for the same digest wait for the one fetch. Agents may
+//! share a cache dir (CI jobs on one machine): each fetches and lays out under names of its own,
+//! and the first to finish puts the bundle in place.
 //!
 //! Bundles unused for the retention period are removed ([`BundleCache::collect`]): every run of a
 //! new revision brings a bundle, and an agent that lives for months would fill its disk. A bundle
 //! counts as used (its directory's modification time) when a lease finds it and, for as long as a
 //! lease holds it, at every removal pass; a held bundle is never removed by its own agent. The
 //! cache's lock file (`bundles.lock` beside it) keeps a removal from crossing a lease that is
-//! finding a bundle, in this agent or another sharing the dir.
+//! finding a bundle or its files, in this agent or another sharing the dir. The removal pass then
+//! removes the cached files no kept bundle links ([`FileCache::collect`]).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use testfleet_bundle::BundleError;
+use testfleet_bundle::layout::LinkMode;
 use testfleet_bundle::temp_name::unique_suffix;
-use testfleet_bundle::{BundleError, ExtractLimits};
-use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_security::AuthChannel;
 use tokio::sync::Mutex;
+
+use crate::bundle_files::FileCache;
+use crate::{bundle_archive, bundle_manifest};
 
 /// How long a bundle no lease has needed stays by default. Short: the coordinator keeps bundles
 /// for days, and downloading one again costs far less than a full disk.
@@ -56,6 +60,9 @@ pub enum CacheError {
 #[derive(Clone)]
 pub struct BundleCache {
     dir: PathBuf,
+    /// The files of bundles of content-addressed files, and how layouts take them.
+    files: FileCache,
+    link: LinkMode,
     locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
     /// The bundles this agent's leases hold, with how many hold each: never removed, and marked
     /// as used at every removal pass, however long their leases last.
@@ -83,9 +90,14 @@ impl Drop for InUse {
 }
 
 impl BundleCache {
-    pub fn new(dir: PathBuf) -> Self {
+    /// A cache in `dir`, taking the files of bundles of files from `files`. Layouts link those
+    /// files (`LinkMode::Hardlink`) only where tests never write to them: under a sandbox, whose
+    /// overlays keep the bundle as their lower layer.
+    pub fn new(dir: PathBuf, files: FileCache, link: LinkMode) -> Self {
         BundleCache {
             dir,
+            files,
+            link,
             locks: Arc::default(),
             in_use: Arc::default(),
         }
@@ -149,52 +161,31 @@ impl BundleCache {
         }
         // Names of this process and this download: another agent on the same dir has its own.
         let own = format!("{digest}-{}", unique_suffix());
-        let archive = self.dir.join(format!(".download-{own}"));
-        let download_err = |status: String| CacheError::Download {
-            digest: digest.to_owned(),
-            status,
-        };
-        let downloaded = async {
-            let mut stream = client
-                .download_bundle(pb::BundleRef {
-                    digest: digest.to_owned(),
-                })
-                .await
-                .map_err(|s| download_err(s.message().to_owned()))?
-                .into_inner();
-            let mut file = std::fs::File::create(&archive).map_err(io(&archive))?;
-            while let Some(chunk) = stream
-                .message()
-                .await
-                .map_err(|s| download_err(s.message().to_owned()))?
-            {
-                file.write_all(&chunk.data).map_err(io(&archive))?;
-            }
-            file.sync_all().map_err(io(&archive))?;
-            drop(file);
-            Ok::<(), CacheError>(())
-        }
-        .await;
-        if let Err(e) = downloaded {
-            let _ = std::fs::remove_file(&archive);
-            return Err(e);
-        }
-        tracing::info!(%digest, "bundle downloaded");
-
         let staging = self.dir.join(format!(".extract-{own}"));
-        let (d, a, s) = (digest.to_owned(), archive.clone(), staging.clone());
-        let extracted = tokio::task::spawn_blocking(move || {
-            testfleet_bundle::extract(&a, &d, &s, ExtractLimits::default())
-        })
-        .await
-        .expect("extraction task does not panic");
-        let _ = std::fs::remove_file(&archive);
-        if let Err(source) = extracted {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(CacheError::Bundle {
-                digest: digest.to_owned(),
-                source,
-            });
+        // Held until the bundle is laid out: no removal pass takes a cached file it links.
+        let held = self.lock_shared().await.map_err(io(&self.lock_path()))?;
+        let laid = bundle_manifest::fetch(digest, client, &self.files, &staging, self.link).await;
+        drop(held);
+        match laid {
+            Ok(Some(f)) => tracing::info!(
+                %digest,
+                files = f.files,
+                downloaded = f.downloaded,
+                downloaded_bytes = f.downloaded_bytes,
+                received_bytes = f.received_bytes,
+                linked = f.layout.linked,
+                cloned = f.layout.cloned,
+                copied = f.layout.copied,
+                "bundle downloaded (only the files not cached)"
+            ),
+            Ok(None) => {
+                let archive = self.dir.join(format!(".download-{own}"));
+                bundle_archive::fetch(digest, client, &archive, &staging).await?
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
         }
         let placed = root.clone();
         self.under_lock(false, move || match std::fs::rename(&staging, &placed) {
@@ -234,6 +225,14 @@ impl BundleCache {
         self.dir.with_extension("lock")
     }
 
+    /// The cache's lock file, held shared until it is dropped.
+    async fn lock_shared(&self) -> std::io::Result<File> {
+        let path = self.lock_path();
+        tokio::task::spawn_blocking(move || lock_file(&path, false))
+            .await
+            .expect("cache lock task does not panic")
+    }
+
     /// Runs `f` holding the cache's lock file, shared (a lease finding or placing a bundle) or
     /// exclusive (a removal pass), on a blocking thread.
     async fn under_lock<T: Send + 'static>(
@@ -243,20 +242,7 @@ impl BundleCache {
     ) -> std::io::Result<T> {
         let path = self.lock_path();
         tokio::task::spawn_blocking(move || {
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            flock(
-                &file,
-                if exclusive {
-                    libc::LOCK_EX
-                } else {
-                    libc::LOCK_SH
-                },
-            )?;
-            // Unlocked when `file` is dropped, after `f`.
+            let _held = lock_file(&path, exclusive)?;
             f()
         })
         .await
@@ -265,9 +251,9 @@ impl BundleCache {
 
     /// Removes the bundles no lease has needed since `cutoff`, and downloads and extractions left
     /// unfinished before it (an agent killed midway). The bundles this agent's leases hold are
-    /// marked as used instead, so that other agents sharing the dir keep them too. Returns how
-    /// many bundles went.
-    pub async fn collect(&self, cutoff: SystemTime) -> std::io::Result<usize> {
+    /// marked as used instead, so that other agents sharing the dir keep them too. Then the
+    /// cached files of bundles of files that no layout links and none has used since `cutoff`.
+    pub async fn collect(&self, cutoff: SystemTime) -> std::io::Result<Collected> {
         let dir = self.dir.clone();
         let in_use = self.in_use.clone();
         let doomed = self
@@ -326,7 +312,7 @@ impl BundleCache {
         // The removal itself, which can take a while, holds no lock. Another agent sharing the
         // dir may be removing the same trash (one it removed first counts as removed here too):
         // an entry that fails is left to a later pass, and the rest still go.
-        tokio::task::spawn_blocking(move || {
+        let bundles = tokio::task::spawn_blocking(move || {
             let mut bundles = 0;
             for (path, bundle) in doomed {
                 match testfleet_bundle::remove(&path) {
@@ -338,11 +324,42 @@ impl BundleCache {
                     ),
                 }
             }
-            Ok(bundles)
+            bundles
         })
         .await
-        .expect("cache removal task does not panic")
+        .expect("cache removal task does not panic");
+        // Then the files no layout links any more (the bundles just removed let go of theirs),
+        // under the lock: a lease laying a bundle out holds it shared from finding its files on.
+        let files = self.files.clone();
+        let files = self.under_lock(true, move || files.collect(cutoff)).await?;
+        Ok(Collected { bundles, files })
     }
+}
+
+/// Opens the lock file at `path` and locks it, shared or exclusive, waiting for it; unlocked when
+/// the file is closed.
+fn lock_file(path: &Path, exclusive: bool) -> std::io::Result<File> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    flock(
+        &file,
+        if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        },
+    )?;
+    Ok(file)
+}
+
+/// What one removal pass removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub bundles: usize,
+    pub files: usize,
 }
 
 /// Takes `op` (`LOCK_SH` or `LOCK_EX`) on `file`, waiting for it; released when the file is closed.
@@ -388,11 +405,15 @@ pub fn collect_periodically(cache: BundleCache, retention: Duration) -> Collecto
                 .checked_sub(retention)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             match cache.collect(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    bundles = n,
+                Ok(Collected {
+                    bundles: 0,
+                    files: 0,
+                }) => {}
+                Ok(Collected { bundles, files }) => tracing::info!(
+                    bundles,
+                    files,
                     retention_hours = retention.as_secs() / 3600,
-                    "removed cached bundles no lease has needed within the retention period"
+                    "removed cached bundles and bundle files no lease has needed within the retention period"
                 ),
                 Err(e) => tracing::warn!(
                     dir = %cache.dir.display(),
@@ -409,6 +430,11 @@ mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    fn test_cache(dir: &Path) -> BundleCache {
+        let files = FileCache::new(dir.with_file_name("bundle-files"));
+        BundleCache::new(dir.to_path_buf(), files, LinkMode::CloneOrCopy)
+    }
 
     fn digest(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
@@ -435,7 +461,7 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path().join("bundles");
         std::fs::create_dir_all(&dir).unwrap();
-        let cache = BundleCache::new(dir.clone());
+        let cache = test_cache(&dir);
         let old = entry(&dir, &digest('a'), 3 * DAY, false);
         let fresh = entry(&dir, &digest('b'), Duration::ZERO, false);
         let used_again = entry(&dir, &digest('c'), 3 * DAY, false);
@@ -449,7 +475,7 @@ mod tests {
         assert!(!cache.find(&dir.join(digest('d'))).await.unwrap());
 
         let removed = cache.collect(SystemTime::now() - DAY).await.unwrap();
-        assert_eq!(removed, 1, "one bundle removed");
+        assert_eq!(removed.bundles, 1, "one bundle removed");
         for gone in [&old, &old_download, &trash] {
             assert!(!gone.exists(), "{} should be gone", gone.display());
         }
@@ -475,14 +501,21 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path().join("bundles");
         std::fs::create_dir_all(&dir).unwrap();
-        let cache = BundleCache::new(dir.clone());
+        let cache = test_cache(&dir);
         let held = entry(&dir, &digest('a'), 3 * DAY, false);
         let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
 
         // A lease that has lasted longer than the retention still holds its bundle.
         let lease = cache.hold(&digest('a'));
         let second = cache.hold(&digest('a'));
-        assert_eq!(cache.collect(SystemTime::now() - DAY).await.unwrap(), 0);
+        assert_eq!(
+            cache
+                .collect(SystemTime::now() - DAY)
+                .await
+                .unwrap()
+                .bundles,
+            0
+        );
         assert!(held.exists());
         assert!(
             modified(&held) > SystemTime::now() - DAY,
@@ -491,10 +524,14 @@ mod tests {
 
         drop(lease);
         let future = SystemTime::now() + DAY;
-        assert_eq!(cache.collect(future).await.unwrap(), 0, "still held once");
+        assert_eq!(
+            cache.collect(future).await.unwrap().bundles,
+            0,
+            "still held once"
+        );
         drop(second);
         assert_eq!(
-            cache.collect(future).await.unwrap(),
+            cache.collect(future).await.unwrap().bundles,
             1,
             "let go: old enough to go"
         );
@@ -504,7 +541,10 @@ mod tests {
     #[tokio::test]
     async fn a_missing_cache_dir_has_nothing_to_collect() {
         let work = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(work.path().join("bundles"));
-        assert_eq!(cache.collect(SystemTime::now()).await.unwrap(), 0);
+        let cache = test_cache(&work.path().join("bundles"));
+        assert_eq!(
+            cache.collect(SystemTime::now()).await.unwrap(),
+            Collected::default()
+        );
     }
 }

@@ -1,16 +1,16 @@
 //! The agent's cache of bundles' files by digest, for bundles of content-addressed files: each
 //! file is downloaded once, checked against its digest before it is kept, and shared by every
-//! bundle that names it (a layout links or copies it). Runs do not use it yet: agents still fetch
-//! whole archives (`bundle_cache`).
+//! bundle that names it (a layout links or copies it; `bundle_manifest` fetches into it).
 //!
 //! `<dir>/<first two hex digits>/<sha256>-<size>` holds a file's contents, with `.x` for the
 //! executable copy: a hard link shares its inode's mode, so each mode is a file of its own. A
-//! file's modification time is its last use; files unused for the retention are removed (a layout
-//! made of them keeps its own links or copies). Agents may share the directory: each writes under
+//! file's modification time is its last use; files unused for the retention are removed, except
+//! those a kept layout still links (removing them would free nothing; a layout of copies keeps
+//! its own). Agents may share the directory: each writes under
 //! a temporary name of its own, and the first to place a file keeps it.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -85,10 +85,10 @@ impl FileCache {
             }
             for entry in std::fs::read_dir(&shard)? {
                 let entry = entry?;
+                // A file some bundle's layout links is still named by a kept bundle.
                 let old = entry
                     .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < cutoff);
+                    .is_ok_and(|m| m.nlink() == 1 && m.modified().is_ok_and(|t| t < cutoff));
                 if old {
                     std::fs::remove_file(entry.path())?;
                     removed += 1;

@@ -2,8 +2,10 @@
 //! process each), and streams results back. [`run`] takes its configuration and a shutdown future,
 //! so tests and the CLI's local mode embed it exactly as the `agent` command runs it.
 
+mod bundle_archive;
 pub mod bundle_cache;
 pub mod bundle_files;
+mod bundle_manifest;
 pub mod capture;
 pub mod disk_room;
 pub mod executor;
@@ -23,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use testfleet_bundle::layout::LinkMode;
 use testfleet_model::AgentId;
 
 use provision::{Provisioner, ServicePool};
@@ -191,7 +194,18 @@ async fn run_sessions(
     mut stop: watch::Receiver<Stop>,
 ) -> Result<(), AgentError> {
     let endpoint = session::endpoint(config)?;
-    let cache = bundle_cache::BundleCache::new(config.work_dir.join("bundles"));
+    // Under a sandbox tests write to overlays, never to the bundle: its files can be links to
+    // the cache's. Without one they write in the bundle itself, so each layout has its own.
+    let link = if config.sandbox.available() {
+        LinkMode::Hardlink
+    } else {
+        LinkMode::CloneOrCopy
+    };
+    let cache = bundle_cache::BundleCache::new(
+        config.work_dir.join("bundles"),
+        bundle_files::FileCache::new(config.work_dir.join("bundle-files")),
+        link,
+    );
     let _collector = config
         .bundle_retention
         .map(|r| bundle_cache::collect_periodically(cache.clone(), r));
