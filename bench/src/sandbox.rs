@@ -208,6 +208,9 @@ fn bundle_figures(
             .args([
                 "run",
                 "--detach",
+                // One archive: what this benchmark measures (`bundles` measures bundles of files).
+                "--bundle-format",
+                "archive",
                 "--coordinator",
                 &coordinator.url,
                 "--manifest-path",

@@ -268,6 +268,12 @@ pub struct RunArgs {
     /// its largest directories.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 30)]
     pub max_bundle_bytes: u64,
+    /// How the bundle goes to a coordinator: `files` sends only the files it lacks (each kept by
+    /// digest, so a one-line change sends the binaries it changed); `archive` sends one archive
+    /// of everything, as coordinators and agents before content-addressed bundles need. A
+    /// coordinator that does not take files is sent an archive anyway.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = BundleFormat::Files)]
+    pub bundle_format: BundleFormat,
     /// Print a GitHub Actions `::error` annotation for each failed test at the end of the run, at
     /// the file and line of its panic (or of pytest's traceback) [default: on when
     /// `GITHUB_ACTIONS=true`; `--github-annotations=false` turns it off].
@@ -610,4 +616,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
+}
+
+/// How a run's bundle goes to a coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BundleFormat {
+    /// A manifest and only the files the coordinator lacks.
+    Files,
+    /// One archive of every file.
+    Archive,
 }

@@ -21,6 +21,7 @@ mod security_args;
 mod suite_manifest;
 mod telemetry;
 mod tool_suite;
+mod upload_files;
 mod watch;
 
 use clap::Parser;

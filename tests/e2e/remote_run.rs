@@ -67,12 +67,12 @@ fn remote_run_on_two_agent_processes() {
     }
     let coord_log = coord.log();
     assert_eq!(
-        coord_log.matches("bundle uploaded").count(),
+        coord_log.matches("bundle manifest stored").count(),
         1,
         "{coord_log}"
     );
     assert_eq!(
-        coord_log.matches("bundle download started").count(),
+        coord_log.matches("bundle manifest sent").count(),
         2,
         "{coord_log}"
     );

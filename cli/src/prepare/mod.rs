@@ -4,6 +4,8 @@
 
 pub mod cargo_layout;
 mod cargo_suite;
+mod digest_cache;
+pub mod file_manifest;
 pub mod pack;
 mod spec;
 mod tool;
@@ -13,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use testfleet_model::{ImageSource, RunSpec};
 
-use crate::args::RunArgs;
+use crate::args::{BundleFormat, RunArgs};
 use crate::cargo::{self, Workspace};
 use crate::error::{CliError, CliResult};
-use crate::remote;
 use crate::suite_manifest::{self, SuiteManifest};
+use crate::{remote, upload_files};
 
 /// A cheap owned copy of what `prepare` needs, for the blocking task.
 fn suite_manifest_ref(s: &SuiteManifest) -> SuiteManifest {
@@ -131,24 +133,16 @@ pub(crate) async fn finish(
     }
     let needs_services = spec.binaries.iter().any(|b| !b.services.is_empty());
     if let Some((url, client)) = remote {
-        let packed = pack_bundle(args, ws, content, suite.as_ref()).await?;
-        let sent = remote::upload_bundle(client, url, &packed, args.connect.wait()).await;
-        // The next run packs afresh: once sent (or refused), the archive is of no more use here.
-        if let Some(own) = packed.path.parent() {
-            pack::remove_packed(own);
-        }
-        let sent = sent?;
-        eprintln!(
-            "bundle {} ({} bytes) {}",
-            &packed.digest[..12],
-            packed.size,
-            if sent {
-                "uploaded"
-            } else {
-                "already on the coordinator"
-            }
-        );
-        spec.bundle_digest = Some(packed.digest);
+        let entries = bundle_entries(ws, content, suite.as_ref())?;
+        pack::check_size(&entries, args.max_bundle_bytes)?;
+        let digest = match args.bundle_format {
+            BundleFormat::Files => send_files(args, ws, url, client, &entries).await?,
+            BundleFormat::Archive => None,
+        };
+        spec.bundle_digest = Some(match digest {
+            Some(d) => d,
+            None => send_archive(args, ws, url, client, &entries).await?,
+        });
     }
     Ok(Prepared {
         spec,
@@ -157,15 +151,84 @@ pub(crate) async fn finish(
     })
 }
 
-/// Packs `content`, the services' build contexts (agents build their images from them) and the
-/// compose stacks' files with the `.env` beside them (what they build or mount is in the
-/// workspace's files) into a content-addressed bundle.
-async fn pack_bundle(
+/// Sends the bundle as a manifest and the files the coordinator lacks; `None` when the
+/// coordinator takes only archives.
+async fn send_files(
     args: &RunArgs,
+    ws: &Workspace,
+    url: &str,
+    client: &remote::Client,
+    entries: &[testfleet_bundle::BundleEntry],
+) -> CliResult<Option<String>> {
+    let entries = entries.to_vec();
+    let cache = ws.target_dir.join("testfleet").join("digests.v1");
+    let packing = ws.target_dir.join("testfleet").join("bundles");
+    let bundle = tokio::task::spawn_blocking(move || {
+        // Archives runs killed midway left go, whichever way this run sends its bundle.
+        pack::remove_stale(&packing);
+        file_manifest::build(entries, &cache)
+    })
+    .await
+    .map_err(|e| CliError::Internal(e.into()))??;
+    let Some(sent) = upload_files::upload(client, url, &bundle, args.connect.wait()).await? else {
+        eprintln!("the coordinator at {url} takes bundles only as archives: sending one");
+        return Ok(None);
+    };
+    let short = &bundle.digest[..12];
+    if sent.present {
+        eprintln!(
+            "bundle {short} ({} files) already on the coordinator",
+            sent.files
+        );
+    } else {
+        eprintln!(
+            "bundle {short}: uploaded {} of {} files, {} ({} sent)",
+            sent.new_files,
+            sent.files,
+            pack::human(sent.new_bytes),
+            pack::human(sent.sent_bytes)
+        );
+    }
+    Ok(Some(bundle.digest))
+}
+
+/// Packs the bundle into one archive and uploads it unless the coordinator has it.
+async fn send_archive(
+    args: &RunArgs,
+    ws: &Workspace,
+    url: &str,
+    client: &remote::Client,
+    entries: &[testfleet_bundle::BundleEntry],
+) -> CliResult<String> {
+    let dir = ws.target_dir.join("testfleet").join("bundles");
+    let packed = pack::pack(entries.to_vec(), &dir).await?;
+    let sent = remote::upload_bundle(client, url, &packed, args.connect.wait()).await;
+    // The next run packs afresh: once sent (or refused), the archive is of no more use here.
+    if let Some(own) = packed.path.parent() {
+        pack::remove_packed(own);
+    }
+    let sent = sent?;
+    eprintln!(
+        "bundle {} ({} bytes) {}",
+        &packed.digest[..12],
+        packed.size,
+        if sent {
+            "uploaded"
+        } else {
+            "already on the coordinator"
+        }
+    );
+    Ok(packed.digest)
+}
+
+/// The bundle's files: `entries`, the services' build contexts (agents build their images from
+/// them) and the compose stacks' files with the `.env` beside them (what they build or mount is
+/// in the workspace's files), each path once.
+fn bundle_entries(
     ws: &Workspace,
     mut entries: Vec<testfleet_bundle::BundleEntry>,
     suite: Option<&SuiteManifest>,
-) -> CliResult<testfleet_bundle::PackedBundle> {
+) -> CliResult<Vec<testfleet_bundle::BundleEntry>> {
     for s in suite
         .iter()
         .flat_map(|s| s.manifest.services.iter().map(move |svc| (s, svc)))
@@ -203,6 +266,5 @@ async fn pack_bundle(
     // A build context inside the bundled workspace is listed twice: once is enough.
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| seen.insert(e.archive_path.clone()));
-    let dir = ws.target_dir.join("testfleet").join("bundles");
-    pack::pack(entries, &dir, args.max_bundle_bytes).await
+    Ok(entries)
 }

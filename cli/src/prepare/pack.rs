@@ -1,5 +1,6 @@
-//! Packing a run's bundle into this run's own directory under `target/testfleet/bundles`, after
-//! saying how big it is and refusing one over `--max-bundle-bytes` with its largest directories.
+//! A run's bundle's size, said and checked against `--max-bundle-bytes` (a refusal names the
+//! largest directories), and packing it into one archive in this run's own directory under
+//! `target/testfleet/bundles`, for coordinators that take only archives.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,13 +10,9 @@ use testfleet_bundle::BundleEntry;
 
 use crate::error::{CliError, CliResult};
 
-/// Packs `entries` into a content-addressed bundle under `dir` (the workspace's packing dir).
-pub async fn pack(
-    entries: Vec<BundleEntry>,
-    dir: &Path,
-    max_bytes: u64,
-) -> CliResult<testfleet_bundle::PackedBundle> {
-    let size = measure(&entries)?;
+/// Says how big the bundle is, and refuses one over `max_bytes`, naming its largest directories.
+pub fn check_size(entries: &[BundleEntry], max_bytes: u64) -> CliResult<()> {
+    let size = measure(entries)?;
     eprintln!("bundle: {} files, {}", size.files, human(size.bytes));
     if size.bytes > max_bytes {
         return Err(CliError::Bundle(format!(
@@ -31,6 +28,14 @@ pub async fn pack(
                 .join("\n")
         )));
     }
+    Ok(())
+}
+
+/// Packs `entries` into a content-addressed archive under `dir` (the workspace's packing dir).
+pub async fn pack(
+    entries: Vec<BundleEntry>,
+    dir: &Path,
+) -> CliResult<testfleet_bundle::PackedBundle> {
     // A directory of this run's own: runs of the same workspace at once (against one coordinator
     // or several) each pack, send and remove their own archive, whatever the others do.
     let nanos = SystemTime::now()
@@ -40,7 +45,7 @@ pub async fn pack(
     let dir = dir.to_path_buf();
     let own = dir.join(format!("run-{}-{nanos}", std::process::id()));
     tokio::task::spawn_blocking(move || {
-        remove_stale_bundles(&dir, SystemTime::now() - STALE_BUNDLE_AGE);
+        remove_stale(&dir);
         let packed = testfleet_bundle::pack(&entries, &own);
         if packed.is_err() {
             remove_packed(&own);
@@ -103,7 +108,7 @@ fn largest_dirs(files: &[(String, u64)], n: usize) -> Vec<(String, u64)> {
     picked
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -115,6 +120,11 @@ fn human(bytes: u64) -> String {
 /// Packed bundles older than this in `target/testfleet/bundles` were left by a run that was killed
 /// before it could remove its own; a day is far longer than any run takes to upload.
 const STALE_BUNDLE_AGE: Duration = Duration::from_secs(86_400);
+
+/// Removes what runs killed midway left in `dir` (the workspace's packing dir) a day ago or more.
+pub fn remove_stale(dir: &Path) {
+    remove_stale_bundles(dir, SystemTime::now() - STALE_BUNDLE_AGE);
+}
 
 /// Removes what runs left in `dir` before `cutoff`: their own directories (`run-*`), and archives
 /// and unfinished packings of versions that packed into `dir` itself.
