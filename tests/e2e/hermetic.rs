@@ -25,30 +25,6 @@ fn nextest_or_skip(checks: &str) -> bool {
     )
 }
 
-/// A copy of `tests/fixtures/hermetic` in `dir` (its tests write beside their fixtures).
-fn copy_fixture(dir: &Path) -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.file_name() == "target" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
-    let ws = dir.join("hermetic");
-    copy(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hermetic"),
-        &ws,
-    );
-    ws
-}
-
 /// Each test's outcome under `cargo nextest run`, from its JUnit report.
 fn nextest_outcomes(ws: &Path) -> BTreeMap<Key, Outcome> {
     std::fs::create_dir_all(ws.join(".config")).unwrap();
@@ -160,7 +136,7 @@ fn a_crate_that_reads_its_files_and_runs_its_binary_passes_remotely_as_under_nex
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ws = copy_fixture(dir.path());
+    let ws = copy_fixture("hermetic", dir.path());
     let reference = nextest_outcomes(&ws);
     assert_eq!(
         reference
@@ -255,7 +231,7 @@ fn a_crate_that_reads_its_files_and_runs_its_binary_passes_remotely_as_under_nex
 #[test]
 fn an_agent_without_a_sandbox_says_so_and_the_run_warns_once() {
     let dir = tempfile::tempdir().unwrap();
-    let ws = copy_fixture(dir.path());
+    let ws = copy_fixture("hermetic", dir.path());
     let (_coordinator, url) = coordinator(dir.path());
     let mut cmd = agent_command(dir.path(), &url, "plain", 2);
     cmd.arg("--no-sandbox");

@@ -12,6 +12,7 @@ mod dashboard;
 mod deploy;
 mod docker_proxy;
 mod engine_restart;
+mod file_bundles;
 mod filtersets;
 mod fixture;
 mod full_disk;

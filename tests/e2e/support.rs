@@ -474,19 +474,31 @@ pub fn repo() -> PathBuf {
 /// Copies `examples/NAME` to `to`, without what running it leaves (dot files, `__pycache__`, a
 /// built server), so that a test's runs never write into the repository.
 pub fn copy_example(name: &str, to: &Path) {
-    copy_tree(&repo().join("examples").join(name), to);
+    copy_tree(&repo().join("examples").join(name), to, &|name| {
+        name.starts_with('.') || name == "__pycache__" || name == "kvstore-server"
+    });
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// A copy of `tests/fixtures/NAME` in `dir` (its `.gitignore` included, its `target` not), for
+/// tests whose runs write beside their fixtures or change their files.
+pub fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
+    let ws = dir.join(name);
+    copy_tree(&repo().join("tests/fixtures").join(name), &ws, &|name| {
+        name == "target"
+    });
+    ws
+}
+
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" || name == "kvstore-server" {
+        if skip(&name) {
             continue;
         }
         if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(&name));
+            copy_tree(&e.path(), &to.join(&name), skip);
         } else {
             std::fs::copy(e.path(), to.join(&name)).unwrap();
         }
