@@ -1,9 +1,11 @@
 //! `testfleet-bench`: benchmarks that print ratios measured side by side in one run, never timed
 //! assertions. Method and latest results: `docs/benchmarks.md`.
 
+mod bundles;
 mod chaos;
 mod containers;
 mod coordinator_proc;
+mod counting_proxy;
 mod detection;
 mod figures;
 mod floor;
@@ -83,6 +85,10 @@ enum Bench {
     /// What hermetic remote runs cost: per test with the agent's sandbox against without it, and
     /// each bundle's size and time to pack, upload, download and extract.
     Sandbox(sandbox::Args),
+    /// A one-line change in a workspace of 40 crates: bytes uploaded and downloaded by the second
+    /// remote run against the first, and the time to the first test, bundles of files against
+    /// one archive per run.
+    Bundles(bundles::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Queries(a) => queries::run(a)?,
         Bench::Containers(a) => containers::run(a)?,
         Bench::Sandbox(a) => sandbox::run(a)?,
+        Bench::Bundles(a) => bundles::run(a)?,
         Bench::Detection(a) => return detection::run(a),
         Bench::Chaos(a) => return chaos::run(a),
         Bench::Soak(a) => return soak::run(a),
@@ -161,6 +168,12 @@ fn all(quick: bool, testfleet: Option<std::path::PathBuf>) -> anyhow::Result<Vec
         jobs: None,
         rounds: if quick { 1 } else { 3 },
         own_workspace: !quick,
+        testfleet: tf(),
+    })?);
+    step(bundles::run(bundles::Args {
+        crates: if quick { 10 } else { 40 },
+        asset_mib: 32,
+        rounds: if quick { 1 } else { 2 },
         testfleet: tf(),
     })?);
     step(containers::run(containers::Args {
