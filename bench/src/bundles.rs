@@ -294,50 +294,44 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    type Measure = fn(&Moved, &Moved) -> f64;
+    // (what, unit, the target for bundles of files, how it is measured)
+    let measures: [(&str, &'static str, Option<f64>, Measure); 5] = [
+        (
+            "second run's upload / first run's",
+            "×",
+            Some(0.05),
+            |a, b| b.up as f64 / a.up as f64,
+        ),
+        (
+            "second run's download per agent / first run's",
+            "×",
+            Some(0.05),
+            |a, b| b.down as f64 / a.down as f64,
+        ),
+        ("first run's upload", "MiB", None, |a, _| mib(a.up)),
+        ("time to the first test, first run", "s", None, |a, _| {
+            a.to_first_test
+        }),
+        ("time to the first test, second run", "s", None, |_, b| {
+            b.to_first_test
+        }),
+    ];
     let mut figures = Vec::new();
     for format in ["files", "archive"] {
-        let target = |t: f64| {
-            if format == "files" {
-                Target::AtMost(t)
-            } else {
-                Target::None
-            }
-        };
-        figures.push(Figure::new(
-            "bundles",
-            format!("{format}: second run's upload / first run's"),
-            median_of(format, &|a, b| b.up as f64 / a.up as f64),
-            "×",
-            target(0.05),
-        ));
-        figures.push(Figure::new(
-            "bundles",
-            format!("{format}: second run's download per agent / first run's"),
-            median_of(format, &|a, b| b.down as f64 / a.down as f64),
-            "×",
-            target(0.05),
-        ));
-        figures.push(Figure::new(
-            "bundles",
-            format!("{format}: first run's upload"),
-            median_of(format, &|a, _| mib(a.up)),
-            "MiB",
-            Target::None,
-        ));
-        figures.push(Figure::new(
-            "bundles",
-            format!("{format}: time to the first test, first run"),
-            median_of(format, &|a, _| a.to_first_test),
-            "s",
-            Target::None,
-        ));
-        figures.push(Figure::new(
-            "bundles",
-            format!("{format}: time to the first test, second run"),
-            median_of(format, &|_, b| b.to_first_test),
-            "s",
-            Target::None,
-        ));
+        for (what, unit, target, measure) in measures {
+            let target = match target {
+                Some(t) if format == "files" => Target::AtMost(t),
+                _ => Target::None,
+            };
+            figures.push(Figure::new(
+                "bundles",
+                format!("{format}: {what}"),
+                median_of(format, &measure),
+                unit,
+                target,
+            ));
+        }
     }
     // Side by side, round by round: each round ran both formats on the same workspace.
     let mut ratios: Vec<f64> = (0..args.rounds)

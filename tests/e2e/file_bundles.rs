@@ -1,7 +1,8 @@
 //! Bundles of content-addressed files end to end, on the `hermetic` fixture crate: a run after a
 //! one-test change sends and fetches only the files that changed; a file damaged in an agent's
-//! cache or in the coordinator's store is found and fetched again; an agent's removal pass keeps
-//! the files a kept bundle still links; an upload cut off leaves nothing.
+//! cache or in the coordinator's store is found and fetched again; the agent's and the
+//! coordinator's removal passes keep the files a kept bundle still names; an upload cut off leaves
+//! nothing.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -230,13 +231,13 @@ fn damaged_files_in_an_agent_cache_or_the_coordinator_store_are_found_and_fetche
 }
 
 #[test]
-fn an_agent_removes_old_files_but_keeps_those_a_kept_bundle_links() {
+fn removal_passes_keep_the_files_a_kept_bundle_names_and_remove_the_rest() {
     if !namespaces_or_skip("an agent's bundle files shared with its sandboxed layouts by links") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let ws = copy_fixture("hermetic", dir.path());
-    let (_coordinator, url) = coordinator(dir.path());
+    let (mut coordinator, url) = coordinator(dir.path());
     let work = dir.path().join("keeper");
     let mut keeper = agent(dir.path(), &url, "keeper", 2);
     wait_for_agents(&url, 1);
@@ -290,6 +291,46 @@ fn an_agent_removes_old_files_but_keeps_those_a_kept_bundle_links() {
     wait_for_agents(&url, 1);
     assert_eq!(outcomes(&run(&url, &ws)), expected);
     assert!(!keeper.log().contains(LAID_OUT), "{}", keeper.log());
+
+    // The coordinator's side: ten days pass for the first bundle's manifest and for every stored
+    // file (the retention is seven); the second bundle's manifest was used just now.
+    assert!(coordinator.stop().success());
+    let store = dir.path().join("coordinator/bundles");
+    let first_digest = old_bundle[0].file_name().unwrap().to_owned();
+    let ten_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400);
+    for f in files_under(&store.join("cas"))
+        .iter()
+        .chain([&store.join("manifests").join(&first_digest)])
+    {
+        std::fs::File::open(f)
+            .unwrap()
+            .set_modified(ten_days_ago)
+            .unwrap();
+    }
+    let before = files_under(&store.join("cas"));
+    let (coordinator, _) = coordinator_on(
+        dir.path(),
+        url.trim_start_matches("http://"),
+        "coordinator-again.log",
+    );
+    wait_until("the coordinator's removal pass", || {
+        coordinator
+            .log()
+            .contains("removed bundle manifests and files no kept bundle needs")
+    });
+    assert!(!store.join("manifests").join(&first_digest).exists());
+    let after = files_under(&store.join("cas"));
+    let gone: Vec<&PathBuf> = before.iter().filter(|p| !after.contains(p)).collect();
+    assert_eq!(gone.len(), 2, "only the first bundle's own files: {gone:?}");
+    // The second bundle is whole: the next run sends nothing.
+    wait_for_agents(&url, 1);
+    let again = run(&url, &ws);
+    assert_eq!(outcomes(&again), expected);
+    assert!(
+        stderr(&again).contains("already on the coordinator"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
