@@ -31,6 +31,7 @@ const MANIFEST_TRIES: usize = 3;
 pub struct Sent {
     /// The coordinator had the whole bundle: nothing was asked or sent.
     pub present: bool,
+    /// The bundle's files, and how many distinct contents among them were new to the coordinator.
     pub files: usize,
     pub new_files: usize,
     /// Of the new files, before and after compression.
@@ -46,7 +47,7 @@ pub async fn upload(
     bundle: &FileBundle,
     wait: Duration,
 ) -> CliResult<Option<Sent>> {
-    let files = bundle.sources.len();
+    let files = bundle.files;
     let has = patiently(url, wait, || {
         let mut client = client.clone();
         let digest = bundle.digest.clone();

@@ -21,6 +21,8 @@ pub struct FileBundle {
     pub text: Vec<u8>,
     pub digest: String,
     pub sources: HashMap<BlobDigest, PathBuf>,
+    /// Its entries (files with the same contents count once in `sources`).
+    pub files: usize,
 }
 
 /// Hashes `entries` (the cache at `cache_path` spares files hashed before) into a manifest.
@@ -73,6 +75,7 @@ pub fn build(entries: Vec<BundleEntry>, cache_path: &Path) -> CliResult<FileBund
         .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))?;
     cache.save();
     Ok(FileBundle {
+        files: manifest.entries().len(),
         digest: manifest.digest(),
         text: manifest.to_bytes(),
         sources,
@@ -114,4 +117,38 @@ fn hash_all(entries: &[BundleEntry], which: &[usize]) -> CliResult<Vec<(usize, B
         return Err(CliError::Bundle(format!("cannot bundle: {e}")));
     }
     Ok(out.into_inner().expect("digests"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_names_each_file_once_by_contents_and_keeps_the_executable_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, data: &[u8], mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            BundleEntry {
+                archive_path: format!("ws/{name}"),
+                source: p,
+            }
+        };
+        let entries = vec![
+            file("b.txt", b"same", 0o644),
+            file("a.txt", b"same", 0o644),
+            file("tool", b"#!/bin/sh\n", 0o755),
+        ];
+        let cache = dir.path().join("digests.v1");
+        let bundle = build(entries.clone(), &cache).unwrap();
+        assert_eq!(bundle.files, 3);
+        assert_eq!(bundle.sources.len(), 2, "two files with one contents");
+        let text = String::from_utf8(bundle.text.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert!(lines[0].ends_with(" 4 644 ws/a.txt"), "{text}");
+        assert!(lines[2].ends_with(" 10 755 ws/tool"), "{text}");
+        // Built again (from the digest cache where it may): the same bundle.
+        assert_eq!(build(entries, &cache).unwrap().digest, bundle.digest);
+    }
 }
