@@ -10,7 +10,7 @@ use testfleet_proto::pb;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_security::AuthChannel;
 
-use crate::bundle_cache::CacheError;
+use crate::bundle_error::CacheError;
 
 /// Downloads bundle `digest` as one archive into `archive` (a name of this download's own) and
 /// extracts it into `staging`. The archive is removed either way, and the extraction if it fails.

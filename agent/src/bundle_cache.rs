@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use testfleet_bundle::BundleError;
 use testfleet_bundle::layout::LinkMode;
 use testfleet_bundle::temp_name::unique_suffix;
 use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_security::AuthChannel;
 use tokio::sync::Mutex;
 
+pub use crate::bundle_error::CacheError;
 use crate::bundle_files::FileCache;
 use crate::{bundle_archive, bundle_manifest};
 
@@ -37,25 +37,6 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(DEFAULT_RETENTION_HO
 /// bundles held by running leases as used: far more often than the shortest retention (an hour),
 /// so another agent sharing the dir never sees them as old.
 const COLLECT_EVERY: Duration = Duration::from_secs(600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("the coordinator named bundle `{0}`, which is not a SHA-256 digest")]
-    BadDigest(String),
-    #[error("failed to download bundle {digest}: {status}")]
-    Download { digest: String, status: String },
-    #[error("bundle {digest} is unusable: {source}")]
-    Bundle {
-        digest: String,
-        #[source]
-        source: BundleError,
-    },
-    #[error("bundle cache I/O failed at `{}`: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 #[derive(Clone)]
 pub struct BundleCache {

@@ -15,7 +15,7 @@ use testfleet_proto::pb::coordinator_client::CoordinatorClient;
 use testfleet_security::AuthChannel;
 use tokio::task::JoinSet;
 
-use crate::bundle_cache::CacheError;
+use crate::bundle_error::CacheError;
 use crate::bundle_files::FileCache;
 
 /// Files downloaded at once: enough to hide round trips for bundles of many small files.

@@ -4,6 +4,7 @@
 
 mod bundle_archive;
 pub mod bundle_cache;
+mod bundle_error;
 pub mod bundle_files;
 mod bundle_manifest;
 pub mod capture;
