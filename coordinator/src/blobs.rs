@@ -234,12 +234,23 @@ impl BlobStore {
         Ok(Some(bytes))
     }
 
-    /// Removes the stored file `d`, whose frame no longer decodes to what it names: the next
-    /// client that names it uploads it again.
-    pub fn remove_damaged(&self, d: &BlobDigest, why: &str) -> BlobStoreError {
+    /// Removes the stored file `d`, whose frame (as `opened`, read from it) no longer decodes to
+    /// what it names: the next client that names it uploads it again. A file put in its place
+    /// since (a new upload) is another inode, and stays.
+    pub fn remove_damaged(
+        &self,
+        d: &BlobDigest,
+        opened: &std::fs::Metadata,
+        why: &str,
+    ) -> BlobStoreError {
+        use std::os::unix::fs::MetadataExt;
         let path = self.path_of(d);
         let _held = self.lock();
-        let _ = std::fs::remove_file(&path);
+        if std::fs::metadata(&path)
+            .is_ok_and(|m| m.dev() == opened.dev() && m.ino() == opened.ino())
+        {
+            let _ = std::fs::remove_file(&path);
+        }
         tracing::error!(file = %d, error = why, "a stored bundle file is damaged: removed; the next run that names it uploads it again");
         BlobStoreError::Damaged(format!(
             "file {d} of the bundle is damaged on the coordinator ({why}); it was removed, and the next run of this bundle uploads it again"

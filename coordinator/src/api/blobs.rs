@@ -4,7 +4,9 @@
 
 use std::pin::Pin;
 
-use std::io::{Read, Write};
+use std::io::Write;
+
+use tokio::io::AsyncReadExt;
 
 use testfleet_bundle::blob::{BlobDigest, VerifyingDecoder};
 use testfleet_proto::{BUNDLE_CHUNK_BYTES, pb};
@@ -143,14 +145,15 @@ pub(super) async fn get_manifest(
 
 /// Streams the stored file `digest` names, checking on the way that its frame still decodes to
 /// what it names: a file damaged on disk ends the stream with `DATA_LOSS` (the agent throws away
-/// what it got) and is removed, so that the next run's client uploads it again.
+/// what it got) and is removed, so that the next run's client uploads it again. The check holds a
+/// blocking thread only while a chunk is decoded, not while a slow agent reads.
 pub(super) async fn send(
     store: &BlobStore,
     digest: pb::BlobDigest,
 ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<pb::BundleChunk, Status>> + Send>>>, Status> {
     let d = digest_from_wire(&digest)?;
     let path = store.path_of(&d);
-    let file = match std::fs::File::open(&path) {
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Status::not_found(format!(
@@ -160,37 +163,52 @@ pub(super) async fn send(
         }
         Err(e) => return Err(BlobStoreError::Io(e).into()),
     };
+    let opened = file.metadata().await.map_err(BlobStoreError::Io)?;
+    let mut check = Some(VerifyingDecoder::new(d, std::io::sink()).map_err(BlobStoreError::Io)?);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut check = match VerifyingDecoder::new(d, std::io::sink()) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(BlobStoreError::Io(e).into()));
-                return;
-            }
-        };
+    tokio::spawn(async move {
+        let damaged = |why: String| store.remove_damaged(&d, &opened, &why).into();
         let mut first = true;
         loop {
             let mut data = vec![0u8; BUNDLE_CHUNK_BYTES];
-            let n = match file.read(&mut data) {
+            let n = match file.read(&mut data).await {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(Status::internal(format!(
-                        "failed to read a bundle's file: {e}"
-                    ))));
+                    let status = Status::internal(format!("failed to read a bundle's file: {e}"));
+                    let _ = tx.send(Err(status)).await;
                     return;
                 }
             };
-            if n == 0 {
-                break;
-            }
             data.truncate(n);
-            if let Err(e) = check.write_all(&data) {
-                let _ = tx.blocking_send(Err(store.remove_damaged(&d, &e.to_string()).into()));
-                return;
-            }
+            let mut c = check
+                .take()
+                .expect("the check is put back after each chunk");
+            let last = n == 0;
+            let checked = tokio::task::spawn_blocking(move || {
+                if last {
+                    c.finish().map(|_| None).map_err(|e| e.to_string())
+                } else {
+                    c.write_all(&data)
+                        .map(|()| Some((c, data)))
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            let (c, data) = match checked {
+                Ok(Ok(Some(next))) => next,
+                Ok(Ok(None)) => return, // the whole frame was sent and checks out
+                Ok(Err(why)) => {
+                    let _ = tx.send(Err(damaged(why))).await;
+                    return;
+                }
+                Err(e) => {
+                    let status = Status::internal(format!("checking a bundle's file failed: {e}"));
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            check = Some(c);
             let chunk = pb::BundleChunk {
                 digest: if first {
                     digest.sha256.clone()
@@ -201,12 +219,9 @@ pub(super) async fn send(
                 data,
             };
             first = false;
-            if tx.blocking_send(Ok(chunk)).is_err() {
+            if tx.send(Ok(chunk)).await.is_err() {
                 return; // the agent went away
             }
-        }
-        if let Err(e) = check.finish() {
-            let _ = tx.blocking_send(Err(store.remove_damaged(&d, &e.to_string()).into()));
         }
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
