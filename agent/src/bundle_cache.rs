@@ -91,10 +91,13 @@ impl BundleCache {
 
     /// The extracted root of bundle `digest`, downloading it first if needed, and a hold on it
     /// that the lease keeps until its last test is done.
+    /// `written` says that something outside the sandbox writes in the bundle (a compose stack
+    /// runs with it as its project directory): its files are then never links to the cache's.
     pub async fn ensure(
         &self,
         digest: &str,
         client: &mut CoordinatorClient<AuthChannel>,
+        written: bool,
     ) -> Result<(PathBuf, InUse), CacheError> {
         if !testfleet_model::spec::is_sha256_hex(digest) {
             return Err(CacheError::BadDigest(digest.chars().take(80).collect()));
@@ -102,7 +105,12 @@ impl BundleCache {
         // Held before the bundle is looked for: a removal pass of this agent either ran before
         // (and the bundle is fetched again) or sees the hold.
         let held = self.hold(digest);
-        Ok((self.fetch(digest, client).await?, held))
+        let link = if written {
+            LinkMode::CloneOrCopy
+        } else {
+            self.link
+        };
+        Ok((self.fetch(digest, client, link).await?, held))
     }
 
     fn hold(&self, digest: &str) -> InUse {
@@ -122,6 +130,7 @@ impl BundleCache {
         &self,
         digest: &str,
         client: &mut CoordinatorClient<AuthChannel>,
+        link: LinkMode,
     ) -> Result<PathBuf, CacheError> {
         let root = self.dir.join(digest);
         let lock = self
@@ -145,7 +154,7 @@ impl BundleCache {
         let staging = self.dir.join(format!(".extract-{own}"));
         // Held until the bundle is laid out: no removal pass takes a cached file it links.
         let held = self.lock_shared().await.map_err(io(&self.lock_path()))?;
-        let laid = bundle_manifest::fetch(digest, client, &self.files, &staging, self.link).await;
+        let laid = bundle_manifest::fetch(digest, client, &self.files, &staging, link).await;
         drop(held);
         match laid {
             Ok(Some(f)) => tracing::info!(

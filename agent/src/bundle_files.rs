@@ -85,10 +85,15 @@ impl FileCache {
             }
             for entry in std::fs::read_dir(&shard)? {
                 let entry = entry?;
-                // A file some bundle's layout links is still named by a kept bundle.
-                let old = entry
-                    .metadata()
-                    .is_ok_and(|m| m.nlink() == 1 && m.modified().is_ok_and(|t| t < cutoff));
+                // A file some bundle's layout links is still named by a kept bundle. A download
+                // interrupted after it placed its file (a link of its own) goes all the same.
+                let leftover = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".incoming-");
+                let old = entry.metadata().is_ok_and(|m| {
+                    (leftover || m.nlink() == 1) && m.modified().is_ok_and(|t| t < cutoff)
+                });
                 if old {
                     std::fs::remove_file(entry.path())?;
                     removed += 1;

@@ -122,11 +122,18 @@ pub async fn fetch(
 fn check_cached(cache: &FileCache, wanted: Vec<(BlobDigest, bool)>) -> Vec<(BlobDigest, bool)> {
     let mut missing = Vec::new();
     for (d, executable) in wanted {
+        let path = cache.path_of(&d, executable);
         if !cache.has(&d, executable) {
+            // A file of another size under its name (cut short) would stay in place of the
+            // download, which is placed only where nothing is.
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a cached bundle file of the wrong size");
+            }
             missing.push((d, executable));
             continue;
         }
-        let path = cache.path_of(&d, executable);
         match testfleet_bundle::blob::hash_file(&path) {
             Ok(found) if found == d => {}
             found => {
@@ -201,19 +208,27 @@ async fn download(
             digest: bundle.to_owned(),
             source,
         })?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    // `None` ends the frame; a channel closed without it was cut off, and what was written is
+    // thrown away (the unfinished `Incoming` removes it).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
     let writing = tokio::task::spawn_blocking(move || {
         let mut incoming = incoming;
         let mut received = 0u64;
-        while let Some(data) = rx.blocking_recv() {
-            received += data.len() as u64;
-            incoming.write(&data)?;
+        loop {
+            match rx.blocking_recv() {
+                Some(Some(data)) => {
+                    received += data.len() as u64;
+                    incoming.write(&data)?;
+                }
+                Some(None) => return incoming.finish().map(|_: PathBuf| received),
+                // Cut off: dropped unfinished, it leaves nothing (its caller says why).
+                None => return Ok(received),
+            }
         }
-        incoming.finish().map(|_: PathBuf| received)
     });
     let streamed = async {
         while let Some(chunk) = stream.message().await? {
-            if tx.send(chunk.data).await.is_err() {
+            if tx.send(Some(chunk.data)).await.is_err() {
                 break; // the writer failed: its error says why
             }
         }
@@ -222,6 +237,7 @@ async fn download(
     .await;
     match streamed {
         Ok(()) => {
+            let _ = tx.send(None).await;
             drop(tx);
             let received = writing
                 .await
@@ -233,7 +249,7 @@ async fn download(
             Ok((d.size, received))
         }
         Err(s) => {
-            // Cut off: the writer, given no end, throws away what it wrote.
+            // Cut off: the writer, given no end of frame, throws away what it wrote.
             drop(tx);
             let _ = writing.await;
             Err(file_download_error(bundle, d, &s))

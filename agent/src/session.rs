@@ -310,10 +310,15 @@ fn accept(
     let cache = cache.clone();
     let sandboxes = sandboxes.clone();
     let mut client = downloads.clone();
+    // A compose stack's project directory is the bundle itself, outside any sandbox.
+    let written = lease
+        .services
+        .iter()
+        .any(|s| matches!(s.source, testfleet_model::ImageSource::Compose { .. }));
     tokio::spawn(async move {
         let (root, held) = match &lease.bundle_digest {
             None => (Ok(None), None),
-            Some(digest) => match cache.ensure(digest, &mut client).await {
+            Some(digest) => match cache.ensure(digest, &mut client, written).await {
                 Ok((root, held)) => (Ok(Some(root)), Some(held)),
                 Err(e) => (Err(with_room(&e, cache.dir())), None),
             },
