@@ -70,8 +70,13 @@ pub fn init(cli: &Cli) -> Telemetry {
         .as_deref()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    // Colours only for a terminal: a log redirected to a file (an agent's or a coordinator's,
+    // as services write them) stays plain text for grep and log collectors.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .with_filter(filter);
     let (provider, problem) = if traces_wanted() {

@@ -31,10 +31,11 @@ const MANIFEST_TRIES: usize = 3;
 pub struct Sent {
     /// The coordinator had the whole bundle: nothing was asked or sent.
     pub present: bool,
-    /// The bundle's files, and how many distinct contents among them were new to the coordinator.
+    /// The bundle's files, and how many of them had contents new to the coordinator (a file
+    /// whose contents another file of the bundle has too is sent once, and counted).
     pub files: usize,
     pub new_files: usize,
-    /// Of the new files, before and after compression.
+    /// Of the new contents (each once), before and after compression.
     pub new_bytes: u64,
     pub sent_bytes: u64,
 }
@@ -47,7 +48,7 @@ pub async fn upload(
     bundle: &FileBundle,
     wait: Duration,
 ) -> CliResult<Option<Sent>> {
-    let files = bundle.files;
+    let files = bundle.entries.len();
     let has = patiently(url, wait, || {
         let mut client = client.clone();
         let digest = bundle.digest.clone();
@@ -90,8 +91,11 @@ pub async fn upload(
         files,
         ..Sent::default()
     };
+    let mut uploaded = std::collections::HashSet::new();
     for _ in 0..MANIFEST_TRIES {
         send_files(client, url, bundle, &missing, wait, &mut sent).await?;
+        // A file sent again (removed on the coordinator meanwhile) counts once.
+        uploaded.extend(missing.iter().copied());
         let reply = patiently(url, wait, || {
             let mut client = client.clone();
             let request = pb::PutManifestRequest {
@@ -109,6 +113,11 @@ pub async fn upload(
             .map(from_wire)
             .collect::<CliResult<_>>()?;
         if missing.is_empty() {
+            sent.new_files = bundle
+                .entries
+                .iter()
+                .filter(|d| uploaded.contains(d))
+                .count();
             return Ok(Some(sent));
         }
     }
@@ -175,7 +184,6 @@ async fn send_files(
             return Ok(());
         };
         let (size, compressed) = done.map_err(|e| CliError::Internal(e.into()))??;
-        sent.new_files += 1;
         sent.new_bytes += size;
         sent.sent_bytes += compressed;
     }

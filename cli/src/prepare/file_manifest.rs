@@ -21,14 +21,14 @@ pub struct FileBundle {
     pub text: Vec<u8>,
     pub digest: String,
     pub sources: HashMap<BlobDigest, PathBuf>,
-    /// Its entries (files with the same contents count once in `sources`).
-    pub files: usize,
+    /// Each entry's digest (files with the same contents count once in `sources`).
+    pub entries: Vec<BlobDigest>,
 }
 
 /// Hashes `entries` (the cache at `cache_path` spares files hashed before) into a manifest.
 pub fn build(entries: Vec<BundleEntry>, cache_path: &Path) -> CliResult<FileBundle> {
     let mut cache = DigestCache::load(cache_path);
-    let started = SystemTime::now();
+    let started = filesystem_now(cache_path);
     // Per entry: its version here, its mode, and its digest once known.
     let mut files: Vec<(FileStamp, bool, Option<BlobDigest>)> = Vec::with_capacity(entries.len());
     let mut to_hash = Vec::new();
@@ -61,9 +61,11 @@ pub fn build(entries: Vec<BundleEntry>, cache_path: &Path) -> CliResult<FileBund
     }
     let mut sources = HashMap::new();
     let mut manifest_entries = Vec::with_capacity(entries.len());
+    let mut digests = Vec::with_capacity(entries.len());
     for (e, (_, executable, digest)) in entries.into_iter().zip(files) {
         let d = digest.expect("every file was hashed or found");
         sources.entry(d).or_insert_with(|| e.source.clone());
+        digests.push(d);
         manifest_entries.push(ManifestEntry {
             path: e.archive_path,
             sha256: d.sha256,
@@ -75,11 +77,25 @@ pub fn build(entries: Vec<BundleEntry>, cache_path: &Path) -> CliResult<FileBund
         .map_err(|e| CliError::Bundle(format!("cannot build the bundle: {e}")))?;
     cache.save();
     Ok(FileBundle {
-        files: manifest.entries().len(),
+        entries: digests,
         digest: manifest.digest(),
         text: manifest.to_bytes(),
         sources,
     })
+}
+
+/// The time now by the clock of the filesystem the cache is on (written as a file's modification
+/// time): a network filesystem's server may be ahead of this machine, and a file written there a
+/// moment ago must not look settled. This machine's clock if the file cannot be written.
+fn filesystem_now(cache_path: &Path) -> SystemTime {
+    let probe = cache_path.with_extension("now");
+    probe
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&probe, b"now"))
+        .and_then(|()| std::fs::metadata(&probe))
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| SystemTime::now())
 }
 
 fn unreadable(path: &Path, err: &std::io::Error) -> CliError {
@@ -142,7 +158,7 @@ mod tests {
         ];
         let cache = dir.path().join("digests.v1");
         let bundle = build(entries.clone(), &cache).unwrap();
-        assert_eq!(bundle.files, 3);
+        assert_eq!(bundle.entries.len(), 3);
         assert_eq!(bundle.sources.len(), 2, "two files with one contents");
         let text = String::from_utf8(bundle.text.clone()).unwrap();
         let lines: Vec<&str> = text.lines().skip(1).collect();
