@@ -118,6 +118,7 @@ pub async fn upload(
                 .iter()
                 .filter(|d| uploaded.contains(d))
                 .count();
+            sent.new_bytes = uploaded.iter().map(|d| d.size).sum();
             return Ok(Some(sent));
         }
     }
@@ -183,20 +184,19 @@ async fn send_files(
         let Some(done) = running.join_next().await else {
             return Ok(());
         };
-        let (size, compressed) = done.map_err(|e| CliError::Internal(e.into()))??;
-        sent.new_bytes += size;
+        let compressed = done.map_err(|e| CliError::Internal(e.into()))??;
         sent.sent_bytes += compressed;
     }
 }
 
-/// Uploads one file, compressing it as it goes; returns its size and the bytes sent.
+/// Uploads one file, compressing it as it goes; returns the bytes sent.
 async fn upload_one(
     client: &Client,
     url: &str,
     d: BlobDigest,
     path: PathBuf,
     wait: Duration,
-) -> CliResult<(u64, u64)> {
+) -> CliResult<u64> {
     let local_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let compressed = Arc::new(AtomicU64::new(0));
     let reply = patiently(url, wait, || {
@@ -248,7 +248,7 @@ async fn upload_one(
         return Err(CliError::Bundle(e));
     }
     reply.map_err(|s| refused(&format!("file {}", path.display()), url, s))?;
-    Ok((d.size, compressed.load(Ordering::Relaxed)))
+    Ok(compressed.load(Ordering::Relaxed))
 }
 
 /// Hands a frame to the upload stream a chunk at a time; the first names the file.

@@ -51,6 +51,12 @@ fn uploaded(out: &Output) -> (u64, u64) {
     (k, n)
 }
 
+/// The run found its whole bundle on the coordinator and sent none of it.
+fn assert_sent_nothing(out: &Output) {
+    let err = stderr(out);
+    assert!(err.contains("already on the coordinator"), "{err}");
+}
+
 /// `field=N` of each line of `log` holding `message`, in order.
 fn logged(log: &str, message: &str, field: &str) -> Vec<u64> {
     log.lines()
@@ -149,11 +155,7 @@ fn a_one_test_change_sends_and_fetches_only_what_changed() {
     // Unchanged: nothing is asked for beyond the bundle itself.
     let third = run(&url, &ws);
     assert_eq!(outcomes(&third), expected);
-    assert!(
-        stderr(&third).contains("already on the coordinator"),
-        "{}",
-        stderr(&third)
-    );
+    assert_sent_nothing(&third);
 }
 
 #[test]
@@ -327,11 +329,7 @@ fn removal_passes_keep_the_files_a_kept_bundle_names_and_remove_the_rest() {
     wait_for_agents(&url, 1);
     let again = run(&url, &ws);
     assert_eq!(outcomes(&again), expected);
-    assert!(
-        stderr(&again).contains("already on the coordinator"),
-        "{}",
-        stderr(&again)
-    );
+    assert_sent_nothing(&again);
 }
 
 #[test]
