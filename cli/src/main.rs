@@ -29,6 +29,7 @@ use clap::Parser;
 /// The coordinator's history writer and the agents' result streams allocate many small, short-lived
 /// values from several threads; glibc's allocator spent a third of the writer's time in malloc and
 /// its arena locks (docs/benchmarks.md, ingest).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
