@@ -16,9 +16,9 @@ pub struct Plan {
 pub fn plan(store: &dyn HistoryStore, spec: &RunSpec) -> Result<Plan, HistoryError> {
     let ids: Vec<TestId> = (0..spec.tests.len()).map(|i| spec.test_id(i)).collect();
     let p95s: Vec<Option<Duration>> = store
-        .summaries_of(&spec.suite, &ids)?
+        .p95s_of(&spec.suite, &ids)?
         .into_iter()
-        .map(|s| s.and_then(|x| x.p95_ms).map(Duration::from_millis))
+        .map(|p95| p95.map(Duration::from_millis))
         .collect();
     let binary_ids: Vec<&str> = spec
         .tests
