@@ -90,6 +90,19 @@ impl SledStore {
         }
         Ok(())
     }
+    /// Removes the output files of runs history no longer has: a coordinator stopped between
+    /// pruning a run and removing its file leaves one. Returns how many went.
+    pub(super) fn remove_orphan_outputs(&self) -> Result<usize, HistoryError> {
+        let mut removed = 0;
+        for run in self.output_files.runs()? {
+            if !self.runs.contains_key(run.0.to_be_bytes())? {
+                self.output_files.remove_run(run)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Drops the oldest runs beyond the retention, with their per-test records.
     fn prune(&self, newest: RunId) -> Result<(), HistoryError> {
         let Some(cutoff) = newest.0.checked_sub(self.keep_runs) else {
@@ -118,7 +131,10 @@ impl SledStore {
                 batch.remove(k?);
             }
             self.outputs.apply_batch(batch)?;
-            self.runs.remove(key)?;
+            self.runs.remove(&key)?;
+            let id: [u8; 8] = key.as_ref().try_into().unwrap_or_default();
+            self.output_files
+                .remove_run(RunId(u64::from_be_bytes(id)))?;
         }
         Ok(())
     }

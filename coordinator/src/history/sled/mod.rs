@@ -6,6 +6,7 @@
 mod close;
 mod keys;
 mod migrate;
+mod output_files;
 mod specs;
 mod summary_index;
 #[cfg(test)]
@@ -51,9 +52,12 @@ pub struct SledStore {
     run_specs: sled::Tree,
     /// CI fan-out keys: key → run id.
     run_keys: sled::Tree,
-    /// Captured outputs of results: run id, event seq and piece (big-endian) → a piece of the
-    /// output.
+    /// Captured outputs of results: run id and event seq (big-endian) → where the output is in
+    /// its run's file; stores written before outputs moved beside sled hold pieces of outputs
+    /// under the same key and a piece number.
     pub(super) outputs: sled::Tree,
+    /// The outputs themselves, one file per run.
+    output_files: Arc<output_files::OutputFiles>,
     keep_runs: u64,
     /// Every test's summary, in memory once first asked for: queries and plans read here, and
     /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
@@ -109,6 +113,7 @@ impl SledStore {
             run_specs: db.open_tree("run_specs")?,
             run_keys: db.open_tree("run_keys")?,
             outputs: db.open_tree("outputs")?,
+            output_files: Arc::new(output_files::OutputFiles::open(dir)?),
             keep_runs: DEFAULT_KEEP_RUNS,
             summaries: Arc::default(),
             db,
@@ -119,6 +124,11 @@ impl SledStore {
             Ok(0) => {}
             Ok(runs) => tracing::info!(runs, "removed the stored specs of runs not running"),
             Err(e) => tracing::warn!(error = %e, "could not look for specs of runs not running"),
+        }
+        match store.remove_orphan_outputs() {
+            Ok(0) => {}
+            Ok(runs) => tracing::info!(runs, "removed the output files of runs no longer kept"),
+            Err(e) => tracing::warn!(error = %e, "could not look for output files of pruned runs"),
         }
         Ok(store)
     }
@@ -202,13 +212,19 @@ impl HistoryStore for SledStore {
     fn outputs(&self, run: RunId, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, HistoryError> {
         seqs.iter()
             .map(|seq| {
-                // Its pieces, in key order.
+                let key = keys::output_key(run, *seq);
+                if let Some(at) = self.outputs.get(key)? {
+                    let at = output_files::Pointer::decode(&at).ok_or_else(|| {
+                        HistoryError::Corrupt {
+                            key: format!("output pointer of run {run} event {seq}"),
+                            reason: format!("{} bytes, not a pointer", at.len()),
+                        }
+                    })?;
+                    return self.output_files.read(run, *seq, at).map(Some);
+                }
+                // Written before outputs moved beside sled: its pieces, in key order.
                 let mut output = Vec::new();
-                for piece in self
-                    .outputs
-                    .scan_prefix(keys::output_key(run, *seq))
-                    .values()
-                {
+                for piece in self.outputs.scan_prefix(key).values() {
                     output.extend_from_slice(&piece?);
                 }
                 Ok((!output.is_empty()).then_some(output))
@@ -257,6 +273,15 @@ impl HistoryStore for SledStore {
             tests
                 .iter()
                 .map(|t| all.get(&test_key(suite, t)).cloned())
+                .collect()
+        })
+    }
+
+    fn p95s_of(&self, suite: &str, tests: &[TestId]) -> Result<Vec<Option<u64>>, HistoryError> {
+        self.with_summaries(|all| {
+            tests
+                .iter()
+                .map(|t| all.get(&test_key(suite, t)).and_then(|s| s.p95_ms))
                 .collect()
         })
     }

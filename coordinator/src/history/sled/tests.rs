@@ -355,4 +355,54 @@ fn old_runs_are_pruned_beyond_the_retention() {
         store.outputs(RunId(4), &[7, 8]).unwrap(),
         [Some(b"printed".to_vec()), None]
     );
+    // Beside sled, one file per kept run.
+    let files = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("history-outputs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        files(dir.path()),
+        [format!("{:020}.out", 3), format!("{:020}.out", 4)]
+    );
+    // An output stored in pieces in sled, as stores before outputs moved beside it hold them,
+    // still reads.
+    let legacy = [
+        &super::keys::output_key(RunId(3), 9)[..],
+        &0u32.to_be_bytes(),
+    ]
+    .concat();
+    store.outputs.insert(legacy, &b"old "[..]).unwrap();
+    let legacy = [
+        &super::keys::output_key(RunId(3), 9)[..],
+        &1u32.to_be_bytes(),
+    ]
+    .concat();
+    store.outputs.insert(legacy, &b"pieces"[..]).unwrap();
+    assert_eq!(
+        store.outputs(RunId(3), &[9]).unwrap(),
+        [Some(b"old pieces".to_vec())]
+    );
+    store.flush().unwrap();
+    drop(store);
+    // A file whose run history no longer has (its pruning cut short) goes when the store opens.
+    std::fs::write(
+        dir.path()
+            .join("history-outputs")
+            .join(format!("{:020}.out", 1)),
+        b"left",
+    )
+    .unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        files(dir.path()),
+        [format!("{:020}.out", 3), format!("{:020}.out", 4)]
+    );
+    assert_eq!(
+        store.outputs(RunId(4), &[7]).unwrap(),
+        [Some(b"printed".to_vec())]
+    );
 }

@@ -21,7 +21,7 @@ use super::super::records::{
 use super::super::{HistoryError, HistoryWrites, verdict};
 use super::keys::{run_group_key, test_key};
 use super::summary_index::new_summary;
-use super::{OUTPUT_EXCERPT_BYTES, PIECE_BYTES, SledStore};
+use super::{OUTPUT_EXCERPT_BYTES, SledStore};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
 const PARALLEL_MIN_TESTS: usize = 512;
@@ -53,8 +53,8 @@ pub(super) struct WriteTx<'a> {
     tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
-    /// Results' outputs, by the prefix of their pieces.
-    outputs: Vec<([u8; 16], Vec<u8>)>,
+    /// Results' outputs, by run, with their events' seqs.
+    outputs: BTreeMap<RunId, Vec<(u64, Vec<u8>)>>,
 }
 
 impl SledStore {
@@ -70,7 +70,7 @@ impl<'a> WriteTx<'a> {
             store,
             tests: HashMap::new(),
             run_entries: BTreeMap::new(),
-            outputs: Vec::new(),
+            outputs: BTreeMap::new(),
         }
     }
 
@@ -106,10 +106,14 @@ impl<'a> WriteTx<'a> {
                         .insert(run_group_key(RunId(run), group), encode(&chunk))?;
                 }
             }
-            for (prefix, output) in std::mem::take(&mut self.outputs) {
-                for (i, piece) in output.chunks(PIECE_BYTES).enumerate() {
-                    let key = [&prefix[..], &(i as u32).to_be_bytes()].concat();
-                    store.outputs.insert(key, piece)?;
+            for (run, outputs) in std::mem::take(&mut self.outputs) {
+                let bytes: Vec<&[u8]> = outputs.iter().map(|(_, o)| o.as_slice()).collect();
+                // On disk before sled names them.
+                let pointers = store.output_files.append(run, &bytes)?;
+                for ((seq, _), at) in outputs.iter().zip(pointers) {
+                    store
+                        .outputs
+                        .insert(super::keys::output_key(run, *seq), &at.encode())?;
                 }
             }
             let mut written = match first {
@@ -246,7 +250,9 @@ impl HistoryWrites for WriteTx<'_> {
 
     fn record_output(&mut self, run: RunId, seq: u64, output: &[u8]) -> Result<(), HistoryError> {
         self.outputs
-            .push((super::keys::output_key(run, seq), output.to_vec()));
+            .entry(run)
+            .or_default()
+            .push((seq, output.to_vec()));
         Ok(())
     }
 
