@@ -14,6 +14,7 @@ pub mod service;
 pub mod session;
 pub mod spec;
 pub mod test_settings;
+mod test_spec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 

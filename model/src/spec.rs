@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::test_spec::TestSpec;
 use crate::{Runner, ServiceSpec, TestId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,28 +42,6 @@ pub struct OriginTree {
     pub bundle_dir: String,
     /// Absolute path on the submitting machine.
     pub path: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestSpec {
-    /// Index into [`RunSpec::binaries`].
-    pub binary: u32,
-    pub name: String,
-    /// Ignored tests are recorded as skipped and never leased.
-    pub ignored: bool,
-    /// Tests of one group are leased together and run one after another in one process (a
-    /// pytest suite's `xdist_group` marks, or its `dist` mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// The pytest module or class whose class-, module- or package-scoped fixtures the test uses.
-    /// A lease is filled with such mates before other tests, so that a worker sets those fixtures
-    /// up once for them all; unlike a group, never beyond the lease's size, so parallelism comes
-    /// first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shares: Option<String>,
-    /// Index into [`RunSpec::settings`]; `None`: the run's defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

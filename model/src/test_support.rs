@@ -28,14 +28,7 @@ pub fn spec(n: usize) -> RunSpec {
         suite: "s".into(),
         binaries: vec![binary("b", "/bin/true", "/")],
         tests: (0..n)
-            .map(|i| TestSpec {
-                binary: 0,
-                name: format!("t{i}"),
-                ignored: false,
-                group: None,
-                shares: None,
-                settings: None,
-            })
+            .map(|i| TestSpec::new(0, format!("t{i}"), false))
             .collect(),
         retries: Some(0),
         test_timeout: Duration::from_secs(1),

@@ -119,8 +119,8 @@ impl From<&RunSpec> for pb::RunSpec {
                     binary: t.binary,
                     name: t.name.clone(),
                     ignored: t.ignored,
-                    group: t.group.clone().unwrap_or_default(),
-                    shares: t.shares.clone().unwrap_or_default(),
+                    group: t.group().unwrap_or_default().to_owned(),
+                    shares: t.shares().unwrap_or_default().to_owned(),
                     settings: t.settings,
                 })
                 .collect::<Vec<_>>()
@@ -164,13 +164,13 @@ impl TryFrom<pb::RunSpec> for RunSpec {
             tests: s
                 .tests
                 .into_iter()
-                .map(|t| TestSpec {
-                    binary: t.binary,
-                    name: t.name,
-                    ignored: t.ignored,
-                    group: Some(t.group).filter(|g| !g.is_empty()),
-                    shares: Some(t.shares).filter(|s| !s.is_empty()),
-                    settings: t.settings,
+                .map(|t| {
+                    let mut spec = TestSpec::new(t.binary, t.name, t.ignored).with_mates(
+                        Some(t.group).filter(|g| !g.is_empty()),
+                        Some(t.shares).filter(|s| !s.is_empty()),
+                    );
+                    spec.settings = t.settings;
+                    spec
                 })
                 .collect::<Vec<_>>()
                 // Built in place over the decoded message's vector, which grew by doubling: a

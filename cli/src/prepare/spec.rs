@@ -60,13 +60,9 @@ pub(super) fn build(
             .map(|s| s.manifest.services_for(&b.binary_id))
             .unwrap_or_default();
         spec_binaries.push(b);
-        tests.extend(selected.into_iter().map(|t| TestSpec {
-            binary: index,
-            name: t.name.clone(),
-            ignored: t.ignored,
-            group: t.group.clone(),
-            shares: t.shares.clone(),
-            settings: None,
+        tests.extend(selected.into_iter().map(|t| {
+            TestSpec::new(index, t.name.clone(), t.ignored)
+                .with_mates(t.group.clone(), t.shares.clone())
         }));
     }
     let runnable = tests.iter().filter(|t| !t.ignored).count();

@@ -52,7 +52,7 @@ impl LeaseGrant {
                         attempt,
                         name: t.name.clone(),
                         binary: spec.binaries[t.binary as usize].clone(),
-                        group: t.group.clone(),
+                        group: t.group().map(str::to_owned),
                         settings,
                         test_group,
                     }

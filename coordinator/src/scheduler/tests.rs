@@ -1167,7 +1167,7 @@ async fn a_group_s_tests_are_leased_together() {
     let _b = h.agent("b", 1, 2).await;
     let mut s = testfleet_model::test_support::spec(40);
     for i in [3, 17, 39] {
-        s.tests[i].group = Some("db".into());
+        s.tests[i].set_group(Some("db".into()));
     }
     let _events = h.submit(1, Arc::new(s)).await;
     let mut seen = vec![];
@@ -1198,7 +1198,7 @@ async fn a_lease_is_filled_with_tests_that_share_fixtures_but_not_made_bigger() 
     // sort them; the last ten share nothing.
     let mut s = testfleet_model::test_support::spec(40);
     for (i, t) in s.tests.iter_mut().enumerate().take(30) {
-        t.shares = Some(format!("tests/test_m{}.py", i % 3));
+        t.set_shares(Some(format!("tests/test_m{}.py", i % 3)));
     }
     let _events = h.submit(1, Arc::new(s)).await;
     let mut leases = vec![];
@@ -1222,7 +1222,7 @@ async fn a_lease_is_filled_with_tests_that_share_fixtures_but_not_made_bigger() 
     );
     // The same sizes as without sharing: guided self-scheduling decides them, not the modules.
     let mut plain = testfleet_model::test_support::spec(40);
-    plain.tests.iter_mut().for_each(|t| t.shares = None);
+    plain.tests.iter_mut().for_each(|t| t.set_shares(None));
     let h2 = Harness::new();
     let mut a2 = h2.agent("a", 1, 1).await;
     let _b2 = h2.agent("b", 1, 2).await;
@@ -1254,7 +1254,7 @@ async fn an_agent_goes_on_with_the_module_it_ran_last() {
     let _b = h.agent("b", 1, 2).await;
     let mut s = testfleet_model::test_support::spec(60);
     for (i, t) in s.tests.iter_mut().enumerate() {
-        t.shares = Some(format!("tests/test_m{}.py", i % 2));
+        t.set_shares(Some(format!("tests/test_m{}.py", i % 2)));
     }
     let _events = h.submit(1, Arc::new(s)).await;
     h.from(&a, ask(1));

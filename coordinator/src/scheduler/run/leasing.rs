@@ -60,8 +60,7 @@ impl Run {
             let profile = &self.agent_profile[self.binary_of(i)];
             (!profile.is_empty() && profile.iter().all(|f| agent.warm.contains(f)))
                 || self.spec.tests[i as usize]
-                    .shares
-                    .as_ref()
+                    .shares()
                     .is_some_and(|k| recent.is_some_and(|r| r.contains(k)))
         };
         // Its engine holds every registry image the test's services run: no pull before it starts.
@@ -97,7 +96,7 @@ impl Run {
         let n = take_count(
             chosen
                 .iter()
-                .map(|p| self.tests[self.queue[*p] as usize].estimate),
+                .map(|p| self.tests[self.queue[*p] as usize].estimate()),
             budget,
             max_tests,
             at_least_one,
@@ -107,7 +106,11 @@ impl Run {
         self.add_groups(&mut chosen, eligible);
         let shared: HashSet<String> = chosen
             .iter()
-            .filter_map(|p| self.spec.tests[self.queue[*p] as usize].shares.clone())
+            .filter_map(|p| {
+                self.spec.tests[self.queue[*p] as usize]
+                    .shares()
+                    .map(str::to_owned)
+            })
             .collect();
         if shared.is_empty() {
             self.recent_shares.remove(agent.id);
@@ -128,11 +131,11 @@ impl Run {
                 .remove(pos)
                 .expect("position came from the queue");
             let t = &mut self.tests[index as usize];
-            t.leased = Some(lease);
+            t.set_leased(Some(lease));
             if t.take_not_before().is_some() {
                 self.delayed -= 1;
             }
-            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate());
             self.hold_group_slot(index);
         }
         batch
@@ -194,7 +197,7 @@ impl Run {
     /// a worker sets those fixtures up once for them all instead of once per lease. The longest
     /// tests still come first; only which tests follow them changes.
     fn fill_with_mates(&self, chosen: &mut Vec<usize>, eligible: &impl Fn(u32) -> bool) {
-        let shares = |pos: usize| self.spec.tests[self.queue[pos] as usize].shares.as_deref();
+        let shares = |pos: usize| self.spec.tests[self.queue[pos] as usize].shares();
         let keys: HashSet<&str> = chosen.iter().filter_map(|p| shares(*p)).collect();
         if keys.is_empty() {
             return;
@@ -234,15 +237,15 @@ impl Run {
     /// Adds to `chosen` (queue positions) every queued test that shares a group with one of them:
     /// a group's tests go in one lease, to run one after another in one process on its agent.
     fn add_groups(&self, chosen: &mut Vec<usize>, eligible: impl Fn(u32) -> bool) {
-        let group = |pos: usize| self.spec.tests[self.queue[pos] as usize].group.as_ref();
-        let groups: HashSet<&String> = chosen.iter().filter_map(|p| group(*p)).collect();
+        let group = |pos: usize| self.spec.tests[self.queue[pos] as usize].group();
+        let groups: HashSet<&str> = chosen.iter().filter_map(|p| group(*p)).collect();
         if groups.is_empty() {
             return;
         }
         let taken: HashSet<usize> = chosen.iter().copied().collect();
         let more: Vec<usize> = (0..self.queue.len())
             .filter(|p| !taken.contains(p))
-            .filter(|p| group(*p).is_some_and(|g| groups.contains(g)))
+            .filter(|p| group(*p).is_some_and(|g| groups.contains(&g)))
             .filter(|p| eligible(self.queue[*p]))
             .collect();
         chosen.extend(more);
@@ -262,7 +265,7 @@ impl Run {
         self.notice(NoticeLevel::Error, message);
         for index in unservable {
             let t = &mut self.tests[index as usize];
-            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+            self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate());
             t.outcome = Some(Outcome::InfraError);
             let (attempt, quarantined) = (t.attempt, t.quarantined);
             let test = self.test_ref(index);

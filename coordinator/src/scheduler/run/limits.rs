@@ -20,7 +20,7 @@ impl Run {
     pub(super) fn unlease(&mut self, index: u32) {
         let group = self.settings_of(index).and_then(|s| s.test_group);
         let t = &mut self.tests[index as usize];
-        t.leased = None;
+        t.set_leased(None);
         if let (Some(slot), Some(group)) = (t.take_group_slot(), group) {
             self.group_held[group as usize][slot as usize] = false;
         }

@@ -95,8 +95,8 @@ fn spec_bytes(spec: &RunSpec) -> usize {
         .map(|t| {
             std::mem::size_of::<testfleet_model::TestSpec>()
                 + t.name.len()
-                + t.group.as_ref().map_or(0, String::len)
-                + t.shares.as_ref().map_or(0, String::len)
+                + t.group().map_or(0, str::len)
+                + t.shares().map_or(0, str::len)
         })
         .sum();
     let binaries: usize = spec
@@ -152,7 +152,7 @@ impl Run {
             created_unix_ms: now_unix_ms(),
             retries,
             started: Instant::now(),
-            queued_estimate: order.iter().map(|i| tests[*i as usize].estimate).sum(),
+            queued_estimate: order.iter().map(|i| tests[*i as usize].estimate()).sum(),
             unsettled: order.len(),
             queue: order.into(),
             tests,
@@ -379,9 +379,9 @@ impl Run {
 
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.
     pub fn is_current(&self, index: u32, attempt: u32, lease: LeaseId) -> bool {
-        self.tests
-            .get(index as usize)
-            .is_some_and(|t| t.leased == Some(lease) && t.attempt == attempt && t.outcome.is_none())
+        self.tests.get(index as usize).is_some_and(|t| {
+            t.leased() == Some(lease) && t.attempt == attempt && t.outcome.is_none()
+        })
     }
 
     pub fn on_started(&mut self, index: u32, attempt: u32, agent: &AgentId) {
@@ -525,7 +525,7 @@ impl Run {
         }
         if started {
             let t = &self.tests[index as usize];
-            let (attempt, lease) = (t.attempt, t.leased.expect("checked above"));
+            let (attempt, lease) = (t.attempt, t.leased().expect("checked above"));
             let result = AttemptResult::infra_error(format!(
                 "agent {agent} was lost while running the test: {why}"
             ));
@@ -539,11 +539,11 @@ impl Run {
     fn is_current_lease_holder(&self, index: u32) -> bool {
         self.tests
             .get(index as usize)
-            .is_some_and(|t| t.leased.is_some() && t.outcome.is_none())
+            .is_some_and(|t| t.leased().is_some() && t.outcome.is_none())
     }
 
     fn requeue_front(&mut self, index: u32) {
-        self.queued_estimate += self.tests[index as usize].estimate;
+        self.queued_estimate += self.tests[index as usize].estimate();
         self.queue.push_front(index);
     }
 
@@ -571,7 +571,7 @@ impl Run {
         for t in &mut self.tests {
             if t.outcome.is_none() {
                 t.outcome = Some(Outcome::Cancelled);
-                t.leased = None;
+                t.set_leased(None);
                 t.take_group_slot();
                 self.summary.record(Outcome::Cancelled);
             }

@@ -37,7 +37,7 @@ impl Run {
                 self.queue.remove(pos);
                 self.queued_estimate = self
                     .queued_estimate
-                    .saturating_sub(self.tests[index as usize].estimate);
+                    .saturating_sub(self.tests[index as usize].estimate());
             }
             let t = &mut self.tests[index as usize];
             t.set_statuses(statuses);
@@ -82,18 +82,18 @@ impl Run {
         let Some(t) = self.tests.get(index as usize) else {
             return false;
         };
-        if t.outcome.is_some() || t.leased.is_some() || t.attempt != attempt {
+        if t.outcome.is_some() || t.leased().is_some() || t.attempt != attempt {
             return false;
         }
         let Some(pos) = self.queue.iter().position(|i| *i == index) else {
             return false;
         };
         self.queue.remove(pos);
-        self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate);
+        self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate());
         if self.tests[index as usize].take_not_before().is_some() {
             self.delayed -= 1;
         }
-        self.tests[index as usize].leased = Some(lease);
+        self.tests[index as usize].set_leased(Some(lease));
         let context = Context {
             credit,
             ..Context::ASSUMED

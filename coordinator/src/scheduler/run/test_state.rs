@@ -7,10 +7,13 @@ use std::time::Duration;
 use testfleet_model::{AgentId, AttemptStatus, LeaseId, Outcome};
 
 pub(super) struct TestState {
-    pub estimate: Duration,
-    pub leased: Option<LeaseId>,
+    /// The estimate in microseconds, at most `u32::MAX` (71 minutes: enough to order tests by).
+    estimate_us: u32,
     /// The attempt number the next (or current) execution carries, from 1.
     pub attempt: u32,
+    /// The lease holding it, 0 for none (this coordinator's lease ids start at its start time in
+    /// microseconds since the epoch, and resumed ones are an earlier coordinator's).
+    leased: u64,
     pub outcome: Option<Outcome>,
     pub quarantined: bool,
     /// The first attempt's status; the others' are in `rare` with it.
@@ -36,14 +39,27 @@ struct Rare {
 impl TestState {
     pub fn new(estimate: Duration, quarantined: bool) -> Self {
         TestState {
-            estimate,
-            leased: None,
+            estimate_us: u32::try_from(estimate.as_micros()).unwrap_or(u32::MAX),
+            leased: 0,
             attempt: 1,
             outcome: None,
             quarantined,
             first_status: None,
             rare: None,
         }
+    }
+
+    pub fn estimate(&self) -> Duration {
+        Duration::from_micros(u64::from(self.estimate_us))
+    }
+
+    pub fn leased(&self) -> Option<LeaseId> {
+        (self.leased != 0).then_some(LeaseId(self.leased))
+    }
+
+    pub fn set_leased(&mut self, lease: Option<LeaseId>) {
+        debug_assert_ne!(lease, Some(LeaseId(0)), "lease ids are never 0");
+        self.leased = lease.map_or(0, |l| l.0);
     }
 
     fn rare_mut(&mut self) -> &mut Rare {
@@ -131,7 +147,7 @@ mod tests {
     #[test]
     fn small_enough_for_millions() {
         // A coordinator holds one per test of every run in memory.
-        assert!(std::mem::size_of::<TestState>() <= 48);
+        assert!(std::mem::size_of::<TestState>() <= 32);
     }
 
     #[test]
