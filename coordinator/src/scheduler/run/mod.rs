@@ -282,7 +282,7 @@ impl Run {
         self.watchers.retain(|w| w.send(event.clone()).is_ok());
         // The log keeps a result without its output, which the history writer keeps on disk: a
         // run's memory does not grow with what its tests print.
-        self.log.push(event.clone());
+        self.log.push(&event);
         let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
             event,

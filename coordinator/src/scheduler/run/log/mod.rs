@@ -85,12 +85,13 @@ impl EventLog {
 
     /// Appends `event`, which carries [`Self::next_seq`]; its output, if any, is dropped (history
     /// keeps it) and marked as on disk.
-    pub fn push(&mut self, event: RunEvent) {
+    /// Records an event; only the few kinds kept whole are copied (a result's output never is).
+    pub fn push(&mut self, event: &RunEvent) {
         debug_assert_eq!(event.seq, self.next_seq);
         let before = self.open.len();
-        if !record::pack(&event, &mut self.open) {
+        if !record::pack(event, &mut self.open) {
             record::whole(self.whole.len() as u32, &mut self.open);
-            self.whole.push(event);
+            self.whole.push(event.clone());
         }
         self.resident += self.open.len() - before;
         self.next_seq += 1;

@@ -102,7 +102,7 @@ fn fill(log: &mut EventLog, spec: &RunSpec, first_seq: u64, count: u64) -> Vec<R
     (0..count)
         .map(|n| {
             let e = event(spec, first_seq + n, n);
-            log.push(e.clone());
+            log.push(&e);
             let mut back = e;
             if let EventKind::TestFinished(f) = &mut back.kind {
                 f.result.output.clear();
