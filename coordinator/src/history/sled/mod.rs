@@ -7,6 +7,7 @@ mod close;
 mod keys;
 mod migrate;
 mod output_files;
+mod shard_threads;
 mod specs;
 mod summary_index;
 #[cfg(test)]
@@ -58,6 +59,8 @@ pub struct SledStore {
     pub(super) outputs: sled::Tree,
     /// The outputs themselves, one file per run.
     output_files: Arc<output_files::OutputFiles>,
+    /// Threads writing a group's shards of tests besides the writer.
+    shard_threads: Arc<shard_threads::ShardThreads>,
     keep_runs: u64,
     /// Every test's summary, in memory once first asked for: queries and plans read here, and
     /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
@@ -114,6 +117,7 @@ impl SledStore {
             run_keys: db.open_tree("run_keys")?,
             outputs: db.open_tree("outputs")?,
             output_files: Arc::new(output_files::OutputFiles::open(dir)?),
+            shard_threads: Arc::default(),
             keep_runs: DEFAULT_KEEP_RUNS,
             summaries: Arc::default(),
             db,

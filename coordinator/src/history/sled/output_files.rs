@@ -5,13 +5,14 @@
 //! 625 MiB of output); appended to a file they are written once, and pruning a run removes its
 //! file.
 //!
-//! A group's outputs are on disk (`fdatasync`) before sled holds their pointers, so a pointer
-//! sled has never names bytes that were lost. An append cut short (a full disk) leaves bytes no
-//! pointer names; the group is written again after it.
+//! A group's outputs are written as the writer reads them (through a small buffer per file, so
+//! the group never holds a second copy) and are on disk (`fdatasync`) before sled holds their
+//! pointers, so a pointer sled has never names bytes that were lost. An append cut short (a full
+//! disk) leaves bytes no pointer names; the group is written again after it.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -57,8 +58,19 @@ impl Pointer {
 pub(super) struct OutputFiles {
     dir: PathBuf,
     /// The writer's open files, most recently used last.
-    open: Mutex<VecDeque<(RunId, File)>>,
+    open: Mutex<VecDeque<RunFile>>,
 }
+
+/// A run's file open for appending: what is written goes through a buffer, and `end` is where
+/// the next output goes.
+struct RunFile {
+    run: RunId,
+    file: BufWriter<File>,
+    end: u64,
+}
+
+/// Each open file's buffer: small outputs are gathered into one write, large ones pass through.
+const BUFFER_BYTES: usize = 64 << 10;
 
 fn io_error(e: std::io::Error) -> HistoryError {
     // As sled's own I/O errors: the writer keeps the group and tries again (a full disk).
@@ -79,47 +91,70 @@ impl OutputFiles {
         self.dir.join(format!("{:020}.out", run.0))
     }
 
-    /// Appends one run's outputs and makes them durable; returns where each went.
-    pub fn append(&self, run: RunId, outputs: &[&[u8]]) -> Result<Vec<Pointer>, HistoryError> {
+    /// Appends one output to its run's file and says where it is. It is durable once [`sync`]
+    /// has returned for the run; a pointer must not be stored before.
+    ///
+    /// [`sync`]: OutputFiles::sync
+    pub fn append(&self, run: RunId, output: &[u8]) -> Result<Pointer, HistoryError> {
+        let len = u32::try_from(output.len())
+            .map_err(|_| io_error(std::io::Error::other("an output of 4 GiB or more")))?;
         let mut open = self.open.lock().expect("output files lock");
-        let file = match open.iter().position(|(r, _)| *r == run) {
-            Some(i) => {
-                let entry = open.remove(i).expect("found above");
-                open.push_back(entry);
-                &mut open.back_mut().expect("pushed above").1
-            }
+        let i = match open.iter().position(|f| f.run == run) {
+            Some(i) => i,
             None => {
-                let file = OpenOptions::new()
+                let mut file = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(self.path(run))
                     .map_err(io_error)?;
-                if open.len() >= OPEN_FILES_MAX {
-                    open.pop_front();
-                }
-                open.push_back((run, file));
-                &mut open.back_mut().expect("pushed above").1
+                // The end, not a remembered length: an append cut short left bytes after it.
+                let end = file.seek(SeekFrom::End(0)).map_err(io_error)?;
+                open.push_back(RunFile {
+                    run,
+                    file: BufWriter::with_capacity(BUFFER_BYTES, file),
+                    end,
+                });
+                open.len() - 1
             }
         };
-        // The end, not a remembered length: an append cut short left bytes after it.
-        let mut offset = file.seek(SeekFrom::End(0)).map_err(io_error)?;
-        let mut pointers = Vec::with_capacity(outputs.len());
-        let mut buf = std::io::BufWriter::with_capacity(1 << 20, &mut *file);
-        for output in outputs {
-            buf.write_all(output).map_err(io_error)?;
-            let len = u32::try_from(output.len())
-                .map_err(|_| io_error(std::io::Error::other("an output of 4 GiB or more")))?;
-            pointers.push(Pointer {
-                offset,
-                len,
-                crc: crc32fast::hash(output),
-            });
-            offset += u64::from(len);
+        let f = &mut open[i];
+        if let Err(e) = f.file.write_all(output) {
+            // What reached the file is unknown: the next append opens it again at its end.
+            open.remove(i);
+            return Err(io_error(e));
         }
-        buf.flush().map_err(io_error)?;
-        drop(buf);
-        file.sync_data().map_err(io_error)?;
-        Ok(pointers)
+        let at = Pointer {
+            offset: f.end,
+            len,
+            crc: crc32fast::hash(output),
+        };
+        f.end += u64::from(len);
+        Ok(at)
+    }
+
+    /// Makes what was appended to these runs' files durable (`fdatasync`), and closes files
+    /// beyond the few kept open (all of them written out by then).
+    pub fn sync(&self, runs: impl IntoIterator<Item = RunId>) -> Result<(), HistoryError> {
+        let mut open = self.open.lock().expect("output files lock");
+        for run in runs {
+            let Some(i) = open.iter().position(|f| f.run == run) else {
+                continue;
+            };
+            let f = &mut open[i];
+            let synced = f.file.flush().and_then(|()| f.file.get_ref().sync_data());
+            if let Err(e) = synced {
+                open.remove(i);
+                return Err(io_error(e));
+            }
+            let f = open.remove(i).expect("found above");
+            open.push_back(f);
+        }
+        while open.len() > OPEN_FILES_MAX {
+            // Least recently used first; its buffer was written out when it was last synced.
+            let mut f = open.pop_front().expect("longer than the limit");
+            f.file.flush().map_err(io_error)?;
+        }
+        Ok(())
     }
 
     /// The output a pointer names, checked against its CRC.
@@ -144,7 +179,7 @@ impl OutputFiles {
         self.open
             .lock()
             .expect("output files lock")
-            .retain(|(r, _)| *r != run);
+            .retain(|f| f.run != run);
         match std::fs::remove_file(self.path(run)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
             _ => Ok(()),
@@ -178,8 +213,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = OutputFiles::open(dir.path()).unwrap();
         let run = RunId(7);
-        let first = files.append(run, &[b"one", b"", b"three"]).unwrap();
-        let second = files.append(run, &[b"four"]).unwrap();
+        let first: Vec<Pointer> = [&b"one"[..], b"", b"three"]
+            .iter()
+            .map(|o| files.append(run, o).unwrap())
+            .collect();
+        files.sync([run]).unwrap();
+        let second = [files.append(run, b"four").unwrap()];
+        files.sync([run]).unwrap();
         assert_eq!(files.read(run, 1, first[0]).unwrap(), b"one");
         assert_eq!(files.read(run, 2, first[1]).unwrap(), b"");
         assert_eq!(files.read(run, 3, first[2]).unwrap(), b"three");

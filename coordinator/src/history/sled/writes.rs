@@ -9,7 +9,7 @@
 //! Nothing needed a group to be atomic (its run records and its tests' records were separate
 //! batches already); each test's record is still one value, replaced whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
 use testfleet_model::{Outcome, RunId, RunState, RunSummary, TestFinished, TestId, TestRef};
@@ -20,6 +20,7 @@ use super::super::records::{
 };
 use super::super::{HistoryError, HistoryWrites, verdict};
 use super::keys::{run_group_key, test_key};
+use super::output_files::Pointer;
 use super::summary_index::new_summary;
 use super::{OUTPUT_EXCERPT_BYTES, SledStore};
 
@@ -53,8 +54,9 @@ pub(super) struct WriteTx<'a> {
     tests: HashMap<Vec<u8>, TestChanges>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
-    /// Results' outputs, by run, with their events' seqs.
-    outputs: BTreeMap<RunId, Vec<(u64, Vec<u8>)>>,
+    /// Where results' outputs went in their runs' files, by run and event seq: stored in sled
+    /// once the files are synced.
+    outputs: Vec<(RunId, u64, Pointer)>,
 }
 
 impl SledStore {
@@ -70,7 +72,7 @@ impl<'a> WriteTx<'a> {
             store,
             tests: HashMap::new(),
             run_entries: BTreeMap::new(),
-            outputs: BTreeMap::new(),
+            outputs: Vec::new(),
         }
     }
 
@@ -87,45 +89,62 @@ impl<'a> WriteTx<'a> {
     }
 
     /// Writes what the group changed: the run records and results' outputs on this thread, the
-    /// tests' summaries and logs on one thread per shard meanwhile.
+    /// tests' summaries and logs on one thread per shard meanwhile (this one and the store's
+    /// shard threads).
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
-        let shards = shard(std::mem::take(&mut self.tests));
         let store = self.store;
-        std::thread::scope(|scope| {
-            let mut shards = shards.into_iter();
-            let first = shards.next();
-            let others: Vec<_> = shards
-                .map(|s| scope.spawn(move || write_tests(store, s)))
-                .collect();
-            for (run, entries) in std::mem::take(&mut self.run_entries) {
-                for chunk in entries.chunks(RUN_ENTRIES_PER_VALUE) {
-                    // Increasing across restarts, so a run's groups read back in the order written.
-                    let group = store.next_group_id()?;
-                    store
-                        .run_tests
-                        .insert(run_group_key(RunId(run), group), encode(&chunk))?;
-                }
+        let mut shards = shard(std::mem::take(&mut self.tests)).into_iter();
+        let first = shards.next();
+        let extra = shards.len();
+        let others: Vec<_> = shards
+            .map(|s| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let store = store.clone();
+                let job = move || {
+                    let _ = tx.send(write_tests(&store, s));
+                };
+                self.store.shard_threads.run(extra, Box::new(job));
+                rx
+            })
+            .collect();
+        let mine = self
+            .write_runs_and_outputs()
+            .and_then(|()| first.map_or(Ok(Vec::new()), |s| write_tests(store, s)));
+        // The other shards are waited for whatever this thread met: nothing of the group is
+        // still being written once this returns.
+        let theirs: Vec<_> = others
+            .into_iter()
+            .map(|rx| rx.recv().expect("a shard writer does not panic"))
+            .collect();
+        let mut written = mine?;
+        for w in theirs {
+            written.extend(w?);
+        }
+        store.summaries_written(written);
+        Ok(())
+    }
+
+    fn write_runs_and_outputs(&mut self) -> Result<(), HistoryError> {
+        let store = self.store;
+        for (run, entries) in std::mem::take(&mut self.run_entries) {
+            for chunk in entries.chunks(RUN_ENTRIES_PER_VALUE) {
+                // Increasing across restarts, so a run's groups read back in the order written.
+                let group = store.next_group_id()?;
+                store
+                    .run_tests
+                    .insert(run_group_key(RunId(run), group), encode(&chunk))?;
             }
-            for (run, outputs) in std::mem::take(&mut self.outputs) {
-                let bytes: Vec<&[u8]> = outputs.iter().map(|(_, o)| o.as_slice()).collect();
-                // On disk before sled names them.
-                let pointers = store.output_files.append(run, &bytes)?;
-                for ((seq, _), at) in outputs.iter().zip(pointers) {
-                    store
-                        .outputs
-                        .insert(super::keys::output_key(run, *seq), &at.encode())?;
-                }
-            }
-            let mut written = match first {
-                Some(s) => write_tests(store, s)?,
-                None => Vec::new(),
-            };
-            for w in others {
-                written.extend(w.join().expect("a shard writer does not panic")?);
-            }
-            store.summaries_written(written);
-            Ok(())
-        })
+        }
+        // On disk before sled names them.
+        let outputs = std::mem::take(&mut self.outputs);
+        let runs: BTreeSet<RunId> = outputs.iter().map(|(run, _, _)| *run).collect();
+        store.output_files.sync(runs)?;
+        for (run, seq, at) in outputs {
+            store
+                .outputs
+                .insert(super::keys::output_key(run, seq), &at.encode())?;
+        }
+        Ok(())
     }
 }
 
@@ -249,10 +268,8 @@ impl HistoryWrites for WriteTx<'_> {
     }
 
     fn record_output(&mut self, run: RunId, seq: u64, output: &[u8]) -> Result<(), HistoryError> {
-        self.outputs
-            .entry(run)
-            .or_default()
-            .push((seq, output.to_vec()));
+        let at = self.store.output_files.append(run, output)?;
+        self.outputs.push((run, seq, at));
         Ok(())
     }
 
