@@ -512,12 +512,18 @@ pub fn unique(name: &str) -> String {
 
 /// Waits until `done()` holds, checking every 50 ms; past the guard the test fails, saying `what`
 /// did not happen.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_or_show(what, done, String::new);
+}
+
+/// [`wait_until`], and past the guard the failure shows `show()` too (a process's log).
+pub fn wait_until_or_show(what: &str, mut done: impl FnMut() -> bool, show: impl Fn() -> String) {
     let start = Instant::now();
     while !done() {
         assert!(
             start.elapsed() < GUARD,
-            "{what} did not happen within {GUARD:?}"
+            "{what} did not happen within {GUARD:?}\n{}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
