@@ -137,6 +137,35 @@ impl SledStore {
         Ok(store)
     }
 
+    /// What `f` takes from each test's summary: from the summary index if a query loaded it,
+    /// else from sled (a plan does not load the index: 100,000 tests' summaries take ~50 MiB).
+    fn read_summaries<T>(
+        &self,
+        suite: &str,
+        tests: &[TestId],
+        f: impl Fn(&TestSummary) -> T,
+    ) -> Result<Vec<Option<T>>, HistoryError> {
+        let from_index = self.with_loaded_summaries(|all| {
+            tests
+                .iter()
+                .map(|t| all.get(&test_key(suite, t)).map(&f))
+                .collect()
+        });
+        if let Some(found) = from_index {
+            return Ok(found);
+        }
+        tests
+            .iter()
+            .map(|t| {
+                let key = test_key(suite, t);
+                let Some(value) = self.tests.get(&key)? else {
+                    return Ok(None);
+                };
+                Ok(Some(f(&decode_test_summary(&key, &value)?.0)))
+            })
+            .collect()
+    }
+
     /// How many runs to keep (at least 1).
     pub fn with_retention(mut self, keep_runs: u64) -> Self {
         self.keep_runs = keep_runs.max(1);
@@ -273,21 +302,15 @@ impl HistoryStore for SledStore {
         suite: &str,
         tests: &[TestId],
     ) -> Result<Vec<Option<TestSummary>>, HistoryError> {
-        self.with_summaries(|all| {
-            tests
-                .iter()
-                .map(|t| all.get(&test_key(suite, t)).cloned())
-                .collect()
-        })
+        self.read_summaries(suite, tests, |s| s.clone())
     }
 
     fn p95s_of(&self, suite: &str, tests: &[TestId]) -> Result<Vec<Option<u64>>, HistoryError> {
-        self.with_summaries(|all| {
-            tests
-                .iter()
-                .map(|t| all.get(&test_key(suite, t)).and_then(|s| s.p95_ms))
-                .collect()
-        })
+        Ok(self
+            .read_summaries(suite, tests, |s| s.p95_ms)?
+            .into_iter()
+            .map(Option::flatten)
+            .collect())
     }
 
     fn test_log(

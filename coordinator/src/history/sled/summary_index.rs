@@ -46,6 +46,16 @@ impl SledStore {
         Ok(stored.unwrap_or_else(|| new_summary(suite, id)))
     }
 
+    /// Runs `f` over the summary index if a query has loaded it (a plan alone does not: a
+    /// coordinator nobody queries keeps no summary in memory).
+    pub(crate) fn with_loaded_summaries<T>(&self, f: impl FnOnce(&SummaryIndex) -> T) -> Option<T> {
+        self.summaries
+            .read()
+            .expect("summary index lock")
+            .as_ref()
+            .map(f)
+    }
+
     /// Runs `f` over the summary index, loading it from sled the first time.
     pub(crate) fn with_summaries<T>(
         &self,

@@ -169,6 +169,17 @@ fn a_schema_1_store_is_migrated_on_open() {
         (3, Some(20), Some(30))
     );
     assert_eq!(summary.name, "t1");
+    // A plan reads the same from sled as from the summary index, and does not load the index.
+    let unknown = TestId {
+        binary_id: "bin".into(),
+        name: "never seen".into(),
+    };
+    let ids = [id.clone(), unknown];
+    assert_eq!(store.p95s_of("suite", &ids).unwrap(), [Some(30), None]);
+    assert!(store.with_loaded_summaries(|_| ()).is_none());
+    assert_eq!(store.summaries(Some("suite")).unwrap().len(), 1);
+    assert!(store.with_loaded_summaries(|_| ()).is_some());
+    assert_eq!(store.p95s_of("suite", &ids).unwrap(), [Some(30), None]);
     // Opening again does not migrate twice.
     drop(store);
     let store = SledStore::open(dir.path()).unwrap();
