@@ -19,7 +19,7 @@ use super::super::records::{
     decode_test_log, decode_test_summary, encode, encode_test,
 };
 use super::super::{HistoryError, HistoryWrites, verdict};
-use super::keys::{run_group_key, test_key};
+use super::keys::{run_group_key, split_test_key, test_key};
 use super::output_files::Pointer;
 use super::summary_index::new_summary;
 use super::{OUTPUT_EXCERPT_BYTES, SledStore};
@@ -43,9 +43,9 @@ enum TestOp {
     Settled(Outcome),
 }
 
+/// A test's changes in a group, under its key (which names its suite and test: a test history
+/// has not seen gets its names from there, so a group holds no copy of them).
 struct TestChanges {
-    suite: String,
-    id: TestId,
     ops: Vec<TestOp>,
 }
 
@@ -79,11 +79,7 @@ impl<'a> WriteTx<'a> {
     fn change(&mut self, suite: &str, id: &TestId, op: TestOp) {
         self.tests
             .entry(test_key(suite, id))
-            .or_insert_with(|| TestChanges {
-                suite: suite.to_owned(),
-                id: id.clone(),
-                ops: Vec::new(),
-            })
+            .or_insert_with(|| TestChanges { ops: Vec::new() })
             .ops
             .push(op);
     }
@@ -183,7 +179,13 @@ fn write_tests(
         let stored = store.tests.get(&key)?;
         let (mut summary, encoded_log) = match &stored {
             Some(value) => decode_test_summary(&key, value)?,
-            None => (new_summary(&changes.suite, &changes.id), &[][..]),
+            None => {
+                let (suite, id) = split_test_key(&key).ok_or_else(|| HistoryError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "a test's key without its suite, binary and name".into(),
+                })?;
+                (new_summary(&suite, &id), &[][..])
+            }
         };
         // The log is decoded only if an attempt joins it; otherwise its bytes go back as read.
         let mut log = stored.is_none().then(TestLog::default);
@@ -350,8 +352,6 @@ mod tests {
             tests.insert(
                 test_key("s", &t),
                 TestChanges {
-                    suite: "s".into(),
-                    id: t,
                     ops: vec![TestOp::Excluded, TestOp::Settled(Outcome::Passed)],
                 },
             );
@@ -362,12 +362,12 @@ mod tests {
         let mut seen: Vec<String> = shards
             .iter()
             .flatten()
-            .map(|(_, c)| {
+            .map(|(key, c)| {
                 assert!(matches!(
                     c.ops.as_slice(),
                     [TestOp::Excluded, TestOp::Settled(Outcome::Passed)]
                 ));
-                c.id.name.clone()
+                split_test_key(key).unwrap().1.name
             })
             .collect();
         seen.sort();
@@ -375,14 +375,7 @@ mod tests {
         assert_eq!(seen.len(), PARALLEL_MIN_TESTS * 3);
         // A small group stays on one thread.
         let mut small = HashMap::new();
-        small.insert(
-            test_key("s", &id(0)),
-            TestChanges {
-                suite: "s".into(),
-                id: id(0),
-                ops: vec![],
-            },
-        );
+        small.insert(test_key("s", &id(0)), TestChanges { ops: vec![] });
         assert_eq!(shard(small).len(), 1);
     }
 
