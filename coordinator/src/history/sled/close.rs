@@ -90,6 +90,7 @@ impl SledStore {
         }
         Ok(())
     }
+
     /// Removes the output files of runs history no longer has: a coordinator stopped between
     /// pruning a run and removing its file leaves one. Returns how many went.
     pub(super) fn remove_orphan_outputs(&self) -> Result<usize, HistoryError> {
@@ -132,9 +133,10 @@ impl SledStore {
             }
             self.outputs.apply_batch(batch)?;
             self.runs.remove(&key)?;
-            let id: [u8; 8] = key.as_ref().try_into().unwrap_or_default();
-            self.output_files
-                .remove_run(RunId(u64::from_be_bytes(id)))?;
+            if let Ok(id) = <[u8; 8]>::try_from(key.as_ref()) {
+                self.output_files
+                    .remove_run(RunId(u64::from_be_bytes(id)))?;
+            }
         }
         Ok(())
     }

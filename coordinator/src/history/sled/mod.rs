@@ -62,9 +62,10 @@ pub struct SledStore {
     /// Threads writing a group's shards of tests besides the writer.
     shard_threads: Arc<shard_threads::ShardThreads>,
     keep_runs: u64,
-    /// Every test's summary, in memory once first asked for: queries and plans read here, and
-    /// the writer updates it as it commits. (A summary is a few hundred bytes; 100,000 tests
-    /// take tens of MiB, and a scan of them takes milliseconds instead of a sled scan's hundreds.)
+    /// Every test's summary, in memory once a query first asks: queries read here (and plans,
+    /// once it is loaded), and the writer updates it as it commits. (A summary is a few hundred
+    /// bytes; 100,000 tests take tens of MiB, and a scan of them takes milliseconds instead of a
+    /// sled scan's hundreds.)
     summaries: Arc<RwLock<Option<SummaryIndex>>>,
 }
 
@@ -135,35 +136,6 @@ impl SledStore {
             Err(e) => tracing::warn!(error = %e, "could not look for output files of pruned runs"),
         }
         Ok(store)
-    }
-
-    /// What `f` takes from each test's summary: from the summary index if a query loaded it,
-    /// else from sled (a plan does not load the index: 100,000 tests' summaries take ~50 MiB).
-    fn read_summaries<T>(
-        &self,
-        suite: &str,
-        tests: &[TestId],
-        f: impl Fn(&TestSummary) -> T,
-    ) -> Result<Vec<Option<T>>, HistoryError> {
-        let from_index = self.with_loaded_summaries(|all| {
-            tests
-                .iter()
-                .map(|t| all.get(&test_key(suite, t)).map(&f))
-                .collect()
-        });
-        if let Some(found) = from_index {
-            return Ok(found);
-        }
-        tests
-            .iter()
-            .map(|t| {
-                let key = test_key(suite, t);
-                let Some(value) = self.tests.get(&key)? else {
-                    return Ok(None);
-                };
-                Ok(Some(f(&decode_test_summary(&key, &value)?.0)))
-            })
-            .collect()
     }
 
     /// How many runs to keep (at least 1).

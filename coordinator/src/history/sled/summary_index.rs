@@ -1,5 +1,5 @@
-//! Every test's summary, in memory once first asked for: queries and plans read it, and the writer
-//! brings it up to date as it commits.
+//! Every test's summary, in memory once a query first asks: queries read it, plans too once it is
+//! loaded (else sled), and the writer brings it up to date as it commits.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use testfleet_model::TestId;
 use super::super::HistoryError;
 use super::super::records::{TestSummary, decode_test_summary};
 use super::SledStore;
+use super::keys::test_key;
 
 pub(crate) type SummaryIndex = BTreeMap<Vec<u8>, TestSummary>;
 
@@ -29,12 +30,7 @@ impl SledStore {
         id: &TestId,
     ) -> Result<TestSummary, HistoryError> {
         // Once loaded, the index holds every summary there is.
-        let cached = self
-            .summaries
-            .read()
-            .expect("summary index lock")
-            .as_ref()
-            .map(|index| index.get(key).cloned());
+        let cached = self.with_loaded_summaries(|index| index.get(key).cloned());
         let stored = match cached {
             Some(s) => s,
             None => self
@@ -44,6 +40,35 @@ impl SledStore {
                 .transpose()?,
         };
         Ok(stored.unwrap_or_else(|| new_summary(suite, id)))
+    }
+
+    /// What `f` takes from each test's summary: from the summary index if a query loaded it,
+    /// else from sled (a plan does not load the index: 100,000 tests' summaries take ~50 MiB).
+    pub(super) fn read_summaries<T>(
+        &self,
+        suite: &str,
+        tests: &[TestId],
+        f: impl Fn(&TestSummary) -> T,
+    ) -> Result<Vec<Option<T>>, HistoryError> {
+        let from_index = self.with_loaded_summaries(|all| {
+            tests
+                .iter()
+                .map(|t| all.get(&test_key(suite, t)).map(&f))
+                .collect()
+        });
+        if let Some(found) = from_index {
+            return Ok(found);
+        }
+        tests
+            .iter()
+            .map(|t| {
+                let key = test_key(suite, t);
+                let Some(value) = self.tests.get(&key)? else {
+                    return Ok(None);
+                };
+                Ok(Some(f(&decode_test_summary(&key, &value)?.0)))
+            })
+            .collect()
     }
 
     /// Runs `f` over the summary index if a query has loaded it (a plan alone does not: a
