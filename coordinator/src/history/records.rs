@@ -178,10 +178,72 @@ impl TestLog {
     }
 }
 
+/// A [`LoggedAttempt`] whose strings borrow from where it was read: the writer brings a test's
+/// log up to date for every result, and reading it this way allocates nothing per attempt. It is
+/// stored exactly as a [`LoggedAttempt`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptView<'a> {
+    pub run_id: u64,
+    pub attempt: u32,
+    pub revision: &'a str,
+    pub status: AttemptStatus,
+    pub duration_ms: u64,
+    pub agent_id: &'a str,
+    pub at_unix_ms: u64,
+}
+
+impl<'a> AttemptView<'a> {
+    pub fn of(a: &'a LoggedAttempt) -> Self {
+        AttemptView {
+            run_id: a.run_id,
+            attempt: a.attempt,
+            revision: &a.revision,
+            status: a.status,
+            duration_ms: a.duration_ms,
+            agent_id: &a.agent_id,
+            at_unix_ms: a.at_unix_ms,
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.status.is_test_failure()
+    }
+}
+
+/// A [`TestLog`] read as [`AttemptView`]s; stored exactly as a [`TestLog`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogView<'a> {
+    #[serde(borrow)]
+    pub attempts: VecDeque<AttemptView<'a>>,
+    pub compacted: Counters,
+}
+
+impl<'a> LogView<'a> {
+    pub fn of(log: &'a TestLog) -> Self {
+        LogView {
+            attempts: log.attempts.iter().map(AttemptView::of).collect(),
+            compacted: log.compacted,
+        }
+    }
+
+    /// Appends an attempt, leaving the oldest out of the window past [`TestLog::KEEP`] (and
+    /// counting them).
+    pub fn push(&mut self, a: AttemptView<'a>) {
+        self.attempts.push_back(a);
+        while self.attempts.len() > TestLog::KEEP {
+            let old = self.attempts.pop_front().expect("longer than KEEP");
+            self.compacted.attempts += 1;
+            self.compacted.failures += u64::from(old.failed());
+        }
+    }
+}
+
 /// Evidence that a test is flaky: an attempt on a revision where it both passed and failed.
 pub use testfleet_model::report::FlakyEvidence as Evidence;
 
-/// Everything queries need about one test, precomputed when its attempts are recorded.
+/// Everything queries need about one test, precomputed when its attempts are recorded. As
+/// stored (since schema 4), its names are empty: its key holds them, and they are filled in as
+/// it is read for anything but the writer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TestSummary {
     pub suite: String,
@@ -216,6 +278,17 @@ pub struct TestSummary {
     pub slowdown: Option<Slowdown>,
     /// Attempts left out of the statistics because their lease failed almost as a whole.
     pub excluded: u64,
+}
+
+impl TestSummary {
+    /// Leaves out the names, which a stored summary's key holds.
+    pub fn clear_names(&mut self) {
+        for s in [&mut self.suite, &mut self.binary_id, &mut self.name] {
+            if !s.is_empty() {
+                *s = String::new();
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +328,9 @@ pub(crate) fn encode_test(summary: &TestSummary, log: TestLogPart<'_>) -> Vec<u8
         TestLogPart::Decoded(log) => {
             postcard::to_extend(log, out).expect("history records always serialize")
         }
+        TestLogPart::Viewed(log) => {
+            postcard::to_extend(log, out).expect("history records always serialize")
+        }
     };
     out.shrink_to_fit();
     out
@@ -264,6 +340,7 @@ pub(crate) fn encode_test(summary: &TestSummary, log: TestLogPart<'_>) -> Vec<u8
 pub(crate) enum TestLogPart<'a> {
     Encoded(&'a [u8]),
     Decoded(&'a TestLog),
+    Viewed(&'a LogView<'a>),
 }
 
 /// Reads the summary at the front of a test's value; returns it with the encoded log behind it.
@@ -282,6 +359,11 @@ pub(crate) fn decode_test_summary<'b>(
 
 /// Reads the log part [`decode_test_summary`] left.
 pub(crate) fn decode_test_log(key: &[u8], log: &[u8]) -> Result<TestLog, HistoryError> {
+    postcard::from_bytes(log).map_err(|e| corrupt(key, e.to_string()))
+}
+
+/// Reads the log part [`decode_test_summary`] left, borrowing its strings.
+pub(crate) fn view_test_log<'a>(key: &[u8], log: &'a [u8]) -> Result<LogView<'a>, HistoryError> {
     postcard::from_bytes(log).map_err(|e| corrupt(key, e.to_string()))
 }
 

@@ -2,9 +2,7 @@
 //! (totals, decayed flip rate, first/last seen), and the window fields (flaky revisions, evidence,
 //! failure-probability inputs, percentiles, slowdown) are recomputed from the bounded log.
 
-use std::collections::HashMap;
-
-use super::records::{Evidence, LoggedAttempt, TestLog, TestSummary};
+use super::records::{AttemptView, Evidence, LogView, LoggedAttempt, TestLog, TestSummary};
 use super::stats::{SlowdownRule, decayed_flip, p50_p95_p99, slowdown};
 
 /// Evidence entries kept per test.
@@ -12,6 +10,21 @@ pub const EVIDENCE_KEEP: usize = 20;
 
 /// Appends `a` to the log and brings the summary up to date.
 pub fn record(summary: &mut TestSummary, log: &mut TestLog, a: LoggedAttempt) {
+    count(summary, &AttemptView::of(&a));
+    log.push(a);
+    let view = LogView::of(log);
+    recompute_window(summary, &view);
+}
+
+/// [`record`] on a log read as views: what the writer does for every result.
+pub fn record_view<'a>(summary: &mut TestSummary, log: &mut LogView<'a>, a: AttemptView<'a>) {
+    count(summary, &a);
+    log.push(a);
+    recompute_window(summary, log);
+}
+
+/// The incremental fields: totals, the decayed flip rate, first and last seen.
+fn count(summary: &mut TestSummary, a: &AttemptView<'_>) {
     let failed = a.failed();
     summary.attempts += 1;
     summary.failures += u64::from(failed);
@@ -23,36 +36,61 @@ pub fn record(summary: &mut TestSummary, log: &mut TestLog, a: LoggedAttempt) {
         summary.first_seen_ms = a.at_unix_ms;
     }
     summary.last_seen_ms = summary.last_seen_ms.max(a.at_unix_ms);
-    log.push(a);
-    recompute_window(summary, log);
+}
+
+/// Passes and failures on each revision of a log window, sorted by revision. A window holds at
+/// most [`TestLog::KEEP`] attempts, and usually a few revisions: a sorted list is cheaper than a
+/// hash map here, which this runs once per result.
+struct PerRevision<'a>(Vec<(&'a str, u64, u64)>);
+
+impl<'a> PerRevision<'a> {
+    fn of(log: &LogView<'a>) -> Self {
+        let mut revs: Vec<(&str, u64, u64)> = Vec::with_capacity(log.attempts.len());
+        for a in &log.attempts {
+            match revs.binary_search_by(|(r, _, _)| (*r).cmp(a.revision)) {
+                Ok(i) => tally(&mut revs[i], a.failed()),
+                Err(i) => {
+                    revs.insert(i, (a.revision, 0, 0));
+                    tally(&mut revs[i], a.failed());
+                }
+            }
+        }
+        PerRevision(revs)
+    }
+
+    fn get(&self, rev: &str) -> Option<(u64, u64)> {
+        let i = self.0.binary_search_by(|(r, _, _)| (*r).cmp(rev)).ok()?;
+        Some((self.0[i].1, self.0[i].2))
+    }
+}
+
+fn tally(counts: &mut (&str, u64, u64), failed: bool) {
+    if failed {
+        counts.2 += 1;
+    } else {
+        counts.1 += 1;
+    }
 }
 
 /// Recomputes everything that depends on the log window alone.
-pub fn recompute_window(s: &mut TestSummary, log: &TestLog) {
-    let mut per_revision: HashMap<&str, (u64, u64)> = HashMap::new();
-    for a in &log.attempts {
-        let e = per_revision.entry(a.revision.as_str()).or_default();
-        if a.failed() {
-            e.1 += 1;
-        } else {
-            e.0 += 1;
-        }
-    }
-    let flaky = |rev: &str| per_revision.get(rev).is_some_and(|(p, f)| *p > 0 && *f > 0);
-    let good = |rev: &str| per_revision.get(rev).is_some_and(|(p, _)| *p > 0);
+pub fn recompute_window(s: &mut TestSummary, log: &LogView<'_>) {
+    let per_revision = PerRevision::of(log);
+    let flaky = |rev: &str| per_revision.get(rev).is_some_and(|(p, f)| p > 0 && f > 0);
+    let good = |rev: &str| per_revision.get(rev).is_some_and(|(p, _)| p > 0);
     s.flaky_revisions = per_revision
-        .values()
-        .filter(|(p, f)| *p > 0 && *f > 0)
+        .0
+        .iter()
+        .filter(|(_, p, f)| *p > 0 && *f > 0)
         .count() as u32;
-    let evidence: Vec<&LoggedAttempt> =
-        log.attempts.iter().filter(|a| flaky(&a.revision)).collect();
+    let evidence: Vec<&AttemptView<'_>> =
+        log.attempts.iter().filter(|a| flaky(a.revision)).collect();
     s.evidence = evidence[evidence.len().saturating_sub(EVIDENCE_KEEP)..]
         .iter()
         .map(|a| Evidence {
             run_id: a.run_id,
             attempt: a.attempt,
-            revision: a.revision.clone(),
-            agent_id: a.agent_id.clone(),
+            revision: a.revision.to_owned(),
+            agent_id: a.agent_id.to_owned(),
             failed: a.failed(),
         })
         .collect();
@@ -67,9 +105,13 @@ pub fn recompute_window(s: &mut TestSummary, log: &TestLog) {
                 .map_or(last.at_unix_ms, |l| l.max(last.at_unix_ms)),
         );
     }
-    let on_good: Vec<&LoggedAttempt> = log.attempts.iter().filter(|a| good(&a.revision)).collect();
-    s.good_attempts = on_good.len() as u64;
-    s.good_failures = on_good.iter().filter(|a| a.failed()).count() as u64;
+    let (mut good_attempts, mut good_failures) = (0, 0);
+    for a in log.attempts.iter().filter(|a| good(a.revision)) {
+        good_attempts += 1;
+        good_failures += u64::from(a.failed());
+    }
+    s.good_attempts = good_attempts;
+    s.good_failures = good_failures;
     let passing: Vec<u64> = log
         .attempts
         .iter()
@@ -166,6 +208,31 @@ mod tests {
         assert_eq!(log.compacted.failures, 15);
         assert_eq!((s.attempts, s.failures), (250, 25));
         assert_eq!(s.evidence.len(), EVIDENCE_KEEP);
+    }
+
+    /// The writer's way (a log read as views, one attempt at a time from its encoded form) ends
+    /// with the same summary, and the same bytes, as recording into an owned log.
+    #[test]
+    fn recording_into_a_viewed_log_matches_an_owned_one() {
+        use crate::history::records::{TestLogPart, encode_test, view_test_log};
+        let attempts: Vec<_> = (0..130)
+            .map(|i| attempt(i, 1, &format!("r{}", i % 4), i % 3 == 0, 10 + i % 17))
+            .collect();
+        let (owned_summary, owned_log) = replay(attempts.clone());
+        let mut summary = TestSummary::default();
+        let mut bytes = encode_test(&summary, TestLogPart::Decoded(&TestLog::default()));
+        for a in &attempts {
+            let (_, log) = crate::history::records::decode_test_summary(b"k", &bytes).unwrap();
+            let mut log = view_test_log(b"k", log).unwrap();
+            record_view(&mut summary, &mut log, AttemptView::of(a));
+            bytes = encode_test(&summary, TestLogPart::Viewed(&log));
+        }
+        assert_eq!(summary, owned_summary);
+        assert_eq!(
+            bytes,
+            encode_test(&owned_summary, TestLogPart::Decoded(&owned_log))
+        );
+        assert!(summary.flaky_revisions > 0 && !summary.evidence.is_empty());
     }
 
     #[test]

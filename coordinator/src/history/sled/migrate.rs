@@ -11,8 +11,11 @@ use super::SledStore;
 use super::keys::split_test_key;
 
 /// Schema 1 kept only passing durations per test; schema 2 an attempt log and a summary in two
-/// trees; schema 3 keeps both in one value per test (one read and one write per result).
-pub(super) const SCHEMA_VERSION: u32 = 3;
+/// trees; schema 3 keeps both in one value per test (one read and one write per result); schema 4
+/// leaves the test's names out of its summary, since its key holds them (values written by 3 still
+/// read, and lose their names as they are written again: nothing is rewritten to migrate, and a
+/// version that reads only 3 refuses the store instead of showing tests without names).
+pub(super) const SCHEMA_VERSION: u32 = 4;
 /// Schema 2's tree of attempt logs, folded into `tests` by the migration to 3.
 pub(super) const V2_LOG_TREE: &str = "test_log";
 

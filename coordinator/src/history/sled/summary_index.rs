@@ -8,9 +8,13 @@ use testfleet_model::TestId;
 use super::super::HistoryError;
 use super::super::records::{TestSummary, decode_test_summary};
 use super::SledStore;
-use super::keys::test_key;
+use super::keys::{split_test_key, test_key};
 
 pub(crate) type SummaryIndex = BTreeMap<Vec<u8>, TestSummary>;
+
+/// The tests a group wrote, by key, each with its summary if the index was loaded when the group
+/// began (see [`SledStore::summaries_written`]).
+pub(crate) type Written = Vec<(Vec<u8>, Option<TestSummary>)>;
 
 /// The summary of a test history has not seen yet.
 pub(crate) fn new_summary(suite: &str, id: &TestId) -> TestSummary {
@@ -36,7 +40,7 @@ impl SledStore {
             None => self
                 .tests
                 .get(key)?
-                .map(|b| decode_test_summary(key, &b).map(|(s, _)| s))
+                .map(|b| read_summary(key, &b))
                 .transpose()?,
         };
         Ok(stored.unwrap_or_else(|| new_summary(suite, id)))
@@ -44,10 +48,12 @@ impl SledStore {
 
     /// What `f` takes from each test's summary: from the summary index if a query loaded it,
     /// else from sled (a plan does not load the index: 100,000 tests' summaries take ~50 MiB).
+    /// Unless `named`, a summary read from sled may have empty names (`f` does not read them).
     pub(super) fn read_summaries<T>(
         &self,
         suite: &str,
         tests: &[TestId],
+        named: bool,
         f: impl Fn(&TestSummary) -> T,
     ) -> Result<Vec<Option<T>>, HistoryError> {
         let from_index = self.with_loaded_summaries(|all| {
@@ -66,7 +72,11 @@ impl SledStore {
                 let Some(value) = self.tests.get(&key)? else {
                     return Ok(None);
                 };
-                Ok(Some(f(&decode_test_summary(&key, &value)?.0)))
+                let summary = match named {
+                    true => read_summary(&key, &value)?,
+                    false => decode_test_summary(&key, &value)?.0,
+                };
+                Ok(Some(f(&summary)))
             })
             .collect()
     }
@@ -97,17 +107,51 @@ impl SledStore {
             let mut index = SummaryIndex::new();
             for kv in self.tests.iter() {
                 let (k, v) = kv?;
-                index.insert(k.to_vec(), decode_test_summary(&k, &v)?.0);
+                index.insert(k.to_vec(), read_summary(&k, &v)?);
             }
             *guard = Some(index);
         }
         Ok(f(guard.as_ref().expect("loaded above")))
     }
 
-    /// Brings the summary index (if loaded) up to date with summaries just written.
-    pub(crate) fn summaries_written(&self, written: Vec<(Vec<u8>, TestSummary)>) {
-        if let Some(index) = self.summaries.write().expect("summary index lock").as_mut() {
-            index.extend(written);
+    /// Brings the summary index (if loaded) up to date with the tests just written: with their
+    /// summaries, or, for those written while it was not loaded (a query may have loaded it
+    /// since, from values older than these), with their summaries read back.
+    pub(crate) fn summaries_written(&self, written: Written) -> Result<(), HistoryError> {
+        let mut guard = self.summaries.write().expect("summary index lock");
+        let Some(index) = guard.as_mut() else {
+            return Ok(());
+        };
+        for (key, summary) in written {
+            let summary = match summary {
+                Some(s) => s,
+                None => match self.tests.get(&key)? {
+                    Some(value) => read_summary(&key, &value)?,
+                    None => continue,
+                },
+            };
+            index.insert(key, summary);
         }
+        Ok(())
     }
+}
+
+/// A summary as stored, named after its key: since schema 4 a test's value does not repeat the
+/// names its key holds.
+pub(crate) fn named_summary(key: &[u8], mut s: TestSummary) -> Result<TestSummary, HistoryError> {
+    if s.name.is_empty() {
+        let (suite, id) = split_test_key(key).ok_or_else(|| HistoryError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "a test's key without its suite, binary and name".into(),
+        })?;
+        s.suite = suite;
+        s.binary_id = id.binary_id;
+        s.name = id.name;
+    }
+    Ok(s)
+}
+
+/// The summary at the front of a test's value, named.
+pub(crate) fn read_summary(key: &[u8], value: &[u8]) -> Result<TestSummary, HistoryError> {
+    named_summary(key, decode_test_summary(key, value)?.0)
 }

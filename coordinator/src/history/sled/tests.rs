@@ -417,3 +417,159 @@ fn old_runs_are_pruned_beyond_the_retention() {
         [Some(b"printed".to_vec())]
     );
 }
+
+fn attempt_of(run: u64, failed: bool) -> LoggedAttempt {
+    LoggedAttempt {
+        run_id: run,
+        attempt: 1,
+        revision: "r".into(),
+        status: if failed {
+            testfleet_model::AttemptStatus::Failed
+        } else {
+            testfleet_model::AttemptStatus::Passed
+        },
+        duration_ms: 10 * run,
+        agent_id: "a".into(),
+        at_unix_ms: run,
+    }
+}
+
+/// Since schema 4 a test's value leaves out the names its key holds: every read names it, and a
+/// value written by schema 3 (names included) still reads, and loses them once written again.
+#[test]
+fn summaries_are_stored_without_names_and_read_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let id = |name: &str| TestId {
+        binary_id: "bin".into(),
+        name: name.into(),
+    };
+    let (new, old) = (id("new"), id("old"));
+    // Written by schema 3: its names in the summary.
+    let (mut summary, mut log) = (new_summary("suite", &old), TestLog::default());
+    verdict::record(&mut summary, &mut log, attempt_of(1, false));
+    let old_value = encode_test(&summary, TestLogPart::Decoded(&log));
+    store
+        .tests
+        .insert(test_key("suite", &old), old_value.clone())
+        .unwrap();
+    store
+        .write(&mut |tx| {
+            tx.record_attempts("suite", &[(new.clone(), attempt_of(1, false))])?;
+            tx.record_settled("suite", &new, Outcome::Passed)
+        })
+        .unwrap();
+    let stored = store.tests.get(test_key("suite", &new)).unwrap().unwrap();
+    let (raw, _) = crate::history::records::decode_test_summary(b"k", &stored).unwrap();
+    assert_eq!(
+        (
+            raw.suite.as_str(),
+            raw.binary_id.as_str(),
+            raw.name.as_str()
+        ),
+        ("", "", "")
+    );
+    let named = |s: &TestSummary, t: &TestId| {
+        assert_eq!(
+            (s.suite.as_str(), &s.binary_id, &s.name),
+            ("suite", &t.binary_id, &t.name)
+        );
+    };
+    for t in [&new, &old] {
+        let (s, log) = store.test_log("suite", t).unwrap().unwrap();
+        named(&s, t);
+        assert_eq!(log.attempts.len(), 1);
+        named(
+            &store
+                .summaries_of("suite", std::slice::from_ref(t))
+                .unwrap()[0]
+                .clone()
+                .unwrap(),
+            t,
+        );
+    }
+    assert_eq!(
+        store.p95s_of("suite", &[new.clone(), old.clone()]).unwrap(),
+        [Some(10), Some(10)]
+    );
+    // The old value, written again, is smaller by its names and reads the same.
+    store
+        .write(&mut |tx| tx.record_attempts("suite", &[(old.clone(), attempt_of(2, true))]))
+        .unwrap();
+    let rewritten = store.tests.get(test_key("suite", &old)).unwrap().unwrap();
+    let (raw, _) = crate::history::records::decode_test_summary(b"k", &rewritten).unwrap();
+    assert!(raw.name.is_empty() && raw.suite.is_empty());
+    let (s, log) = store.test_log("suite", &old).unwrap().unwrap();
+    named(&s, &old);
+    assert_eq!((s.attempts, s.failures, log.attempts.len()), (2, 1, 2));
+    // The index names them too.
+    let mut seen = Vec::new();
+    store
+        .for_each_summary(Some("suite"), &mut |s| seen.push(s.name.clone()))
+        .unwrap();
+    assert_eq!(seen, ["new", "old"]);
+}
+
+/// A query may load the summary index while a group is being written: the tests the group wrote
+/// without keeping their summaries are read back into it, so it never holds an older one.
+#[test]
+fn tests_written_while_the_index_was_not_loaded_are_read_back_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let t = TestId {
+        binary_id: "bin".into(),
+        name: "t".into(),
+    };
+    store
+        .write(&mut |tx| tx.record_settled("suite", &t, Outcome::Passed))
+        .unwrap();
+    // Loaded now, from the value with one run...
+    store
+        .for_each_summary(None, &mut |s| assert_eq!(s.runs, 1))
+        .unwrap();
+    // ... while the group (which found it not loaded) wrote a second run.
+    let key = test_key("suite", &t);
+    let mut summary = TestSummary {
+        runs: 2,
+        ..TestSummary::default()
+    };
+    summary.clear_names();
+    store
+        .tests
+        .insert(
+            &key,
+            encode_test(&summary, TestLogPart::Decoded(&TestLog::default())),
+        )
+        .unwrap();
+    store.summaries_written(vec![(key, None)]).unwrap();
+    let mut runs = Vec::new();
+    store
+        .for_each_summary(None, &mut |s| runs.push((s.name.clone(), s.runs)))
+        .unwrap();
+    assert_eq!(runs, [("t".to_string(), 2)]);
+}
+
+/// A suite with nothing in quarantine answers without a lookup per test; one with a test in
+/// quarantine still names it (and another suite whose name starts the same is not confused).
+#[test]
+fn quarantine_is_read_per_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let ids: Vec<TestId> = (0..3)
+        .map(|i| TestId {
+            binary_id: "bin".into(),
+            name: format!("t{i}"),
+        })
+        .collect();
+    let entry = QuarantineEntry {
+        since_ms: 1,
+        by: "manual".into(),
+        reason: "r".into(),
+        clean_streak: 0,
+    };
+    store.set_quarantine("ab", &ids[1], Some(&entry)).unwrap();
+    assert_eq!(store.quarantined("a", &ids).unwrap(), [false, false, false]);
+    assert_eq!(store.quarantined("ab", &ids).unwrap(), [false, true, false]);
+    store.set_quarantine("a", &ids[2], Some(&entry)).unwrap();
+    assert_eq!(store.quarantined("a", &ids).unwrap(), [false, false, true]);
+}

@@ -10,18 +10,20 @@
 //! batches already); each test's record is still one value, replaced whole.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 
 use testfleet_model::{Outcome, RunId, RunState, RunSummary, TestFinished, TestId, TestRef};
 
 use super::super::records::{
-    AttemptRecord, LoggedAttempt, RunEntry, RunRecord, TestLog, TestLogPart, TestSummary,
-    decode_test_log, decode_test_summary, encode, encode_test,
+    AttemptRecord, AttemptView, LogView, LoggedAttempt, RunEntry, RunRecord, TestLogPart,
+    TestSummary, decode_test_summary, encode, encode_test, view_test_log,
 };
 use super::super::{HistoryError, HistoryWrites, verdict};
-use super::keys::{run_group_key, split_test_key, test_key};
+use super::keys::{run_group_key, test_key};
 use super::output_files::Pointer;
-use super::summary_index::new_summary;
+use super::summary_index::{Written, named_summary};
 use super::{OUTPUT_EXCERPT_BYTES, SledStore};
 
 /// Below this many tests in a group, one thread does them all: a thread costs more than it saves.
@@ -51,7 +53,7 @@ struct TestChanges {
 
 pub(super) struct WriteTx<'a> {
     store: &'a SledStore,
-    tests: HashMap<Vec<u8>, TestChanges>,
+    tests: HashMap<Vec<u8>, TestChanges, RandomState>,
     /// What this group records for each run: written as one value per run.
     run_entries: BTreeMap<u64, Vec<RunEntry>>,
     /// Where results' outputs went in their runs' files, by run and event seq: stored in sled
@@ -70,7 +72,7 @@ impl<'a> WriteTx<'a> {
     pub(super) fn new(store: &'a SledStore) -> Self {
         WriteTx {
             store,
-            tests: HashMap::new(),
+            tests: HashMap::default(),
             run_entries: BTreeMap::new(),
             outputs: Vec::new(),
         }
@@ -89,6 +91,9 @@ impl<'a> WriteTx<'a> {
     /// shard threads).
     pub(super) fn commit(&mut self) -> Result<(), HistoryError> {
         let store = self.store;
+        // Summaries are kept for the index only if a query has loaded it (one that loads it
+        // meanwhile has the rest read back: see `summaries_written`).
+        let named = store.with_loaded_summaries(|_| ()).is_some();
         let mut shards = shard(std::mem::take(&mut self.tests)).into_iter();
         let first = shards.next();
         let extra = shards.len();
@@ -97,7 +102,7 @@ impl<'a> WriteTx<'a> {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
                 let store = store.clone();
                 let job = move || {
-                    let _ = tx.send(write_tests(&store, s));
+                    let _ = tx.send(write_tests(&store, s, named));
                 };
                 self.store.shard_threads.run(extra, Box::new(job));
                 rx
@@ -105,7 +110,7 @@ impl<'a> WriteTx<'a> {
             .collect();
         let mine = self
             .write_runs_and_outputs()
-            .and_then(|()| first.map_or(Ok(Vec::new()), |s| write_tests(store, s)));
+            .and_then(|()| first.map_or(Ok(Vec::new()), |s| write_tests(store, s, named)));
         // The other shards are waited for whatever this thread met: nothing of the group is
         // still being written once this returns.
         let theirs: Vec<_> = others
@@ -116,8 +121,7 @@ impl<'a> WriteTx<'a> {
         for w in theirs {
             written.extend(w?);
         }
-        store.summaries_written(written);
-        Ok(())
+        store.summaries_written(written)
     }
 
     fn write_runs_and_outputs(&mut self) -> Result<(), HistoryError> {
@@ -145,7 +149,7 @@ impl<'a> WriteTx<'a> {
 }
 
 /// Splits the tests by key hash into as many shards as there are cores (one for a small group).
-fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)>> {
+fn shard(tests: HashMap<Vec<u8>, TestChanges, RandomState>) -> Vec<Vec<(Vec<u8>, TestChanges)>> {
     if tests.is_empty() {
         return Vec::new();
     }
@@ -156,7 +160,7 @@ fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)
             .map_or(1, |n| n.get())
             .clamp(1, SHARDS_MAX)
     };
-    let hasher = RandomState::new();
+    let hasher = RandomState::default();
     let mut shards: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
     for (key, changes) in tests {
         let i = (hasher.hash_one(&key) % n as u64) as usize;
@@ -168,49 +172,55 @@ fn shard(tests: HashMap<Vec<u8>, TestChanges>) -> Vec<Vec<(Vec<u8>, TestChanges)
 /// Brings one shard's tests up to date and writes each one's summary and log (one value, one
 /// read and one write per test), in key order: neighbours share tree nodes, so the reads find
 /// them cached and the inserts split far fewer (the shard's map order is random). Returns the
-/// summaries for the in-memory index.
+/// keys written, with their summaries (named after their keys) if `named`: for the in-memory
+/// index, if a query loaded it.
 fn write_tests(
     store: &SledStore,
     mut tests: Vec<(Vec<u8>, TestChanges)>,
-) -> Result<Vec<(Vec<u8>, TestSummary)>, HistoryError> {
+    named: bool,
+) -> Result<Written, HistoryError> {
     tests.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut written = Vec::with_capacity(tests.len());
     for (key, changes) in tests {
         let stored = store.tests.get(&key)?;
         let (mut summary, encoded_log) = match &stored {
             Some(value) => decode_test_summary(&key, value)?,
-            None => {
-                let (suite, id) = split_test_key(&key).ok_or_else(|| HistoryError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    reason: "a test's key without its suite, binary and name".into(),
-                })?;
-                (new_summary(&suite, &id), &[][..])
-            }
+            None => (TestSummary::default(), &[][..]),
         };
-        // The log is decoded only if an attempt joins it; otherwise its bytes go back as read.
-        let mut log = stored.is_none().then(TestLog::default);
-        for op in changes.ops {
+        // The key names the test: values written since schema 4 do not repeat its names, and
+        // older ones lose them as they are written again.
+        summary.clear_names();
+        // The log is read only if an attempt joins it (borrowing its strings from the value read
+        // and from the attempts); otherwise its bytes go back as read.
+        let mut log = stored.is_none().then(LogView::default);
+        for op in &changes.ops {
             match op {
                 TestOp::Attempt(a) => {
                     if log.is_none() {
-                        log = Some(decode_test_log(&key, encoded_log)?);
+                        log = Some(view_test_log(&key, encoded_log)?);
                     }
-                    verdict::record(&mut summary, log.as_mut().expect("loaded above"), a);
+                    let log = log.as_mut().expect("read above");
+                    verdict::record_view(&mut summary, log, AttemptView::of(a));
                 }
                 TestOp::Excluded => summary.excluded += 1,
                 TestOp::Settled(outcome) => {
                     summary.runs += 1;
-                    summary.last_outcome = Some(outcome);
+                    summary.last_outcome = Some(*outcome);
                 }
             }
         }
         let log = match &log {
-            Some(log) => TestLogPart::Decoded(log),
+            Some(log) => TestLogPart::Viewed(log),
             None => TestLogPart::Encoded(encoded_log),
         };
         store
             .tests
             .insert(key.as_slice(), encode_test(&summary, log))?;
+        let summary = if named {
+            Some(named_summary(&key, summary)?)
+        } else {
+            None
+        };
         written.push((key, summary));
     }
     Ok(written)
@@ -317,6 +327,7 @@ impl HistoryWrites for WriteTx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::keys::split_test_key;
     use super::*;
     use crate::history::HistoryStore;
     use testfleet_model::{AttemptResult, AttemptStatus};
@@ -346,7 +357,7 @@ mod tests {
 
     #[test]
     fn shards_hold_every_test_once_with_its_changes_in_order() {
-        let mut tests = HashMap::new();
+        let mut tests = HashMap::default();
         for i in 0..PARALLEL_MIN_TESTS * 3 {
             let t = id(i);
             tests.insert(
@@ -374,7 +385,7 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), PARALLEL_MIN_TESTS * 3);
         // A small group stays on one thread.
-        let mut small = HashMap::new();
+        let mut small = HashMap::default();
         small.insert(test_key("s", &id(0)), TestChanges { ops: vec![] });
         assert_eq!(shard(small).len(), 1);
     }
