@@ -27,7 +27,7 @@ pub fn send_run(
     lease_size: usize,
 ) -> anyhow::Result<()> {
     let gone = || anyhow::anyhow!("the history writer stopped");
-    tx.send(HistoryUpdate::RunCreated(RunRecord {
+    tx.send(HistoryUpdate::RunCreated(Box::new(RunRecord {
         run_id: run,
         suite: suite.into(),
         total_tests: tests.len() as u32,
@@ -38,7 +38,7 @@ pub fn send_run(
         summary: None,
         quarantine: QuarantinePolicy::default(),
         resumes: 0,
-    }))
+    })))
     .map_err(|_| gone())?;
     let suite: std::sync::Arc<str> = suite.into();
     let mut seq = 0;
@@ -53,7 +53,7 @@ pub fn send_run(
         tx.send(HistoryUpdate::Event {
             credit: None,
             suite: suite.clone(),
-            event,
+            event: Box::new(event),
         })
         .map_err(|_| gone())
     };

@@ -311,12 +311,12 @@ async fn resume_unfinished(
             // Nothing to resume it from (its spec is gone): it ends, marked cancelled.
             tracing::warn!(run = %run_id, "an unfinished run without its spec cannot be resumed; marking it cancelled");
             rec.state = testfleet_model::RunState::Cancelled;
-            let _ = history.send(history::HistoryUpdate::RunCreated(rec));
+            let _ = history.send(history::HistoryUpdate::RunCreated(Box::new(rec)));
             continue;
         };
         rec.resumes += 1;
         let resumes = rec.resumes;
-        let _ = history.send(history::HistoryUpdate::RunCreated(rec));
+        let _ = history.send(history::HistoryUpdate::RunCreated(Box::new(rec)));
         let settled = records.iter().filter(|r| r.outcome.is_some()).count();
         let asked = scheduler
             .ask(|reply| scheduler::Command::Resume {

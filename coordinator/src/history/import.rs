@@ -57,18 +57,18 @@ pub fn import(
     let suite: std::sync::Arc<str> = std::sync::Arc::from(rec.suite.as_str());
     let at = rec.created_unix_ms;
     let rec_suite = rec.suite.clone();
-    let _ = history.send(HistoryUpdate::RunCreated(rec));
+    let _ = history.send(HistoryUpdate::RunCreated(Box::new(rec)));
     let mut seq = 0;
     let mut send = |kind: EventKind| {
         let _ = history.send(HistoryUpdate::Event {
             credit: None,
             suite: suite.clone(),
-            event: RunEvent {
+            event: Box::new(RunEvent {
                 seq,
                 run_id,
                 at_unix_ms: at,
                 kind,
-            },
+            }),
         });
         seq += 1;
     };

@@ -44,7 +44,7 @@ impl Pipeline {
         let run = RunId(self.next_run);
         self.next_run += 1;
         let (tx, writer) = spawn_writer(self.store.clone(), None);
-        tx.send(HistoryUpdate::RunCreated(RunRecord {
+        tx.send(HistoryUpdate::RunCreated(Box::new(RunRecord {
             run_id: run.0,
             suite: "s".into(),
             total_tests: steps.len() as u32,
@@ -55,7 +55,7 @@ impl Pipeline {
             summary: None,
             quarantine: policy,
             resumes: 0,
-        }))
+        })))
         .unwrap();
         let mut seq = 0;
         let mut send = |kind: EventKind| {
@@ -63,12 +63,12 @@ impl Pipeline {
             tx.send(HistoryUpdate::Event {
                 credit: None,
                 suite: "s".into(),
-                event: RunEvent {
+                event: Box::new(RunEvent {
                     seq,
                     run_id: run,
                     at_unix_ms: 1000 * run.0 + seq,
                     kind,
-                },
+                }),
             })
             .unwrap();
         };

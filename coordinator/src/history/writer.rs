@@ -22,10 +22,12 @@ const GROUP_MAX: usize = 65536;
 
 #[derive(Clone, Debug)]
 pub enum HistoryUpdate {
-    RunCreated(RunRecord),
+    RunCreated(Box<RunRecord>),
     Event {
         suite: Arc<str>,
-        event: RunEvent,
+        /// Boxed: a result's event is large, and the writer holds up to a group's worth of
+        /// updates at once (a vector of them inline took 19 MiB).
+        event: Box<RunEvent>,
         /// The credits of the agent's result this event records, given back once it is written.
         credit: Option<super::credits::Credit>,
     },
@@ -309,7 +311,7 @@ mod tests {
     use testfleet_model::{QuarantinePolicy, RunState};
 
     fn created(run: u64) -> HistoryUpdate {
-        HistoryUpdate::RunCreated(RunRecord {
+        HistoryUpdate::RunCreated(Box::new(RunRecord {
             run_id: run,
             suite: "s".into(),
             total_tests: 0,
@@ -320,7 +322,14 @@ mod tests {
             summary: None,
             quarantine: QuarantinePolicy::default(),
             resumes: 0,
-        })
+        }))
+    }
+
+    /// The writer holds up to a group of updates in a vector: each is a few words, its event
+    /// boxed (inline, a result's event made the vector 19 MiB).
+    #[test]
+    fn an_update_is_a_few_words() {
+        assert!(std::mem::size_of::<HistoryUpdate>() <= 40);
     }
 
     /// Everything sent before a sync is readable once it is answered; a stopped writer answers

@@ -76,7 +76,9 @@ pub(super) async fn submit(
     let run_id = RunId(record.run_id);
     // The writer still hears of it: it takes the run's revision for the attempts' log entries
     // (and writes the same record again, which changes nothing).
-    let _ = api.history.send(HistoryUpdate::RunCreated(record));
+    let _ = api
+        .history
+        .send(HistoryUpdate::RunCreated(Box::new(record)));
     let Plan {
         estimates,
         quarantined,

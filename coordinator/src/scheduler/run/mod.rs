@@ -285,7 +285,7 @@ impl Run {
         self.log.push(&event);
         let _ = self.sinks.history.send(HistoryUpdate::Event {
             suite: self.suite.clone(),
-            event,
+            event: Box::new(event),
             credit,
         });
     }
