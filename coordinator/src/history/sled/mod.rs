@@ -5,6 +5,7 @@
 
 mod close;
 mod keys;
+mod many_keys;
 mod migrate;
 mod output_files;
 mod shard_threads;

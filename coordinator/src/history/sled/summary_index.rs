@@ -9,6 +9,7 @@ use super::super::HistoryError;
 use super::super::records::{TestSummary, decode_test_summary};
 use super::SledStore;
 use super::keys::{split_test_key, test_key};
+use super::many_keys::get_many;
 
 pub(crate) type SummaryIndex = BTreeMap<Vec<u8>, TestSummary>;
 
@@ -65,16 +66,17 @@ impl SledStore {
         if let Some(found) = from_index {
             return Ok(found);
         }
-        tests
-            .iter()
-            .map(|t| {
-                let key = test_key(suite, t);
-                let Some(value) = self.tests.get(&key)? else {
+        let keys: Vec<Vec<u8>> = tests.iter().map(|t| test_key(suite, t)).collect();
+        let values = get_many(&self.tests, &keys)?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, value)| {
+                let Some(value) = value else {
                     return Ok(None);
                 };
                 let summary = match named {
-                    true => read_summary(&key, &value)?,
-                    false => decode_test_summary(&key, &value)?.0,
+                    true => read_summary(key, &value)?,
+                    false => decode_test_summary(key, &value)?.0,
                 };
                 Ok(Some(f(&summary)))
             })
