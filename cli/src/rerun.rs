@@ -97,7 +97,7 @@ pub fn keep_only(spec: &mut RunSpec, keep: &HashSet<TestKey>) -> usize {
     let binaries = &spec.binaries;
     spec.tests.retain(|t| {
         let id = &binaries[t.binary as usize].binary_id;
-        keep.contains(&(id.clone(), t.name.clone()))
+        keep.contains(&(id.clone(), t.name.to_string()))
     });
     spec.tests.len()
 }
@@ -115,13 +115,16 @@ mod tests {
                 let t = &spec.tests[*i];
                 (
                     spec.binaries[t.binary as usize].binary_id.clone(),
-                    t.name.clone(),
+                    t.name.to_string(),
                 )
             })
             .collect();
-        let names: Vec<String> = [1, 3].iter().map(|i| spec.tests[*i].name.clone()).collect();
+        let names: Vec<String> = [1, 3]
+            .iter()
+            .map(|i| spec.tests[*i].name.to_string())
+            .collect();
         assert_eq!(keep_only(&mut spec, &keep), 2);
-        let left: Vec<String> = spec.tests.iter().map(|t| t.name.clone()).collect();
+        let left: Vec<String> = spec.tests.iter().map(|t| t.name.to_string()).collect();
         assert_eq!(left, names);
         assert!(spec.validate().is_ok());
     }

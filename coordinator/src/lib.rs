@@ -184,6 +184,7 @@ pub async fn serve_with_http(
         run_slots,
         keyed_submits: tokio::sync::Mutex::default(),
         room,
+        shared_names: Default::default(),
     };
     let gateway = api::Gateway {
         credits: history::credits::Credits::new(limits.max_pending_result_bytes),

@@ -166,13 +166,26 @@ pub enum SpecError {
 }
 
 impl RunSpec {
+    /// Makes each of this spec's test names the same allocation as the equal name in `other`
+    /// (an earlier spec of the suite still held): runs of one suite share their names instead of
+    /// holding a copy each.
+    pub fn share_names_with(&mut self, other: &RunSpec) {
+        let names: std::collections::HashMap<&str, &std::sync::Arc<str>> =
+            other.tests.iter().map(|t| (&*t.name, &t.name)).collect();
+        for t in self.tests.iter_mut() {
+            if let Some(name) = names.get(&*t.name) {
+                t.name = std::sync::Arc::clone(name);
+            }
+        }
+    }
+
     /// Test `index` as run events name it: its place, its binary and its name.
     pub fn test_ref(&self, index: u32) -> crate::TestRef {
         let t = &self.tests[index as usize];
         crate::TestRef {
             index,
             binary_id: self.binaries[t.binary as usize].binary_id.clone(),
-            name: t.name.clone(),
+            name: t.name.to_string(),
         }
     }
 
@@ -368,7 +381,7 @@ impl RunSpec {
                 self.binaries
                     .get(t.binary as usize)
                     .ok_or_else(|| SpecError::UnknownBinary {
-                        name: t.name.clone(),
+                        name: t.name.to_string(),
                         index: t.binary,
                         count: self.binaries.len(),
                     })?;
@@ -382,10 +395,10 @@ impl RunSpec {
                     self.settings.len()
                 )));
             }
-            if !seen.insert((t.binary, t.name.as_str())) {
+            if !seen.insert((t.binary, &*t.name)) {
                 return Err(SpecError::DuplicateTest(TestId {
                     binary_id: binary.binary_id.clone(),
-                    name: t.name.clone(),
+                    name: t.name.to_string(),
                 }));
             }
         }
@@ -446,7 +459,7 @@ impl RunSpec {
         let t = &self.tests[index];
         TestId {
             binary_id: self.binaries[t.binary as usize].binary_id.clone(),
-            name: t.name.clone(),
+            name: t.name.to_string(),
         }
     }
 }

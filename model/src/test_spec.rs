@@ -2,12 +2,16 @@
 //! (a million of them is common), and few tests belong to a group or share fixtures, so what only
 //! those need is apart, allocated for them alone. Its serialised form is the flat one.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Fields", into = "Fields")]
 pub struct TestSpec {
-    pub name: String,
+    /// Shared, not copied, between runs of the same suite held at once (see
+    /// `RunSpec::share_names_with`): a name is the bulk of what a test's spec holds.
+    pub name: Arc<str>,
     /// Index into [`crate::RunSpec::binaries`].
     pub binary: u32,
     /// Index into [`crate::RunSpec::settings`]; `None`: the run's defaults.
@@ -26,7 +30,7 @@ struct Mates {
 
 impl TestSpec {
     /// A test outside any group, with the run's settings.
-    pub fn new(binary: u32, name: impl Into<String>, ignored: bool) -> TestSpec {
+    pub fn new(binary: u32, name: impl Into<Arc<str>>, ignored: bool) -> TestSpec {
         TestSpec {
             name: name.into(),
             binary,
@@ -77,7 +81,7 @@ impl Mates {
 #[derive(Serialize, Deserialize)]
 struct Fields {
     binary: u32,
-    name: String,
+    name: Arc<str>,
     ignored: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     group: Option<String>,
@@ -119,7 +123,7 @@ mod tests {
 
     #[test]
     fn packed_small_and_serialised_flat() {
-        assert!(std::mem::size_of::<TestSpec>() <= 48);
+        assert!(std::mem::size_of::<TestSpec>() <= 40);
         let mut t = TestSpec::new(2, "a::b", false);
         t.set_shares(Some("tests/test_m.py".into()));
         t.set_group(Some("db".into()));

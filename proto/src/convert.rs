@@ -117,7 +117,7 @@ impl From<&RunSpec> for pb::RunSpec {
                 .iter()
                 .map(|t| pb::TestSpec {
                     binary: t.binary,
-                    name: t.name.clone(),
+                    name: t.name.to_string(),
                     ignored: t.ignored,
                     group: t.group().unwrap_or_default().to_owned(),
                     shares: t.shares().unwrap_or_default().to_owned(),

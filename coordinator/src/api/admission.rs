@@ -74,6 +74,7 @@ pub(super) struct Gate<'a> {
     pub blobs: &'a BlobStore,
     pub store: &'a Arc<dyn HistoryStore>,
     pub room: Option<&'a DataRoom>,
+    pub names: &'a Arc<super::shared_names::SharedNames>,
 }
 
 /// The error for a request refused because the data dir is nearly full.
@@ -114,13 +115,16 @@ pub(super) async fn admit(gate: Gate<'_>, spec: RunSpec) -> Result<Admitted, Ref
     {
         return Err(Refusal::NoBundle(d.clone()));
     }
-    let spec = Arc::new(spec);
     let store = gate.store.clone();
-    let s = spec.clone();
+    let names = gate.names.clone();
     // The run's record and its spec are on disk before the submission is answered: the history
     // writer, which records everything after, may lag behind, and a coordinator killed meanwhile
     // must still find the run to resume.
-    let (record, plan) = blocking(move || {
+    let (spec, record, plan) = blocking(move || {
+        let mut spec = spec;
+        names.share(&mut spec);
+        let s = Arc::new(spec);
+        names.remember(&s);
         let id = store.next_run_id()?;
         let record = RunRecord {
             run_id: id.0,
@@ -137,7 +141,8 @@ pub(super) async fn admit(gate: Gate<'_>, spec: RunSpec) -> Result<Admitted, Ref
         store.put_spec(id, &s)?;
         store.write(&mut |tx| tx.put_run(&record))?;
         store.flush()?;
-        Ok((record, plan(store.as_ref(), &s)?))
+        let plan = plan(store.as_ref(), &s)?;
+        Ok((s, record, plan))
     })
     .await
     .map_err(Refusal::Store)?;

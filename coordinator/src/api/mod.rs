@@ -8,6 +8,7 @@ mod blobs;
 mod bundles;
 mod client;
 mod gateway;
+mod shared_names;
 
 pub use client::ClientApi;
 pub use gateway::Gateway;

@@ -50,7 +50,7 @@ impl LeaseGrant {
                     LeasedTest {
                         index,
                         attempt,
-                        name: t.name.clone(),
+                        name: t.name.to_string(),
                         binary: spec.binaries[t.binary as usize].clone(),
                         group: t.group().map(str::to_owned),
                         settings,

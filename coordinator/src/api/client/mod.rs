@@ -36,6 +36,8 @@ pub struct ClientApi {
     pub(crate) keyed_submits: tokio::sync::Mutex<()>,
     /// Free space on the data dir: below its minimum, what would write more is refused.
     pub(crate) room: Option<Arc<DataRoom>>,
+    /// The last spec of each suite, whose test names the next one takes.
+    pub(crate) shared_names: Arc<crate::api::shared_names::SharedNames>,
 }
 
 impl ClientApi {

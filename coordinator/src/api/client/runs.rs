@@ -69,6 +69,7 @@ pub(super) async fn submit(
             blobs: &api.blobs,
             store: &api.store,
             room: api.room.as_deref(),
+            names: &api.shared_names,
         },
         spec,
     )

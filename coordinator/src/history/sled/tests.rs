@@ -29,7 +29,7 @@ fn big_spec(tests: usize) -> RunSpec {
         ..testfleet_model::test_support::spec(tests)
     };
     for (i, t) in spec.tests.iter_mut().enumerate() {
-        t.name = format!("module_{:03}::test_{i:07}", i % 97);
+        t.name = format!("module_{:03}::test_{i:07}", i % 97).into();
         t.ignored = i % 11 == 0;
     }
     spec
