@@ -17,8 +17,10 @@ pub struct Subscription {
     /// The events so far, to read away from the scheduler (older ones may be on disk); results'
     /// outputs are in history.
     pub backlog: super::LogSnapshot,
-    /// `None` when the run has already finished: the backlog is all there is.
-    pub live: Option<mpsc::UnboundedReceiver<RunEvent>>,
+    /// `None` when the run has already finished: the backlog is all there is. It holds at most
+    /// [`super::WATCHER_QUEUE`] events: a watcher that falls further behind is let go (its
+    /// receiver ends before the run's last event) and catches up from the run's log.
+    pub live: Option<mpsc::Receiver<RunEvent>>,
 }
 
 #[derive(Clone, Debug)]

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use agents::{Agent, Lease};
 use run::Run;
 pub(crate) use run::now_unix_ms;
-pub use run::{Backlog, LogConfig, LogSnapshot};
+pub use run::{Backlog, LogConfig, LogSnapshot, WATCHER_QUEUE};
 pub(crate) use run::{Context, Elsewhere, LeaseTally};
 
 #[derive(Clone, Debug)]

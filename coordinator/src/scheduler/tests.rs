@@ -1466,3 +1466,65 @@ async fn the_memory_budget_drops_finished_runs_first_then_refuses_while_runs_run
     let alone = make_room(&h, needed * 3).await.unwrap_err().to_string();
     assert!(alone.contains("more than the"), "{alone}");
 }
+
+/// A watcher that does not keep up is let go once its queue is full (the scheduler never queues
+/// for it without bound), before the run's last event; watching again from the first event it
+/// has not had gives the rest from the run's log, none missing, none twice.
+#[tokio::test(start_paused = true)]
+async fn a_watcher_that_falls_behind_is_let_go_and_catches_up_from_the_log() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 64, 1).await;
+    let n = super::WATCHER_QUEUE * 2;
+    let _rx = h
+        .submit(1, Arc::new(testfleet_model::test_support::spec(n)))
+        .await;
+    // Subscribed and never read while the whole run goes by.
+    let slow = h.watch(1).await.unwrap();
+    pass_until(&h, &mut a, 64, n).await;
+    h.settle().await;
+    let mut seqs: Vec<u64> = slow
+        .backlog
+        .read()
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    let mut live = slow.live.expect("the run was running");
+    let mut queued = 0;
+    while let Some(e) = live.recv().await {
+        assert!(!matches!(e.kind, EventKind::RunFinished { .. }));
+        seqs.push(e.seq);
+        queued += 1;
+    }
+    assert_eq!(
+        queued,
+        super::WATCHER_QUEUE,
+        "let go once its queue was full"
+    );
+    let next = seqs.last().unwrap() + 1;
+    let rest = h
+        .handle
+        .ask(|reply| Command::Watch {
+            run_id: RunId(1),
+            from_seq: next,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.live.is_none(), "the run has finished");
+    let rest = rest.backlog.read().unwrap().events;
+    assert!(matches!(
+        rest.last().map(|e| &e.kind),
+        Some(EventKind::RunFinished { .. })
+    ));
+    seqs.extend(rest.iter().map(|e| e.seq));
+    let all: Vec<u64> = (seqs[0]..seqs[0] + seqs.len() as u64).collect();
+    assert_eq!(seqs, all, "every event once, in order");
+    let finished = rest
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TestFinished(_)))
+        .count();
+    assert!(finished > 0);
+}

@@ -18,6 +18,7 @@ use crate::history::{HistoryStore, HistoryUpdate, RunRecord};
 use crate::limits::Limits;
 use crate::scheduler::{RunSnapshot, SchedulerHandle};
 
+mod follow;
 mod queries;
 mod runs;
 

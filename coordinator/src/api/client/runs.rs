@@ -108,78 +108,6 @@ pub(super) async fn submit(
     }))
 }
 
-/// Events of a backlog read ahead of a watcher that has not taken them yet.
-const BACKLOG_AHEAD: usize = 1024;
-
-/// Streams a watcher's backlog part by part (a long run's older parts from disk), putting back
-/// into each part's results the outputs the run's log left to history (once the history writer
-/// has written what it was sent: it is at most the results' budget behind). A watcher of a
-/// million-test run from its start holds a part and what the channel holds, not the whole run.
-fn stream_backlog(
-    api: &ClientApi,
-    run_id: RunId,
-    snapshot: crate::scheduler::LogSnapshot,
-) -> tokio_stream::wrappers::ReceiverStream<Result<RunEvent, Status>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG_AHEAD);
-    let store = api.store.clone();
-    let history = api.history.clone();
-    tokio::spawn(async move {
-        let snapshot = std::sync::Arc::new(snapshot);
-        let mut writer_caught_up = false;
-        for i in 0..snapshot.parts() {
-            let s = snapshot.clone();
-            let part = tokio::task::spawn_blocking(move || s.read_part(i))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            let crate::scheduler::Backlog {
-                mut events,
-                outputs_on_disk,
-            } = match part {
-                Ok(part) => part,
-                Err(e) => {
-                    let status = Status::internal(format!("reading run {run_id}'s events: {e}"));
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            if !outputs_on_disk.is_empty() {
-                if !std::mem::replace(&mut writer_caught_up, true) {
-                    crate::store_call::caught_up(&history, crate::history::QUERY_WAIT).await;
-                }
-                let store = store.clone();
-                let wanted = outputs_on_disk.clone();
-                let outputs = match blocking(move || store.outputs(run_id, &wanted)).await {
-                    Ok(outputs) => outputs,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let by_seq: std::collections::HashMap<u64, Option<Vec<u8>>> =
-                    outputs_on_disk.into_iter().zip(outputs).collect();
-                for e in &mut events {
-                    if let (EventKind::TestFinished(f), Some(output)) =
-                        (&mut e.kind, by_seq.get(&e.seq))
-                    {
-                        f.result.output = output.clone().unwrap_or_else(|| {
-                            b"[output not readable from history yet: its writer is behind]\n"
-                                .to_vec()
-                        });
-                    }
-                }
-            }
-            for e in events {
-                if tx.send(Ok(e)).await.is_err() {
-                    // The watcher went away.
-                    return;
-                }
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 pub(super) async fn watch(
     api: &ClientApi,
     req: Request<pb::WatchRunRequest>,
@@ -196,17 +124,17 @@ pub(super) async fn watch(
         .await?;
     let events: EventStream = match sub {
         Some(sub) => {
-            let backlog =
-                stream_backlog(api, run_id, sub.backlog).map(|e| e.map(|e| pb::RunEvent::from(&e)));
-            match sub.live {
-                Some(rx) => Box::pin(
-                    backlog.chain(
-                        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-                            .map(|e| Ok(pb::RunEvent::from(&e))),
-                    ),
-                ),
-                None => Box::pin(backlog),
-            }
+            let follow = super::follow::Follow {
+                run_id,
+                store: api.store.clone(),
+                history: api.history.clone(),
+                scheduler: api.scheduler.clone(),
+            };
+            Box::pin(
+                follow
+                    .stream(req.from_seq, sub)
+                    .map(|e| e.map(|e| pb::RunEvent::from(&e))),
+            )
         }
         None => {
             // Not in memory: a run of an earlier coordinator process, or one evicted long ago.

@@ -24,7 +24,7 @@ use testfleet_model::{
     RunEvent, RunId, RunSpec, RunState, RunSummary, Scope, TestFinished, TestRef,
     decide_after_attempt,
 };
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::batch::take_count;
 use super::{Candidate, Subscription};
@@ -51,7 +51,8 @@ pub(super) struct Run {
     /// numbers of this coordinator's events for the run start at a base: each resume by a
     /// restarted coordinator is a new epoch above the last, so a watcher's position stays valid.
     log: EventLog,
-    watchers: Vec<UnboundedSender<RunEvent>>,
+    /// Live watchers, each with a queue of at most [`WATCHER_QUEUE`] events.
+    watchers: Vec<tokio::sync::mpsc::Sender<RunEvent>>,
     sinks: Sinks,
     /// Open until the run finishes.
     trace: Option<crate::run_trace::RunTrace>,
@@ -82,6 +83,10 @@ pub(crate) struct Sinks {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log: Arc<LogConfig>,
 }
+
+/// Events a live watcher may have waiting before it is let go to catch up from the run's log
+/// (256 results with outputs at the default 64 KiB cap are 16 MiB).
+pub const WATCHER_QUEUE: usize = 256;
 
 /// How far down the queue a lease looks for tests whose services (or fixtures) are already warm on
 /// the agent.
@@ -279,7 +284,10 @@ impl Run {
         {
             trace.finish(summary);
         }
-        self.watchers.retain(|w| w.send(event.clone()).is_ok());
+        // A watcher whose queue is full is let go rather than queued for without bound (a slow
+        // client, and results carry their output): it catches up from the log, which has every
+        // event (see `api/client/runs.rs`, `watch`).
+        self.watchers.retain(|w| w.try_send(event.clone()).is_ok());
         // The log keeps a result without its output, which the history writer keeps on disk: a
         // run's memory does not grow with what its tests print.
         self.log.push(&event);
@@ -329,7 +337,7 @@ impl Run {
     pub fn subscribe(&mut self, from_seq: u64) -> Subscription {
         let backlog = self.log.snapshot(from_seq, self.spec.clone());
         let live = if self.is_running() {
-            let (tx, rx) = unbounded_channel();
+            let (tx, rx) = tokio::sync::mpsc::channel(WATCHER_QUEUE);
             self.watchers.push(tx);
             Some(rx)
         } else {

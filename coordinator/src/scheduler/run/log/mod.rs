@@ -178,7 +178,6 @@ impl EventLog {
             chunks,
             open: open.map(|bytes| (self.open_first, bytes)),
             whole: self.whole.clone(),
-            file: self.spill.clone(),
         }
     }
 }
@@ -191,7 +190,6 @@ pub struct LogSnapshot {
     chunks: Vec<(u64, SharedChunk)>,
     open: Option<(u64, Arc<[u8]>)>,
     whole: Vec<RunEvent>,
-    file: Option<Arc<SpillFile>>,
 }
 
 /// The events read, and the sequence numbers of results whose output is in history.
@@ -212,7 +210,7 @@ impl LogSnapshot {
     /// Reads part `i` (below [`Self::parts`]): its events from `from_seq` on.
     pub fn read_part(&self, i: usize) -> std::io::Result<Backlog> {
         let (first, bytes) = match self.chunks.get(i) {
-            Some((first, chunk)) => (*first, SpillFile::read(chunk, self.file.as_deref())?),
+            Some((first, chunk)) => (*first, SpillFile::read(chunk)?),
             None => self
                 .open
                 .clone()

@@ -9,10 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// A sealed chunk's bytes: in memory, or at a place in the run's spill file.
+/// A sealed chunk's bytes: in memory, or at a place in the run's spill file. A chunk on disk
+/// holds the file, so whoever holds the chunk (a watcher's snapshot, taken before the file was
+/// made) can read it back.
 pub(super) enum ChunkData {
     Memory(Arc<[u8]>),
-    Disk { offset: u64, len: usize },
+    Disk {
+        file: Arc<SpillFile>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 pub(super) type SharedChunk = Arc<Mutex<ChunkData>>;
@@ -58,7 +64,7 @@ impl SpillFile {
         }
     }
 
-    fn write_now(&self, chunk: &SharedChunk, offset: u64) {
+    fn write_now(self: &Arc<Self>, chunk: &SharedChunk, offset: u64) {
         let bytes = match &*chunk.lock().expect("chunk lock") {
             ChunkData::Memory(bytes) => bytes.clone(),
             ChunkData::Disk { .. } => return,
@@ -66,6 +72,7 @@ impl SpillFile {
         match self.file.write_all_at(&bytes, offset) {
             Ok(()) => {
                 *chunk.lock().expect("chunk lock") = ChunkData::Disk {
+                    file: self.clone(),
                     offset,
                     len: bytes.len(),
                 };
@@ -83,12 +90,11 @@ impl SpillFile {
     }
 
     /// A chunk's bytes, from memory or from the file.
-    pub fn read(chunk: &SharedChunk, file: Option<&SpillFile>) -> std::io::Result<Arc<[u8]>> {
-        let (offset, len) = match &*chunk.lock().expect("chunk lock") {
+    pub fn read(chunk: &SharedChunk) -> std::io::Result<Arc<[u8]>> {
+        let (file, offset, len) = match &*chunk.lock().expect("chunk lock") {
             ChunkData::Memory(bytes) => return Ok(bytes.clone()),
-            ChunkData::Disk { offset, len } => (*offset, *len),
+            ChunkData::Disk { file, offset, len } => (file.clone(), *offset, *len),
         };
-        let file = file.ok_or_else(|| std::io::Error::other("a chunk on disk without its file"))?;
         let mut bytes = vec![0; len];
         file.file.read_exact_at(&mut bytes, offset)?;
         Ok(bytes.into())

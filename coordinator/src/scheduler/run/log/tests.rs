@@ -10,7 +10,7 @@ use testfleet_model::{
     RunSpec, RunState, RunSummary, TestFinished, TestRef,
 };
 
-use super::{CHUNK_BYTES, EventLog, LogConfig};
+use super::{CHUNK_BYTES, ChunkData, EventLog, LogConfig};
 
 const RUN: RunId = RunId(7);
 
@@ -179,6 +179,41 @@ async fn past_its_share_the_log_goes_to_disk_and_comes_back() {
     drop(log);
     assert_eq!(reader.read().unwrap().events, pushed);
     assert!(!file.exists(), "the spill file outlived its log");
+}
+
+/// A watcher's snapshot taken before the log had a file on disk (a watcher that falls behind
+/// and catches up, at any time) still reads its chunks once they have gone to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_before_the_log_went_to_disk_reads_it_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Arc::new(spec(50));
+    let config = Arc::new(LogConfig {
+        memory: 2 * CHUNK_BYTES,
+        dir: Some(dir.path().join("logs")),
+    });
+    let mut log = EventLog::new(RUN, 0, config);
+    let mut pushed = Vec::new();
+    while log.sealed.is_empty() {
+        let next = pushed.len() as u64;
+        pushed.extend(fill(&mut log, &spec, next, 100));
+    }
+    assert!(log.spill.is_none(), "sealed, not on disk yet");
+    let early = log.snapshot(0, spec.clone());
+    let next = pushed.len() as u64;
+    let more = fill(&mut log, &spec, next, 100_000);
+    let whole = log.whole.len() * std::mem::size_of::<RunEvent>();
+    wait_for_memory(&log, 2 * CHUNK_BYTES + log.open.capacity() + whole);
+    let on_disk = early
+        .chunks
+        .iter()
+        .filter(|(_, c)| matches!(&*c.lock().unwrap(), ChunkData::Disk { .. }))
+        .count();
+    assert!(on_disk > 0, "the early snapshot's chunks went to disk");
+    let back = early.read().unwrap();
+    let open_then = back.events.len();
+    assert_eq!(back.events, pushed[..open_then]);
+    pushed.extend(more);
+    assert_eq!(log.snapshot(0, spec.clone()).read().unwrap().events, pushed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
