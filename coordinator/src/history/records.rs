@@ -169,12 +169,28 @@ impl TestLog {
     pub const KEEP: usize = 100;
 
     pub fn push(&mut self, a: LoggedAttempt) {
-        self.attempts.push_back(a);
-        while self.attempts.len() > Self::KEEP {
-            let old = self.attempts.pop_front().expect("longer than KEEP");
-            self.compacted.attempts += 1;
-            self.compacted.failures += u64::from(old.failed());
-        }
+        push_within_window(
+            &mut self.attempts,
+            &mut self.compacted,
+            a,
+            LoggedAttempt::failed,
+        );
+    }
+}
+
+/// Appends `a` to a log's window, folding the oldest attempts past [`TestLog::KEEP`] into its
+/// counters: the one rule for a [`TestLog`] and a [`LogView`].
+fn push_within_window<T>(
+    window: &mut VecDeque<T>,
+    compacted: &mut Counters,
+    a: T,
+    failed: impl Fn(&T) -> bool,
+) {
+    window.push_back(a);
+    while window.len() > TestLog::KEEP {
+        let old = window.pop_front().expect("longer than KEEP");
+        compacted.attempts += 1;
+        compacted.failures += u64::from(failed(&old));
     }
 }
 
@@ -229,12 +245,12 @@ impl<'a> LogView<'a> {
     /// Appends an attempt, leaving the oldest out of the window past [`TestLog::KEEP`] (and
     /// counting them).
     pub fn push(&mut self, a: AttemptView<'a>) {
-        self.attempts.push_back(a);
-        while self.attempts.len() > TestLog::KEEP {
-            let old = self.attempts.pop_front().expect("longer than KEEP");
-            self.compacted.attempts += 1;
-            self.compacted.failures += u64::from(old.failed());
-        }
+        push_within_window(
+            &mut self.attempts,
+            &mut self.compacted,
+            a,
+            AttemptView::failed,
+        );
     }
 }
 
@@ -284,9 +300,7 @@ impl TestSummary {
     /// Leaves out the names, which a stored summary's key holds.
     pub fn clear_names(&mut self) {
         for s in [&mut self.suite, &mut self.binary_id, &mut self.name] {
-            if !s.is_empty() {
-                *s = String::new();
-            }
+            std::mem::take(s);
         }
     }
 }

@@ -313,10 +313,11 @@ impl HistoryStore for SledStore {
         {
             return Ok(vec![false; tests.len()]);
         }
-        tests
+        let keys: Vec<Vec<u8>> = tests.iter().map(|t| test_key(suite, t)).collect();
+        Ok(many_keys::get_many(&self.quarantine, &keys)?
             .iter()
-            .map(|t| Ok(self.quarantine.contains_key(test_key(suite, t))?))
-            .collect()
+            .map(Option::is_some)
+            .collect())
     }
 
     fn set_quarantine(

@@ -92,7 +92,9 @@ pub const WATCHER_QUEUE: usize = 256;
 /// the agent.
 const AFFINITY_WINDOW: usize = 4096;
 
-/// What a spec takes in memory, roughly: its tests and their names, and its binaries.
+/// What a spec takes in memory, roughly: its tests and their names, and its binaries. A name
+/// shared with another run of the suite (`api/shared_names.rs`) is counted in full in each: the
+/// budget errs on the safe side.
 fn spec_bytes(spec: &RunSpec) -> usize {
     let tests: usize = spec
         .tests
