@@ -1,6 +1,8 @@
 //! `testfleet`: one binary for every machine — `run` for developers and CI, `coordinator` and `agent`
 //! for the fleet. This file only parses, sets up logging, and maps the result to an exit code.
 
+#[cfg(feature = "jemalloc")]
+mod allocator;
 mod answer;
 mod args;
 mod cargo;
@@ -25,13 +27,6 @@ mod upload_files;
 mod watch;
 
 use clap::Parser;
-
-/// The coordinator's history writer and the agents' result streams allocate many small, short-lived
-/// values from several threads; glibc's allocator spent a third of the writer's time in malloc and
-/// its arena locks (docs/benchmarks.md, ingest).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     // SAFETY: first thing in main, before any thread is started.
