@@ -417,8 +417,8 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value_t = testfleet_coordinator::history::DEFAULT_KEEP_RUNS)]
     pub keep_runs: u64,
     /// Memory for history's page cache (sled's), in bytes. Smaller holds less at a cost in
-    /// results written per second: 16 MiB took about 50 MiB off the ingest benchmark's peak and
-    /// about 9% off its rate (docs/benchmarks.md).
+    /// results written per second: 16 MiB took about 20 MiB off the ingest benchmark's peak and
+    /// 5-10% off its rate; 64 MiB added about 30 MiB for the same rate (docs/benchmarks.md).
     #[arg(long, value_name = "BYTES", default_value_t = testfleet_coordinator::history::DEFAULT_CACHE_BYTES, value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub history_cache_bytes: u64,
     #[command(flatten)]

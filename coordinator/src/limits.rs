@@ -45,7 +45,7 @@ impl Default for Limits {
             max_agents: 10_000,
             max_pending_result_bytes: crate::history::credits::DEFAULT_PENDING_RESULT_BYTES,
             max_runs_memory_bytes: 1 << 30,
-            run_log_memory_bytes: 2 << 20,
+            run_log_memory_bytes: 1 << 20,
             min_free_bytes: crate::data_room::DEFAULT_MIN_FREE_BYTES,
         }
     }
