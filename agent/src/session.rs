@@ -241,7 +241,7 @@ pub(crate) async fn run(
                         Ok((cmd, runner, services)) => ready.push(job::Ready {
                             key,
                             name: t.name.clone(),
-                            binary_id: t.binary.binary_id.clone(),
+                            binary_id: t.binary.binary_id.to_string(),
                             group: t.group.clone(),
                             cmd,
                             runner,

@@ -82,7 +82,7 @@ pub fn send_run(
                     test: TestRef {
                         index,
                         binary_id: "sim".into(),
-                        name: name.clone(),
+                        name: name.as_str().into(),
                     },
                     attempt: i as u32 + 1,
                     agent_id: format!("agent-{}", lease % 8),

@@ -97,7 +97,7 @@ pub fn keep_only(spec: &mut RunSpec, keep: &HashSet<TestKey>) -> usize {
     let binaries = &spec.binaries;
     spec.tests.retain(|t| {
         let id = &binaries[t.binary as usize].binary_id;
-        keep.contains(&(id.clone(), t.name.to_string()))
+        keep.contains(&(id.to_string(), t.name.to_string()))
     });
     spec.tests.len()
 }
@@ -114,7 +114,7 @@ mod tests {
             .map(|i| {
                 let t = &spec.tests[*i];
                 (
-                    spec.binaries[t.binary as usize].binary_id.clone(),
+                    spec.binaries[t.binary as usize].binary_id.to_string(),
                     t.name.to_string(),
                 )
             })

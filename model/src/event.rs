@@ -2,6 +2,7 @@
 //! consumer (history writer, watch streams, reporters) reads only these.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +11,9 @@ use crate::{AttemptResult, Outcome, RunId, Scope};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestRef {
     pub index: u32,
-    pub binary_id: String,
-    pub name: String,
+    /// Shared with the run's spec, as is `name`: every event of a test names it without a copy.
+    pub binary_id: Arc<str>,
+    pub name: Arc<str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

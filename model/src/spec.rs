@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,9 @@ use crate::{Runner, ServiceSpec, TestId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binary {
-    /// Stable name across builds, e.g. `my-crate::integration`.
-    pub binary_id: String,
+    /// Stable name across builds, e.g. `my-crate::integration`. Shared with the events that name
+    /// its tests.
+    pub binary_id: Arc<str>,
     /// Absolute in local runs; relative to the bundle root when the run has a bundle.
     pub path: String,
     /// Working directory of the binary's tests, under the same rule as `path`.
@@ -185,7 +187,7 @@ impl RunSpec {
         crate::TestRef {
             index,
             binary_id: self.binaries[t.binary as usize].binary_id.clone(),
-            name: t.name.to_string(),
+            name: t.name.clone(),
         }
     }
 
@@ -342,8 +344,8 @@ impl RunSpec {
             if b.binary_id.is_empty() {
                 return Err(SpecError::EmptyBinaryId(i));
             }
-            if !binary_ids.insert(b.binary_id.as_str()) {
-                return Err(SpecError::DuplicateBinary(b.binary_id.clone()));
+            if !binary_ids.insert(&*b.binary_id) {
+                return Err(SpecError::DuplicateBinary(b.binary_id.to_string()));
             }
             if let Some(&index) = b
                 .services
@@ -351,14 +353,14 @@ impl RunSpec {
                 .find(|i| **i as usize >= self.services.len())
             {
                 return Err(SpecError::UnknownService {
-                    binary: b.binary_id.clone(),
+                    binary: b.binary_id.to_string(),
                     index,
                     count: self.services.len(),
                 });
             }
             let bundled = self.bundle_digest.is_some();
             b.runner.validate().map_err(|reason| SpecError::BadRunner {
-                binary: b.binary_id.clone(),
+                binary: b.binary_id.to_string(),
                 reason,
             })?;
             // A tool's program may be a bare name, looked up on each agent's PATH.
@@ -386,7 +388,7 @@ impl RunSpec {
                         count: self.binaries.len(),
                     })?;
             if t.name.is_empty() {
-                return Err(SpecError::EmptyTestName(binary.binary_id.clone()));
+                return Err(SpecError::EmptyTestName(binary.binary_id.to_string()));
             }
             if let Some(i) = t.settings.filter(|i| *i as usize >= self.settings.len()) {
                 return Err(SpecError::BadSettings(format!(
@@ -397,7 +399,7 @@ impl RunSpec {
             }
             if !seen.insert((t.binary, &*t.name)) {
                 return Err(SpecError::DuplicateTest(TestId {
-                    binary_id: binary.binary_id.clone(),
+                    binary_id: binary.binary_id.to_string(),
                     name: t.name.to_string(),
                 }));
             }
@@ -458,7 +460,7 @@ impl RunSpec {
     pub fn test_id(&self, index: usize) -> TestId {
         let t = &self.tests[index];
         TestId {
-            binary_id: self.binaries[t.binary as usize].binary_id.clone(),
+            binary_id: self.binaries[t.binary as usize].binary_id.to_string(),
             name: t.name.to_string(),
         }
     }
@@ -491,7 +493,7 @@ fn check_path(what: &'static str, b: &Binary, path: &str, bundled: bool) -> Resu
     let bad = |reason| {
         Err(SpecError::BadPath {
             what,
-            binary: b.binary_id.clone(),
+            binary: b.binary_id.to_string(),
             path: path.to_owned(),
             reason,
         })

@@ -54,7 +54,7 @@ impl From<Binary> for pb::Binary {
                 Runner::Libtest => vec![],
                 Runner::Junit { args, .. } => args,
             },
-            binary_id: b.binary_id,
+            binary_id: b.binary_id.to_string(),
             path: b.path,
             cwd: b.cwd,
             env: b.env.into_iter().collect(),
@@ -95,7 +95,7 @@ impl TryFrom<pb::Binary> for Binary {
         let runner = Runner::from_kind(&b.runner, b.runner_args)
             .map_err(|e| ConvertError::new("binary.runner", e))?;
         Ok(Binary {
-            binary_id: b.binary_id,
+            binary_id: b.binary_id.into(),
             path: b.path,
             cwd: b.cwd,
             env: b.env.into_iter().collect(),
@@ -403,8 +403,8 @@ impl From<&TestRef> for pb::TestRef {
     fn from(t: &TestRef) -> Self {
         pb::TestRef {
             index: t.index,
-            binary_id: t.binary_id.clone(),
-            name: t.name.clone(),
+            binary_id: t.binary_id.to_string(),
+            name: t.name.to_string(),
         }
     }
 }
@@ -413,8 +413,8 @@ impl From<pb::TestRef> for TestRef {
     fn from(t: pb::TestRef) -> Self {
         TestRef {
             index: t.index,
-            binary_id: t.binary_id,
-            name: t.name,
+            binary_id: t.binary_id.into(),
+            name: t.name.into(),
         }
     }
 }

@@ -69,7 +69,7 @@ fn ci_jobs_share_one_run_and_a_killed_then_retried_job_loses_and_repeats_nothing
             let Ok(line) = line else { break };
             let e: RunEvent = serde_json::from_str(&line).unwrap();
             if let EventKind::TestStarted { test, .. } = &e.kind
-                && test.name == "tests::hangs"
+                && &*test.name == "tests::hangs"
             {
                 let _ = tx.send(e.run_id);
             }

@@ -154,7 +154,7 @@ fn compose_stacks_serve_tests_at_agent_and_lease_scope_and_leave_nothing() {
                 .unwrap_or_else(|| panic!("{}: no SERVED-BY in {out}", f.test.name));
             let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
             served
-                .entry(f.test.binary_id.clone())
+                .entry(f.test.binary_id.to_string())
                 .or_default()
                 .insert((ids[0].to_owned(), ids[1].to_owned()));
         }

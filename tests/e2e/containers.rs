@@ -29,7 +29,7 @@ fn observations(events: &[RunEvent]) -> BTreeMap<(String, String), (String, Stri
             let parts: Vec<&str> = line.split_whitespace().collect();
             // "<id> lease: <lease> agent: <agent>"
             out.insert(
-                (test.binary_id.clone(), test.name.clone()),
+                (test.binary_id.to_string(), test.name.to_string()),
                 (
                     parts[0].to_owned(),
                     parts[2].to_owned(),

@@ -45,7 +45,7 @@ fn testfleet_runs(expr: &str) -> BTreeSet<(String, String)> {
         .into_iter()
         .filter_map(|e| match e.kind {
             EventKind::TestFinished(f) if f.final_outcome.is_some() => {
-                Some((f.test.binary_id, f.test.name))
+                Some((f.test.binary_id.to_string(), f.test.name.to_string()))
             }
             _ => None,
         })

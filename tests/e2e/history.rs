@@ -54,7 +54,7 @@ fn passing_durations(events: &[RunEvent], name: &str) -> Vec<u64> {
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::TestFinished(TestFinished { test, result, .. })
-                if test.name == name && result.status == AttemptStatus::Passed =>
+                if &*test.name == name && result.status == AttemptStatus::Passed =>
             {
                 Some(result.duration.as_millis() as u64)
             }

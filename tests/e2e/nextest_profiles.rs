@@ -82,7 +82,7 @@ fn assert_limits_held(events: &[RunEvent], what: &str) {
                         "{what}: {} started while {serial_open:?} ran",
                         test.name
                     );
-                    serial_open = Some(test.name.clone());
+                    serial_open = Some(test.name.to_string());
                 }
                 let here = open.entry(agent_id.clone()).or_default();
                 assert!(
@@ -90,21 +90,21 @@ fn assert_limits_held(events: &[RunEvent], what: &str) {
                     "{what}: {} started on {agent_id} beside the test that takes both slots",
                     test.name
                 );
-                if test.name == "heavy_takes_two_slots" {
+                if &*test.name == "heavy_takes_two_slots" {
                     assert!(
                         here.is_empty(),
                         "{what}: the heavy test started on {agent_id} beside {here:?}"
                     );
                     heavy_ran = true;
                 }
-                here.push(test.name.clone());
+                here.push(test.name.to_string());
             }
             EventKind::TestFinished(f) => {
-                if serial_open.as_ref() == Some(&f.test.name) {
+                if serial_open.as_deref() == Some(&*f.test.name) {
                     serial_open = None;
                 }
                 if let Some(here) = open.get_mut(&f.agent_id) {
-                    here.retain(|t| *t != f.test.name);
+                    here.retain(|t| **t != *f.test.name);
                 }
             }
             _ => {}

@@ -166,7 +166,7 @@ fn a_ci_pipeline_retried_after_its_job_was_killed_runs_only_what_had_not_passed(
             let Ok(line) = line else { break };
             let e: RunEvent = serde_json::from_str(&line).unwrap();
             match &e.kind {
-                EventKind::TestStarted { test, .. } if test.name == "tests::hangs" => {
+                EventKind::TestStarted { test, .. } if &*test.name == "tests::hangs" => {
                     hanging = true
                 }
                 EventKind::TestFinished(f) if f.final_outcome == Some(Outcome::Passed) => {

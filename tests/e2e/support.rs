@@ -285,7 +285,10 @@ pub fn final_outcomes(events: &[RunEvent]) -> BTreeMap<Key, Outcome> {
         match &e.kind {
             EventKind::RunStarted { skipped, .. } => {
                 for t in skipped {
-                    out.insert((t.binary_id.clone(), t.name.clone()), Outcome::Skipped);
+                    out.insert(
+                        (t.binary_id.to_string(), t.name.to_string()),
+                        Outcome::Skipped,
+                    );
                 }
             }
             EventKind::TestFinished(TestFinished {
@@ -293,7 +296,7 @@ pub fn final_outcomes(events: &[RunEvent]) -> BTreeMap<Key, Outcome> {
                 final_outcome: Some(o),
                 ..
             }) => {
-                out.insert((test.binary_id.clone(), test.name.clone()), *o);
+                out.insert((test.binary_id.to_string(), test.name.to_string()), *o);
             }
             _ => {}
         }
@@ -312,7 +315,7 @@ pub fn attempts(events: &[RunEvent], name: &str) -> Vec<(u32, String, AttemptRes
                 agent_id,
                 result,
                 ..
-            }) if test.name == name => Some((*attempt, agent_id.clone(), result.clone())),
+            }) if &*test.name == name => Some((*attempt, agent_id.clone(), result.clone())),
             _ => None,
         })
         .collect()

@@ -122,7 +122,7 @@ fn a_run_is_one_trace_from_the_cli_through_the_coordinator_to_each_attempt() {
         }) = &e.kind
         {
             expected.insert(
-                (test.name.clone(), attempt.to_string()),
+                (test.name.to_string(), attempt.to_string()),
                 (agent_id.clone(), result.status.label().to_owned()),
             );
         }

@@ -228,7 +228,7 @@ async fn only_not_passed(
         .iter()
         .map(|t| {
             let b = &spec.binaries[t.binary as usize].binary_id;
-            (b.clone(), t.name.to_string())
+            (b.to_string(), t.name.to_string())
         })
         .filter(|k| !passed.contains(k))
         .collect();

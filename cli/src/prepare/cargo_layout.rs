@@ -85,7 +85,7 @@ impl CargoLayout<'_> {
         library_path.sort();
         library_path.dedup();
         Binary {
-            binary_id: b.binary_id.clone(),
+            binary_id: b.binary_id.as_str().into(),
             path: self.target_path(&b.executable),
             cwd: self.ws_path(&b.package_dir),
             env,

@@ -71,7 +71,7 @@ pub(super) async fn prepare(
         .into_iter()
         .map(|(binary_id, tests)| {
             let b = Binary {
-                binary_id,
+                binary_id: binary_id.into(),
                 path: program.clone(),
                 cwd: cwd.clone(),
                 env: listed.env.clone(),

@@ -91,7 +91,7 @@ impl GithubAnnotations {
             message = format!("{message}\n{why}");
         }
         let title = if testfleet_model::name_shows_binary(&test.binary_id, &test.name) {
-            test.name.clone()
+            test.name.to_string()
         } else {
             format!("{} {}", test.binary_id, test.name)
         };

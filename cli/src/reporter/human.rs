@@ -127,8 +127,10 @@ impl HumanReporter {
                     self.print_output(test, *attempt, result);
                 }
                 if *outcome != Outcome::Passed {
-                    self.problems
-                        .insert((test.binary_id.clone(), test.name.clone()), *outcome);
+                    self.problems.insert(
+                        (test.binary_id.to_string(), test.name.to_string()),
+                        *outcome,
+                    );
                 }
             }
         }
@@ -155,7 +157,7 @@ impl HumanReporter {
                 self.quarantined = quarantined.iter().map(|t| t.index).collect();
                 self.quarantined_names = quarantined
                     .iter()
-                    .map(|t| (t.binary_id.clone(), t.name.clone()))
+                    .map(|t| (t.binary_id.to_string(), t.name.to_string()))
                     .collect();
                 let runnable = total_tests - skipped.len() as u32;
                 self.bar = ProgressBar::new(runnable as u64);
@@ -186,7 +188,7 @@ impl HumanReporter {
                     ));
                 }
             }
-            EventKind::TestStarted { test, .. } => self.bar.set_message(test.name.clone()),
+            EventKind::TestStarted { test, .. } => self.bar.set_message(test.name.to_string()),
             EventKind::TestFinished(finished) => self.on_finished(finished),
             EventKind::Notice { level, message } => {
                 let tag = match level {

@@ -104,7 +104,7 @@ impl MarkdownReporter {
                 self.suite = suite.clone();
                 for t in skipped {
                     self.tests
-                        .entry((t.binary_id.clone(), t.name.clone()))
+                        .entry((t.binary_id.to_string(), t.name.to_string()))
                         .or_default()
                         .outcome = Some(Outcome::Skipped);
                 }
@@ -120,7 +120,7 @@ impl MarkdownReporter {
             }) => {
                 let t = self
                     .tests
-                    .entry((test.binary_id.clone(), test.name.clone()))
+                    .entry((test.binary_id.to_string(), test.name.to_string()))
                     .or_default();
                 if lease_id.is_some() {
                     t.attempts.push((

@@ -77,8 +77,8 @@ pub fn import(
         .enumerate()
         .map(|(i, t)| TestRef {
             index: i as u32,
-            binary_id: t.binary_id.clone(),
-            name: t.name.clone(),
+            binary_id: t.binary_id.as_str().into(),
+            name: t.name.as_str().into(),
         })
         .collect();
     let skipped: Vec<TestRef> = tests

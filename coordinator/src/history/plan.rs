@@ -23,7 +23,7 @@ pub fn plan(store: &dyn HistoryStore, spec: &RunSpec) -> Result<Plan, HistoryErr
     let binary_ids: Vec<&str> = spec
         .tests
         .iter()
-        .map(|t| spec.binaries[t.binary as usize].binary_id.as_str())
+        .map(|t| &*spec.binaries[t.binary as usize].binary_id)
         .collect();
     Ok(Plan {
         estimates: estimate_all(&binary_ids, &p95s),

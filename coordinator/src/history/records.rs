@@ -84,6 +84,40 @@ pub enum RunEntry {
     },
 }
 
+/// A [`RunEntry`] borrowing what it names from the event it comes from: the same fields in the same
+/// order, so postcard writes the same bytes (a unit test compares them), without a copy of every
+/// name, message and excerpt held until the group commits.
+#[derive(Serialize)]
+pub(crate) enum RunEntryRef<'a> {
+    Skipped {
+        index: u32,
+        binary_id: &'a str,
+        name: &'a str,
+        quarantined: bool,
+    },
+    Attempt {
+        index: u32,
+        binary_id: &'a str,
+        name: &'a str,
+        quarantined: bool,
+        attempt: AttemptRecordRef<'a>,
+        outcome: Option<Outcome>,
+    },
+}
+
+/// An [`AttemptRecord`] borrowing its strings; see [`RunEntryRef`].
+#[derive(Serialize)]
+pub(crate) struct AttemptRecordRef<'a> {
+    pub attempt: u32,
+    pub agent_id: &'a str,
+    pub status: AttemptStatus,
+    pub duration_ms: u64,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: &'a str,
+    pub output_excerpt: &'a str,
+}
+
 /// Folds entries, in the order they were written, into per-test records.
 pub fn fold_entries(
     records: &mut std::collections::BTreeMap<u32, TestRecord>,
@@ -324,6 +358,16 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out =
         postcard::to_extend(v, vec![FORMAT_POSTCARD_V1]).expect("history records always serialize");
     out.shrink_to_fit();
+    out
+}
+
+/// What [`encode`] makes of a slice of `n` values, from those values already encoded one after
+/// another (postcard writes a slice as its length, then its items).
+pub(crate) fn encode_encoded_slice(n: usize, items: &[u8]) -> Vec<u8> {
+    let mut out = postcard::to_extend(&n, Vec::with_capacity(items.len() + 4))
+        .expect("a length always serializes");
+    out.insert(0, FORMAT_POSTCARD_V1);
+    out.extend_from_slice(items);
     out
 }
 

@@ -239,8 +239,8 @@ impl Writer {
                     store.record_output(run, event.seq, &finished.result.output)?;
                 }
                 let id = TestId {
-                    binary_id: finished.test.binary_id.clone(),
-                    name: finished.test.name.clone(),
+                    binary_id: finished.test.binary_id.to_string(),
+                    name: finished.test.name.to_string(),
                 };
                 // Only attempts that ran count for statistics: an infrastructure error or a test
                 // that skipped itself says nothing of its duration or its flakiness.

@@ -562,7 +562,7 @@ fn binaries_of(g: &LeaseGrant) -> Vec<&str> {
         .map(|(i, _)| {
             g.spec.binaries[g.spec.tests[*i as usize].binary as usize]
                 .binary_id
-                .as_str()
+                .as_ref()
         })
         .collect()
 }

@@ -8,6 +8,7 @@ mod keys;
 mod many_keys;
 mod migrate;
 mod output_files;
+mod run_chunks;
 mod shard_threads;
 mod specs;
 mod summary_index;

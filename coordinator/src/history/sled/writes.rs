@@ -17,12 +17,13 @@ use foldhash::fast::RandomState;
 use testfleet_model::{Outcome, RunId, RunState, RunSummary, TestFinished, TestId, TestRef};
 
 use super::super::records::{
-    AttemptRecord, AttemptView, LogView, LoggedAttempt, RunEntry, RunRecord, TestLogPart,
+    AttemptRecordRef, AttemptView, LogView, LoggedAttempt, RunEntryRef, RunRecord, TestLogPart,
     TestSummary, decode_test_summary, encode, encode_test, view_test_log,
 };
 use super::super::{HistoryError, HistoryWrites, verdict};
 use super::keys::{run_group_key, test_key};
 use super::output_files::Pointer;
+use super::run_chunks::RunChunks;
 use super::summary_index::{Written, named_summary};
 use super::{OUTPUT_EXCERPT_BYTES, SledStore};
 
@@ -31,12 +32,6 @@ const PARALLEL_MIN_TESTS: usize = 512;
 /// Shards at most; never more than cores: twice as many shards as cores ingested less, both
 /// under sled's batch lock and with plain inserts (docs/benchmarks.md, ingest).
 const SHARDS_MAX: usize = 8;
-
-/// A run's records are written in values of at most this many entries (a few kilobytes). sled
-/// keeps small values inside its tree nodes, but a node with large ones is written to a file of
-/// its own each time it is rewritten, and a leaf holds a dozen values or more: whole groups as one
-/// value (up to 65,536 entries, megabytes) made every later insert into that leaf rewrite them.
-const RUN_ENTRIES_PER_VALUE: usize = 64;
 
 /// What a group does to one test, in order.
 enum TestOp {
@@ -54,8 +49,8 @@ struct TestChanges {
 pub(super) struct WriteTx<'a> {
     store: &'a SledStore,
     tests: HashMap<Vec<u8>, TestChanges, RandomState>,
-    /// What this group records for each run: written as one value per run.
-    run_entries: BTreeMap<u64, Vec<RunEntry>>,
+    /// What this group records for each run, already encoded.
+    run_entries: BTreeMap<u64, RunChunks>,
     /// Where results' outputs went in their runs' files, by run and event seq: stored in sled
     /// once the files are synced.
     outputs: Vec<(RunId, u64, Pointer)>,
@@ -127,12 +122,12 @@ impl<'a> WriteTx<'a> {
     fn write_runs_and_outputs(&mut self) -> Result<(), HistoryError> {
         let store = self.store;
         for (run, entries) in std::mem::take(&mut self.run_entries) {
-            for chunk in entries.chunks(RUN_ENTRIES_PER_VALUE) {
+            for value in entries.into_values() {
                 // Increasing across restarts, so a run's groups read back in the order written.
                 let group = store.next_group_id()?;
                 store
                     .run_tests
-                    .insert(run_group_key(RunId(run), group), encode(&chunk))?;
+                    .insert(run_group_key(RunId(run), group), value)?;
             }
         }
         // On disk before sled names them.
@@ -242,10 +237,10 @@ impl HistoryWrites for WriteTx<'_> {
     ) -> Result<(), HistoryError> {
         let entries = self.run_entries.entry(run.0).or_default();
         for t in tests {
-            entries.push(RunEntry::Skipped {
+            entries.push(&RunEntryRef::Skipped {
                 index: t.index,
-                binary_id: t.binary_id.clone(),
-                name: t.name.clone(),
+                binary_id: &t.binary_id,
+                name: &t.name,
                 quarantined: quarantined.contains(&t.index),
             });
         }
@@ -255,23 +250,24 @@ impl HistoryWrites for WriteTx<'_> {
     fn record_result(&mut self, run: RunId, finished: &TestFinished) -> Result<(), HistoryError> {
         let result = &finished.result;
         let excerpt_len = result.output.len().min(OUTPUT_EXCERPT_BYTES);
-        let attempt = AttemptRecord {
+        let excerpt = String::from_utf8_lossy(&result.output[..excerpt_len]);
+        let attempt = AttemptRecordRef {
             attempt: finished.attempt,
-            agent_id: finished.agent_id.clone(),
+            agent_id: &finished.agent_id,
             status: result.status,
             duration_ms: result.duration.as_millis() as u64,
             exit_code: result.exit_code,
             signal: result.signal,
-            message: result.message.clone(),
-            output_excerpt: String::from_utf8_lossy(&result.output[..excerpt_len]).into_owned(),
+            message: &result.message,
+            output_excerpt: &excerpt,
         };
         self.run_entries
             .entry(run.0)
             .or_default()
-            .push(RunEntry::Attempt {
+            .push(&RunEntryRef::Attempt {
                 index: finished.test.index,
-                binary_id: finished.test.binary_id.clone(),
-                name: finished.test.name.clone(),
+                binary_id: &finished.test.binary_id,
+                name: &finished.test.name,
                 quarantined: finished.quarantined,
                 attempt,
                 outcome: finished.final_outcome,
@@ -328,6 +324,7 @@ impl HistoryWrites for WriteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::keys::split_test_key;
+    use super::super::run_chunks::RUN_ENTRIES_PER_VALUE;
     use super::*;
     use crate::history::HistoryStore;
     use testfleet_model::{AttemptResult, AttemptStatus};
@@ -404,7 +401,7 @@ mod tests {
         let test = |i: usize| TestRef {
             index: i as u32,
             binary_id: "bin".into(),
-            name: format!("t{i:05}"),
+            name: format!("t{i:05}").into(),
         };
         for attempt in 1..=2u32 {
             store

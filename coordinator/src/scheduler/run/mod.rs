@@ -417,11 +417,13 @@ impl Run {
             credit,
         }: Context,
     ) {
-        *self
-            .summary
-            .attempts_per_agent
-            .entry(agent.to_string())
-            .or_default() += 1;
+        // Looked up before inserting: the key is copied only for an agent's first attempt.
+        match self.summary.attempts_per_agent.get_mut(agent.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.summary.attempts_per_agent.insert(agent.to_string(), 1);
+            }
+        }
         if result.status.is_timed_run() {
             let ms = result.duration.as_millis() as u64;
             self.summary.busy_ms += ms;

@@ -18,7 +18,7 @@ fn test_ref(spec: &RunSpec, index: u32) -> TestRef {
     TestRef {
         index,
         binary_id: spec.binaries[0].binary_id.clone(),
-        name: spec.tests[index as usize].name.to_string(),
+        name: spec.tests[index as usize].name.clone(),
     }
 }
 
