@@ -193,7 +193,7 @@ impl RunSpec {
 
     /// Test `index`'s settings ([`RunSpec::settings`]), if it has any.
     pub fn settings_of(&self, index: u32) -> Option<&crate::TestSettings> {
-        let i = self.tests.get(index as usize)?.settings?;
+        let i = self.tests.get(index as usize)?.settings()?;
         self.settings.get(i as usize)
     }
 
@@ -390,7 +390,7 @@ impl RunSpec {
             if t.name.is_empty() {
                 return Err(SpecError::EmptyTestName(binary.binary_id.to_string()));
             }
-            if let Some(i) = t.settings.filter(|i| *i as usize >= self.settings.len()) {
+            if let Some(i) = t.settings().filter(|i| *i as usize >= self.settings.len()) {
                 return Err(SpecError::BadSettings(format!(
                     "test `{}` refers to settings #{i}, but the run has {}",
                     t.name,

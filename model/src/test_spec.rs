@@ -1,7 +1,8 @@
 //! One test of a run's spec, small in memory: a coordinator holds every test of the runs it runs
-//! (a million of them is common), and few tests belong to a group or share fixtures, so what only
-//! those need is apart, allocated for them alone. Its serialised form is the flat one.
+//! (a million of them is common), and few tests belong to a group, share fixtures or are ignored,
+//! so what only those need is apart, allocated for them alone. Its serialised form is the flat one.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -14,18 +15,19 @@ pub struct TestSpec {
     pub name: Arc<str>,
     /// Index into [`crate::RunSpec::binaries`].
     pub binary: u32,
-    /// Index into [`crate::RunSpec::settings`]; `None`: the run's defaults.
-    pub settings: Option<u32>,
-    /// Ignored tests are recorded as skipped and never leased.
-    pub ignored: bool,
-    mates: Option<Box<Mates>>,
+    /// One more than the index into [`crate::RunSpec::settings`] (see [`TestSpec::settings`]),
+    /// so that with `None` it takes four bytes.
+    settings: Option<NonZeroU32>,
+    rare: Option<Box<Rare>>,
 }
 
-/// The tests a test goes with; see [`TestSpec::group`] and [`TestSpec::shares`].
+/// What few tests have: the tests a test goes with ([`TestSpec::group`], [`TestSpec::shares`]),
+/// and whether it is ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Mates {
+struct Rare {
     group: Option<String>,
     shares: Option<String>,
+    ignored: bool,
 }
 
 impl TestSpec {
@@ -35,15 +37,34 @@ impl TestSpec {
             name: name.into(),
             binary,
             settings: None,
-            ignored,
-            mates: None,
+            rare: Rare::boxed(None, None, ignored),
         }
+    }
+
+    /// Index into [`crate::RunSpec::settings`]; `None`: the run's defaults.
+    pub fn settings(&self) -> Option<u32> {
+        self.settings.map(|i| i.get() - 1)
+    }
+
+    /// Sets [`TestSpec::settings`] (an index of `u32::MAX`, which no run has, is taken as none).
+    pub fn set_settings(&mut self, index: Option<u32>) {
+        self.settings = index.and_then(|i| NonZeroU32::new(i.wrapping_add(1)));
+    }
+
+    /// Ignored tests are recorded as skipped and never leased.
+    pub fn ignored(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.ignored)
+    }
+
+    pub fn set_ignored(&mut self, ignored: bool) {
+        let (group, shares) = self.take_mates();
+        self.rare = Rare::boxed(group, shares, ignored);
     }
 
     /// Tests of one group are leased together and run one after another in one process (a pytest
     /// suite's `xdist_group` marks, or its `dist` mode).
     pub fn group(&self) -> Option<&str> {
-        self.mates.as_ref()?.group.as_deref()
+        self.rare.as_ref()?.group.as_deref()
     }
 
     /// The pytest module or class whose class-, module- or package-scoped fixtures the test uses.
@@ -51,29 +72,45 @@ impl TestSpec {
     /// up once for them all; unlike a group, never beyond the lease's size, so parallelism comes
     /// first.
     pub fn shares(&self) -> Option<&str> {
-        self.mates.as_ref()?.shares.as_deref()
+        self.rare.as_ref()?.shares.as_deref()
     }
 
     pub fn set_group(&mut self, group: Option<String>) {
-        let shares = self.mates.take().and_then(|m| m.shares);
-        self.mates = Mates::boxed(group, shares);
+        let ignored = self.ignored();
+        let (_, shares) = self.take_mates();
+        self.rare = Rare::boxed(group, shares, ignored);
     }
 
     pub fn set_shares(&mut self, shares: Option<String>) {
-        let group = self.mates.take().and_then(|m| m.group);
-        self.mates = Mates::boxed(group, shares);
+        let ignored = self.ignored();
+        let (group, _) = self.take_mates();
+        self.rare = Rare::boxed(group, shares, ignored);
     }
 
     /// This test with its group and the fixtures it shares.
     pub fn with_mates(mut self, group: Option<String>, shares: Option<String>) -> TestSpec {
-        self.mates = Mates::boxed(group, shares);
+        let ignored = self.ignored();
+        self.rare = Rare::boxed(group, shares, ignored);
         self
+    }
+
+    fn take_mates(&mut self) -> (Option<String>, Option<String>) {
+        self.rare
+            .take()
+            .map(|r| (r.group, r.shares))
+            .unwrap_or_default()
     }
 }
 
-impl Mates {
-    fn boxed(group: Option<String>, shares: Option<String>) -> Option<Box<Mates>> {
-        (group.is_some() || shares.is_some()).then(|| Box::new(Mates { group, shares }))
+impl Rare {
+    fn boxed(group: Option<String>, shares: Option<String>, ignored: bool) -> Option<Box<Rare>> {
+        (group.is_some() || shares.is_some() || ignored).then(|| {
+            Box::new(Rare {
+                group,
+                shares,
+                ignored,
+            })
+        })
     }
 }
 
@@ -93,26 +130,32 @@ struct Fields {
 
 impl From<Fields> for TestSpec {
     fn from(f: Fields) -> TestSpec {
-        TestSpec {
+        let mut t = TestSpec {
             name: f.name,
             binary: f.binary,
-            settings: f.settings,
-            ignored: f.ignored,
-            mates: Mates::boxed(f.group, f.shares),
-        }
+            settings: None,
+            rare: Rare::boxed(f.group, f.shares, f.ignored),
+        };
+        t.set_settings(f.settings);
+        t
     }
 }
 
 impl From<TestSpec> for Fields {
     fn from(t: TestSpec) -> Fields {
-        let Mates { group, shares } = t.mates.map(|m| *m).unwrap_or_default();
+        let settings = t.settings();
+        let Rare {
+            group,
+            shares,
+            ignored,
+        } = t.rare.map(|r| *r).unwrap_or_default();
         Fields {
             binary: t.binary,
             name: t.name,
-            ignored: t.ignored,
+            ignored,
             group,
             shares,
-            settings: t.settings,
+            settings,
         }
     }
 }
@@ -123,7 +166,7 @@ mod tests {
 
     #[test]
     fn packed_small_and_serialised_flat() {
-        assert!(std::mem::size_of::<TestSpec>() <= 40);
+        assert!(std::mem::size_of::<TestSpec>() <= 32);
         let mut t = TestSpec::new(2, "a::b", false);
         t.set_shares(Some("tests/test_m.py".into()));
         t.set_group(Some("db".into()));
@@ -143,6 +186,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<TestSpec>(&json).unwrap(), plain);
         t.set_group(None);
         t.set_shares(None);
+        assert_eq!(t, TestSpec::new(2, "a::b", false));
+        // Ignored and settings survive the mates' changes, and the wire form.
+        t.set_ignored(true);
+        t.set_settings(Some(0));
+        t.set_group(Some("g".into()));
+        assert!(t.ignored() && t.group() == Some("g") && t.settings() == Some(0));
+        t.set_group(None);
+        assert!(t.ignored() && t.settings() == Some(0));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(
+            json,
+            r#"{"binary":2,"name":"a::b","ignored":true,"settings":0}"#
+        );
+        assert_eq!(serde_json::from_str::<TestSpec>(&json).unwrap(), t);
+        t.set_ignored(false);
+        t.set_settings(None);
         assert_eq!(t, TestSpec::new(2, "a::b", false));
     }
 }

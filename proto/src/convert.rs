@@ -118,10 +118,10 @@ impl From<&RunSpec> for pb::RunSpec {
                 .map(|t| pb::TestSpec {
                     binary: t.binary,
                     name: t.name.to_string(),
-                    ignored: t.ignored,
+                    ignored: t.ignored(),
                     group: t.group().unwrap_or_default().to_owned(),
                     shares: t.shares().unwrap_or_default().to_owned(),
-                    settings: t.settings,
+                    settings: t.settings(),
                 })
                 .collect::<Vec<_>>()
                 // Built in place over the decoded message's vector, which grew by doubling: a
@@ -169,7 +169,7 @@ impl TryFrom<pb::RunSpec> for RunSpec {
                         Some(t.group).filter(|g| !g.is_empty()),
                         Some(t.shares).filter(|s| !s.is_empty()),
                     );
-                    spec.settings = t.settings;
+                    spec.set_settings(t.settings);
                     spec
                 })
                 .collect::<Vec<_>>()

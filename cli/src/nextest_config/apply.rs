@@ -45,7 +45,7 @@ pub fn apply(config: &NextestConfig, spec: &mut RunSpec, packages: &Packages, re
             settings.test_group = Some(index);
         }
         if settings == TestSettings::default() {
-            test.settings = None;
+            test.set_settings(None);
             continue;
         }
         let next = spec.settings.len() as u32;
@@ -53,7 +53,7 @@ pub fn apply(config: &NextestConfig, spec: &mut RunSpec, packages: &Packages, re
             spec.settings.push(settings);
             next
         });
-        test.settings = Some(index);
+        test.set_settings(Some(index));
     }
 }
 

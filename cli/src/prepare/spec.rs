@@ -65,7 +65,7 @@ pub(super) fn build(
                 .with_mates(t.group.clone(), t.shares.clone())
         }));
     }
-    let runnable = tests.iter().filter(|t| !t.ignored).count();
+    let runnable = tests.iter().filter(|t| !t.ignored()).count();
     if runnable == 0 {
         let mut filters = if args.filters.is_empty() {
             String::new()

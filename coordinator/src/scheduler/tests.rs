@@ -1290,10 +1290,10 @@ fn settings_spec(n: usize, grouped: &[u32], max: u32, heavy: &[u32]) -> Arc<RunS
         },
     ];
     for i in grouped {
-        s.tests[*i as usize].settings = Some(0);
+        s.tests[*i as usize].set_settings(Some(0));
     }
     for i in heavy {
-        s.tests[*i as usize].settings = Some(1);
+        s.tests[*i as usize].set_settings(Some(1));
     }
     Arc::new(s)
 }
@@ -1376,7 +1376,7 @@ fn one_test_retried_after(secs: u64, flaky_fails: bool) -> Arc<RunSpec> {
         flaky_fails,
         ..Default::default()
     }];
-    s.tests[0].settings = Some(0);
+    s.tests[0].set_settings(Some(0));
     Arc::new(s)
 }
 

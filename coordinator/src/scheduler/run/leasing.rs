@@ -121,7 +121,7 @@ impl Run {
             .iter()
             .map(|p| {
                 let index = self.queue[*p];
-                (index, self.tests[index as usize].attempt)
+                (index, self.tests[index as usize].attempt())
             })
             .collect();
         chosen.sort_unstable_by(|a, b| b.cmp(a));
@@ -267,7 +267,7 @@ impl Run {
             let t = &mut self.tests[index as usize];
             self.queued_estimate = self.queued_estimate.saturating_sub(t.estimate());
             t.outcome = Some(Outcome::InfraError);
-            let (attempt, quarantined) = (t.attempt, t.quarantined);
+            let (attempt, quarantined) = (t.attempt(), t.quarantined);
             let test = self.test_ref(index);
             self.emit(EventKind::TestFinished(TestFinished {
                 test,

@@ -142,7 +142,7 @@ impl Run {
             .map(|(i, (e, _))| TestState::new(*e, quarantined.get(i).copied().unwrap_or(false)))
             .collect();
         let mut order: Vec<u32> = (0..spec.tests.len() as u32)
-            .filter(|i| !spec.tests[*i as usize].ignored)
+            .filter(|i| !spec.tests[*i as usize].ignored())
             .collect();
         // Longest first; among equals, tests without history first (their cost is a guess).
         order.sort_by(|a, b| {
@@ -220,7 +220,7 @@ impl Run {
             spec,
         };
         let skipped: Vec<TestRef> = (0..run.spec.tests.len() as u32)
-            .filter(|i| run.spec.tests[*i as usize].ignored)
+            .filter(|i| run.spec.tests[*i as usize].ignored())
             .map(|i| run.test_ref(i))
             .collect();
         for t in &skipped {
@@ -390,7 +390,7 @@ impl Run {
     /// Whether a message about (index, attempt, lease) refers to the test's current execution.
     pub fn is_current(&self, index: u32, attempt: u32, lease: LeaseId) -> bool {
         self.tests.get(index as usize).is_some_and(|t| {
-            t.leased() == Some(lease) && t.attempt == attempt && t.outcome.is_none()
+            t.leased() == Some(lease) && t.attempt() == attempt && t.outcome.is_none()
         })
     }
 
@@ -479,12 +479,12 @@ impl Run {
             }
             RetryDecision::Retry { counts_as_attempt } => {
                 if counts_as_attempt {
-                    t.attempt += 1;
+                    t.set_attempt(t.attempt() + 1);
                     // A retry with a backoff waits; an infrastructure error's retry never does.
                     let wait = settings
                         .as_ref()
                         .and_then(|s| s.retries)
-                        .map(|p| p.jittered(t.attempt - 1, fastrand::f64()))
+                        .map(|p| p.jittered(t.attempt() - 1, fastrand::f64()))
                         .filter(|d| !d.is_zero());
                     if let Some(wait) = wait {
                         t.set_not_before(tokio::time::Instant::now() + wait);
@@ -537,7 +537,7 @@ impl Run {
         }
         if started {
             let t = &self.tests[index as usize];
-            let (attempt, lease) = (t.attempt, t.leased().expect("checked above"));
+            let (attempt, lease) = (t.attempt(), t.leased().expect("checked above"));
             let result = AttemptResult::infra_error(format!(
                 "agent {agent} was lost while running the test: {why}"
             ));

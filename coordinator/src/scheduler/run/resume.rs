@@ -49,7 +49,7 @@ impl Run {
                 }
                 RetryDecision::Retry { counts_as_attempt } => {
                     let last = r.attempts.last().expect("retries follow attempts");
-                    t.attempt = last.attempt + u32::from(counts_as_attempt);
+                    t.set_attempt(last.attempt + u32::from(counts_as_attempt));
                     t.set_avoid(last.agent_id.parse().ok());
                     retried += 1;
                     self.requeue_front(index);
@@ -82,7 +82,7 @@ impl Run {
         let Some(t) = self.tests.get(index as usize) else {
             return false;
         };
-        if t.outcome.is_some() || t.leased().is_some() || t.attempt != attempt {
+        if t.outcome.is_some() || t.leased().is_some() || t.attempt() != attempt {
             return false;
         }
         let Some(pos) = self.queue.iter().position(|i| *i == index) else {

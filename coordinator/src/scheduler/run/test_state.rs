@@ -9,15 +9,16 @@ use testfleet_model::{AgentId, AttemptStatus, LeaseId, Outcome};
 pub(super) struct TestState {
     /// The estimate in microseconds, at most `u32::MAX` (71 minutes: enough to order tests by).
     estimate_us: u32,
-    /// The attempt number the next (or current) execution carries, from 1.
-    pub attempt: u32,
-    /// The lease holding it, 0 for none (this coordinator's lease ids start at its start time in
-    /// microseconds since the epoch, and resumed ones are an earlier coordinator's).
-    leased: u64,
+    /// The attempt number the next (or current) execution carries, from 1: at most
+    /// `RunSpec::MAX_RETRIES + 1` (21), so a byte holds it.
+    attempt: u8,
     pub outcome: Option<Outcome>,
     pub quarantined: bool,
     /// The first attempt's status; the others' are in `rare` with it.
     first_status: Option<AttemptStatus>,
+    /// The lease holding it, 0 for none (this coordinator's lease ids start at its start time in
+    /// microseconds since the epoch, and resumed ones are an earlier coordinator's).
+    leased: u64,
     rare: Option<Box<Rare>>,
 }
 
@@ -47,6 +48,15 @@ impl TestState {
             first_status: None,
             rare: None,
         }
+    }
+
+    pub fn attempt(&self) -> u32 {
+        u32::from(self.attempt)
+    }
+
+    /// Sets the attempt number (saturating at 255, which no run's retries reach).
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = u8::try_from(attempt).unwrap_or(u8::MAX);
     }
 
     pub fn estimate(&self) -> Duration {
@@ -147,7 +157,7 @@ mod tests {
     #[test]
     fn small_enough_for_millions() {
         // A coordinator holds one per test of every run in memory.
-        assert!(std::mem::size_of::<TestState>() <= 32);
+        assert!(std::mem::size_of::<TestState>() <= 24);
     }
 
     #[test]
