@@ -50,86 +50,69 @@ mod tests {
     use super::*;
     use testfleet_model::{AttemptStatus, Outcome};
 
-    fn entry(i: u32) -> RunEntry {
+    /// Entry `i` both ways: owned, as stored before, and borrowed from the owned one's strings.
+    fn both_ways(i: u32, push: &mut impl FnMut(&RunEntryRef<'_>)) -> RunEntry {
+        let name = format!("module::test_{i}");
+        let quarantined = i.is_multiple_of(5);
         if i % 7 == 3 {
+            push(&RunEntryRef::Skipped {
+                index: i,
+                binary_id: "crate::bin",
+                name: &name,
+                quarantined,
+            });
             return RunEntry::Skipped {
                 index: i,
                 binary_id: "crate::bin".into(),
-                name: format!("skipped_{i}"),
-                quarantined: i.is_multiple_of(2),
+                name,
+                quarantined,
             };
         }
+        let record = AttemptRecord {
+            attempt: 1 + i % 3,
+            agent_id: format!("agent-{}", i % 4),
+            status: [AttemptStatus::Failed, AttemptStatus::Passed][(i % 2) as usize],
+            duration_ms: u64::from(i) * 1_000_003,
+            exit_code: i.is_multiple_of(2).then_some(i as i32 - 70),
+            signal: i.is_multiple_of(11).then_some(9),
+            message: "é".repeat(i as usize % 4),
+            output_excerpt: "out\n".repeat(i as usize % 300),
+        };
+        let outcome = (i % 4 != 1).then_some(Outcome::Flaky);
+        push(&RunEntryRef::Attempt {
+            index: i,
+            binary_id: "crate::bin",
+            name: &name,
+            quarantined,
+            attempt: AttemptRecordRef {
+                attempt: record.attempt,
+                agent_id: &record.agent_id,
+                status: record.status,
+                duration_ms: record.duration_ms,
+                exit_code: record.exit_code,
+                signal: record.signal,
+                message: &record.message,
+                output_excerpt: &record.output_excerpt,
+            },
+            outcome,
+        });
         RunEntry::Attempt {
             index: i,
             binary_id: "crate::bin".into(),
-            name: format!("module::test_{i}"),
-            quarantined: i.is_multiple_of(5),
-            attempt: AttemptRecord {
-                attempt: 1 + i % 3,
-                agent_id: format!("agent-{}", i % 4),
-                status: if i.is_multiple_of(3) {
-                    AttemptStatus::Failed
-                } else {
-                    AttemptStatus::Passed
-                },
-                duration_ms: u64::from(i) * 1_000_003,
-                exit_code: (i.is_multiple_of(2)).then_some(i as i32 - 70),
-                signal: (i.is_multiple_of(11)).then_some(9),
-                message: "é".repeat(i as usize % 4),
-                output_excerpt: "out\n".repeat(i as usize % 300),
-            },
-            outcome: (i % 4 != 1).then_some(Outcome::Flaky),
-        }
-    }
-
-    fn borrowed(e: &RunEntry) -> RunEntryRef<'_> {
-        match e {
-            RunEntry::Skipped {
-                index,
-                binary_id,
-                name,
-                quarantined,
-            } => RunEntryRef::Skipped {
-                index: *index,
-                binary_id,
-                name,
-                quarantined: *quarantined,
-            },
-            RunEntry::Attempt {
-                index,
-                binary_id,
-                name,
-                quarantined,
-                attempt: a,
-                outcome,
-            } => RunEntryRef::Attempt {
-                index: *index,
-                binary_id,
-                name,
-                quarantined: *quarantined,
-                attempt: AttemptRecordRef {
-                    attempt: a.attempt,
-                    agent_id: &a.agent_id,
-                    status: a.status,
-                    duration_ms: a.duration_ms,
-                    exit_code: a.exit_code,
-                    signal: a.signal,
-                    message: &a.message,
-                    output_excerpt: &a.output_excerpt,
-                },
-                outcome: *outcome,
-            },
+            name,
+            quarantined,
+            attempt: record,
+            outcome,
         }
     }
 
     #[test]
     fn values_are_the_bytes_of_owned_entries_in_slices_of_the_same_size() {
         for n in [0, 1, 63, 64, 65, 200] {
-            let entries: Vec<RunEntry> = (0..n).map(entry).collect();
             let mut chunks = RunChunks::default();
-            for e in &entries {
-                chunks.push(&borrowed(e));
-            }
+            let entries: Vec<RunEntry> = (0..n)
+                .map(|i| both_ways(i, &mut |e| chunks.push(e)))
+                .collect();
             let expected: Vec<Vec<u8>> = entries
                 .chunks(RUN_ENTRIES_PER_VALUE)
                 .map(|c| encode(&c))

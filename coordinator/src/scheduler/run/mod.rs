@@ -4,6 +4,7 @@
 //! results whose lease is gone, is `resume`.
 
 mod context;
+mod footprint;
 mod leasing;
 mod limits;
 mod log;
@@ -92,28 +93,6 @@ pub const WATCHER_QUEUE: usize = 256;
 /// the agent.
 const AFFINITY_WINDOW: usize = 4096;
 
-/// What a spec takes in memory, roughly: its tests and their names, and its binaries. A name
-/// shared with another run of the suite (`api/shared_names.rs`) is counted in full in each: the
-/// budget errs on the safe side.
-fn spec_bytes(spec: &RunSpec) -> usize {
-    let tests: usize = spec
-        .tests
-        .iter()
-        .map(|t| {
-            std::mem::size_of::<testfleet_model::TestSpec>()
-                + t.name.len()
-                + t.group().map_or(0, str::len)
-                + t.shares().map_or(0, str::len)
-        })
-        .sum();
-    let binaries: usize = spec
-        .binaries
-        .iter()
-        .map(|b| std::mem::size_of_val(b) + b.binary_id.len() + b.path.len())
-        .sum();
-    tests + binaries
-}
-
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -164,7 +143,7 @@ impl Run {
             queue: order.into(),
             tests,
             log: EventLog::new(id, u64::from(resumes) << 40, sinks.log.clone()),
-            spec_bytes: spec_bytes(&spec),
+            spec_bytes: footprint::spec_bytes(&spec),
             watchers: vec![],
             sinks,
             trace: Some(trace),
@@ -298,21 +277,6 @@ impl Run {
             event: Box::new(event),
             credit,
         });
-    }
-
-    /// What a run of `spec` holds in memory before its log grows.
-    pub fn footprint_of(spec: &RunSpec) -> usize {
-        spec_bytes(spec)
-            + spec.tests.len() * (std::mem::size_of::<TestState>() + std::mem::size_of::<u32>())
-    }
-
-    /// What the run holds in memory, roughly: its spec, its tests' state and queue, and the part of
-    /// its log not on disk.
-    pub fn memory_bytes(&self) -> usize {
-        self.spec_bytes
-            + self.tests.capacity() * std::mem::size_of::<TestState>()
-            + self.queue.capacity() * std::mem::size_of::<u32>()
-            + self.log.memory_bytes()
     }
 
     pub fn notice(&mut self, level: NoticeLevel, message: String) {
