@@ -46,9 +46,10 @@ impl TestSpec {
         self.settings.map(|i| i.get() - 1)
     }
 
-    /// Sets [`TestSpec::settings`] (an index of `u32::MAX`, which no run has, is taken as none).
+    /// Sets [`TestSpec::settings`]. An index of `u32::MAX` reads back one less: still beyond any
+    /// run's settings, so a spec naming it is refused as out of range, as it was.
     pub fn set_settings(&mut self, index: Option<u32>) {
-        self.settings = index.and_then(|i| NonZeroU32::new(i.wrapping_add(1)));
+        self.settings = index.map(|i| NonZeroU32::MIN.saturating_add(i));
     }
 
     /// Ignored tests are recorded as skipped and never leased.
@@ -200,6 +201,11 @@ mod tests {
             r#"{"binary":2,"name":"a::b","ignored":true,"settings":0}"#
         );
         assert_eq!(serde_json::from_str::<TestSpec>(&json).unwrap(), t);
+        t.set_settings(Some(u32::MAX));
+        assert!(
+            t.settings().is_some(),
+            "an index out of every range stays one"
+        );
         t.set_ignored(false);
         t.set_settings(None);
         assert_eq!(t, TestSpec::new(2, "a::b", false));

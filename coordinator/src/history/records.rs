@@ -364,9 +364,9 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// What [`encode`] makes of a slice of `n` values, from those values already encoded one after
 /// another (postcard writes a slice as its length, then its items).
 pub(crate) fn encode_encoded_slice(n: usize, items: &[u8]) -> Vec<u8> {
-    let mut out = postcard::to_extend(&n, Vec::with_capacity(items.len() + 4))
-        .expect("a length always serializes");
-    out.insert(0, FORMAT_POSTCARD_V1);
+    let mut out = Vec::with_capacity(items.len() + 6);
+    out.push(FORMAT_POSTCARD_V1);
+    let mut out = postcard::to_extend(&n, out).expect("a length always serializes");
     out.extend_from_slice(items);
     out
 }
