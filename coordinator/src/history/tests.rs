@@ -17,6 +17,9 @@ struct Pipeline {
     next_run: u64,
     /// The branch of the runs made from now on.
     branch: &'static str,
+    /// Whether the coordinator stops (the writer's senders go) before the runs' leases and the
+    /// runs themselves finish.
+    stop_mid_run: bool,
 }
 
 /// One attempt of test `name` in a run: (name, status, duration ms, final outcome).
@@ -30,6 +33,7 @@ impl Pipeline {
             _dir: dir,
             next_run: 1,
             branch: "main",
+            stop_mid_run: false,
         }
     }
 
@@ -95,6 +99,9 @@ impl Pipeline {
                     quarantined: false,
                 }));
             }
+            if self.stop_mid_run {
+                continue;
+            }
             send(EventKind::LeaseFinished {
                 lease_id: lease as u64,
                 agent_id: format!("agent-{lease}"),
@@ -102,10 +109,12 @@ impl Pipeline {
                 failed,
             });
         }
-        send(EventKind::RunFinished {
-            summary: RunSummary::default(),
-            state: RunState::Finished,
-        });
+        if !self.stop_mid_run {
+            send(EventKind::RunFinished {
+                summary: RunSummary::default(),
+                state: RunState::Finished,
+            });
+        }
         drop(tx);
         writer.join().unwrap();
         run
@@ -162,6 +171,35 @@ fn a_lease_that_failed_almost_whole_is_left_out_of_the_statistics() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A test's outcome is written with its attempt once its lease finishes; a coordinator that stops
+/// first still writes both (and its runs' records) before its writer ends.
+#[test]
+fn attempts_and_outcomes_of_leases_still_open_at_a_stop_are_written() {
+    let mut p = Pipeline::new();
+    p.stop_mid_run = true;
+    let run = p.run(
+        "r1",
+        QuarantinePolicy::default(),
+        &[
+            ("a", Passed, 10, Some(Outcome::Passed)),
+            ("b", Failed, 20, None),
+            ("b", Passed, 30, Some(Outcome::Flaky)),
+        ],
+        2,
+    );
+    let a = p.summary("a");
+    assert_eq!(
+        (a.attempts, a.runs, a.last_outcome),
+        (1, 1, Some(Outcome::Passed))
+    );
+    let b = p.summary("b");
+    assert_eq!((b.attempts, b.failures, b.runs), (2, 1, 1));
+    assert_eq!(b.last_outcome, Some(Outcome::Flaky));
+    let records = p.store.run_tests(run).unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].attempts.len(), 2);
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! The history writer: a dedicated thread that applies scheduler events to the store in order, so
 //! sled's synchronous writes never stall the async runtime.
 //!
-//! Results are written to the run's records as they arrive. Their effect on the tests' statistics
-//! waits for their lease to finish: a lease in which nearly every test failed at once points at the
-//! machine, not the tests, and is left out (see `docs/design/history.md`).
+//! Results are written to the run's records as they arrive. Their effect on the tests' records
+//! (statistics, and the outcome they settled) waits for their lease to finish: a lease in which
+//! nearly every test failed at once points at the machine, not the tests, and is left out of the
+//! statistics (see `docs/design/history.md`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_model::{EventKind, RunEvent, RunId, TestId};
+use testfleet_model::{EventKind, Outcome, RunEvent, RunId, TestId};
 use tokio::sync::mpsc;
 
 use super::{HistoryError, HistoryStore, HistoryWrites, LoggedAttempt, RunRecord};
@@ -147,6 +148,10 @@ pub fn spawn_writer(
                     }
                 }
             }
+            // Leases still open when the coordinator stops: what they ran and settled counts.
+            if let Err(e) = w.write_held() {
+                tracing::error!(error = %e, "failed to write the attempts of unfinished leases");
+            }
             if let Err(e) = w.store.flush() {
                 tracing::error!(error = %e, "failed to flush history");
             }
@@ -182,7 +187,44 @@ struct Writer {
     /// Revision of each open run, for the attempts' log entries.
     revisions: HashMap<RunId, String>,
     /// Attempts waiting for their lease to finish, by (run, lease).
-    pending: HashMap<(RunId, u64), Vec<(TestId, LoggedAttempt)>>,
+    pending: HashMap<(RunId, u64), Held>,
+}
+
+/// A lease's attempts waiting for it to finish, with the outcomes they settled: a test's
+/// outcome is written with its attempt, so that the two cost its record one read and one write
+/// (written as they arrived, a group boundary inside a lease of thousands of tests split them).
+#[derive(Clone, Debug)]
+struct Held {
+    suite: Arc<str>,
+    attempts: Vec<(TestId, LoggedAttempt)>,
+    /// Index into `attempts`, and the outcome that attempt settled.
+    settled: Vec<(usize, Outcome)>,
+}
+
+impl Held {
+    fn new(suite: Arc<str>) -> Self {
+        Held {
+            suite,
+            attempts: Vec::new(),
+            settled: Vec::new(),
+        }
+    }
+
+    /// Writes the lease's attempts (left out of the statistics if the lease failed almost as a
+    /// whole) and the outcomes they settled.
+    fn write(self, store: &mut dyn HistoryWrites, mass_failure: bool) -> Result<(), HistoryError> {
+        let suite = &self.suite;
+        if mass_failure {
+            let ids: Vec<TestId> = self.attempts.iter().map(|(id, _)| id.clone()).collect();
+            store.record_excluded(suite, &ids)?;
+        } else {
+            store.record_attempts(suite, &self.attempts)?;
+        }
+        for (i, outcome) in self.settled {
+            store.record_settled(suite, &self.attempts[i].0, outcome)?;
+        }
+        Ok(())
+    }
 }
 
 impl Writer {
@@ -207,6 +249,20 @@ impl Writer {
             (self.revisions, self.pending) = before;
         }
         written
+    }
+
+    /// Writes every lease's held attempts and outcomes.
+    fn write_held(&mut self) -> Result<(), HistoryError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut held: Vec<Held> = self.pending.drain().map(|(_, held)| held).collect();
+        self.store.write(&mut |tx| {
+            for h in std::mem::take(&mut held) {
+                h.write(tx, false)?;
+            }
+            Ok(())
+        })
     }
 
     fn apply(
@@ -256,12 +312,15 @@ impl Writer {
                         agent_id: finished.agent_id.clone(),
                         at_unix_ms: event.at_unix_ms,
                     };
-                    self.pending
+                    let held = self
+                        .pending
                         .entry((run, lease))
-                        .or_default()
-                        .push((id.clone(), logged));
-                }
-                if let Some(o) = finished.final_outcome {
+                        .or_insert_with(|| Held::new(suite.clone()));
+                    if let Some(o) = finished.final_outcome {
+                        held.settled.push((held.attempts.len(), o));
+                    }
+                    held.attempts.push((id, logged));
+                } else if let Some(o) = finished.final_outcome {
                     store.record_settled(suite, &id, o)?;
                 }
             }
@@ -271,13 +330,12 @@ impl Writer {
                 failed,
                 ..
             } => {
-                let attempts = self.pending.remove(&(run, *lease_id)).unwrap_or_default();
-                if super::policy::is_mass_failure(*tests, *failed) {
-                    tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
-                    let ids: Vec<TestId> = attempts.into_iter().map(|(id, _)| id).collect();
-                    store.record_excluded(suite, &ids)?;
-                } else {
-                    store.record_attempts(suite, &attempts)?;
+                if let Some(held) = self.pending.remove(&(run, *lease_id)) {
+                    let mass_failure = super::policy::is_mass_failure(*tests, *failed);
+                    if mass_failure {
+                        tracing::warn!(run = %run, lease = lease_id, tests, failed, "lease failed almost as a whole: left out of test statistics");
+                    }
+                    held.write(store, mass_failure)?;
                 }
             }
             EventKind::RunFinished { summary, state } => {
@@ -289,8 +347,9 @@ impl Writer {
                     .copied()
                     .collect();
                 for key in open {
-                    let attempts = self.pending.remove(&key).unwrap_or_default();
-                    store.record_attempts(suite, &attempts)?;
+                    if let Some(held) = self.pending.remove(&key) {
+                        held.write(store, false)?;
+                    }
                 }
                 self.revisions.remove(&run);
                 store.finish_run(run, *state, summary)?;
