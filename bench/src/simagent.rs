@@ -293,7 +293,8 @@ pub async fn submit(
     .run_id)
 }
 
-/// Watches a run to its end and returns its summary.
+/// Watches a run to its end and returns its summary, as `testfleet run` does (without the output
+/// of passing attempts, which it shows only when it prints every event as JSON).
 pub async fn finished(
     mut c: CoordinatorClient<Channel>,
     run_id: String,
@@ -302,6 +303,7 @@ pub async fn finished(
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.clone(),
             from_seq: 0,
+            omit_passing_output: true,
         })
         .await?
         .into_inner();

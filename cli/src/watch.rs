@@ -31,6 +31,9 @@ pub async fn follow(
             .watch_run(pb::WatchRunRequest {
                 run_id: run_id.to_string(),
                 from_seq: next_seq,
+                // Only the JSON stream shows what passing tests printed: the other reports
+                // need no copy of it from the coordinator.
+                omit_passing_output: !report.shows_passing_output(),
             })
             .await;
         let mut stream = match attach {

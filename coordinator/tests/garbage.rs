@@ -182,6 +182,7 @@ async fn garbage_from_clients_and_agents_leaves_the_coordinator_serving() {
             .watch_run(pb::WatchRunRequest {
                 run_id: "../1".into(),
                 from_seq: u64::MAX,
+                omit_passing_output: true,
             })
             .await
             .unwrap_err(),

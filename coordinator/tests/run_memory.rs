@@ -74,6 +74,19 @@ async fn a_long_run_s_log_goes_to_disk_and_a_watcher_from_the_start_reads_it_bac
     for (a, b) in again.iter().zip(&seen) {
         assert_eq!(a, b, "event {} read back differs", b.seq);
     }
+    // A watcher that leaves out passing attempts' output gets the same events without it.
+    let lean = common::watch_to_end_with(&mut client, &run_id, GUARD, true).await;
+    let mut without: Vec<pb::RunEvent> = seen.clone();
+    let mut outputs = 0;
+    for e in &mut without {
+        if let Some(pb::run_event::Kind::TestFinished(f)) = &mut e.kind {
+            let r = f.result.as_mut().unwrap();
+            outputs += usize::from(!r.output.is_empty());
+            r.output.clear();
+        }
+    }
+    assert_eq!(outputs, TESTS / 1000, "the full stream had every output");
+    assert_eq!(lean, without);
     // A stopped coordinator leaves no logs on disk; a restarted one removes any a crash left (a
     // resumed run's log starts anew).
     drop((tx, inbound, client));

@@ -196,9 +196,36 @@ pub struct RunEvent {
     pub kind: EventKind,
 }
 
+impl RunEvent {
+    /// Whether this is the result of an attempt that passed or skipped itself, with output: what
+    /// a watcher that did not ask for such output gets without it.
+    pub fn has_passing_output(&self) -> bool {
+        matches!(&self.kind, EventKind::TestFinished(f)
+            if f.result.status.is_pass_or_skip() && !f.result.output.is_empty())
+    }
+
+    /// A copy of the event without its output if it [`has_passing_output`](Self::has_passing_output)
+    /// (`None` otherwise), made without copying the output.
+    pub fn copy_without_passing_output(&mut self) -> Option<RunEvent> {
+        if !self.has_passing_output() {
+            return None;
+        }
+        let EventKind::TestFinished(f) = &mut self.kind else {
+            unreachable!("checked above")
+        };
+        let output = std::mem::take(&mut f.result.output);
+        let copy = self.clone();
+        if let EventKind::TestFinished(f) = &mut self.kind {
+            f.result.output = output;
+        }
+        Some(copy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AttemptStatus;
 
     #[test]
     fn exit_code_prefers_test_failures_over_incompleteness() {
@@ -212,6 +239,59 @@ mod tests {
         s.record(Outcome::TimedOut);
         assert_eq!(s.exit_code(), crate::exit_code::TESTS_FAILED);
         assert_eq!(s.total(), 5);
+    }
+
+    fn result_event(status: AttemptStatus, output: &[u8]) -> RunEvent {
+        RunEvent {
+            seq: 9,
+            run_id: RunId(2),
+            at_unix_ms: 5,
+            kind: EventKind::TestFinished(TestFinished {
+                test: TestRef {
+                    index: 1,
+                    binary_id: "b".into(),
+                    name: "t".into(),
+                },
+                attempt: 1,
+                agent_id: "a".into(),
+                result: AttemptResult {
+                    status,
+                    output: output.to_vec(),
+                    ..AttemptResult::infra_error("why")
+                },
+                final_outcome: Some(Outcome::Passed),
+                lease_id: Some(4),
+                quarantined: false,
+            }),
+        }
+    }
+
+    /// Passes and skips lose their output in the copy, and only there; failures, results
+    /// without output and other events are not copied.
+    #[test]
+    fn a_copy_without_passing_output_leaves_the_event_whole() {
+        for status in [AttemptStatus::Passed, AttemptStatus::Skipped] {
+            let mut e = result_event(status, b"noise");
+            let copy = e.copy_without_passing_output().expect("a passing output");
+            assert_eq!(e, result_event(status, b"noise"));
+            assert_eq!(copy, result_event(status, b""));
+        }
+        for status in [
+            AttemptStatus::Failed,
+            AttemptStatus::TimedOut,
+            AttemptStatus::InfraError,
+        ] {
+            assert!(
+                result_event(status, b"why")
+                    .copy_without_passing_output()
+                    .is_none()
+            );
+        }
+        assert!(
+            result_event(AttemptStatus::Passed, b"")
+                .copy_without_passing_output()
+                .is_none()
+        );
     }
 
     #[test]

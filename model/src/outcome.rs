@@ -49,6 +49,12 @@ impl AttemptStatus {
         )
     }
 
+    /// Whether the attempt passed or skipped itself: what no reporter prints the output of, and
+    /// what a watcher may ask to get without it.
+    pub fn is_pass_or_skip(self) -> bool {
+        matches!(self, AttemptStatus::Passed | AttemptStatus::Skipped)
+    }
+
     /// Whether this attempt counts against the test (infrastructure errors never do).
     pub fn is_test_failure(self) -> bool {
         matches!(self, AttemptStatus::Failed | AttemptStatus::TimedOut)

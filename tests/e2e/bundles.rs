@@ -68,6 +68,7 @@ async fn run_on_bundle(
         .watch_run(pb::WatchRunRequest {
             run_id,
             from_seq: 0,
+            omit_passing_output: false,
         })
         .await
         .unwrap()

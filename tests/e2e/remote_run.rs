@@ -136,6 +136,7 @@ fn agents_reconnect_and_watch_resumes_from_a_sequence_number() {
             .watch_run(pb::WatchRunRequest {
                 run_id,
                 from_seq: 2,
+                omit_passing_output: false,
             })
             .await
             .unwrap()

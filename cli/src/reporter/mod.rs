@@ -83,6 +83,12 @@ impl Report {
         }
     }
 
+    /// Whether any part of the report shows what passing attempts printed: only the stream of
+    /// every event as JSON does (JUnit, Markdown and the terminal show failures' output).
+    pub fn shows_passing_output(&self) -> bool {
+        self.json
+    }
+
     /// Whether the report wants to know what history says of the run's failures.
     pub fn wants_failure_classes(&self) -> bool {
         self.markdown.is_some()

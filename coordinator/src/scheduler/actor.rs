@@ -135,9 +135,13 @@ impl Scheduler {
             Command::Watch {
                 run_id,
                 from_seq,
+                passing_output,
                 reply,
             } => {
-                let sub = self.runs.get_mut(&run_id).map(|r| r.subscribe(from_seq));
+                let sub = self
+                    .runs
+                    .get_mut(&run_id)
+                    .map(|r| r.subscribe(from_seq, passing_output));
                 let _ = reply.send(sub);
             }
             Command::Cancel { run_id, reply } => {

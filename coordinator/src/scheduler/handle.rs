@@ -67,6 +67,8 @@ pub enum Command {
     Watch {
         run_id: RunId,
         from_seq: u64,
+        /// Whether the watcher wants the output of attempts that passed or skipped themselves.
+        passing_output: bool,
         reply: oneshot::Sender<Option<Subscription>>,
     },
     Cancel {

@@ -152,6 +152,7 @@ impl Harness {
             .ask(|reply| Command::Watch {
                 run_id: RunId(run),
                 from_seq: 0,
+                passing_output: true,
                 reply,
             })
             .await
@@ -1508,6 +1509,7 @@ async fn a_watcher_that_falls_behind_is_let_go_and_catches_up_from_the_log() {
         .ask(|reply| Command::Watch {
             run_id: RunId(1),
             from_seq: next,
+            passing_output: true,
             reply,
         })
         .await
@@ -1527,4 +1529,76 @@ async fn a_watcher_that_falls_behind_is_let_go_and_catches_up_from_the_log() {
         .filter(|e| matches!(e.kind, EventKind::TestFinished(_)))
         .count();
     assert!(finished > 0);
+}
+
+/// A watcher that asked for no output of passing attempts gets their results without it, and
+/// every other result whole; one that asked for everything gets everything.
+#[tokio::test(start_paused = true)]
+async fn a_watcher_may_leave_out_the_output_of_passing_attempts() {
+    let h = Harness::new();
+    let mut a = h.agent("a", 4, 1).await;
+    let _rx = h.submit(1, spec(3, 0)).await;
+    let mut watchers = vec![];
+    for passing_output in [false, true] {
+        let sub = h
+            .handle
+            .ask(|reply| Command::Watch {
+                run_id: RunId(1),
+                from_seq: 0,
+                passing_output,
+                reply,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        watchers.push(sub.live.expect("the run is running"));
+    }
+    let statuses = [
+        AttemptStatus::Passed,
+        AttemptStatus::Skipped,
+        AttemptStatus::Failed,
+    ];
+    let mut sent = 0;
+    while sent < statuses.len() {
+        h.from(&a, ask(4));
+        let g = lease(&mut a).await;
+        for i in 0..g.tests.len().min(statuses.len() - sent) {
+            let mut r = result(statuses[sent]);
+            r.output = format!("output {sent}").into_bytes();
+            h.from(&a, AgentMessage::TestFinished(key_of(&g, i), r));
+            sent += 1;
+        }
+    }
+    h.settle().await;
+    let results = |rx: &mut mpsc::Receiver<RunEvent>| {
+        let mut seen = vec![];
+        while let Ok(e) = rx.try_recv() {
+            if let EventKind::TestFinished(f) = e.kind {
+                seen.push((f.result.status, String::from_utf8(f.result.output).unwrap()));
+            }
+        }
+        seen
+    };
+    let [lean, full] = &mut watchers[..] else {
+        unreachable!()
+    };
+    let expected = |passing: bool| -> Vec<(AttemptStatus, String)> {
+        statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let shown = passing || !s.is_pass_or_skip();
+                (
+                    *s,
+                    if shown {
+                        format!("output {i}")
+                    } else {
+                        String::new()
+                    },
+                )
+            })
+            .collect()
+    };
+    assert_eq!(results(lean), expected(false));
+    assert_eq!(results(full), expected(true));
 }

@@ -98,11 +98,23 @@ pub async fn watch_to_end(
     run_id: &str,
     guard: Duration,
 ) -> Vec<pb::RunEvent> {
+    watch_to_end_with(client, run_id, guard, false).await
+}
+
+/// [`watch_to_end`], leaving out passing attempts' output if `omit_passing_output`.
+#[allow(dead_code)]
+pub async fn watch_to_end_with(
+    client: &mut CoordinatorClient<Channel>,
+    run_id: &str,
+    guard: Duration,
+    omit_passing_output: bool,
+) -> Vec<pb::RunEvent> {
     use tokio_stream::StreamExt;
     let mut stream = client
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.to_owned(),
             from_seq: 0,
+            omit_passing_output,
         })
         .await
         .unwrap()

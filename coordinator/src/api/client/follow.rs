@@ -21,6 +21,8 @@ pub(super) struct Follow {
     pub store: Arc<dyn HistoryStore>,
     pub history: UnboundedSender<HistoryUpdate>,
     pub scheduler: SchedulerHandle,
+    /// Whether the watcher wants the output of attempts that passed or skipped themselves.
+    pub passing_output: bool,
 }
 
 impl Follow {
@@ -42,6 +44,7 @@ impl Follow {
                     self.history.clone(),
                     self.run_id,
                     sub.backlog,
+                    self.passing_output,
                 );
                 while let Some(e) = backlog.next().await {
                     // An error ends the stream, as the run's last event does.
@@ -71,6 +74,7 @@ impl Follow {
                     .ask(|reply| Command::Watch {
                         run_id,
                         from_seq: next_seq,
+                        passing_output: self.passing_output,
                         reply,
                     })
                     .await
@@ -92,13 +96,15 @@ const BACKLOG_AHEAD: usize = 1024;
 
 /// Streams a watcher's backlog part by part (a long run's older parts from disk), putting back
 /// into each part's results the outputs the run's log left to history (once the history writer
-/// has written what it was sent: it is at most the results' budget behind). A watcher of a
-/// million-test run from its start holds a part and what the channel holds, not the whole run.
+/// has written what it was sent: it is at most the results' budget behind), but for passing
+/// attempts if `!passing_output`. A watcher of a million-test run from its start holds a part and
+/// what the channel holds, not the whole run.
 fn stream_backlog(
     store: Arc<dyn HistoryStore>,
     history: UnboundedSender<HistoryUpdate>,
     run_id: RunId,
     snapshot: crate::scheduler::LogSnapshot,
+    passing_output: bool,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<RunEvent, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG_AHEAD);
     tokio::spawn(async move {
@@ -112,7 +118,7 @@ fn stream_backlog(
                 .and_then(|r| r.map_err(|e| e.to_string()));
             let crate::scheduler::Backlog {
                 mut events,
-                outputs_on_disk,
+                mut outputs_on_disk,
             } = match part {
                 Ok(part) => part,
                 Err(e) => {
@@ -121,6 +127,16 @@ fn stream_backlog(
                     return;
                 }
             };
+            if !passing_output {
+                let passing: std::collections::HashSet<u64> = events
+                    .iter()
+                    .filter(|e| {
+                        matches!(&e.kind, EventKind::TestFinished(f) if f.result.status.is_pass_or_skip())
+                    })
+                    .map(|e| e.seq)
+                    .collect();
+                outputs_on_disk.retain(|seq| !passing.contains(seq));
+            }
             if !outputs_on_disk.is_empty() {
                 if !std::mem::replace(&mut writer_caught_up, true) {
                     crate::store_call::caught_up(&history, crate::history::QUERY_WAIT).await;
@@ -134,13 +150,13 @@ fn stream_backlog(
                         return;
                     }
                 };
-                let by_seq: std::collections::HashMap<u64, Option<Vec<u8>>> =
+                let mut by_seq: std::collections::HashMap<u64, Option<Vec<u8>>> =
                     outputs_on_disk.into_iter().zip(outputs).collect();
                 for e in &mut events {
                     if let (EventKind::TestFinished(f), Some(output)) =
-                        (&mut e.kind, by_seq.get(&e.seq))
+                        (&mut e.kind, by_seq.remove(&e.seq))
                     {
-                        f.result.output = output.clone().unwrap_or_else(|| {
+                        f.result.output = output.unwrap_or_else(|| {
                             b"[output not readable from history yet: its writer is behind]\n"
                                 .to_vec()
                         });

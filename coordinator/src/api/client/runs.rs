@@ -119,6 +119,7 @@ pub(super) async fn watch(
         .ask(|reply| Command::Watch {
             run_id,
             from_seq: req.from_seq,
+            passing_output: !req.omit_passing_output,
             reply,
         })
         .await?;
@@ -129,6 +130,7 @@ pub(super) async fn watch(
                 store: api.store.clone(),
                 history: api.history.clone(),
                 scheduler: api.scheduler.clone(),
+                passing_output: !req.omit_passing_output,
             };
             Box::pin(
                 follow

@@ -10,11 +10,14 @@ mod limits;
 mod log;
 mod resume;
 mod test_state;
+mod watchers;
 
 pub(crate) use context::{Context, Elsewhere, LeaseTally};
 use log::EventLog;
 pub use log::{Backlog, LogConfig, LogSnapshot};
 use test_state::TestState;
+pub use watchers::WATCHER_QUEUE;
+use watchers::Watchers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -53,7 +56,7 @@ pub(super) struct Run {
     /// restarted coordinator is a new epoch above the last, so a watcher's position stays valid.
     log: EventLog,
     /// Live watchers, each with a queue of at most [`WATCHER_QUEUE`] events.
-    watchers: Vec<tokio::sync::mpsc::Sender<RunEvent>>,
+    watchers: Watchers,
     sinks: Sinks,
     /// Open until the run finishes.
     trace: Option<crate::run_trace::RunTrace>,
@@ -84,10 +87,6 @@ pub(crate) struct Sinks {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub log: Arc<LogConfig>,
 }
-
-/// Events a live watcher may have waiting before it is let go to catch up from the run's log
-/// (256 results with outputs at the default 64 KiB cap are 16 MiB).
-pub const WATCHER_QUEUE: usize = 256;
 
 /// How far down the queue a lease looks for tests whose services (or fixtures) are already warm on
 /// the agent.
@@ -144,7 +143,7 @@ impl Run {
             tests,
             log: EventLog::new(id, u64::from(resumes) << 40, sinks.log.clone()),
             spec_bytes: footprint::spec_bytes(&spec),
-            watchers: vec![],
+            watchers: Watchers::default(),
             sinks,
             trace: Some(trace),
             warned_unsandboxed: false,
@@ -253,7 +252,7 @@ impl Run {
     /// Emits an event that records an agent's result, whose credits go with it to the history
     /// writer.
     fn emit_with(&mut self, kind: EventKind, credit: Option<Credit>) {
-        let event = RunEvent {
+        let mut event = RunEvent {
             seq: self.log.next_seq(),
             run_id: self.id,
             at_unix_ms: now_unix_ms(),
@@ -265,10 +264,9 @@ impl Run {
         {
             trace.finish(summary);
         }
-        // A watcher whose queue is full is let go rather than queued for without bound (a slow
-        // client, and results carry their output): it catches up from the log, which has every
-        // event (see `api/client/runs.rs`, `watch`).
-        self.watchers.retain(|w| w.try_send(event.clone()).is_ok());
+        // A watcher let go catches up from the log, which has every event (see
+        // `api/client/follow.rs`).
+        self.watchers.send(&mut event);
         // The log keeps a result without its output, which the history writer keeps on disk: a
         // run's memory does not grow with what its tests print.
         self.log.push(&event);
@@ -300,15 +298,11 @@ impl Run {
         );
     }
 
-    pub fn subscribe(&mut self, from_seq: u64) -> Subscription {
+    /// A watcher's events from `from_seq`; `passing_output`: whether it wants the output of
+    /// attempts that passed or skipped themselves.
+    pub fn subscribe(&mut self, from_seq: u64, passing_output: bool) -> Subscription {
         let backlog = self.log.snapshot(from_seq, self.spec.clone());
-        let live = if self.is_running() {
-            let (tx, rx) = tokio::sync::mpsc::channel(WATCHER_QUEUE);
-            self.watchers.push(tx);
-            Some(rx)
-        } else {
-            None
-        };
+        let live = self.is_running().then(|| self.watchers.add(passing_output));
         Subscription { backlog, live }
     }
 
