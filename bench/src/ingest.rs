@@ -133,14 +133,14 @@ pub fn run(args: Args) -> anyhow::Result<Vec<Figure>> {
             "results/s, submit to persisted in sled",
             total as f64 / to_disk,
             "results/s",
-            Target::AtLeast(50_000.0),
+            Target::AtLeast(100_000.0),
         ),
         Figure::new(
             "ingest",
-            "coordinator peak RSS (context)",
+            "coordinator peak RSS",
             rss,
             "MiB",
-            Target::None,
+            Target::AtMost(300.0),
         ),
     ])
 }

@@ -27,11 +27,12 @@ impl std::fmt::Debug for Credit {
     }
 }
 
-/// The default budget: results of some sixty thousand tests with small outputs (about one group of
-/// the history writer's, so it always has the next group waiting), or thousands with large
-/// outputs, between the sessions and the disk. Four times this measured the same throughput with a
-/// higher peak (docs/benchmarks.md, ingest).
-pub const DEFAULT_PENDING_RESULT_BYTES: u64 = 64 << 20;
+/// The default budget: results of some thirty thousand tests with small outputs (half a group of
+/// the history writer's at most, so it has the next group waiting), or hundreds with large
+/// outputs, between the sessions and the disk. Twice this measured the same throughput with a
+/// peak 20-30 MiB higher, once a test's outcome was written with its attempt (a larger group
+/// then saved no writes); half of it was a little slower (docs/benchmarks.md, ingest).
+pub const DEFAULT_PENDING_RESULT_BYTES: u64 = 32 << 20;
 
 impl Credits {
     pub fn new(budget_bytes: u64) -> Self {
