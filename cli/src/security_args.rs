@@ -170,6 +170,7 @@ pub struct LimitArgs {
     /// Results (with their output) waiting between agents and the disk, in bytes. Past it the
     /// coordinator acknowledges results only as the history writer catches up, and agents wait
     /// before taking more tests: the fleet slows down, the coordinator's memory does not grow.
+    /// At least --max-output-bytes and 64 KiB, so that the largest result fits.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_pending_result_bytes)]
     pub max_pending_result_bytes: u64,
     /// What runs may hold in memory in all: their specs, their tests' state and the in-memory part
@@ -190,25 +191,49 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn limits(&self) -> CliResult<Limits> {
-        let at_least = |name: &str, v: u64, min: u64| {
+        // `why`: what the minimum is made of, when it is not a plain number.
+        let at_least = |name: &str, v: u64, min: u64, why: &str| {
             if v < min {
-                Err(CliError::Config(format!("--{name} must be at least {min}")))
+                Err(CliError::Config(format!(
+                    "--{name} must be at least {min}{why}"
+                )))
             } else {
                 Ok(())
             }
         };
-        at_least("max-message-bytes", self.max_message_bytes as u64, 64 << 10)?;
-        at_least("max-tests-per-run", self.max_tests_per_run as u64, 1)?;
-        at_least("max-output-bytes", self.max_output_bytes, 1024)?;
-        at_least("max-concurrent-runs", self.max_concurrent_runs as u64, 1)?;
-        at_least("max-agents", self.max_agents as u64, 1)?;
+        at_least(
+            "max-message-bytes",
+            self.max_message_bytes as u64,
+            64 << 10,
+            "",
+        )?;
+        at_least("max-tests-per-run", self.max_tests_per_run as u64, 1, "")?;
+        at_least("max-output-bytes", self.max_output_bytes, 1024, "")?;
+        at_least(
+            "max-concurrent-runs",
+            self.max_concurrent_runs as u64,
+            1,
+            "",
+        )?;
+        at_least("max-agents", self.max_agents as u64, 1, "")?;
         at_least(
             "max-pending-result-bytes",
             self.max_pending_result_bytes,
             self.max_output_bytes + (64 << 10),
+            " (--max-output-bytes and 64 KiB: the largest result must fit)",
         )?;
-        at_least("max-runs-memory-bytes", self.max_runs_memory_bytes, 1 << 20)?;
-        at_least("run-log-memory-bytes", self.run_log_memory_bytes, 256 << 10)?;
+        at_least(
+            "max-runs-memory-bytes",
+            self.max_runs_memory_bytes,
+            1 << 20,
+            "",
+        )?;
+        at_least(
+            "run-log-memory-bytes",
+            self.run_log_memory_bytes,
+            256 << 10,
+            "",
+        )?;
         Ok(Limits {
             max_message_bytes: self.max_message_bytes,
             max_tests_per_run: self.max_tests_per_run,
@@ -221,5 +246,43 @@ impl LimitArgs {
             run_log_memory_bytes: self.run_log_memory_bytes,
             min_free_bytes: self.min_free_bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    fn limits(args: &[&str]) -> CliResult<Limits> {
+        Line::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied()))
+            .expect("the line parses")
+            .limits
+            .limits()
+    }
+
+    /// The results' budget must hold the largest result, and says so; a smaller output cap
+    /// allows a smaller budget.
+    #[test]
+    fn the_results_budget_must_hold_the_largest_result() {
+        let small = ["--max-pending-result-bytes", "1048576"];
+        let err = limits(&small).unwrap_err().to_string();
+        assert!(
+            err.contains("--max-pending-result-bytes must be at least 16842752")
+                && err.contains("--max-output-bytes"),
+            "{err}"
+        );
+        let capped = limits(&[&small[..], &["--max-output-bytes", "65536"]].concat()).unwrap();
+        assert_eq!(capped.max_pending_result_bytes, 1 << 20);
+        assert_eq!(
+            limits(&[]).unwrap().max_pending_result_bytes,
+            testfleet_coordinator::Limits::default().max_pending_result_bytes
+        );
     }
 }
