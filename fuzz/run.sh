@@ -9,7 +9,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(manifest bundle_extract output_capture junit wire)
+  targets=(manifest bundle_manifest bundle_extract output_capture junit wire)
 fi
 if ! command -v cargo-fuzz >/dev/null; then
   echo "cargo-fuzz is not installed: cargo install cargo-fuzz" >&2
@@ -26,6 +26,8 @@ status=0
 for t in "${targets[@]}"; do
   echo "== $t: ${secs}s"
   mkdir -p "corpus/$t"
+  # Inputs a parser only accepts when well-formed start from a valid one (seeds/TARGET/).
+  if [ -d "seeds/$t" ]; then cp -n "seeds/$t"/* "corpus/$t"/; fi
   if cargo "${toolchain[@]}" fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>"$t.log"; then
     grep -E "^(#[0-9]+ *DONE|Done [0-9]+ runs)" "$t.log" | tail -1 || true
   else

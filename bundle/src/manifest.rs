@@ -108,7 +108,9 @@ impl Manifest {
         }
         let mut entries = Vec::new();
         let mut total: u64 = 0;
-        for (n, line) in body.lines().enumerate() {
+        // Lines end at LF alone: `str::lines` would also take a CR off, and accept a CRLF text,
+        // which names the same files under another digest (found by the fuzzer).
+        for (n, line) in body.split_terminator('\n').enumerate() {
             if entries.len() as u64 >= limits.max_entries {
                 return Err(BundleError::TooLarge {
                     what: "manifest entries",
@@ -401,6 +403,7 @@ mod tests {
             (line(&hash, "1 644"), "not `<sha256>"),
             (line(&hash, "1  644 a"), "mode ``"),
             (line(&hash, "1 644 ../a"), "`..`"),
+            (line(&hash, "1 644 a\r"), "CR"),
             (
                 format!("{VERSION_LINE}\n{hash} 1 644 b\n{hash} 1 644 a\n"),
                 "out of order",
