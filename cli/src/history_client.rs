@@ -127,9 +127,8 @@ impl Backend {
         let store = tokio::task::spawn_blocking(move || SledStore::open(&d))
             .await
             .map_err(|e| CliError::Internal(e.into()))?
-            .map_err(|e| {
-                CliError::Server(format!("{e} (a `testfleet run` may be using it right now)"))
-            })?;
+            // A data dir in use says so itself; other errors (a newer schema) are not about that.
+            .map_err(|e| CliError::Server(e.to_string()))?;
         Ok(Backend::Local(Arc::new(store)))
     }
 

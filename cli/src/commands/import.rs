@@ -100,9 +100,8 @@ fn import_local(
     branch: String,
     tests: &[ImportedTest],
 ) -> CliResult<(String, RunSummary)> {
-    let store = SledStore::open(dir).map_err(|e| {
-        CliError::Server(format!("{e} (a `testfleet run` may be using it right now)"))
-    })?;
+    // A data dir in use says so itself; other errors (a newer schema) are not about that.
+    let store = SledStore::open(dir).map_err(|e| CliError::Server(e.to_string()))?;
     let store: Arc<dyn HistoryStore> = Arc::new(store);
     let run_id = store
         .next_run_id()

@@ -130,9 +130,12 @@ fn a_second_open_of_the_same_dir_is_refused_with_a_reason() {
     let _first = SledStore::open(dir.path()).unwrap();
     let err = SledStore::open(dir.path())
         .err()
-        .expect("the data dir is locked");
+        .expect("the data dir is locked")
+        .to_string();
+    // The message callers show as it is: the dir, and that it may be in use.
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
     assert!(
-        err.to_string().contains(&dir.path().display().to_string()),
+        err.contains("is another testfleet process using this data dir?"),
         "{err}"
     );
 }
@@ -312,11 +315,10 @@ fn a_newer_schema_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path()).err().unwrap();
-    assert!(
-        err.to_string().contains("schema version 99 is newer"),
-        "{err}"
-    );
+    let err = SledStore::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("schema version 99 is newer"), "{err}");
+    // Not a data dir in use: the error does not say so.
+    assert!(!err.contains("another testfleet process"), "{err}");
 }
 
 #[test]
