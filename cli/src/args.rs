@@ -310,7 +310,8 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=testfleet_model::RunSpec::MAX_TESTS_PER_PROCESS as i64)
     )]
     pub tests_per_process: Option<u32>,
-    /// Print events as JSON lines on stdout instead of the human report.
+    /// Print events as JSON lines on stdout instead of the human report (every attempt with its
+    /// output, passing ones too; the other reports show only failures' output).
     #[arg(long)]
     pub json: bool,
     /// Submit and exit, printing the run id; the run goes on (`--coordinator` only). Watch it with

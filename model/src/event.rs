@@ -197,22 +197,21 @@ pub struct RunEvent {
 }
 
 impl RunEvent {
-    /// Whether this is the result of an attempt that passed or skipped itself, with output: what
-    /// a watcher that did not ask for such output gets without it.
-    pub fn has_passing_output(&self) -> bool {
-        matches!(&self.kind, EventKind::TestFinished(f)
-            if f.result.status.is_pass_or_skip() && !f.result.output.is_empty())
+    /// Whether this is the result of an attempt that passed or skipped itself: one whose output
+    /// a watcher may ask not to get.
+    pub fn is_passing_result(&self) -> bool {
+        matches!(&self.kind, EventKind::TestFinished(f) if f.result.status.is_pass_or_skip())
     }
 
-    /// A copy of the event without its output if it [`has_passing_output`](Self::has_passing_output)
-    /// (`None` otherwise), made without copying the output.
+    /// A copy of a [passing result](Self::is_passing_result) without its output (`None` for any
+    /// other event, or a result without output), made without copying the output.
     pub fn copy_without_passing_output(&mut self) -> Option<RunEvent> {
-        if !self.has_passing_output() {
+        let EventKind::TestFinished(f) = &mut self.kind else {
+            return None;
+        };
+        if !f.result.status.is_pass_or_skip() || f.result.output.is_empty() {
             return None;
         }
-        let EventKind::TestFinished(f) = &mut self.kind else {
-            unreachable!("checked above")
-        };
         let output = std::mem::take(&mut f.result.output);
         let copy = self.clone();
         if let EventKind::TestFinished(f) = &mut self.kind {

@@ -130,9 +130,7 @@ fn stream_backlog(
             if !passing_output {
                 let passing: std::collections::HashSet<u64> = events
                     .iter()
-                    .filter(|e| {
-                        matches!(&e.kind, EventKind::TestFinished(f) if f.result.status.is_pass_or_skip())
-                    })
+                    .filter(|e| e.is_passing_result())
                     .map(|e| e.seq)
                     .collect();
                 outputs_on_disk.retain(|seq| !passing.contains(seq));

@@ -1,7 +1,7 @@
 //! A run's live watchers: each has a bounded queue of the run's events, and is let go when it
 //! falls further behind (it catches up from the run's log). A watcher may ask for the results of
-//! passing attempts without their output: it then gets one shared copy of such an event without
-//! it, instead of a copy of the output of its own.
+//! passing attempts without their output: such an event is then copied once without its output,
+//! and that copy is what those watchers get, instead of a copy of the output each.
 
 use testfleet_model::RunEvent;
 use tokio::sync::mpsc;
